@@ -1,0 +1,30 @@
+"""Outlier extraction: which rows of a K-major operand leave the MXFP4 path for a BF16 GEMM.
+
+Both extraction modes reduce to the same operation in K-major form ([rows, K], K the inner dimension):
+OE-left takes rows of the left operand A (output rows), OE-right takes rows of Bt = B^T, i.e.
+columns of B (output columns). Rows are ranked by L2 norm, recomputed on every call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_OUTLIER_K = 64
+
+
+def check_outlier_k(k: int) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"outlier_k must be a non-negative integer, got {k!r}")
+    return k
+
+
+def top_rows(k_major: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (int64, sorted) of the min(k, rows) rows of `k_major` with the largest L2 norm.
+
+    Non-finite rows rank first, so a NaN/Inf row goes through the BF16 path where it stays visible.
+    """
+    check_outlier_k(k)
+    k = min(k, k_major.shape[0])
+    norms = k_major.to(torch.float32).square().sum(dim=-1)
+    norms = torch.where(torch.isfinite(norms), norms, torch.inf)
+    return torch.topk(norms, k, largest=True, sorted=False).indices.sort().values
