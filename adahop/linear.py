@@ -118,11 +118,15 @@ def prepare_right(
 
 
 def slot_gemm(
-    a: torch.Tensor, a_k_dim: int, right: RightOperand, mode: str, recipe: LinearRecipe, slot: str, rounding: str
+    a: torch.Tensor, a_k_dim: int, right: RightOperand, mode: str, recipe: LinearRecipe, slot: str, rounding: str,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """out = A @ B for one slot, in float32. `a` is the high-precision left operand as stored."""
+    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored.
+
+    The extracted rows/columns of OE modes are exact zeros in the MXFP4 GEMM, so adding their BF16 part
+    after the rounding to `out_dtype` is the same single rounding."""
     if mode == FULL_PRECISION:
-        return backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.full_k_major())
+        return backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.full_k_major(), out_dtype=out_dtype)
     k = a.shape[a_k_dim]
     hsize = recipe.hadamard_size_for(slot)
     signs = recipe.signs_for(slot, k, a.device)
@@ -136,12 +140,13 @@ def slot_gemm(
     a_operand, _ = backend.quantize(
         a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
     )
-    out = backend.matmul(a_operand, right_operand, torch.float32)
+    out = backend.matmul(a_operand, right_operand, out_dtype)
     if mode == OE_LEFT:
         a_rows = backend.to_k_major(a, a_k_dim).index_select(0, left_rows)
-        out = out.index_add(0, left_rows, backend.bf16_matmul(a_rows, bt_hp))
+        out = out.index_add(0, left_rows, backend.bf16_matmul(a_rows, bt_hp, out_dtype=out_dtype))
     elif mode == OE_RIGHT:
-        out = out.index_add(1, right.rows, backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.extracted))
+        part = backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.extracted, out_dtype=out_dtype)
+        out = out.index_add(1, right.rows, part)
     return out
 
 
@@ -163,7 +168,7 @@ class _MXFP4LinearFunction(torch.autograd.Function):
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe):
         fy, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
         w_right = prepare_right(weight, 1, fy, recipe, "forward_y", for_saving=False)
-        y = slot_gemm(x2d, 1, w_right, fy, recipe, "forward_y", "nearest").to(x2d.dtype)
+        y = slot_gemm(x2d, 1, w_right, fy, recipe, "forward_y", "nearest", x2d.dtype)
 
         ctx.recipe = recipe
         ctx.tokens = x2d.shape[0]
@@ -189,12 +194,12 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         if ctx.gx_right is not None:
             right = _unstash(ctx.gx_right, tensors)
             mode = recipe.mode("backward_gx")
-            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding).to(ctx.x_dtype)
+            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype)
         if ctx.gw_right is not None:
             right = _unstash(ctx.gw_right, tensors)
             mode = recipe.mode("backward_gw")
             g_padded = _pad_rows(gy, _gw_row_multiple(recipe))
-            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding).to(ctx.w_dtype)
+            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype)
         ctx.gx_right = ctx.gw_right = None
         return gx, gw, None
 
@@ -312,7 +317,11 @@ class AdaHOPLinear(nn.Linear):
         y = _apply(x, self.weight, self.recipe)
         if self.observer is not None and y.requires_grad:
             observer = self.observer
-            y.register_hook(lambda g: observer("g", g.detach().reshape(-1, g.shape[-1])))
+
+            def observe_grad(g: torch.Tensor) -> None:
+                observer("g", g.detach().reshape(-1, g.shape[-1]))
+
+            y.register_hook(observe_grad)
         if self.bias is not None:
             y = y + self.bias
         return y
