@@ -57,7 +57,7 @@ def block_hadamard(
             raise ValueError(f"signs must have shape ({length},), got {tuple(signs.shape)}")
         moved = moved * signs.to(device=moved.device, dtype=torch.float32)
     lead = moved.shape[:-1]
-    y = moved.reshape(-1, length // block, block)
+    y = moved.reshape(math.prod(lead), length // block, block)  # explicit: lead may hold 0 rows
     h = 1
     while h < block:
         pairs = y.reshape(y.shape[0], y.shape[1], block // (2 * h), 2, h)

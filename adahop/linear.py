@@ -19,7 +19,7 @@ only the k extracted columns are kept in BF16.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable, Optional
 
@@ -263,7 +263,22 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
 
 
-class AdaHOPLinear(nn.Linear):
+class AdaHOPModes:
+    """What calibration and the plan need of any AdaHOP layer: a recipe, its modes, an observer."""
+
+    recipe: LinearRecipe
+    observer: Optional[Callable[[str, torch.Tensor], None]]
+
+    @property
+    def modes(self) -> dict[str, str]:
+        return {slot: getattr(self.recipe, slot) for slot in SLOTS}
+
+    def set_modes(self, forward_y: str | None = None, backward_gx: str | None = None, backward_gw: str | None = None):
+        changes = dict(forward_y=forward_y, backward_gx=backward_gx, backward_gw=backward_gw)
+        self.recipe = replace(self.recipe, **{k: v for k, v in changes.items() if v is not None})
+
+
+class AdaHOPLinear(AdaHOPModes, nn.Linear):
     """nn.Linear whose three GEMMs run in MXFP4 with per-layer AdaHOP modes.
 
     Same parameters and state dict as nn.Linear. `observer`, when set, sees x, W and g of every step
@@ -302,14 +317,6 @@ class AdaHOPLinear(nn.Linear):
         new.bias = linear.bias
         return new
 
-    @property
-    def modes(self) -> dict[str, str]:
-        return {slot: getattr(self.recipe, slot) for slot in SLOTS}
-
-    def set_modes(self, forward_y: str | None = None, backward_gx: str | None = None, backward_gw: str | None = None):
-        changes = {k: v for k, v in dict(forward_y=forward_y, backward_gx=backward_gx, backward_gw=backward_gw).items() if v is not None}
-        self.recipe = _replace(self.recipe, **changes)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer("x", x.detach().reshape(-1, x.shape[-1]))
@@ -332,9 +339,3 @@ class AdaHOPLinear(nn.Linear):
             f"{super().extra_repr()}, forward_y={r.forward_y}, backward_gx={r.backward_gx}, backward_gw={r.backward_gw}, "
             f"use_sr_grad={r.use_sr_grad}, randomized_hadamard={r.randomized_hadamard}, hadamard_size={r.hadamard_size}"
         )
-
-
-def _replace(recipe: LinearRecipe, **changes) -> LinearRecipe:
-    from dataclasses import replace
-
-    return replace(recipe, **changes)
