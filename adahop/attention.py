@@ -1,0 +1,113 @@
+"""MXFP4 attention (enable_mxfp4_fa): Q K^T and P V, forward and backward, in MXFP4.
+
+Reference semantics in plain torch (the score matrix is materialized, so this is for correctness and
+small models; a fused kernel is future work). Every GEMM quantizes both operands along its inner
+dimension K:
+
+| GEMM | K | transform |
+| --- | --- | --- |
+| S = Q K^T * scale | head_dim | Hadamard along head_dim on both ((Q H)(K H)^T = Q K^T) |
+| O = P V | keys | none (P is in [0, 1]; V along keys) |
+| dP = dO V^T | head_dim | Hadamard along head_dim on both |
+| dV = P^T dO | queries | none |
+| dQ = dS K * scale | keys | none |
+| dK = dS^T Q * scale | queries | none |
+
+The softmax and its backward (dS = P * (dP - rowsum(dP * P))) run in float32 on the unquantized P;
+the quantizer is a straight-through estimator. With `use_sr_grad`, the gradient operands (dO, dS) use
+stochastic rounding. Sequence lengths and head_dim must be multiples of 32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .hadamard import block_hadamard, check_hadamard_size
+from .mx import BLOCK_SIZE, fake_quantize_mxfp4
+
+
+def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | None = None) -> torch.Tensor:
+    if hadamard is not None:
+        t = block_hadamard(t, axis=axis, block=hadamard)
+    return fake_quantize_mxfp4(t.to(torch.float32), axis=axis, rounding=rounding)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int) -> None:
+    if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"expected q [B, H, Tq, D] and k = v [B, H, Tk, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    for name, n in (("query length", q.shape[2]), ("key length", k.shape[2]), ("head_dim", q.shape[3])):
+        if n % BLOCK_SIZE:
+            raise ValueError(f"MXFP4 attention needs the {name} to be a multiple of {BLOCK_SIZE}, got {n}")
+    if q.shape[3] % hadamard_size:
+        raise ValueError(f"head_dim {q.shape[3]} is not a multiple of hadamard_size {hadamard_size}")
+
+
+class _MXFP4Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, is_causal: bool, hadamard_size: int, use_sr_grad: bool):
+        s = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * scale
+        if is_causal:
+            tq, tk = q.shape[2], k.shape[2]
+            # queries aligned to the end of the keys, as in F.scaled_dot_product_attention's causal mask
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+            s = s.masked_fill(~mask, float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        o = _q(p, -1) @ _q(v, -2)
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale, ctx.hadamard_size, ctx.use_sr_grad = scale, hadamard_size, use_sr_grad
+        return o.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, p = ctx.saved_tensors
+        scale, hsize = ctx.scale, ctx.hadamard_size
+        sr = "stochastic" if ctx.use_sr_grad else "nearest"
+        do = do.to(torch.float32)
+        dv = _q(p, -2).transpose(-1, -2) @ _q(do, -2, sr)
+        dp = _q(do, -1, sr, hadamard=hsize) @ _q(v, -1, hadamard=hsize).transpose(-1, -2)
+        ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+        dq = _q(ds, -1, sr) @ _q(k, -2) * scale
+        dk = _q(ds, -2, sr).transpose(-1, -2) @ _q(q, -2) * scale
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+
+
+def mxfp4_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    is_causal: bool = True,
+    enable_gqa: bool = False,
+    hadamard_size: int = 32,
+    use_sr_grad: bool = False,
+) -> torch.Tensor:
+    """softmax(Q K^T * scale) V with every GEMM in MXFP4; q [B, Hq, Tq, D], k, v [B, Hkv, Tk, D]."""
+    check_hadamard_size(hadamard_size)
+    if q.shape[1] != k.shape[1]:
+        if not enable_gqa or q.shape[1] % k.shape[1]:
+            raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    _check(q, k, v, hadamard_size)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _MXFP4Attention.apply(q, k, v, scale, is_causal, hadamard_size, use_sr_grad)
+
+
+class MXFP4Attention(nn.Module):
+    """Drop-in for torchtitan's ScaledDotProductAttentionWrapper (same call signature)."""
+
+    def __init__(self, hadamard_size: int = 32, use_sr_grad: bool = False):
+        super().__init__()
+        self.hadamard_size = check_hadamard_size(hadamard_size)
+        self.use_sr_grad = use_sr_grad
+
+    def forward(self, q, k, v, *, scale: float | None = None, enable_gqa: bool = False, is_causal: bool = True):
+        return mxfp4_attention(
+            q, k, v, scale=scale, is_causal=is_causal, enable_gqa=enable_gqa,
+            hadamard_size=self.hadamard_size, use_sr_grad=self.use_sr_grad,
+        )
+
+    def extra_repr(self) -> str:
+        return f"hadamard_size={self.hadamard_size}, use_sr_grad={self.use_sr_grad}"

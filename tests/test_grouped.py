@@ -1,0 +1,83 @@
+"""MXFP4 grouped GEMM (MoE experts): ragged and empty groups against the float64 definition per group."""
+
+import numpy as np
+import pytest
+import torch
+
+import reference as ref
+from adahop.grouped import MXFP4GroupedMM, mxfp4_grouped_mm
+from adahop.linear import LinearRecipe
+from adahop.modes import MODES
+
+IN, OUT = 64, 96
+COUNTS = [37, 0, 5, 64, 0, 1]  # ragged, empty, tiny, aligned
+PAD_ROWS = 7  # alignment padding after the last group
+
+
+def operands(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = sum(COUNTS) + PAD_ROWS
+    x = torch.randn(t, IN, generator=g)
+    x[:, 3] *= 20
+    w = torch.randn(len(COUNTS), OUT, IN, generator=g) * 0.1
+    gy = torch.randn(t, OUT, generator=g)
+    return x, w, gy
+
+
+def pad_rows(a, multiple=32):
+    n = -(-a.shape[0] // multiple) * multiple
+    return np.concatenate([a, np.zeros((n - a.shape[0], a.shape[1]))], 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_groups_match_per_group_definition(mode):
+    x, w, gy = operands()
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    recipe = LinearRecipe(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=4)
+    y = mxfp4_grouped_mm(xr, wr, torch.tensor(COUNTS), recipe)
+    y.backward(gy)
+    start = 0
+    gw_mode = "hadamard" if mode == "inner_outlier_extract_left" else mode
+    tol = 1e-5 if mode in ("none", "full_precision") else 1e-3
+    for e, n in enumerate(COUNTS):
+        xe, ge, we = (t.double().numpy() for t in (x[start : start + n], gy[start : start + n], w[e]))
+        if n == 0:
+            assert torch.all(wr.grad[e] == 0)
+        else:
+            for got, want in (
+                (y[start : start + n], ref.gemm(xe, we, mode, k_out=4)),
+                (xr.grad[start : start + n], ref.gemm(ge, we.T, mode, k_out=4)),
+                (wr.grad[e], ref.gemm(pad_rows(ge).T, pad_rows(xe).T, gw_mode, k_out=4)),
+            ):
+                want = torch.from_numpy(want)
+                assert ((got.double() - want).norm() / want.norm()).item() < tol
+        start += n
+    assert torch.all(y[start:] == 0) and torch.all(xr.grad[start:] == 0)
+
+
+def test_all_groups_empty():
+    x, w, gy = operands()
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y = mxfp4_grouped_mm(xr, wr, [0] * len(COUNTS), LinearRecipe())
+    y.backward(gy)
+    assert torch.all(y == 0) and torch.all(wr.grad == 0) and torch.all(xr.grad == 0)
+
+
+def test_bad_group_sizes_refused():
+    x, w, _ = operands()
+    with pytest.raises(ValueError, match="group sizes"):
+        mxfp4_grouped_mm(x, w, [1000, 0, 0, 0, 0, 0], LinearRecipe())
+    with pytest.raises(ValueError, match="6 weight groups"):
+        mxfp4_grouped_mm(x, w, [1, 2], LinearRecipe())
+
+
+def test_module_observes_and_switches_modes():
+    x, w, gy = operands()
+    mod = MXFP4GroupedMM(LinearRecipe())
+    seen = {}
+    mod.observer = lambda name, t: seen.setdefault(name, tuple(t.shape))
+    xr = x.clone().requires_grad_(True)
+    mod(xr, w, torch.tensor(COUNTS)).backward(gy)
+    assert seen == {"x": tuple(x.shape), "w": (len(COUNTS) * OUT, IN), "g": tuple(gy.shape)}
+    mod.set_modes(forward_y="full_precision")
+    assert mod.modes["forward_y"] == "full_precision" and mod.modes["backward_gx"] == "hadamard"
