@@ -76,3 +76,17 @@ def test_bad_tables_refused():
 def test_capture_needs_adahop_layers():
     with pytest.raises(ValueError, match="no AdaHOP layers"):
         capture_operands(nn.Linear(4, 4), lambda: None)
+
+
+def test_report_files(measured, tmp_path):
+    from adahop.sweep.report import write_offline_report
+
+    none_table = {k: "none" for k in PAIR_KEYS}
+    best, unobserved = best_table(measured, SEED_TABLE)
+    report = write_offline_report(tmp_path, measured, {"seed": SEED_TABLE, "none": none_table}, best, unobserved)
+    text = report.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 3 ")]
+    assert "best (found)" in rows[0] and "none" in rows[1]  # best first, plain MXFP4 last
+    assert '"row-none" = "inner_outlier_extract_left"' in text
+    for name in ("layer_errors.png", "ranking.png", "results.json"):
+        assert (tmp_path / name).stat().st_size > 0
