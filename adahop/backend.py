@@ -8,12 +8,23 @@ transpose into its single pass.
 
 The reference path below is plain torch: it produces dequantized float32 operands and multiplies them
 in float32. GPU kernels (adahop.kernels) must produce the same quantized operands bit for bit.
+
+Fast path (CUDA, compute capability >= 9.0, K % 128 == 0, Hadamard block <= 128, unless
+ADAHOP_FORCE_REFERENCE=1): one fused Triton pass (adahop.kernels.quantize) writes the packed MXFP4
+form and/or its exact fp8 e4m3 re-encoding with per-128 scales, and the GEMM runs on cuBLAS's
+blockwise-scaled fp8 `torch._scaled_mm` (adahop.kernels.gemm), with an exact correction for the rare
+blocks fp8 cannot hold. The left operand of a GEMM is quantized when `matmul` sees it (deferred), so
+the right operand can take one scale per 128x128 tile (ADAHOP_TILE_B=1; off by default, see
+docs/kernels.md). Stochastic
+rounding on the fast path draws its uniforms from Philox (seeded from torch's CPU generator or the
+given one): same distribution as the reference, not the same draws.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -26,11 +37,85 @@ def reference_forced() -> bool:
     return os.environ.get("ADAHOP_FORCE_REFERENCE", "0") not in ("", "0", "false", "False")
 
 
+def _tile_b() -> bool:
+    # off by default: on the H100 run of 2026-11-23 the 128x128 B-scale layout gave wrong GEMM results in
+    # the linear tests (see docs/kernels.md); 1x128 x 1x128 is the verified path
+    return os.environ.get("ADAHOP_TILE_B", "0") not in ("", "0", "false", "False")
+
+
+_CAPABILITY: dict = {}
+
+
+def fast_device(device: torch.device) -> bool:
+    """True where the fused Triton + fp8 path runs: CUDA sm90+ (and not forced to the reference)."""
+    if device.type != "cuda" or reference_forced():
+        return False
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _CAPABILITY:
+        _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)
+    return _CAPABILITY[idx] >= (9, 0) and torch.version.hip is None
+
+
+def _fast_ok(t: torch.Tensor, k: int, hadamard_size: Optional[int]) -> bool:
+    return (
+        fast_device(t.device)
+        and t.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and k % 128 == 0
+        and (hadamard_size is None or hadamard_size <= 128)
+    )
+
+
 @dataclass
 class Operand:
-    """A K-major GEMM operand after (optional) Hadamard and MXFP4 quantization along K."""
+    """A K-major GEMM operand after (optional) Hadamard and MXFP4 quantization along K.
 
-    values: torch.Tensor  # reference form: float32 dequantized values [rows, K]
+    Reference form: `values`. Fast form: either `fast` (fp8 + scales written), or `deferred` (the
+    quantization arguments, run by `matmul` once it knows the operand's side), or `packed_src`
+    (a saved packed tensor, re-encoded to fp8 by `matmul`)."""
+
+    values: Optional[torch.Tensor] = None  # reference form: float32 dequantized values [rows, K]
+    fast: object = None  # adahop.kernels.gemm.FastOperand
+    deferred: Optional[dict] = None
+    packed_src: Optional[MXFP4Tensor] = None
+
+    def is_fast(self) -> bool:
+        return self.values is None
+
+    def materialize(self, tile: bool = False):
+        """The FastOperand (fp8 form) of a fast-path operand."""
+        from .kernels.gemm import FastOperand
+        from .kernels.quantize import fused_quantize, fused_reencode
+
+        if self.fast is not None:
+            return self.fast
+        if self.deferred is not None:
+            d = self.deferred
+            rows = d["t"].shape[1 - d["k_dim"]]
+            tile = tile and rows % 128 == 0
+            # the packed form is only needed on the rare correction path: written then, by a rerun
+            out = fused_quantize(**d, write_packed=False, write_fp8=True, tile=tile)
+            repack = lambda: fused_quantize(**d, write_packed=True, write_fp8=False)  # noqa: E731
+            return FastOperand(out["fp8"], out["gscale"], out["count"], None, None, tile, meta={"repack": repack})
+        p = self.packed_src
+        tile = tile and p.data.shape[0] % 128 == 0
+        out = fused_reencode(p.data, p.scales, tile=tile)
+        return FastOperand(out["fp8"], out["gscale"], out["count"], p.data, p.scales, tile)
+
+    def k_dim_size(self) -> Optional[int]:
+        if self.fast is not None:
+            return self.fast.fp8.shape[1]
+        if self.deferred is not None:
+            return self.deferred["t"].shape[self.deferred["k_dim"]]
+        if self.packed_src is not None:
+            return self.packed_src.data.shape[1] * 2
+        return None
+
+    def reference_values(self) -> torch.Tensor:
+        if self.values is not None:
+            return self.values
+        if self.packed_src is not None:
+            return self.packed_src.dequantize(torch.float32)
+        return self.materialize().dequantize()
 
 
 def to_k_major(t: torch.Tensor, k_dim: int) -> torch.Tensor:
@@ -56,6 +141,12 @@ def transform(
     return k_major
 
 
+def _sr_seed(generator: torch.Generator | None) -> int:
+    if generator is not None and generator.device.type != "cpu":
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+
+
 def quantize(
     t: torch.Tensor,
     *,
@@ -72,6 +163,21 @@ def quantize(
     Returns the operand the GEMM consumes and, if `packed`, the same quantization in packed form
     (two E2M1 codes per byte + E8M0 scales), which is what a layer saves for its backward pass.
     """
+    if t.dim() == 2 and k_dim in (0, 1) and _fast_ok(t, t.shape[k_dim], hadamard_size):
+        if rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
+        args = dict(
+            t=t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs, rounding=rounding, zero_rows=zero_rows,
+            seed=_sr_seed(generator) if rounding == "stochastic" else 0,
+        )
+        if not packed:
+            return Operand(deferred=args), None
+        from .kernels.quantize import fused_quantize
+
+        out = fused_quantize(**args, write_packed=True, write_fp8=False)
+        saved = MXFP4Tensor(out["packed"], out["scales"], axis=-1, dtype=t.dtype)
+        return Operand(packed_src=saved), saved
+
     k_major = transform(t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs, zero_rows=zero_rows)
     q = quantize_blocks(k_major, axis=-1, rounding=rounding, generator=generator)
     values = q.dequantize().reshape(k_major.shape)
@@ -83,14 +189,38 @@ def quantize(
 
 def from_packed(saved: MXFP4Tensor) -> Operand:
     """The GEMM operand of a packed tensor saved by `quantize(..., packed=True)`."""
+    if (
+        saved.data.dim() == 2
+        and saved.axis in (-1, 1)
+        and fast_device(saved.data.device)
+        and (saved.data.shape[1] * 2) % 128 == 0
+    ):
+        return Operand(packed_src=saved)
     return Operand(saved.dequantize(torch.float32))
 
 
 def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype) -> torch.Tensor:
     """a @ bt^T for two quantized K-major operands, accumulated in float32."""
-    return (a.values @ bt.values.t()).to(out_dtype)
+    if a.is_fast() and bt.is_fast():
+        from .kernels.gemm import fp8_matmul
+
+        # 128x128 B scales only where K / 128 is a multiple of 4: the H100 runs saw wrong results with
+        # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
+        k = a.k_dim_size()
+        tile = _tile_b() and k is not None and (k // 128) % 4 == 0
+        return fp8_matmul(a.materialize(tile=False), bt.materialize(tile=tile), out_dtype)
+    return (a.reference_values() @ bt.reference_values().t()).to(out_dtype)
 
 
-def bf16_matmul(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+def bf16_matmul(a: torch.Tensor, bt: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """a @ bt^T with both operands rounded to bfloat16 and float32 accumulation (the BF16 path)."""
-    return a.to(torch.bfloat16).to(torch.float32) @ bt.to(torch.bfloat16).to(torch.float32).t()
+    if fast_device(a.device) and a.dim() == 2 and bt.dim() == 2:
+        a16, b16 = a.to(torch.bfloat16), bt.to(torch.bfloat16).t()
+        if out_dtype == torch.bfloat16:
+            return torch.mm(a16, b16)
+        try:
+            return torch.mm(a16, b16, out_dtype=torch.float32).to(out_dtype)
+        except (RuntimeError, TypeError):
+            pass
+    out = a.to(torch.bfloat16).to(torch.float32) @ bt.to(torch.bfloat16).to(torch.float32).t()
+    return out.to(out_dtype)

@@ -1,0 +1,633 @@
+"""Fused Hadamard + MXFP4 quantization kernels (Triton), and the re-encode kernel for saved operands.
+
+One pass over a 2-D operand, K (the GEMM's inner dimension) along either axis of the input:
+
+    bf16/fp32 tile -> [zero extracted rows] -> [x random signs] -> block Hadamard (FWHT, fixed op order)
+        -> MXFP4 along K (nearest or stochastic) -> writes, K-major ([rows, K]):
+             packed E2M1 codes (two per byte, lower index in the low nibble) + E8M0 scale bytes
+             fp8 e4m3 + one fp32 power-of-two scale per 128 along K (or per 128x128 tile)
+
+The torch reference each kernel must match bit for bit is `adahop.backend.quantize` (which uses
+`adahop.hadamard.block_hadamard` and `adahop.mx.quantize_blocks`); `reference_*` below restates the fp8
+re-encoding in torch for tests and for the rare-block correction.
+
+FP8 re-encoding (see docs/kernels.md): an MXFP4 element is q * 2^e_b with q on the E2M1 grid and e_b its
+32-block's exponent. For a group of four blocks (128 along K) let E = max e_b over the group's finite
+blocks and G = max(E - 6, -126). The group's fp32 scale is 2^G and each element is stored as the e4m3
+number q * 2^(e_b - G). With o = e_b - G <= 6, |q| * 2^o <= 6 * 64 = 384 <= 448 (e4m3 max), and the
+smallest step of q (0.5) times 2^o is >= 2^-9 (e4m3's smallest subnormal) while o >= -8, so every
+element is exact for gaps E - e_b <= 14. A nonzero finite block with o < -8 is "deficient": the kernel
+writes zeros for it in the fp8 form, counts it, and the GEMM adds its exact contribution separately
+(adahop.kernels.gemm). A block with NaN/Inf is written as e4m3 NaN, so the GEMM output is NaN where the
+reference's is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+GROUP = 128  # fp8 scale group along K (cuBLAS blockwise scaling granularity)
+MX_BLOCK = 32
+MAX_HADAMARD = 128  # largest Hadamard block the fused kernel handles (a multiple of the group is not needed)
+FP8_NAN_BITS = 0x7F
+MIN_OFFSET = -8  # smallest exact block offset e_b - G (see module docstring)
+MAX_OFFSET = 6
+
+ROUND_NEAREST = 0
+ROUND_SR_PHILOX = 1  # uniforms from tl.rand(seed, r * K + k)
+ROUND_SR_GIVEN = 2  # uniforms read from a float32 [R, K] tensor (tests: same draws as the reference)
+
+
+@triton.jit
+def _pow2(e):
+    """2^e as float32 for int32 e in [-126, 127] (built from the exponent bits, exact)."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _butterfly(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
+    """One FWHT stage: for pairs H apart inside blocks of 2H, (a, b) -> (a + b, a - b)."""
+    y4 = tl.reshape(y, [BR, BK // (2 * H), 2, H])
+    y4 = tl.permute(y4, [0, 1, 3, 2])
+    a, b = tl.split(y4)
+    y4 = tl.join(a + b, a - b)
+    y4 = tl.permute(y4, [0, 1, 3, 2])
+    return tl.reshape(y4, [BR, BK])
+
+
+@triton.jit
+def _butterfly_masked(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
+    """The same stage without permute/split/join: a and b picked out by masked sums over the pair axis
+    (x + 0 is exact; only the sign of an exact zero can change, which no code or scale sees)."""
+    y4 = tl.reshape(y, [BR, BK // (2 * H), 2, H])
+    i = tl.arange(0, 2)[None, None, :, None]
+    a = tl.sum(tl.where(i == 0, y4, 0.0), axis=2)[:, :, None, :]
+    b = tl.sum(tl.where(i == 1, y4, 0.0), axis=2)[:, :, None, :]
+    y4 = tl.where(i == 0, a + b, a - b)
+    return tl.reshape(y4, [BR, BK])
+
+
+@triton.jit
+def _stage(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr, HVARIANT: tl.constexpr):
+    if HVARIANT == 0:
+        return _butterfly(y, BR, BK, H)
+    else:
+        return _butterfly_masked(y, BR, BK, H)
+
+
+@triton.jit
+def _hadamard(y, BR: tl.constexpr, BK: tl.constexpr, HSIZE: tl.constexpr, HSCALE: tl.constexpr, HVARIANT: tl.constexpr):
+    if HSIZE >= 2:
+        y = _stage(y, BR, BK, 1, HVARIANT)
+    if HSIZE >= 4:
+        y = _stage(y, BR, BK, 2, HVARIANT)
+    if HSIZE >= 8:
+        y = _stage(y, BR, BK, 4, HVARIANT)
+    if HSIZE >= 16:
+        y = _stage(y, BR, BK, 8, HVARIANT)
+    if HSIZE >= 32:
+        y = _stage(y, BR, BK, 16, HVARIANT)
+    if HSIZE >= 64:
+        y = _stage(y, BR, BK, 32, HVARIANT)
+    if HSIZE >= 128:
+        y = _stage(y, BR, BK, 64, HVARIANT)
+    if HSIZE >= 2:
+        y = y * HSCALE
+    return y
+
+
+@triton.jit
+def _fp8_emit(
+    qabs, neg, e, nonfinite, rows, pid_k, R, K,
+    fp8_ptr, gscale_ptr, count_ptr,
+    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr,
+):
+    """Write the fp8 form of one [BR, 128] tile given E2M1 magnitudes qabs [BR, 4, 32] (float32), their
+    signs, block exponents e [BR, 4] (int32) and non-finite flags [BR, 4]; count deficient blocks."""
+    NB: tl.constexpr = 4
+    row_ok = rows < R
+    e_fin = tl.where(nonfinite, -127, e)
+    if TILE:
+        e_fin = tl.where(row_ok[:, None], e_fin, -127)
+        gmax = tl.max(tl.max(e_fin, axis=1), axis=0)  # one exponent for the whole 128 x 128 tile
+        G = tl.maximum(gmax - 6, -126) + tl.zeros([BR], dtype=tl.int32)
+    else:
+        G = tl.maximum(tl.max(e_fin, axis=1) - 6, -126)  # [BR]
+    o = e_fin - G[:, None]  # [BR, NB]
+    nonzero = tl.max(qabs, axis=2) > 0
+    deficient = nonzero & (o < -8) & (~nonfinite)
+    o_c = tl.minimum(tl.maximum(o, -8), 6)
+    v = qabs * _pow2(o_c)[:, :, None]  # exact: |v| <= 384, v a multiple of 2^-9
+    v = tl.where(deficient[:, :, None], 0.0, v)
+    cols = pid_k * 128 + tl.arange(0, 128)
+    if HW_CVT:
+        # the hardware conversion (cvt.rn.satfinite.e4m3x2.f32): exact here, since v is representable
+        v = tl.where(neg & (v > 0), -v, v)
+        v = tl.where(nonfinite[:, :, None], float("nan"), v)
+        f8 = tl.reshape(v, [BR, NB * 32]).to(tl.float8e4nv)
+        tl.store(fp8_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], f8.to(tl.uint8, bitcast=True), mask=row_ok[:, None])
+    else:
+        # the same bits by integer arithmetic (Triton's CPU interpreter)
+        vb = v.to(tl.int32, bitcast=True)
+        fe = ((vb >> 23) & 0xFF) - 127
+        man3 = (vb >> 20) & 7
+        sub = (v * 512.0).to(tl.int32)
+        bits = tl.where(fe >= -6, ((fe + 7) << 3) | man3, sub)
+        bits = tl.where(v == 0, 0, bits)
+        bits = tl.where(neg & (v != 0), bits | 0x80, bits)
+        bits = tl.where(nonfinite[:, :, None], 0x7F, bits)
+        bits = tl.reshape(bits, [BR, NB * 32]).to(tl.uint8)
+        tl.store(fp8_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], bits, mask=row_ok[:, None])
+    # 1x128 scales stored [K / 128, R] (the K-group axis outer): a [R, K/128] column-major view for
+    # cuBLAS's left operand and the [K/128, N] contiguous tensor it wants for the right one.
+    # Tile scales stored [R / 128, K / 128]: cuBLAS takes its transpose view [K/128, N/128].
+    if TILE:
+        tl.store(gscale_ptr + (tl.program_id(0) * (K // 128) + pid_k), tl.max(_pow2(G), axis=0))
+    else:
+        tl.store(gscale_ptr + pid_k.to(tl.int64) * R + rows, _pow2(G), mask=row_ok)
+    ndef = tl.sum(tl.sum(tl.where(row_ok[:, None], deficient.to(tl.int32), 0), axis=1), axis=0)
+    if ndef > 0:  # rare: no atomic traffic in the common case
+        tl.atomic_add(count_ptr, ndef)
+
+
+@triton.jit
+def _quantize_kernel(
+    x_ptr, stride_r, stride_k,
+    signs_ptr, zero_ptr, u_ptr,
+    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr,
+    R, K, seed,
+    BR: tl.constexpr,
+    K_CONTIG: tl.constexpr,
+    HSIZE: tl.constexpr,
+    HSCALE: tl.constexpr,
+    HAS_SIGNS: tl.constexpr,
+    HAS_ZERO: tl.constexpr,
+    ROUNDING: tl.constexpr,
+    WRITE_PACKED: tl.constexpr,
+    WRITE_FP8: tl.constexpr,
+    TILE: tl.constexpr,
+    IN_BF16: tl.constexpr,
+    HVARIANT: tl.constexpr,
+    HW_CVT: tl.constexpr,
+):
+    BK: tl.constexpr = 128
+    NB: tl.constexpr = 4
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_k * BK + tl.arange(0, BK)
+    row_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    cols64 = cols.to(tl.int64)
+    if K_CONTIG:
+        x = tl.load(x_ptr + rows64[:, None] * stride_r + cols64[None, :] * stride_k, mask=row_ok[:, None], other=0.0)
+    else:
+        # K along the input's outer axis: load [BK, BR] coalesced along the rows, transpose in the chip
+        xt = tl.load(x_ptr + cols64[:, None] * stride_k + rows64[None, :] * stride_r, mask=row_ok[None, :], other=0.0)
+        x = tl.trans(xt)
+    if IN_BF16:
+        # bf16 arrives as its int16 bits: widen exactly (Triton's interpreter mis-converts bf16 subnormals)
+        y = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        y = x.to(tl.float32)
+    if HAS_ZERO:
+        z = tl.load(zero_ptr + rows, mask=row_ok, other=0)
+        y = tl.where(z[:, None] != 0, 0.0, y)
+    if HAS_SIGNS:
+        s = tl.load(signs_ptr + cols)
+        y = y * s[None, :]
+    y = _hadamard(y, BR, BK, HSIZE, HSCALE, HVARIANT)
+
+    # ---- MXFP4 along K, blocks of 32 (adahop.mx.quantize_blocks) ----
+    y3 = tl.reshape(y, [BR, NB, 32])
+    finite = (y3 == y3) & (tl.abs(y3) != float("inf"))
+    nonfinite = tl.max(tl.where(finite, 0, 1), axis=2) > 0  # [BR, NB]
+    y3 = tl.where(finite, y3, 0.0)
+    amax = tl.max(tl.abs(y3), axis=2)  # [BR, NB]
+    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.maximum(biased - 129, -127)  # floor(log2 amax) - 2, zero / subnormal amax -> -127
+    if ROUNDING != 0:
+        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)  # never clip: amax <= 6 * 2^e
+    scaled = y3 * _pow2(-e)[:, :, None]
+    mag = tl.abs(scaled)
+    if ROUNDING == 0:
+        # round half to even on the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}, saturating at 6: the code
+        # index is the number of decision thresholds passed (ties go to the even index)
+        # the grid step is 0.5 below 2, 1 in [2, 4), 2 from 4: q = rint(mag / step) * step, where
+        # (t + 1.5 * 2^23) - 1.5 * 2^23 rounds t (< 2^22) to an integer, half to even
+        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
+        r = (mag * inv + 12582912.0) - 12582912.0
+        qabs = tl.minimum(r / inv, 6.0)
+        idx = tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+    else:
+        step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
+        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
+        lower = tl.floor(mag * inv) * step
+        frac = (mag - lower) * inv
+        offs = rows64[:, None] * K + cols64[None, :]
+        if ROUNDING == 1:
+            u = tl.rand(seed, offs.to(tl.uint32))
+        else:
+            u = tl.load(u_ptr + offs, mask=row_ok[:, None], other=0.0)
+        u3 = tl.reshape(u, [BR, NB, 32])
+        qabs = lower + (u3 < frac).to(tl.float32) * step
+        qabs = tl.minimum(qabs, 6.0)
+        idx = tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+    qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
+    idx = tl.where(nonfinite[:, :, None], 0, idx)
+    neg = scaled < 0
+    code = tl.where(neg & (idx > 0), idx | 8, idx)
+
+    if WRITE_PACKED:
+        c2 = tl.reshape(code, [BR, BK // 2, 2])
+        lo, hi = tl.split(c2)
+        byte = (lo | (hi << 4)).to(tl.uint8)
+        pcols = pid_k * (BK // 2) + tl.arange(0, BK // 2)
+        tl.store(packed_ptr + rows64[:, None] * (K // 2) + pcols[None, :], byte, mask=row_ok[:, None])
+        sbyte = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
+        scols = pid_k * NB + tl.arange(0, NB)
+        tl.store(scales_ptr + rows64[:, None] * (K // 32) + scols[None, :], sbyte, mask=row_ok[:, None])
+    if WRITE_FP8:
+        _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, BR, TILE, HW_CVT)
+
+
+@triton.jit
+def _butterfly_t(y, BK: tl.constexpr, BR: tl.constexpr, H: tl.constexpr):
+    """The FWHT stage along axis 0 of a [BK, BR] tile (masked-sum form, same bits)."""
+    y4 = tl.reshape(y, [BK // (2 * H), 2, H, BR])
+    i = tl.arange(0, 2)[None, :, None, None]
+    a = tl.sum(tl.where(i == 0, y4, 0.0), axis=1)[:, None, :, :]
+    b = tl.sum(tl.where(i == 1, y4, 0.0), axis=1)[:, None, :, :]
+    y4 = tl.where(i == 0, a + b, a - b)
+    return tl.reshape(y4, [BK, BR])
+
+
+@triton.jit
+def _quantize_kernel_t(
+    x_ptr, stride_r, stride_k,
+    signs_ptr, zero_ptr, u_ptr,
+    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr,
+    R, K, seed,
+    BR: tl.constexpr,
+    HSIZE: tl.constexpr,
+    HSCALE: tl.constexpr,
+    HAS_SIGNS: tl.constexpr,
+    HAS_ZERO: tl.constexpr,
+    ROUNDING: tl.constexpr,
+    WRITE_PACKED: tl.constexpr,
+    WRITE_FP8: tl.constexpr,
+    IN_BF16: tl.constexpr,
+    HW_CVT: tl.constexpr,
+):
+    """_quantize_kernel for K along the input's outer axis, computed in the loaded [K, rows] layout (no
+    float transpose): only the uint8 outputs are transposed in the chip before the K-major stores."""
+    BK: tl.constexpr = 128
+    NB: tl.constexpr = 4
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_k * BK + tl.arange(0, BK)
+    row_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    cols64 = cols.to(tl.int64)
+    x = tl.load(x_ptr + cols64[:, None] * stride_k + rows64[None, :] * stride_r, mask=row_ok[None, :], other=0.0)
+    if IN_BF16:
+        y = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        y = x.to(tl.float32)
+    if HAS_ZERO:
+        z = tl.load(zero_ptr + rows, mask=row_ok, other=0)
+        y = tl.where(z[None, :] != 0, 0.0, y)
+    if HAS_SIGNS:
+        s = tl.load(signs_ptr + cols)
+        y = y * s[:, None]
+    if HSIZE >= 2:
+        y = _butterfly_t(y, BK, BR, 1)
+    if HSIZE >= 4:
+        y = _butterfly_t(y, BK, BR, 2)
+    if HSIZE >= 8:
+        y = _butterfly_t(y, BK, BR, 4)
+    if HSIZE >= 16:
+        y = _butterfly_t(y, BK, BR, 8)
+    if HSIZE >= 32:
+        y = _butterfly_t(y, BK, BR, 16)
+    if HSIZE >= 64:
+        y = _butterfly_t(y, BK, BR, 32)
+    if HSIZE >= 128:
+        y = _butterfly_t(y, BK, BR, 64)
+    if HSIZE >= 2:
+        y = y * HSCALE
+
+    y3 = tl.reshape(y, [NB, 32, BR])
+    finite = (y3 == y3) & (tl.abs(y3) != float("inf"))
+    nonfinite = tl.max(tl.where(finite, 0, 1), axis=1) > 0  # [NB, BR]
+    y3 = tl.where(finite, y3, 0.0)
+    amax = tl.max(tl.abs(y3), axis=1)
+    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.maximum(biased - 129, -127)
+    if ROUNDING != 0:
+        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)
+    scaled = y3 * _pow2(-e)[:, None, :]
+    mag = tl.abs(scaled)
+    if ROUNDING == 0:
+        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
+        r = (mag * inv + 12582912.0) - 12582912.0
+        qabs = tl.minimum(r / inv, 6.0)
+    else:
+        step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
+        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
+        lower = tl.floor(mag * inv) * step
+        frac = (mag - lower) * inv
+        offs = rows64[None, :] * K + cols64[:, None]
+        if ROUNDING == 1:
+            u = tl.rand(seed, offs.to(tl.uint32))
+        else:
+            u = tl.load(u_ptr + offs, mask=row_ok[None, :], other=0.0)
+        u3 = tl.reshape(u, [NB, 32, BR])
+        qabs = tl.minimum(lower + (u3 < frac).to(tl.float32) * step, 6.0)
+    qabs = tl.where(nonfinite[:, None, :], 0.0, qabs)
+    neg = scaled < 0
+
+    if WRITE_PACKED:
+        idx = tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+        code = tl.where(neg & (idx > 0), idx | 8, idx)
+        c2 = tl.reshape(code, [BK // 2, 2, BR])
+        j = tl.arange(0, 2)[None, :, None]
+        byte = tl.sum(tl.where(j == 0, c2, c2 << 4), axis=1).to(tl.uint8)  # lo | hi << 4
+        pcols = pid_k * (BK // 2) + tl.arange(0, BK // 2)
+        tl.store(packed_ptr + rows64[:, None] * (K // 2) + pcols[None, :], tl.trans(byte), mask=row_ok[:, None])
+        sbyte = tl.where(nonfinite, 255, e + 127).to(tl.uint8)  # [NB, BR]
+        scols = pid_k * NB + tl.arange(0, NB)
+        tl.store(scales_ptr + rows64[None, :] * (K // 32) + scols[:, None], sbyte, mask=row_ok[None, :])
+    if WRITE_FP8:
+        e_fin = tl.where(nonfinite, -127, e)
+        G = tl.maximum(tl.max(e_fin, axis=0) - 6, -126)  # [BR]
+        o = e_fin - G[None, :]
+        nonzero = tl.max(qabs, axis=1) > 0
+        deficient = nonzero & (o < -8) & (~nonfinite)
+        o_c = tl.minimum(tl.maximum(o, -8), 6)
+        v = qabs * _pow2(o_c)[:, None, :]
+        v = tl.where(deficient[:, None, :], 0.0, v)
+        if HW_CVT:
+            v = tl.where(neg & (v > 0), -v, v)
+            v = tl.where(nonfinite[:, None, :], float("nan"), v)
+            bits = tl.reshape(v, [BK, BR]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        else:
+            vb = v.to(tl.int32, bitcast=True)
+            fe = ((vb >> 23) & 0xFF) - 127
+            man3 = (vb >> 20) & 7
+            sub = (v * 512.0).to(tl.int32)
+            b = tl.where(fe >= -6, ((fe + 7) << 3) | man3, sub)
+            b = tl.where(v == 0, 0, b)
+            b = tl.where(neg & (v != 0), b | 0x80, b)
+            b = tl.where(nonfinite[:, None, :], 0x7F, b)
+            bits = tl.reshape(b, [BK, BR]).to(tl.uint8)
+        tl.store(fp8_ptr + rows64[:, None] * K + cols64[None, :], tl.trans(bits), mask=row_ok[:, None])
+        tl.store(gscale_ptr + pid_k.to(tl.int64) * R + rows, _pow2(G), mask=row_ok)
+        ndef = tl.sum(tl.sum(tl.where(row_ok[None, :], deficient.to(tl.int32), 0), axis=1), axis=0)
+        if ndef > 0:
+            tl.atomic_add(count_ptr, ndef)
+
+
+@triton.jit
+def _reencode_kernel(
+    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr, R, K,
+    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr,
+):
+    """Saved packed MXFP4 ([R, K/2] codes + [R, K/32] scales, K-major) -> fp8 e4m3 + group scales."""
+    NB: tl.constexpr = 4
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    row_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    pcols = pid_k * 64 + tl.arange(0, 64)
+    byte = tl.load(packed_ptr + rows64[:, None] * (K // 2) + pcols[None, :], mask=row_ok[:, None], other=0).to(tl.int32)
+    code = tl.reshape(tl.join(byte & 0xF, byte >> 4), [BR, NB, 32])
+    scols = pid_k * NB + tl.arange(0, NB)
+    sbyte = tl.load(scales_ptr + rows64[:, None] * (K // 32) + scols[None, :], mask=row_ok[:, None], other=0).to(tl.int32)
+    nonfinite = sbyte == 255
+    e = sbyte - 127
+    idx = code & 7
+    qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
+    neg = (code & 8) != 0
+    _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, BR, TILE, HW_CVT)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Python wrappers
+
+
+def hadamard_scale(block: int) -> float:
+    """The float32 constant 1/sqrt(block) of adahop.hadamard, as an exactly representable Python float."""
+    return struct.unpack("f", struct.pack("f", 1.0 / math.sqrt(block)))[0]
+
+
+# Launch choices, overridable for tuning (scripts/bench_linear.py --tune): (rows per program, warps),
+# and which butterfly formulation (0: permute/split/join, 1: masked sums; same bits).
+# Measured on H100 (docs/benchmarks.md): the masked-sum butterfly is faster where K is contiguous, the
+# permute/split/join one where the tile is transposed in the chip. Tile mode needs 128 rows a program.
+# "strided_kernel": "t" computes transposed inputs in their loaded layout (_quantize_kernel_t), "trans"
+# transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path),
+# "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
+# axis 0 compile badly) and "t" without one.
+TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "hv_contig": 1, "hv_strided": 0, "reencode": (32, 4),
+          "strided_kernel": "auto", "strided_t": (32, 4)}
+
+
+def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
+    if tile:
+        return TUNING["tile"]
+    return TUNING["contig"] if k_contig else TUNING["strided"]
+
+
+def _hw_cvt(t: torch.Tensor) -> bool:
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+@torch.compiler.disable
+def fused_quantize(
+    t: torch.Tensor,
+    *,
+    k_dim: int = 1,
+    hadamard_size: int | None = None,
+    signs: torch.Tensor | None = None,
+    rounding: str = "nearest",
+    zero_rows: torch.Tensor | None = None,
+    uniforms: torch.Tensor | None = None,
+    seed: int = 0,
+    write_packed: bool = True,
+    write_fp8: bool = True,
+    tile: bool = False,
+) -> dict:
+    """Quantize a 2-D operand along K (dim `k_dim`) in one pass. Returns a dict of K-major outputs:
+    packed [R, K/2] uint8, scales [R, K/32] uint8, fp8 [R, K] float8_e4m3fn, gscale fp32 ([K/128, R],
+    or [R/128, K/128] with `tile`), deficient (int32 [1], blocks written as zero in the fp8 form).
+
+    rounding "stochastic" draws its uniforms from `uniforms` (float32 [R, K], K-major) when given,
+    else from Philox with `seed`."""
+    if t.dim() != 2 or k_dim not in (0, 1):
+        raise ValueError(f"expected a 2-D tensor and k_dim in (0, 1), got {tuple(t.shape)}, {k_dim}")
+    K = t.shape[k_dim]
+    R = t.shape[1 - k_dim]
+    if K % GROUP != 0:
+        raise ValueError(f"the fused quantizer needs K % {GROUP} == 0, got K={K}")
+    if tile and R % 128 != 0:
+        raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
+    hsize = hadamard_size or 0
+    if hsize and (hsize > MAX_HADAMARD or GROUP % hsize != 0):
+        raise ValueError(f"the fused quantizer handles Hadamard blocks up to {MAX_HADAMARD}, got {hsize}")
+    if k_dim == 1 and t.stride(1) != 1 and t.stride(0) == 1 and R > 1:
+        t, k_dim = t.t(), 0  # a transposed view: read it along its contiguous axis
+    dev = t.device
+    k_contig = k_dim == 1
+    stride_r = t.stride(1 - k_dim)
+    stride_k = t.stride(k_dim)
+    packed = torch.empty((R, K // 2), dtype=torch.uint8, device=dev) if write_packed else torch.empty(1, dtype=torch.uint8, device=dev)
+    scales = torch.empty((R, K // 32), dtype=torch.uint8, device=dev) if write_packed else torch.empty(1, dtype=torch.uint8, device=dev)
+    if write_fp8:
+        fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
+        gscale = torch.empty((R // 128, K // GROUP) if tile else (K // GROUP, R), dtype=torch.float32, device=dev)
+    else:
+        fp8 = torch.empty(1, dtype=torch.uint8, device=dev)
+        gscale = torch.empty(1, dtype=torch.float32, device=dev)
+    count = torch.zeros(1, dtype=torch.int32, device=dev)
+    if rounding == "nearest":
+        mode = ROUND_NEAREST
+    elif rounding == "stochastic":
+        mode = ROUND_SR_GIVEN if uniforms is not None else ROUND_SR_PHILOX
+    else:
+        raise ValueError(f"rounding={rounding!r} is not supported")
+    if uniforms is not None:
+        uniforms = uniforms.to(device=dev, dtype=torch.float32).contiguous()
+        if uniforms.shape != (R, K):
+            raise ValueError(f"uniforms must be [R, K] = {(R, K)}, got {tuple(uniforms.shape)}")
+    zero = None
+    if zero_rows is not None and zero_rows.numel() > 0:
+        zero = torch.zeros(R, dtype=torch.int8, device=dev).index_fill_(0, zero_rows.to(dev), 1)
+    if signs is not None:
+        signs = signs.to(device=dev, dtype=torch.float32).contiguous()
+        if signs.shape != (K,):
+            raise ValueError(f"signs must have shape ({K},), got {tuple(signs.shape)}")
+    br, warps = _block_rows(k_contig, tile)
+    dummy = count
+    strided_kernel = TUNING["strided_kernel"]
+    if strided_kernel == "auto":
+        strided_kernel = "trans" if hsize else "t"
+    if not k_contig and not tile and strided_kernel == "t":
+        br, warps = TUNING["strided_t"]
+        _quantize_kernel_t[(triton.cdiv(R, br), K // GROUP)](
+            t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
+            signs if signs is not None else dummy, zero if zero is not None else dummy,
+            uniforms if uniforms is not None else dummy,
+            packed, scales, fp8, gscale, count,
+            R, K, int(seed) & 0x7FFFFFFF,
+            BR=br, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
+            HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
+            WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, IN_BF16=t.dtype == torch.bfloat16,
+            HW_CVT=_hw_cvt(t), num_warps=warps,
+        )
+        return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count)
+    grid = (triton.cdiv(R, br), K // GROUP)
+    _quantize_kernel[grid](
+        t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
+        signs if signs is not None else dummy, zero if zero is not None else dummy,
+        uniforms if uniforms is not None else dummy,
+        packed, scales, fp8, gscale, count,
+        R, K, int(seed) & 0x7FFFFFFF,
+        BR=br, K_CONTIG=k_contig, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
+        HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
+        WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, TILE=tile,
+        IN_BF16=t.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig" if k_contig or tile else "hv_strided"],
+        HW_CVT=_hw_cvt(t), num_warps=warps,
+    )
+    return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count)
+
+
+def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count) -> dict:
+    out = {"count": count}
+    if write_packed:
+        out["packed"], out["scales"] = packed, scales
+    if write_fp8:
+        out["fp8"], out["gscale"] = fp8.view(torch.float8_e4m3fn), gscale
+    return out
+
+
+@torch.compiler.disable
+def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = False) -> dict:
+    """fp8 form of a saved K-major packed operand (packed [R, K/2], scales [R, K/32])."""
+    R, K = packed.shape[0], packed.shape[1] * 2
+    if K % GROUP != 0 or scales.shape != (R, K // 32):
+        raise ValueError(f"re-encode needs K % {GROUP} == 0 and scales [R, K/32]; got {tuple(packed.shape)}, {tuple(scales.shape)}")
+    if tile and R % 128 != 0:
+        raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
+    dev = packed.device
+    fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
+    gscale = torch.empty((R // 128, K // GROUP) if tile else (K // GROUP, R), dtype=torch.float32, device=dev)
+    count = torch.zeros(1, dtype=torch.int32, device=dev)
+    br, warps = TUNING["tile"] if tile else TUNING["reencode"]
+    grid = (triton.cdiv(R, br), K // GROUP)
+    _reencode_kernel[grid](packed.contiguous(), scales.contiguous(), fp8, gscale, count, R, K, BR=br, TILE=tile,
+                          HW_CVT=_hw_cvt(packed), num_warps=warps)
+    return {"fp8": fp8.view(torch.float8_e4m3fn), "gscale": gscale, "count": count}
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch restatement of the fp8 re-encoding (tests, and locating deficient blocks on the rare path)
+
+
+def block_exponents(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 exponents with non-finite blocks at -127, non-finite mask) of E8M0 scale bytes [R, K/32]."""
+    nonfinite = scales == 255
+    e = scales.to(torch.int32) - 127
+    return torch.where(nonfinite, torch.full_like(e, -127), e), nonfinite
+
+
+def group_exponents(scales: torch.Tensor, tile: bool = False) -> torch.Tensor:
+    """G per 1x128 group ([R, K/128]) or per 128x128 tile ([R/128, K/128]) of a K-major operand."""
+    e, _ = block_exponents(scales)
+    R, nb = e.shape
+    gmax = e.view(R, nb // 4, 4).amax(-1)
+    if tile:
+        gmax = gmax.view(R // 128, 128, nb // 4).amax(1)
+    return torch.clamp(gmax - 6, min=-126)
+
+
+def deficient_blocks(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False) -> torch.Tensor:
+    """bool [R, K/32]: nonzero finite blocks whose exponent sits more than 14 below the group maximum
+    (the blocks the fp8 form holds as zero)."""
+    e, nonfinite = block_exponents(scales)
+    G = group_exponents(scales, tile)
+    if tile:
+        G = G.repeat_interleave(128, 0)
+    G = G.repeat_interleave(4, 1)
+    R = packed.shape[0]
+    nonzero = ((packed & 0x77) != 0).view(R, -1, 16).any(-1)
+    return nonzero & ~nonfinite & ((e - G) < MIN_OFFSET)
+
+
+def reference_fp8(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 e4m3 [R, K] as uint8 bits, gscale fp32 like the kernels') computed in torch from packed MXFP4."""
+    from ..mx.format import e2m1_values, unpack_nibbles
+
+    R = packed.shape[0]
+    codes = unpack_nibbles(packed)
+    q = e2m1_values(codes).view(R, -1, 32)
+    e, nonfinite = block_exponents(scales)
+    G = group_exponents(scales, tile)
+    Gfull = (G.repeat_interleave(128, 0) if tile else G).repeat_interleave(4, 1)
+    o = (e - Gfull).clamp(MIN_OFFSET, MAX_OFFSET)
+    v = torch.ldexp(q, o.unsqueeze(-1).to(torch.float32))
+    bits = v.to(torch.float8_e4m3fn).view(torch.uint8)  # exact: v is representable
+    bits = torch.where(v == 0, torch.zeros_like(bits), bits)  # -0 -> code 0
+    defi = deficient_blocks(packed, scales, tile)
+    bits = torch.where(defi.unsqueeze(-1), torch.zeros_like(bits), bits)
+    bits = torch.where(nonfinite.unsqueeze(-1), torch.full_like(bits, FP8_NAN_BITS), bits)
+    gscale = torch.ldexp(torch.ones_like(G, dtype=torch.float32), G.to(torch.float32))
+    return bits.view(R, -1), (gscale if tile else gscale.t().contiguous())

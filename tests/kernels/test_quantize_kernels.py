@@ -1,0 +1,221 @@
+"""The fused Hadamard + MXFP4 kernels against the torch reference, bit for bit.
+
+Runs on CUDA when present, else on the CPU with TRITON_INTERPRET=1 (see conftest.py). Shapes are small
+so the interpreter keeps the whole file within a minute or two on 2 cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adahop import backend
+from adahop.hadamard import random_signs
+from adahop.kernels.gemm import FastOperand, _correction
+from adahop.kernels.quantize import (
+    deficient_blocks,
+    fused_quantize,
+    fused_reencode,
+    reference_fp8,
+)
+from adahop.mx import dequantize_mxfp4
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference(t, *, k_dim=1, hadamard_size=None, signs=None, zero_rows=None, rounding="nearest", generator=None):
+    """Packed codes and scales of the torch reference (backend's reference branch, forced)."""
+    k_major = backend.transform(t.cpu(), k_dim=k_dim, hadamard_size=hadamard_size,
+                                signs=None if signs is None else signs.cpu(),
+                                zero_rows=None if zero_rows is None else zero_rows.cpu())
+    from adahop.mx import quantize_blocks
+
+    q = quantize_blocks(k_major, axis=-1, rounding=rounding, generator=generator)
+    return q.packed_codes(), q.scale_bytes()
+
+
+def check_against_reference(t, *, uniforms_seed=None, tile=False, **kw):
+    """Run the kernel and the reference; compare every output bit for bit. Returns the kernel outputs."""
+    rounding = kw.get("rounding", "nearest")
+    gen = uniforms = None
+    k_dim = kw.get("k_dim", 1)
+    R, K = t.shape[1 - k_dim], t.shape[k_dim]
+    if rounding == "stochastic":
+        gen = torch.Generator().manual_seed(uniforms_seed)
+        uniforms = torch.rand((R, K // 32, 32), generator=torch.Generator().manual_seed(uniforms_seed)).reshape(R, K)
+    ref_packed, ref_scales = reference(t, generator=gen, **kw)
+    dev_kw = {k: (v.to(DEV) if torch.is_tensor(v) else v) for k, v in kw.items()}
+    out = fused_quantize(t.to(DEV), uniforms=uniforms, tile=tile, **dev_kw)
+    assert torch.equal(out["scales"].cpu(), ref_scales), "E8M0 scales differ"
+    assert torch.equal(out["packed"].cpu(), ref_packed), "packed E2M1 codes differ"
+    bits, gscale = reference_fp8(ref_packed, ref_scales, tile=tile)
+    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits), "fp8 re-encoding differs"
+    assert torch.equal(out["gscale"].cpu(), gscale), "group scales differ"
+    assert int(out["count"].item()) == int(deficient_blocks(ref_packed, ref_scales, tile).sum())
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k_dim", [1, 0])
+@pytest.mark.parametrize("hsize", [None, 32, 128])
+def test_nearest_matches_reference(dtype, k_dim, hsize):
+    g = torch.Generator().manual_seed(hash((str(dtype), k_dim, hsize)) & 0xFFFF)
+    R, K = 48, 256  # rows not a multiple of the row block: masked tail
+    t = torch.randn((R, K) if k_dim == 1 else (K, R), generator=g).to(dtype)
+    t = t * torch.exp2(torch.randint(-6, 6, t.shape, generator=g)).to(dtype)
+    check_against_reference(t, k_dim=k_dim, hadamard_size=hsize)
+
+
+@pytest.mark.parametrize("k_dim", [1, 0])
+def test_signs_zero_rows_and_small_hadamard(k_dim):
+    g = torch.Generator().manual_seed(7)
+    R, K = 40, 128
+    t = torch.randn((R, K) if k_dim == 1 else (K, R), generator=g).to(torch.bfloat16)
+    signs = random_signs(K, 3)
+    zero_rows = torch.tensor([0, 5, 39])
+    for hsize in (2, 16, 64):
+        check_against_reference(t, k_dim=k_dim, hadamard_size=hsize, signs=signs, zero_rows=zero_rows)
+
+
+@pytest.mark.parametrize("k_dim", [1, 0])
+@pytest.mark.parametrize("hsize", [None, 32])
+def test_stochastic_with_given_uniforms_matches_reference(k_dim, hsize):
+    g = torch.Generator().manual_seed(11)
+    R, K = 33, 256
+    t = torch.randn((R, K) if k_dim == 1 else (K, R), generator=g)
+    t[3] *= 1e4
+    check_against_reference(t, k_dim=k_dim, hadamard_size=hsize, rounding="stochastic", uniforms_seed=5)
+
+
+def _grid_block(e: int, values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32) * 2.0**e
+
+
+def adversarial_rows() -> torch.Tensor:
+    """Rows of 256 (two fp8 groups) built to hit the corner cases of the format."""
+    ties = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0, -7.0,
+            4.0, 6.0, 6.5, 7.5, 0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 3.0, -6.0, 0.125, 0.2, 0.3, 7.99]
+    rows = []
+    row = torch.cat([_grid_block(e, ties) for e in (0, -3, 5, 17, -20, 40, -60, 100)])
+    rows.append(row)
+    rows.append(torch.zeros(256))  # all zero
+    r = torch.randn(256)
+    r[3] = float("nan")
+    r[70] = float("inf")
+    r[140] = -float("inf")
+    rows.append(r)  # NaN / Inf blocks
+    r = torch.randn(256) * 3e38
+    rows.append(r)  # Hadamard sums overflow to Inf
+    rows.append(torch.randn(256) * 1e-40)  # fp32 subnormals
+    rows.append(torch.randn(256) * 2.0**-126)
+    # exponents far apart inside one 128-group: deficient blocks (gap > 14) and gaps of exactly 14, 15
+    r = torch.cat([torch.randn(32) * 2.0**20, torch.randn(32) * 2.0**4, torch.randn(32) * 2.0**6, torch.randn(32),
+                   torch.randn(32) * 2.0**30, torch.randn(32) * 2.0**15, torch.randn(32) * 2.0**16, torch.zeros(32)])
+    rows.append(r)
+    r = torch.full((256,), 1.0)
+    r[::7] = -2.0**-130
+    rows.append(r)
+    rows.append(torch.full((256,), 3.4e38))
+    rows.append(torch.full((256,), -1e-45))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hsize", [None, 32])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_adversarial_inputs(dtype, hsize, rounding):
+    t = adversarial_rows().to(dtype)
+    for k_dim in (1, 0):
+        tt = t if k_dim == 1 else t.t().contiguous()
+        out = check_against_reference(tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms_seed=3)
+    if hsize is None and dtype == torch.float32:
+        assert out["count"].item() > 0  # the far-apart row makes deficient blocks: counted, not dropped
+        assert (out["scales"][2] == 255).sum() == 3  # the three non-finite blocks are NaN blocks
+
+
+def test_non_contiguous_input_and_tile_scales():
+    g = torch.Generator().manual_seed(2)
+    big = torch.randn(128, 512, generator=g).to(torch.bfloat16)
+    t = big[:, ::2]  # strided view, K = 256
+    check_against_reference(t, k_dim=1, hadamard_size=32)
+    w = torch.randn(256, 128, generator=g)
+    w[:, 17] *= 2.0**16  # one huge column: its tile's other blocks fall far below
+    check_against_reference(w, k_dim=1, hadamard_size=None, tile=True)
+    check_against_reference(w.t().contiguous(), k_dim=0, hadamard_size=32, tile=True)
+
+
+@pytest.mark.parametrize("tile", [False, True])
+def test_reencode_kernel(tile):
+    t = torch.cat([adversarial_rows(), torch.randn(118, 256)]).to(torch.float32)
+    ref_packed, ref_scales = reference(t, hadamard_size=None)
+    out = fused_reencode(ref_packed.to(DEV), ref_scales.to(DEV), tile=tile)
+    bits, gscale = reference_fp8(ref_packed, ref_scales, tile=tile)
+    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits)
+    assert torch.equal(out["gscale"].cpu(), gscale)
+    assert int(out["count"].item()) == int(deficient_blocks(ref_packed, ref_scales, tile).sum()) > 0
+
+
+def test_fp8_form_is_the_mxfp4_values_except_counted_blocks():
+    """Dequantized fp8 form == dequantized MXFP4, except deficient blocks, which are zero there."""
+    t = torch.cat([adversarial_rows()[[0, 1, 4, 5, 6, 7, 9]], torch.randn(25, 256) * 50])
+    out = fused_quantize(t.to(DEV), hadamard_size=None)
+    op = FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"])
+    mx = op.dequantize().cpu()
+    f8 = op.fp8_dequantize().cpu()
+    defi = deficient_blocks(out["packed"].cpu(), out["scales"].cpu()).repeat_interleave(32, 1)
+    assert defi.any()
+    assert torch.equal(torch.where(defi, 0.0, mx), f8)
+
+
+def test_correction_restores_the_exact_gemm():
+    g = torch.Generator().manual_seed(4)
+    a_t = torch.randn(64, 256, generator=g)
+    a_t[5, 0:32] *= 2.0**20  # row 5: blocks 1..3 fall > 14 below block 0
+    b_t = torch.randn(128, 256, generator=g)
+    b_t[:, 130] *= 2.0**24  # one huge column of Bt in group 1: tile-deficient blocks
+    a = fused_quantize(a_t.to(DEV), hadamard_size=None)
+    b = fused_quantize(b_t.to(DEV), hadamard_size=None, tile=True)
+    fa = FastOperand(a["fp8"], a["gscale"], a["count"], a["packed"], a["scales"])
+    fb = FastOperand(b["fp8"], b["gscale"], b["count"], b["packed"], b["scales"], tile=True)
+    assert fa.count.item() > 0 and fb.count.item() > 0
+    exact = (fa.dequantize().double() @ fb.dequantize().double().t())
+    out = (fa.fp8_dequantize() @ fb.fp8_dequantize().t())
+    assert not torch.allclose(out.double(), exact, rtol=1e-5, atol=0)
+    da = deficient_blocks(fa.packed, fa.scales)
+    db = deficient_blocks(fb.packed, fb.scales, tile=True)
+    _correction(fa, fb, da, db, out)
+    err = (out.double() - exact).abs().max() / exact.abs().max()
+    assert err < 1e-6, err
+
+
+def test_philox_stochastic_rounding_is_unbiased():
+    x = torch.linspace(-3.0, 3.0, 256).repeat(64, 1)  # 64 rows, each 256 along K
+    total = torch.zeros_like(x, dtype=torch.float64)
+    n = 16
+    for seed in range(n):
+        out = fused_quantize(x.to(DEV), hadamard_size=None, rounding="stochastic", seed=seed + 1, write_fp8=False)
+        total += dequantize_mxfp4(out["packed"].cpu(), out["scales"].cpu()).double()
+    # average over 64 identical rows x 16 seeds = 1024 draws per element: std of the mean <= 0.25/32
+    mean = (total / n).mean(0)
+    assert (mean - x[0].double()).abs().max() < 0.05
+    assert (total / n).ne(x.double()).any()  # and it is not just rounding to nearest
+
+
+@pytest.mark.parametrize("hvariant", [0, 1])
+@pytest.mark.parametrize("rows_warps", [(16, 4), (64, 8)])
+def test_launch_variants_give_the_same_bits(hvariant, rows_warps):
+    from adahop.kernels.quantize import TUNING
+
+    saved = dict(TUNING)
+    TUNING.update(contig=rows_warps, strided=rows_warps, reencode=rows_warps, hv_contig=hvariant, hv_strided=hvariant,
+                  strided_t=rows_warps, strided_kernel="trans" if hvariant == 0 else "t")
+    try:
+        t = torch.cat([adversarial_rows(), torch.randn(70, 256)]).to(torch.bfloat16)
+        check_against_reference(t, k_dim=1, hadamard_size=32)
+        check_against_reference(t.t().contiguous(), k_dim=0, hadamard_size=32, signs=random_signs(256, 1))
+        check_against_reference(t, k_dim=1, hadamard_size=128, rounding="stochastic", uniforms_seed=9)
+    finally:
+        TUNING.clear()
+        TUNING.update(saved)
