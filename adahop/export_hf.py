@@ -1,0 +1,116 @@
+"""Export a torchtitan Llama checkpoint to a Hugging Face folder that `transformers` loads.
+
+    python -m adahop.export_hf --checkpoint_path outputs/default/checkpoint/step-150 --out hf/default \
+        [--dtype bfloat16] [--job.config_file configs/default.toml ...]
+
+Writes model.safetensors, config.json, generation_config.json and the tokenizer files, so that
+`AutoModelForCausalLM.from_pretrained(out)` and lm-eval-harness work on it (see docs/evaluation.md).
+The weights are the BF16/FP32 master weights: the MXFP4 numerics are a training-time transform.
+Name mapping and the rotary-embedding permutation come from torchtitan's Llama3StateDictAdapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint_io import CheckpointError, atomic_dir_write, build_model, load_job_config, load_model_state
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
+    """A LlamaConfig dict matching torchtitan's TransformerModelArgs."""
+    head_dim = args.dim // args.n_heads
+    special = {}
+    if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").is_file():
+        vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+        added = {t["content"]: t["id"] for t in vocab.get("added_tokens", [])}
+        cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text()) if (tokenizer_dir / "tokenizer_config.json").is_file() else {}
+        for role in ("bos", "eos"):
+            token = cfg.get(f"{role}_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            if token in added:
+                special[f"{role}_token_id"] = added[token]
+    rs = args.rope_scaling_args
+    rope = {
+        "rope_type": "llama3",
+        "factor": rs.scaling_factor,
+        "low_freq_factor": rs.low_freq_factor,
+        "high_freq_factor": rs.high_freq_factor,
+        "original_max_position_embeddings": rs.original_max_position_embeddings,
+    }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": int(state["model.layers.0.mlp.gate_proj.weight"].shape[0]),
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads or args.n_heads,
+        "head_dim": head_dim,
+        "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_scaling": rope,
+        "rope_parameters": {"rope_theta": args.rope_theta, **rope},
+        "max_position_embeddings": args.max_seq_len,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        **special,
+    }
+
+
+def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bfloat16") -> Path:
+    from safetensors.torch import save_file
+    from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: allowed {', '.join(DTYPES)}")
+    job_config = load_job_config(checkpoint_path, cli_args)
+    model, args = build_model(job_config)
+    load_model_state(model, checkpoint_path)
+    tokenizer_dir = Path(job_config.model.hf_assets_path) if job_config.model.hf_assets_path else None
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("freqs_cis")}
+    hf_sd = Llama3StateDictAdapter(args, None).to_hf(sd)
+    hf_sd = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in hf_sd.items()}
+    config = hf_config(args, hf_sd, tokenizer_dir)
+    config["torch_dtype"] = dtype
+    with atomic_dir_write(Path(out)) as tmp:
+        save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        if tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                if (tokenizer_dir / name).is_file():
+                    shutil.copy(tokenizer_dir / name, tmp / name)
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m adahop.export_hf", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint_path", required=True, help="a DCP step-N folder written by training")
+    p.add_argument("--out", required=True, help="output folder (written whole or not at all)")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    args, rest = p.parse_known_args(argv)
+    try:
+        out = export(args.checkpoint_path, args.out, rest, args.dtype)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[adahop] wrote a Hugging Face Llama checkpoint to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
