@@ -1,0 +1,248 @@
+"""Config dataclasses that extend torchtitan's JobConfig (``--job.custom_config_module adahop.config``),
+and the validation that runs before any model is built or any step runs.
+
+torchtitan merges this ``JobConfig`` into its own one field by field (``ConfigManager._merge_configs``),
+so ``[quantize.linear.mx]`` keeps upstream's fields (``filter_fqns``, ``recipe_name``, ...) and gains ours.
+
+NOTE: no ``from __future__ import annotations`` here: torchtitan's config merge inspects ``field.type``
+with ``dataclasses.is_dataclass``, which needs real types, not strings.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from adahop.modes import MODES, PAIR_KEYS, SEED_TABLE
+
+#: the only MX recipe implemented: 1x32 blocks along the GEMM's inner dimension for both operands
+RECIPES = ("mxfp4_1d1d",)
+#: MX block size: every converted Linear must have in/out features that are multiples of it
+MX_BLOCK = 32
+CONVERTER_NAME = "quantize.linear.mx"
+
+
+class ConfigError(ValueError):
+    """An invalid adahop configuration value: names the key, the bad value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str, hint: str = ""):
+        self.key, self.value, self.allowed, self.hint = key, value, allowed, hint
+        msg = f"invalid config: {key} = {value!r}; allowed: {allowed}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+@dataclass
+class Calibration:
+    use_HT_calibration: bool = False
+    """Run outlier-pattern calibration for the first `calibration_steps` steps, then fix each slot's mode
+    from `layer_transform_config`. When false, `use_hadamard` picks hadamard or none for every slot."""
+
+    calibration_steps: int = 30
+    """Number of training steps whose x/W/g outlier labels are voted on (must be <= training.steps)."""
+
+    visualize_outlier_patterns: bool = False
+    """Write magnitude maps of x, W, g per layer and a summary grid (PNG) at the end of calibration."""
+
+    visualization_save_folder: str = "./outlier_patterns"
+    """Folder for the PNGs; a relative path is taken relative to job.dump_folder."""
+
+    layer_transform_config: dict[str, str] = field(default_factory=lambda: dict(SEED_TABLE))
+    """Pair key ("row-col": label of the GEMM's left operand - label of its right operand) -> mode.
+    Keys not given keep the seed table's mode."""
+
+    pattern_threshold: Optional[float] = None
+    """(adahop) score above which a tensor is labelled row/col; None = adahop.patterns.DEFAULT_THRESHOLD."""
+
+    plan_file: str = ""
+    """(adahop) start from a saved plan (an adahop_plan.json) and skip calibration."""
+
+    max_observed_rows: int = 4096
+    """(adahop) classify at most this many rows of x/g per call (evenly strided subsample) for speed;
+    0 = classify the whole tensor."""
+
+    visualization_max_pixels: int = 256
+    """(adahop) magnitude maps are max-pooled down to at most this many pixels per side."""
+
+
+@dataclass
+class MXLinear:
+    recipe_name: str = "mxfp4_1d1d"
+    """MX recipe. Only "mxfp4_1d1d" (1x32 blocks along K for both operands) is implemented."""
+
+    filter_fqns: list[str] = field(default_factory=lambda: ["output"])
+    """Module fqns (substring match, as upstream) whose Linear layers stay in high precision."""
+
+    enable_mxfp4_linear: bool = True
+    """Convert the targeted nn.Linear layers to AdaHOP MXFP4 linears."""
+
+    enable_mxfp4_gmm: bool = False
+    """MXFP4 grouped GEMMs (MoE experts): not implemented yet; true is refused."""
+
+    enable_mxfp4_fa: bool = False
+    """MXFP4 attention: not implemented yet; true is refused."""
+
+    use_sr_grad: bool = False
+    """Stochastic rounding (unbiased) when quantizing gradients."""
+
+    use_hadamard: bool = True
+    """Without calibration: every slot runs `hadamard` (true) or plain MXFP4 `none` (false).
+    During calibration this is also the mode the layers run in."""
+
+    use_randomized_hadamard: bool = False
+    """Random +-1 signs before the Hadamard, fixed per layer (seeded from the layer fqn)."""
+
+    outlier_k: int = 64
+    """(adahop) rows/columns taken out to BF16 by the outlier-extraction modes (capped by the dimension)."""
+
+    hadamard_size: int = 32
+    """(adahop) block size of the block-diagonal Hadamard along K."""
+
+    quant_error_freq: int = 0
+    """(adahop) every N steps log the relative error of each converted layer's three GEMMs
+    (forward_y, backward_gx, backward_gw) against a float32 GEMM; 0 = off."""
+
+    quant_error_tokens: int = 1024
+    """(adahop) tokens (rows of x and g) used for the quantization-error metric."""
+
+    calibration: Calibration = field(default_factory=Calibration)
+
+
+@dataclass
+class QuantizedLinear:
+    mx: MXLinear = field(default_factory=MXLinear)
+
+
+@dataclass
+class Quantize:
+    linear: QuantizedLinear = field(default_factory=QuantizedLinear)
+
+
+@dataclass
+class JobConfig:
+    quantize: Quantize = field(default_factory=Quantize)
+
+
+# ----------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------
+_P = "quantize.linear.mx"
+_C = "quantize.linear.mx.calibration"
+
+
+def mx_config(job_config) -> Any:
+    """The [quantize.linear.mx] section of a (merged) torchtitan JobConfig."""
+    return job_config.quantize.linear.mx
+
+
+def converter_enabled(job_config) -> bool:
+    return CONVERTER_NAME in list(job_config.model.converters or [])
+
+
+def _need(cfg, name: str):
+    if not hasattr(cfg, name):
+        raise ConfigError(
+            f"{_P}.{name}", "<missing>", "a JobConfig merged with adahop.config",
+            "run through `python -m adahop.train` or pass --job.custom_config_module adahop.config",
+        )
+    return getattr(cfg, name)
+
+
+def resolved_table(mx) -> dict[str, str]:
+    """The seed table overridden key by key by layer_transform_config."""
+    table = dict(SEED_TABLE)
+    table.update(dict(mx.calibration.layer_transform_config or {}))
+    return table
+
+
+def validate_mx(job_config) -> None:
+    """Check every adahop key of `job_config` (no model needed). Raises ConfigError."""
+    if not converter_enabled(job_config):
+        return
+    mx = mx_config(job_config)
+    for name in ("enable_mxfp4_linear", "calibration", "outlier_k"):
+        _need(mx, name)
+    if mx.recipe_name not in RECIPES:
+        raise ConfigError(f"{_P}.recipe_name", mx.recipe_name, " | ".join(repr(r) for r in RECIPES))
+    if mx.enable_mxfp4_gmm:
+        raise ConfigError(
+            f"{_P}.enable_mxfp4_gmm", mx.enable_mxfp4_gmm, "false",
+            "MXFP4 grouped GEMMs (MoE) are not available yet",
+        )
+    if mx.enable_mxfp4_fa:
+        raise ConfigError(
+            f"{_P}.enable_mxfp4_fa", mx.enable_mxfp4_fa, "false",
+            "MXFP4 attention is not available yet",
+        )
+    if int(mx.outlier_k) < 0:
+        raise ConfigError(f"{_P}.outlier_k", mx.outlier_k, "an integer >= 0")
+    hs = int(mx.hadamard_size)
+    if hs < 2 or hs & (hs - 1) or MX_BLOCK % hs:
+        raise ConfigError(f"{_P}.hadamard_size", mx.hadamard_size, "a power of two dividing 32 (2..32)")
+    if int(mx.quant_error_freq) < 0:
+        raise ConfigError(f"{_P}.quant_error_freq", mx.quant_error_freq, "0 (off) or a positive integer")
+    if int(mx.quant_error_tokens) < 1:
+        raise ConfigError(f"{_P}.quant_error_tokens", mx.quant_error_tokens, "a positive integer")
+    cal = mx.calibration
+    table = cal.layer_transform_config or {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{_C}.layer_transform_config", table, "a table of pair key -> mode")
+    for key, mode in table.items():
+        if key not in PAIR_KEYS:
+            raise ConfigError(
+                f"{_C}.layer_transform_config", key, "pair keys " + ", ".join(PAIR_KEYS),
+                "unknown pair key",
+            )
+        if mode not in MODES:
+            raise ConfigError(
+                f'{_C}.layer_transform_config."{key}"', mode, "modes " + ", ".join(MODES),
+                "unknown mode",
+            )
+    if cal.use_HT_calibration and not cal.plan_file:
+        steps = int(cal.calibration_steps)
+        if steps < 1:
+            raise ConfigError(f"{_C}.calibration_steps", steps, "an integer >= 1")
+        if steps > int(job_config.training.steps):
+            raise ConfigError(
+                f"{_C}.calibration_steps", steps,
+                f"at most training.steps = {job_config.training.steps}",
+            )
+    if cal.pattern_threshold is not None and not float(cal.pattern_threshold) > 0:
+        raise ConfigError(f"{_C}.pattern_threshold", cal.pattern_threshold, "a positive number or unset")
+    if int(cal.max_observed_rows) < 0:
+        raise ConfigError(f"{_C}.max_observed_rows", cal.max_observed_rows, "0 (all) or a positive integer")
+    if cal.plan_file:
+        import os
+
+        if not os.path.isfile(cal.plan_file):
+            raise ConfigError(f"{_C}.plan_file", cal.plan_file, "the path of an existing adahop_plan.json")
+
+
+def validate_model(job_config) -> None:
+    """Build the model on the meta device (no memory, no weights) and check the layers to convert."""
+    if not converter_enabled(job_config) or not mx_config(job_config).enable_mxfp4_linear:
+        return
+    import torch
+
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    spec = get_train_spec(job_config.model.name)
+    if job_config.model.flavor not in spec.model_args:
+        raise ConfigError(
+            "model.flavor", job_config.model.flavor,
+            f"flavors of {job_config.model.name}: " + ", ".join(spec.model_args),
+        )
+    args = dataclasses.replace(spec.model_args[job_config.model.flavor])
+    args.update_from_config(job_config)
+    with torch.device("meta"):
+        model = spec.model_cls(args)
+    from adahop.converter import select_linears
+
+    select_linears(model, mx_config(job_config).filter_fqns)
+
+
+def validate_job_config(job_config, *, check_model: bool = True) -> None:
+    """All adahop checks; raises ConfigError naming the key, the bad value and what is allowed."""
+    validate_mx(job_config)
+    if check_model:
+        validate_model(job_config)

@@ -1,0 +1,244 @@
+"""The ``quantize.linear.mx`` model converter: nn.Linear -> adahop.linear.AdaHOPLinear.
+
+Registered by adahop.titan in place of upstream's torchao MXFP8 converter of the same name.
+It runs on the meta-device model, before parallelization (FSDP wraps the converted modules, which
+stay AdaHOPLinear instances). torchtitan calls ``post_optimizer_hook`` once per training step; we use
+it to close a calibration step, to fix the plan after the last one, and for the optional
+quantization-error metric.
+"""
+
+from __future__ import annotations
+
+import weakref
+import zlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from adahop.config import MX_BLOCK, ConfigError, mx_config, resolved_table, validate_mx
+
+_INSTANCES: list[weakref.ref] = []
+
+
+def hadamard_seed(fqn: str) -> int:
+    """Seed of a layer's random Hadamard signs: from its fqn, so every rank agrees."""
+    return zlib.crc32(fqn.encode()) & 0x7FFFFFFF
+
+
+def is_filtered(fqn: str, filter_fqns: list[str]) -> bool:
+    """Upstream semantics: a module is skipped if any filter string is a substring of its fqn."""
+    return any(f and f in fqn for f in filter_fqns or [])
+
+
+def select_linears(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.Linear]:
+    """The nn.Linear modules to convert, by fqn. Raises ConfigError for a targeted layer whose
+    dims are not multiples of 32 (the MX block)."""
+    out: dict[str, nn.Linear] = {}
+    for fqn, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or is_filtered(fqn, filter_fqns):
+            continue
+        shape = tuple(mod.weight.shape)
+        if shape[0] % MX_BLOCK or shape[1] % MX_BLOCK:
+            raise ConfigError(
+                "quantize.linear.mx.filter_fqns", list(filter_fqns or []),
+                f"a list that excludes every Linear whose dims are not multiples of {MX_BLOCK}",
+                f"layer {fqn!r} has weight shape [out, in] = {list(shape)}; add {fqn!r} (or a substring "
+                f"of it) to quantize.linear.mx.filter_fqns to keep it in high precision",
+            )
+        out[fqn] = mod
+    return out
+
+
+def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def active_converters() -> list["AdaHOPConverter"]:
+    alive = [r() for r in _INSTANCES]
+    return [c for c in alive if c is not None]
+
+
+class AdaHOPConverter:
+    """ModelConverter for ``[model] converters = ["quantize.linear.mx"]``."""
+
+    def __init__(self, job_config, parallel_dims):
+        validate_mx(job_config)  # idempotent; adahop.train validated already (model dims too)
+        self.job_config = job_config
+        self.parallel_dims = parallel_dims
+        self.mx = mx_config(job_config)
+        self.enabled = bool(self.mx.enable_mxfp4_linear)
+        self.layers: dict[str, nn.Module] = {}
+        self.calibrator = None
+        self.qerr = None
+        self.trainer = None
+        self._hook_calls = 0
+        self._bound = False
+        _INSTANCES.append(weakref.ref(self))
+        from torchtitan.tools.logging import logger
+
+        cal = self.mx.calibration
+        if not self.enabled:
+            logger.info("[adahop] quantize.linear.mx: enable_mxfp4_linear = false, no layer converted")
+        else:
+            logger.info(
+                f"[adahop] MXFP4 training ({self.mx.recipe_name}), "
+                + (
+                    f"plan from {cal.plan_file}" if cal.plan_file
+                    else f"calibration over {cal.calibration_steps} steps" if cal.use_HT_calibration
+                    else f"uniform mode {self.uniform_mode}"
+                )
+            )
+
+    @property
+    def uniform_mode(self) -> str:
+        return "hadamard" if self.mx.use_hadamard else "none"
+
+    def layer_kwargs(self, fqn: str) -> dict[str, Any]:
+        m = self.uniform_mode
+        return dict(
+            forward_y=m, backward_gx=m, backward_gw=m,
+            use_sr_grad=bool(self.mx.use_sr_grad),
+            randomized_hadamard=bool(self.mx.use_randomized_hadamard),
+            hadamard_size=int(self.mx.hadamard_size),
+            outlier_k=int(self.mx.outlier_k),
+            hadamard_seed=hadamard_seed(fqn),
+        )
+
+    # ------------------------------------------------------------------ ModelConverter protocol
+    def convert(self, model: nn.Module) -> None:
+        if not self.enabled:
+            return
+        from torchtitan.tools.logging import logger
+
+        from adahop.calibration import Calibrator
+        from adahop.linear import AdaHOPLinear
+
+        targets = select_linears(model, self.mx.filter_fqns)
+        for fqn, lin in targets.items():
+            new = AdaHOPLinear.from_linear(lin, **self.layer_kwargs(fqn))
+            _set_submodule(model, fqn, new)
+            self.layers[fqn] = new
+        cal = self.mx.calibration
+        self.calibrator = Calibrator(
+            self.layers,
+            table=resolved_table(self.mx),
+            uniform_mode=self.uniform_mode,
+            calibrate=bool(cal.use_HT_calibration),
+            steps=int(cal.calibration_steps),
+            threshold=cal.pattern_threshold,
+            max_rows=int(cal.max_observed_rows),
+            visualize=bool(cal.visualize_outlier_patterns),
+            visualization_folder=cal.visualization_save_folder,
+            visualization_max_pixels=int(cal.visualization_max_pixels),
+            plan_file=cal.plan_file,
+        )
+        self.calibrator.dump_folder = self.job_config.job.dump_folder
+        if int(self.mx.quant_error_freq) > 0:
+            from adahop.metrics import QuantErrorProbe
+
+            self.qerr = QuantErrorProbe(
+                self.layers, freq=int(self.mx.quant_error_freq),
+                tokens=int(self.mx.quant_error_tokens), layer_kwargs=self.layer_kwargs,
+            )
+        self._install_observers()
+        logger.info(
+            f"[adahop] converted {len(self.layers)} Linear layers to AdaHOPLinear "
+            f"(filter_fqns={list(self.mx.filter_fqns)})"
+        )
+
+    def post_optimizer_hook(self, model: nn.Module | list[nn.Module]) -> None:
+        if not self.enabled or self.calibrator is None:
+            return
+        if not self._bound:
+            self.bind(model if isinstance(model, list) else [model])
+        self._hook_calls += 1
+        step = self.current_step()
+        cal = self.calibrator
+        if cal.calibrating:
+            if cal.end_step():
+                cal.publish()
+                self._install_observers()
+        if self.qerr is not None:
+            metrics = self.qerr.end_step(step)
+            if metrics and self.trainer is not None:
+                mp = getattr(self.trainer, "metrics_processor", None)
+                if mp is not None and getattr(mp, "logger", None) is not None:
+                    mp.logger.log(metrics, step)
+
+    # ------------------------------------------------------------------ binding to a trainer
+    def current_step(self) -> int:
+        if self.trainer is not None:
+            return int(self.trainer.step)
+        return self._hook_calls
+
+    def bind(self, model_parts: list[nn.Module], trainer=None) -> None:
+        """Attach to the parallelized model parts (and the trainer, when there is one)."""
+        if self.calibrator is None:
+            return
+        self.trainer = trainer
+        self.calibrator.restrict_to(model_parts)
+        self.layers = dict(self.calibrator.layers)
+        if self.qerr is not None:
+            self.qerr.restrict_to(self.layers)
+        self.calibrator.dump_folder = self.job_config.job.dump_folder
+        self.calibrator.rank, self.calibrator.process_group, self.calibrator.reduce_device = self._comm()
+        self._install_observers()
+        self._bound = True
+
+    def _comm(self):
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return 0, None, torch.device("cpu")
+        rank = dist.get_rank()
+        group = None  # default group: every rank agrees on the plan
+        pd = self.parallel_dims
+        if pd is not None and getattr(pd, "pp_enabled", False):
+            # pipeline stages hold different layers: agree within the data-parallel group only
+            group = pd.get_mesh("batch").get_group() if pd.dp_enabled else "local"
+        backend = str(dist.get_backend()).lower()
+        if "nccl" in backend and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        return rank, group, device
+
+    def state(self):
+        """The Stateful to register in the checkpoint (key "adahop")."""
+        from adahop.calibration import PlanState
+
+        return PlanState(self.calibrator, on_load=self._install_observers)
+
+    # ------------------------------------------------------------------ observers
+    def _install_observers(self) -> None:
+        cal = self.calibrator
+        need_cal = cal is not None and cal.calibrating
+        need_q = self.qerr is not None
+        for i, (fqn, layer) in enumerate(self.layers.items()):
+            if not (need_cal or need_q):
+                layer.observer = None
+                continue
+            layer.observer = _Observer(self, i, fqn, layer)
+
+
+class _Observer:
+    """Per-layer observer: feeds calibration (while calibrating) and the quant-error probe."""
+
+    __slots__ = ("conv", "i", "fqn", "layer")
+
+    def __init__(self, conv: AdaHOPConverter, i: int, fqn: str, layer: nn.Module):
+        self.conv, self.i, self.fqn, self.layer = conv, i, fqn, layer
+
+    def __call__(self, name: str, t: torch.Tensor) -> None:
+        if not self.layer.training:
+            return
+        if name != "g" and not torch.is_grad_enabled():
+            return
+        conv = self.conv
+        cal = conv.calibrator
+        if cal is not None and cal.calibrating:
+            cal.observe(self.i, name, t)
+        if conv.qerr is not None:
+            conv.qerr.observe(self.fqn, name, t, conv.current_step() + (0 if conv.trainer else 1))

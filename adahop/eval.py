@@ -1,0 +1,127 @@
+"""Evaluate a checkpoint: validation loss and perplexity, overall and per source.
+
+    python -m adahop.eval --job.config_file configs/default.toml \
+        --checkpoint_path outputs/default/checkpoint/step-150 [--steps N] [--quantized] [--out DIR]
+
+Uses the config's validation data ([validation] dataset, local_batch_size, seq_len) through
+torchtitan's own validation dataloader and loss, so the number is the one training logs. The model
+runs with its high-precision weights (the BF16 view) or, with --quantized, through the checkpoint's
+AdaHOP plan in MXFP4 (the forward training ran). For the embedded validation set, each source
+(Gutenberg, SOTU, Python docs, Wikipedia) is also evaluated on its own.
+Writes eval.json and eval.md (the table) to --out (default: next to the checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint_io import CheckpointError, build_model, load_job_config, load_model_state
+
+
+def load_plan_into(converter, checkpoint_path: str) -> None:
+    """Restore the AdaHOP plan stored in the checkpoint into `converter`'s layers."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(str(checkpoint_path)).read_metadata()
+    if not any(k.startswith("adahop.") for k in metadata.state_dict_metadata):
+        raise CheckpointError(f"checkpoint {checkpoint_path} holds no AdaHOP plan: it was not trained with the converter")
+    dcp.load({"adahop": converter.state()}, checkpoint_id=str(checkpoint_path))
+    if converter.calibrator.calibrating:
+        raise CheckpointError(f"checkpoint {checkpoint_path} was saved during calibration: its plan is not final yet")
+
+
+def dataset_loss(model, job_config, dataset: str, steps: int, desc: str) -> dict:
+    from torchtitan.components.loss import IGNORE_INDEX, cross_entropy_loss
+    from torchtitan.components.tokenizer import build_hf_tokenizer
+    from torchtitan.hf_datasets.text_datasets import build_text_validation_dataloader
+    from tqdm import tqdm
+
+    job_config.validation.dataset = dataset
+    tokenizer = build_hf_tokenizer(job_config)
+    loader = build_text_validation_dataloader(1, 0, tokenizer, job_config, infinite=False)
+    device = next(model.parameters()).device
+    losses, tokens = [], 0
+    with torch.no_grad(), tqdm(total=steps if steps > 0 else None, desc=desc, leave=False, file=sys.stderr) as bar:
+        for input_dict, labels in loader:
+            if steps > 0 and len(losses) >= steps:
+                break
+            inputs, labels = input_dict["input"].to(device), labels.to(device)
+            valid = (labels != IGNORE_INDEX).sum()
+            losses.append((cross_entropy_loss(model(inputs), labels) / valid).item())
+            tokens += int(valid)
+            bar.update(1)
+    if not losses:
+        raise ValueError(f"validation dataset {dataset!r} gave no batch of {job_config.validation.seq_len} tokens")
+    loss = sum(losses) / len(losses)
+    return {"loss": loss, "perplexity": math.exp(loss), "steps": len(losses), "tokens": tokens}
+
+
+def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None, quantized: bool = False) -> dict:
+    job_config = load_job_config(checkpoint_path, cli_args)
+    model, _ = build_model(job_config, device="cuda" if torch.cuda.is_available() else "cpu")
+    load_model_state(model, checkpoint_path)
+    if quantized:
+        from .converter import AdaHOPConverter
+
+        converter = AdaHOPConverter(job_config, None)
+        converter.convert(model)
+        load_plan_into(converter, checkpoint_path)
+    model.eval()
+    steps = job_config.validation.steps if steps is None else steps
+    main = job_config.validation.dataset
+    results = {"checkpoint": str(checkpoint_path), "quantized": quantized, "dataset": main}
+    results["overall"] = dataset_loss(model, job_config, main, steps, "validation")
+    from .data.datasets import VALIDATION_DATASET, validation_sources
+
+    if main == VALIDATION_DATASET:
+        results["by_source"] = {
+            src: dataset_loss(model, job_config, f"{VALIDATION_DATASET}_{src}", steps, src) for src in validation_sources()
+        }
+    return results
+
+
+def table(results: dict) -> str:
+    rows = [("all", results["overall"])] + list(results.get("by_source", {}).items())
+    lines = [
+        f"checkpoint: {results['checkpoint']} ({'MXFP4 plan forward' if results['quantized'] else 'high-precision forward'})",
+        "",
+        "| data | loss | perplexity | batches | tokens |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {n} | {r['loss']:.4f} | {r['perplexity']:.2f} | {r['steps']} | {r['tokens']} |" for n, r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m adahop.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint_path", required=True)
+    p.add_argument("--steps", type=int, default=None, help="validation batches (default: validation.steps; -1: all)")
+    p.add_argument("--quantized", action="store_true", help="forward through the checkpoint's MXFP4 plan")
+    p.add_argument("--out", default=None, help="folder for eval.json / eval.md (default: the checkpoint folder's parent)")
+    args, rest = p.parse_known_args(argv)
+    try:
+        results = evaluate(args.checkpoint_path, rest, args.steps, args.quantized)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.checkpoint_path).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "eval_quantized" if args.quantized else "eval"
+    for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", table(results))):
+        tmp = out / f"{stem}{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / f"{stem}{suffix}")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

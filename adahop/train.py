@@ -1,0 +1,138 @@
+"""Entry point: ``python -m adahop.train --job.config_file configs/<name>.toml [--section.key value ...]``.
+
+This is upstream torchtitan 0.2.2's trainer (``torchtitan.train.main`` and ``Trainer``), extended only
+through its extension points:
+
+* ``adahop.titan.setup()`` -- CPU device stand-ins, our ``quantize.linear.mx`` converter, the
+  "adahop_llama3" train spec, the embedded datasets (see adahop/titan/__init__.py);
+* ``--job.custom_config_module adahop.config`` is added to the arguments unless given;
+* ``AdaHOPTrainer`` (a subclass handed to ``torchtitan.train.main``) validates the adahop config before
+  anything is built and registers the AdaHOP plan into the checkpoint (key "adahop").
+
+Without torchrun (plain ``python -m adahop.train``) a single-process environment is filled in
+(RANK=0, WORLD_SIZE=1, a free MASTER_PORT).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import sys
+
+from adahop.titan import setup
+
+setup()  # before torchtitan.train is imported: CPU shims must precede torchtitan's device detection
+
+import torchtitan.train as titan_train  # noqa: E402
+from torchtitan.tools.logging import logger  # noqa: E402
+
+from adahop.config import validate_job_config  # noqa: E402
+
+CUSTOM_CONFIG_MODULE = "adahop.config"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CCM_FLAGS = ("--job.custom_config_module", "--job.custom-config-module")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_single_process_env() -> None:
+    """Fill in the torch.distributed env:// variables when not launched by torchrun."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def with_custom_config_module(args: list[str]) -> list[str]:
+    """Add ``--job.custom_config_module adahop.config`` unless the CLI names one already.
+
+    (A custom_config_module given in the TOML is overridden by ours -- the CLI wins in torchtitan --
+    unless it is adahop.config already; a different one must be given on the command line.)
+    """
+    for a in args:
+        if a.split("=", 1)[0] in _CCM_FLAGS:
+            return list(args)
+    return list(args) + ["--job.custom_config_module", CUSTOM_CONFIG_MODULE]
+
+
+def resolve_repo_paths(job_config) -> None:
+    """A relative ``model.hf_assets_path`` that does not exist from the working directory is looked
+    up from the repository root (so ``adahop/data/assets/tokenizer`` works from anywhere)."""
+    path = job_config.model.hf_assets_path
+    if path and not os.path.isabs(path) and not os.path.exists(path):
+        candidate = os.path.join(REPO_ROOT, path)
+        if os.path.exists(candidate):
+            job_config.model.hf_assets_path = candidate
+
+
+class AdaHOPTrainer(titan_train.Trainer):
+    """torchtitan's Trainer with adahop config validation up front and the plan in the checkpoint."""
+
+    def __init__(self, job_config):
+        # a user module may register flavors/datasets: import it before validating (torchtitan
+        # imports it again in Trainer.__init__, a no-op)
+        if job_config.experimental.custom_import:
+            importlib.import_module(job_config.experimental.custom_import)
+        resolve_repo_paths(job_config)
+        # every adahop check, before the distributed init, the model, the data or any step
+        validate_job_config(job_config, check_model=True)
+        from adahop.converter import active_converters
+
+        before = set(map(id, active_converters()))
+        super().__init__(job_config)
+        self.adahop_converters = [c for c in active_converters() if id(c) not in before and c.calibrator]
+        for i, conv in enumerate(self.adahop_converters):
+            conv.bind(self.model_parts, trainer=self)
+            self.checkpointer.states["adahop" if i == 0 else f"adahop_{i}"] = conv.state()
+            cal = conv.calibrator
+            if not cal.calibrating:
+                cal.publish()  # uniform or plan_file: write the plan now (a checkpoint may replace it)
+
+    def train_step(self, data_iterator):
+        super().train_step(data_iterator)
+        # crash simulation for tests: SIGKILL this rank right after the optimizer step of step N
+        kill_at = os.environ.get("ADAHOP_DEBUG_KILL_AT_STEP")
+        if kill_at and self.step == int(kill_at):
+            logger.warning(f"[adahop] ADAHOP_DEBUG_KILL_AT_STEP={kill_at}: killing rank now")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def train(self):
+        for conv in self.adahop_converters:
+            if conv.calibrator.calibrating:
+                logger.info(
+                    f"[adahop] calibration of outlier patterns over the first {conv.calibrator.steps} "
+                    f"steps (unless a checkpoint restores a plan)"
+                )
+        return super().train()
+
+
+def _set_cli_args(args: list[str]) -> None:
+    """torchtitan.train.main parses ``ConfigManager.parse_args()``'s default argument, the list
+    ``sys.argv[1:]`` taken when torchtitan.config.manager was imported; refill that list in place."""
+    sys.argv = [sys.argv[0]] + list(args)
+    from torchtitan.config.manager import ConfigManager
+
+    defaults = ConfigManager.parse_args.__defaults__
+    if defaults and isinstance(defaults[0], list):
+        defaults[0][:] = list(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = with_custom_config_module(sys.argv[1:] if argv is None else argv)
+    ensure_single_process_env()
+    _set_cli_args(args)
+    titan_train.main(AdaHOPTrainer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Config parsing (torchtitan ConfigManager + adahop.config) and validation messages."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+import adahop.titan  # noqa: F401  (CPU shims + registrations before torchtitan is used)
+from adahop.config import ConfigError, validate_job_config, validate_mx
+from adahop.modes import MODES, PAIR_KEYS, SEED_TABLE
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The seed README's TOML block, verbatim.
+SEED_README_TOML = """
+[model]
+converters = ["quantize.linear.mx"]
+
+[quantize.linear.mx]
+filter_fqns = ["output", "router.gate"]
+recipe_name = "mxfp4_1d1d"
+enable_mxfp4_linear = true
+enable_mxfp4_gmm = false
+enable_mxfp4_fa = false
+use_sr_grad = false
+use_hadamard = true
+use_randomized_hadamard = false
+
+[quantize.linear.mx.calibration]
+use_HT_calibration = true
+calibration_steps = 30
+visualize_outlier_patterns = false
+visualization_save_folder = "./outlier_patterns"
+
+[quantize.linear.mx.calibration.layer_transform_config]
+"row-row" = "hadamard"
+"row-none" = "inner_outlier_extract_left"
+"row-col" = "inner_outlier_extract_right"
+"col-row" = "hadamard"
+"col-none" = "hadamard"
+"col-col" = "full_precision"
+"none-row" = "hadamard"
+"none-none" = "hadamard"
+"none-col" = "inner_outlier_extract_right"
+"""
+
+
+def parse(args: list[str]):
+    from torchtitan.config import ConfigManager
+
+    from adahop.train import with_custom_config_module
+
+    return ConfigManager().parse_args(with_custom_config_module(args))
+
+
+@pytest.fixture
+def seed_config(tmp_path):
+    p = tmp_path / "seed.toml"
+    p.write_text(SEED_README_TOML)
+    return parse(["--job.config_file", str(p), "--model.name", "adahop_llama3", "--model.flavor", "nano"])
+
+
+def test_seed_readme_block_parses(seed_config):
+    c = seed_config
+    mx = c.quantize.linear.mx
+    assert c.model.converters == ["quantize.linear.mx"]
+    assert mx.filter_fqns == ["output", "router.gate"]
+    assert mx.recipe_name == "mxfp4_1d1d"
+    assert (mx.enable_mxfp4_linear, mx.enable_mxfp4_gmm, mx.enable_mxfp4_fa) == (True, False, False)
+    assert (mx.use_sr_grad, mx.use_hadamard, mx.use_randomized_hadamard) == (False, True, False)
+    cal = mx.calibration
+    assert cal.use_HT_calibration is True and cal.calibration_steps == 30
+    assert cal.visualize_outlier_patterns is False and cal.visualization_save_folder == "./outlier_patterns"
+    assert cal.layer_transform_config == SEED_TABLE
+    # our additions have their documented defaults
+    assert (mx.outlier_k, mx.hadamard_size, mx.quant_error_freq) == (64, 32, 0)
+    assert cal.plan_file == "" and cal.pattern_threshold is None
+    validate_job_config(c)  # training.steps defaults to 10000 >= 30
+
+
+def test_cli_overrides_keep_working(tmp_path):
+    p = tmp_path / "seed.toml"
+    p.write_text(SEED_README_TOML)
+    c = parse([
+        "--job.config_file", str(p),
+        "--quantize.linear.mx.calibration.layer_transform_config.col-col", "hadamard",
+        "--quantize.linear.mx.calibration.calibration_steps", "7",
+        "--quantize.linear.mx.outlier_k", "16",
+        "--training.steps", "9",
+    ])
+    mx = c.quantize.linear.mx
+    assert mx.calibration.layer_transform_config["col-col"] == "hadamard"
+    assert mx.calibration.layer_transform_config["row-none"] == "inner_outlier_extract_left"
+    assert (mx.calibration.calibration_steps, mx.outlier_k, c.training.steps) == (7, 16, 9)
+
+
+def test_custom_config_module_added_once():
+    from adahop.train import with_custom_config_module
+
+    assert with_custom_config_module(["--x", "1"])[-2:] == ["--job.custom_config_module", "adahop.config"]
+    given = ["--job.custom_config_module=other.mod"]
+    assert with_custom_config_module(given) == given
+
+
+@pytest.mark.parametrize(
+    "mutate, key, value, allowed",
+    [
+        (lambda mx, c: mx.calibration.layer_transform_config.__setitem__("row-row", "rotate"),
+         'layer_transform_config."row-row"', "rotate", "hadamard"),
+        (lambda mx, c: mx.calibration.layer_transform_config.__setitem__("diag-row", "hadamard"),
+         "layer_transform_config", "diag-row", "row-row"),
+        (lambda mx, c: setattr(mx, "recipe_name", "mxfp8_cublas"), "recipe_name", "mxfp8_cublas", "mxfp4_1d1d"),
+        (lambda mx, c: setattr(mx.calibration, "calibration_steps", 31) or setattr(c.training, "steps", 30),
+         "calibration_steps", "31", "training.steps = 30"),
+        (lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True), "enable_mxfp4_gmm", "True", "false"),
+        (lambda mx, c: setattr(mx, "enable_mxfp4_fa", True), "enable_mxfp4_fa", "True", "false"),
+    ],
+    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm", "fa"],
+)
+def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
+    c = copy.deepcopy(seed_config)
+    mutate(c.quantize.linear.mx, c)
+    with pytest.raises(ConfigError) as e:
+        validate_mx(c)
+    msg = str(e.value)
+    assert key in msg and value in msg and allowed in msg, msg
+    assert isinstance(e.value, ValueError)
+
+
+def test_unknown_mode_message_lists_all_modes(seed_config):
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.calibration.layer_transform_config["none-col"] = "bogus"
+    with pytest.raises(ConfigError) as e:
+        validate_mx(c)
+    assert all(m in str(e.value) for m in MODES)
+
+
+def test_unknown_pair_key_message_lists_all_keys(seed_config):
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.calibration.layer_transform_config["row_row"] = "hadamard"
+    with pytest.raises(ConfigError) as e:
+        validate_mx(c)
+    assert all(k in str(e.value) for k in PAIR_KEYS)
+
+
+def test_dims_not_multiple_of_32_names_fqn_shape_and_filter_fqns():
+    import torch.nn as nn
+
+    from adahop.converter import select_linears
+
+    model = nn.Module()
+    model.proj = nn.Linear(64, 64)
+    model.head = nn.Module()
+    model.head.out = nn.Linear(64, 100)
+    with pytest.raises(ConfigError) as e:
+        select_linears(model, [])
+    msg = str(e.value)
+    assert "head.out" in msg and "[100, 64]" in msg and "filter_fqns" in msg
+    assert set(select_linears(model, ["head"])) == {"proj"}
+
+
+def test_calibration_off_needs_no_steps_check(seed_config):
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.calibration.use_HT_calibration = False
+    c.training.steps = 5
+    validate_mx(c)
+
+
+def test_all_shipped_configs_parse_and_validate():
+    configs = sorted((REPO / "configs").glob("*.toml"))
+    assert any(p.name == "default.toml" for p in configs)
+    for p in configs:
+        c = parse(["--job.config_file", str(p)])
+        validate_job_config(c, check_model=True)  # builds the model on the meta device
+        assert c.model.name == "adahop_llama3", p

@@ -1,0 +1,160 @@
+"""The quantize.linear.mx converter: registration, conversion, observers, quantization-error metric."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import pytest
+import torch
+
+
+import adahop.titan  # noqa: F401
+from adahop.config import ConfigError
+from adahop.converter import AdaHOPConverter, hadamard_seed
+from adahop.linear import AdaHOPLinear
+
+
+def _job_config(**mx_overrides):
+    from torchtitan.config import ConfigManager
+
+    c = ConfigManager().parse_args([
+        "--job.custom_config_module", "adahop.config", "--model.name", "adahop_llama3",
+        "--model.flavor", "nano", "--model.converters", "quantize.linear.mx", "--training.steps", "40",
+        "--training.seq_len", "64",
+    ])
+    mx = c.quantize.linear.mx
+    mx_overrides = {"calibration.use_HT_calibration": True, **mx_overrides}
+    for k, v in mx_overrides.items():
+        obj, _, name = k.rpartition(".")
+        setattr(mx.calibration if obj == "calibration" else mx, name, v)
+    return c
+
+
+def _nano():
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    spec = get_train_spec("adahop_llama3")
+    args = dataclasses.replace(spec.model_args["nano"], max_seq_len=64)
+    torch.manual_seed(0)
+    model = spec.model_cls(args)
+    with torch.no_grad():
+        model.init_weights()
+    return model
+
+
+def test_registry_entry_is_ours():
+    from torchtitan.protocols.model_converter import _registry_model_converter_cls
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    assert _registry_model_converter_cls["quantize.linear.mx"] is AdaHOPConverter
+    spec = get_train_spec("adahop_llama3")
+    assert {"nano", "tiny", "125M", "1B", "3B", "1B_v8k", "debugmodel", "8B"} <= set(spec.model_args)
+    one_b = spec.model_args["1B"]
+    assert (one_b.dim, one_b.n_layers, one_b.n_heads, one_b.n_kv_heads, one_b.vocab_size) == (2048, 16, 32, 8, 128256)
+    with torch.device("meta"):
+        m = spec.model_cls(dataclasses.replace(one_b, max_seq_len=128))
+    assert m.layers["0"].feed_forward.w1.weight.shape == (8192, 2048)
+    with torch.device("meta"):
+        m3 = spec.model_cls(dataclasses.replace(spec.model_args["3B"], max_seq_len=128))
+    assert m3.layers["0"].feed_forward.w1.weight.shape == (8192, 3072) and len(m3.layers) == 28
+
+
+def test_convert_keeps_parameters_and_filters():
+    model = _nano()
+    params = {n: p for n, p in model.named_parameters()}
+    conv = AdaHOPConverter(_job_config(), None)
+    conv.convert(model)
+    converted = {n for n, m in model.named_modules() if isinstance(m, AdaHOPLinear)}
+    assert "output" not in converted and "layers.0.attention.wq" in converted
+    assert len(converted) == 2 * 7
+    for n, p in model.named_parameters():
+        assert p is params[n]  # same Parameter objects, nothing copied
+    assert model.layers["0"].attention.wq.modes == {s: "hadamard" for s in ("forward_y", "backward_gx", "backward_gw")}
+    assert conv.calibrator.calibrating
+    assert hadamard_seed("layers.0.attention.wq") == hadamard_seed("layers.0.attention.wq")
+    assert hadamard_seed("layers.0.attention.wq") != hadamard_seed("layers.0.attention.wk")
+
+
+def test_convert_on_meta_device():
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    spec = get_train_spec("adahop_llama3")
+    with torch.device("meta"):
+        model = spec.model_cls(dataclasses.replace(spec.model_args["tiny"], max_seq_len=64))
+    AdaHOPConverter(_job_config(), None).convert(model)
+    assert isinstance(model.layers["3"].feed_forward.w2, AdaHOPLinear)
+    assert model.layers["3"].feed_forward.w2.weight.is_meta
+
+
+def test_uniform_modes_without_calibration():
+    model = _nano()
+    conv = AdaHOPConverter(_job_config(**{"use_hadamard": False, "calibration.use_HT_calibration": False}), None)
+    conv.convert(model)
+    assert model.layers["1"].feed_forward.w3.modes == {s: "none" for s in ("forward_y", "backward_gx", "backward_gw")}
+    assert not conv.calibrator.calibrating and conv.calibrator.plan["source"] == "uniform"
+    assert all(l.observer is None for l in conv.layers.values())
+
+
+def test_disabled_linear_converts_nothing():
+    model = _nano()
+    conv = AdaHOPConverter(_job_config(enable_mxfp4_linear=False), None)
+    conv.convert(model)
+    assert not any(isinstance(m, AdaHOPLinear) for m in model.modules())
+
+
+def test_gmm_refused_by_converter():
+    with pytest.raises(ConfigError, match="enable_mxfp4_gmm"):
+        AdaHOPConverter(_job_config(enable_mxfp4_gmm=True), None)
+
+
+def test_calibration_through_training_steps(tmp_path):
+    """post_optimizer_hook closes calibration steps; observers are removed afterwards."""
+    model = _nano()
+    jc = _job_config(**{"calibration.calibration_steps": 2})
+    jc.job.dump_folder = str(tmp_path)
+    conv = AdaHOPConverter(jc, None)
+    conv.convert(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 8192, (2, 64))
+    for step in range(3):
+        model(tokens).float().logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        conv.post_optimizer_hook([model])
+        if step == 0:
+            assert conv.calibrator.calibrating and conv.calibrator.votes.sum() == 14 * 3
+    assert not conv.calibrator.calibrating
+    assert all(l.observer is None for l in conv.layers.values())
+    modes = {f: l.modes for f, l in conv.layers.items()}
+    assert modes == {f: e["modes"] for f, e in conv.calibrator.plan["layers"].items()}
+    assert (tmp_path / "adahop_plan.json").is_file()
+
+
+def test_eval_forward_casts_no_vote():
+    model = _nano()
+    conv = AdaHOPConverter(_job_config(), None)
+    conv.convert(model)
+    model.eval()
+    with torch.no_grad():
+        model(torch.randint(0, 8192, (1, 64)))
+    conv.calibrator.end_step()
+    assert conv.calibrator.votes.sum() == 0
+
+
+def test_quant_error_metric():
+    model = _nano()
+    conv = AdaHOPConverter(_job_config(quant_error_freq=1, quant_error_tokens=64), None)
+    conv.convert(model)
+    logged = []
+    conv.trainer = types.SimpleNamespace(step=1, metrics_processor=types.SimpleNamespace(
+        logger=types.SimpleNamespace(log=lambda m, s: logged.append((m, s)))))
+    conv._bound = True
+    model(torch.randint(0, 8192, (2, 64))).float().logsumexp(-1).mean().backward()
+    conv.post_optimizer_hook([model])
+    (metrics, step), = logged
+    assert step == 1
+    for slot in ("forward_y", "backward_gx", "backward_gw"):
+        v = metrics[f"adahop_qerr/{slot}/mean"]
+        assert 0.0 < v < 0.5, (slot, v)
+        assert f"adahop_qerr/{slot}/layers.0.attention.wq" in metrics

@@ -1,0 +1,195 @@
+"""End-to-end CPU training through `python -m adahop.train` / torchrun (upstream torchtitan trainer).
+
+Tiny "nano" model, short sequences, a few steps: each run is tens of seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train_helpers import (
+    TOKENIZER, base_toml, digests, losses, run_train,
+)
+
+pytestmark = pytest.mark.slow
+
+DATA_ARGS = ["--training.dataset", "adahop_text"]
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """2-rank FSDP (gloo) run with calibration; shared by the tests that need a finished run."""
+    tmp = tmp_path_factory.mktemp("two_rank")
+    dump = tmp / "out"
+    cfg = _write(tmp, "c.toml", base_toml(dump, steps=5, calibration_steps=3))
+    r = run_train(cfg, nproc=2)
+    return r, dump
+
+
+def test_two_rank_fsdp_calibration_identical_plan(two_rank_run):
+    r, dump = two_rank_run
+    out = r.stdout
+    assert r.returncode == 0, out[-4000:]
+    assert "FSDP reduce-scatter set to SUM" in out  # gloo: no PREMUL_SUM
+    assert "[adahop] plan (calibration)" in out
+    d = digests(out)
+    assert set(d) == {0, 1} and d[0] == d[1], d
+    plan = json.loads((dump / "adahop_plan.json").read_text())
+    assert plan["source"] == "calibration" and plan["calibration_steps"] == 3
+    assert len(plan["layers"]) == 14 and "output" not in plan["layers"]
+    for entry in plan["layers"].values():
+        for t in ("x", "w", "g"):
+            assert sum(entry["labels"][t]["votes"].values()) == 3 * 2  # 3 steps x 2 ranks
+    l0, l1 = losses(out, 0), losses(out, 1)
+    assert sorted(l0) == [1, 2, 3, 4, 5] and l0 == l1
+
+
+CKPT = "\n[checkpoint]\nenable = true\ninterval = {interval}\nlast_save_model_only = false\n"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """Uninterrupted 2-rank run (7 steps, calibration over 3) that the resumed runs must match."""
+    tmp = tmp_path_factory.mktemp("reference")
+    dump = tmp / "ref"
+    ref = run_train(_write(tmp, "ref.toml", base_toml(dump, steps=7, calibration_steps=3) + CKPT.format(interval=4)),
+                    nproc=2)
+    assert ref.returncode == 0, ref.stdout[-4000:]
+    return ref, dump
+
+
+def _kill_and_resume(tmp_path, interval: int, kill_at: int):
+    dump = tmp_path / "run"
+    cfg = _write(tmp_path, "run.toml", base_toml(dump, steps=7, calibration_steps=3) + CKPT.format(interval=interval))
+    # every rank SIGKILLed right after the optimizer step of step `kill_at`
+    killed = run_train(cfg, nproc=2, extra_env={"ADAHOP_DEBUG_KILL_AT_STEP": str(kill_at)})
+    assert killed.returncode != 0
+    last = (kill_at - 1) // interval * interval
+    assert (dump / "checkpoint" / f"step-{last}").is_dir(), killed.stdout[-3000:]
+    assert not (dump / "checkpoint" / f"step-{kill_at}").exists()
+    resumed = run_train(cfg, nproc=2)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert "Loading the checkpoint" in resumed.stdout
+    return resumed.stdout, dump, last
+
+
+def _assert_matches(out, dump, first_step, reference_run):
+    ref, ref_dump = reference_run
+    assert digests(out)[0][-1] == digests(ref.stdout)[0][-1]
+    assert digests(out)[1][-1] == digests(ref.stdout)[0][-1]
+    got, want = losses(out, 0), losses(ref.stdout, 0)
+    assert sorted(got) == list(range(first_step, 8)), got
+    for step in got:
+        assert got[step] == pytest.approx(want[step], abs=2e-5), (step, got, want)
+    plan = json.loads((dump / "adahop_plan.json").read_text())
+    ref_plan = json.loads((ref_dump / "adahop_plan.json").read_text())
+    assert plan["layers"] == ref_plan["layers"]
+
+
+def test_checkpoint_kill_resume_matches_uninterrupted(tmp_path, reference_run):
+    """Checkpoint at step 4 (plan fixed after step 3), kill in step 5, resume: plan restored, no
+    re-calibration, losses of steps 5..7 equal the uninterrupted run's."""
+    out, dump, last = _kill_and_resume(tmp_path, interval=4, kill_at=5)
+    assert last == 4
+    assert "[adahop] plan restored from checkpoint" in out
+    assert "resumed calibration" not in out
+    _assert_matches(out, dump, 5, reference_run)
+
+
+def test_resume_mid_calibration_keeps_votes(tmp_path, reference_run):
+    """Checkpoint at step 2 (inside the 3-step calibration), kill in step 3, resume: the votes so far
+    come back from the checkpoint and the final plan and losses equal the uninterrupted run's."""
+    out, dump, last = _kill_and_resume(tmp_path, interval=2, kill_at=3)
+    assert last == 2
+    assert "[adahop] resumed calibration at step 2/3" in out
+    _assert_matches(out, dump, 3, reference_run)
+
+
+def test_seed_readme_toml_trains(tmp_path):
+    from test_config import SEED_README_TOML
+
+    cfg = _write(tmp_path, "seed.toml", SEED_README_TOML)
+    dump = tmp_path / "out"
+    r = run_train(cfg, [
+        "--job.dump_folder", str(dump), "--model.name", "adahop_llama3", "--model.flavor", "nano",
+        "--model.hf_assets_path", str(TOKENIZER), *DATA_ARGS, "--training.steps", "32",
+        "--training.local_batch_size", "1", "--training.seq_len", "64",
+        "--training.mixed_precision_param", "float32", "--activation_checkpoint.mode", "none",
+        "--metrics.log_freq", "8", "--lr_scheduler.warmup_steps", "4",
+    ])
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert "[adahop] plan (calibration)" in r.stdout
+    plan = json.loads((dump / "adahop_plan.json").read_text())
+    assert plan["calibration_steps"] == 30 and len(plan["layers"]) == 14
+    assert 32 in losses(r.stdout)
+
+
+def test_plan_file_skips_calibration_and_quant_error_to_tensorboard(two_rank_run, tmp_path):
+    _, dump = two_rank_run
+    plan_path = dump / "adahop_plan.json"
+    out_dump = tmp_path / "out"
+    cfg = _write(tmp_path, "p.toml", base_toml(
+        out_dump, steps=2, calibration_steps=3,
+        extra=f'plan_file = "{plan_path}"\n',
+    ))
+    r = run_train(cfg, ["--metrics.enable_tensorboard", "--quantize.linear.mx.quant_error_freq", "1",
+                        "--quantize.linear.mx.quant_error_tokens", "64"])
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert "[adahop] plan (plan_file:" in r.stdout and "calibration of outlier patterns" not in r.stdout
+    src = json.loads(plan_path.read_text())
+    got = json.loads((out_dump / "adahop_plan.json").read_text())
+    assert {f: e["modes"] for f, e in got["layers"].items()} == {f: e["modes"] for f, e in src["layers"].items()}
+    # the opt-in per-layer quantization error went through torchtitan's TensorBoard logger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(out_dump.glob("tb/**/events.out.tfevents*"))
+    assert events, list(out_dump.rglob("*"))
+    tags = set()
+    for ev in events:
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    for slot in ("forward_y", "backward_gx", "backward_gw"):
+        assert f"adahop_qerr/{slot}/mean" in tags, sorted(tags)[:20]
+        assert f"adahop_qerr/{slot}/layers.0.feed_forward.w2" in tags
+
+
+INVALID = [
+    ("mode", ["--quantize.linear.mx.calibration.layer_transform_config.row-row", "rotate"],
+     ['layer_transform_config."row-row"', "'rotate'", "inner_outlier_extract_left"]),
+    ("pair-key", None, ["layer_transform_config", "'diag-row'", "none-col"]),
+    ("recipe", ["--quantize.linear.mx.recipe_name", "mxfp8_cublas"],
+     ["recipe_name", "'mxfp8_cublas'", "mxfp4_1d1d"]),
+    ("dims", ["--experimental.custom_import", "adahop_test_flavors", "--model.flavor", "nano_odd_vocab",
+              "--quantize.linear.mx.filter_fqns", "layers.99"],
+     ["filter_fqns", "'output'", "[8200, 64]"]),
+    ("calibration-steps", ["--quantize.linear.mx.calibration.calibration_steps", "9", "--training.steps", "8"],
+     ["calibration_steps", "9", "training.steps = 8"]),
+    ("gmm", ["--quantize.linear.mx.enable_mxfp4_gmm"], ["enable_mxfp4_gmm", "True", "not available yet"]),
+    ("fa", ["--quantize.linear.mx.enable_mxfp4_fa"], ["enable_mxfp4_fa", "True", "not available yet"]),
+]
+
+
+@pytest.mark.parametrize("name, args, expect", INVALID, ids=[i[0] for i in INVALID])
+def test_invalid_config_refused_before_any_step(tmp_path, name, args, expect):
+    extra = ""
+    if args is None:  # a pair key cannot come from the CLI: put it in the TOML
+        extra = '\n[quantize.linear.mx.calibration.layer_transform_config]\n"diag-row" = "hadamard"\n'
+        args = []
+    cfg = _write(tmp_path, "bad.toml", base_toml(tmp_path / "out", steps=8) + extra)
+    r = run_train(cfg, args, timeout=300)
+    out = r.stdout
+    assert r.returncode != 0
+    assert "ConfigError" in out, out[-3000:]
+    for e in expect:
+        assert e in out, (e, out[-3000:])
+    assert "Training starts" not in out and "step:" not in out
+    assert "Building adahop_llama3" not in out  # refused before any model is built
