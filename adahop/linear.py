@@ -163,12 +163,18 @@ def _check_dims(in_features: int, out_features: int, recipe: LinearRecipe) -> No
             raise ValueError(f"{name}={dim} is not a multiple of hadamard_size={recipe.hadamard_size}")
 
 
+def forward_gemm(x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch.Tensor:
+    """The forward GEMM y = x W^T of `recipe` (no autograd bookkeeping)."""
+    mode = recipe.mode("forward_y")
+    w_right = prepare_right(weight, 1, mode, recipe, "forward_y", for_saving=False)
+    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype)
+
+
 class _MXFP4LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe):
-        fy, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
-        w_right = prepare_right(weight, 1, fy, recipe, "forward_y", for_saving=False)
-        y = slot_gemm(x2d, 1, w_right, fy, recipe, "forward_y", "nearest", x2d.dtype)
+        _, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
+        y = forward_gemm(x2d, weight, recipe)
 
         ctx.recipe = recipe
         ctx.tokens = x2d.shape[0]
@@ -259,7 +265,11 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x [..., {weight.shape[-1]}] expected for weight {tuple(weight.shape)}, got {tuple(x.shape)}")
     _check_dims(weight.shape[1], weight.shape[0], recipe)
-    y2d = _MXFP4LinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, recipe)
+    x2d = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        y2d = _MXFP4LinearFunction.apply(x2d, weight, recipe)
+    else:  # inference / validation: no backward, so nothing is quantized for it
+        y2d = forward_gemm(x2d, weight, recipe)
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
 
 

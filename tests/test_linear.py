@@ -188,3 +188,12 @@ def test_nan_in_input_stays_visible():
     x[0, 0] = float("nan")
     y, _, _ = run(x, w, gy)
     assert torch.isnan(y[0]).all() and torch.isfinite(y[1:]).all()
+
+
+def test_no_grad_forward_equals_training_forward_and_saves_nothing():
+    x, w, _ = operands()
+    saved = []
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y_eval = mxfp4_linear(x.requires_grad_(True), w, forward_y="inner_outlier_extract_right", outlier_k=K_OUT)
+    y_train = mxfp4_linear(x, w.requires_grad_(True), forward_y="inner_outlier_extract_right", outlier_k=K_OUT)
+    assert torch.equal(y_eval, y_train.detach()) and not saved and y_train.requires_grad
