@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One device call: the Llama-3.2-1B-shape model trained STEPS steps under BF16 and under AdaHOP
+# (30-step calibration, seed table), same data, batch and schedule; tokens/s and peak memory of each,
+# then the GPU kernel tests and one linear benchmark row. Results under $OUT.
+# usage (device machine, repo root, .whl carried): bash scripts/gpu_compare_1b.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHON=python3
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+STEPS=${STEPS:-60}
+{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } | tee "$OUT/env.txt"
+
+for name in bf16 adahop; do
+  CONFIG_FILE=configs/llama1b_$name.toml timeout 200 ./run_train.sh \
+    --job.dump_folder "/tmp/runs/$name" --training.steps "$STEPS" --metrics.log_freq 5 \
+    --validation.freq "$STEPS" --validation.steps 5 --checkpoint.no-enable --metrics.no-enable-tensorboard \
+    > "$OUT/train_$name.log" 2>&1
+  echo "$name exit $?" | tee -a "$OUT/env.txt"
+done
+cp /tmp/runs/adahop/adahop_plan.json "$OUT/" 2>/dev/null
+
+python3 - "$OUT" "$STEPS" <<'PY' | tee "$OUT/summary.md"
+import re, sys
+out, steps = sys.argv[1], int(sys.argv[2])
+pat = re.compile(r"(?<!validate )step:\s*(\d+)\s.*?loss:\s*([\d.]+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
+val = re.compile(r"validate step:\s*(\d+)\s.*?loss:\s*([\d.]+)")
+ansi = re.compile(r"\x1b\[[0-9;]*m")
+rows = {}
+for name in ("bf16", "adahop"):
+    text = ansi.sub("", open(f"{out}/train_{name}.log", errors="replace").read())
+    recs = [(int(s), float(l), float(m), int(t.replace(",", ""))) for s, l, m, t in pat.findall(text)]
+    late = [r for r in recs if r[0] > 35]  # after calibration and warm-up
+    vals = val.findall(text)
+    rows[name] = dict(
+        tps=sum(r[3] for r in late) / max(len(late), 1), mem=max((r[2] for r in recs), default=0),
+        loss=recs[-1][1] if recs else float("nan"), val=float(vals[-1][1]) if vals else float("nan"),
+        last=recs[-1][0] if recs else 0,
+    )
+b = rows["bf16"]
+print(f"| run | steps | train tokens/s (steps 36-{steps}) | vs BF16 | peak memory GiB | vs BF16 | train loss, last step | validation loss |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for name, r in rows.items():
+    print(f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / b['tps']:.2f}x | {r['mem']:.2f} | {r['mem'] / b['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} |")
+PY
+grep -a "\[adahop\] plan" "$OUT/train_adahop.log" | head -2 | tee -a "$OUT/summary.md"
+
+timeout 150 python3 -m pytest -q tests/kernels/test_gpu_path.py 2>&1 | tail -15 > "$OUT/gpu_tests.log"
+timeout 120 python3 scripts/bench_linear.py --models llama3-8b --tokens 16384 --shapes up/gate \
+  --modes hadamard none --sr 0 --no-baselines --skip-bandwidth --rep 30 > "$OUT/bench.log" 2>&1
+tail -3 "$OUT/gpu_tests.log"; tail -15 "$OUT/bench.log"
