@@ -32,30 +32,55 @@ def find_job_file(checkpoint_path: str | Path) -> Path | None:
     return None
 
 
+def _cli_keys(args: list[str]) -> set[str]:
+    """Dotted config keys given on a command line ("--training.seq_len 64" -> "training.seq_len")."""
+    keys = set()
+    for a in args:
+        if a.startswith("--") and "." in a:
+            key = a[2:].split("=", 1)[0].replace("-", "_")
+            keys.add(key[3:] if key.startswith("no_") else key)
+            keys.add(key.replace(".no_", "."))
+    return keys
+
+
+def _overlay(obj, values: dict, skip: set[str], prefix: str = "") -> None:
+    """Set the dataclass tree `obj` from the nested dict `values`, except the dotted keys in `skip`."""
+    for name, value in values.items():
+        if not hasattr(obj, name):
+            continue
+        key = f"{prefix}{name}"
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _overlay(current, value, skip, key + ".")
+        elif key not in skip:
+            setattr(obj, name, value)
+
+
 def load_job_config(checkpoint_path: str | Path, cli_args: list[str]):
-    """A torchtitan JobConfig (merged with adahop.config) from the CLI, else from the run's job file."""
+    """A torchtitan JobConfig (merged with adahop.config) for the run that wrote `checkpoint_path`.
+
+    With --job.config_file: that TOML plus the CLI overrides. Without: the run's adahop_job.json
+    (found beside the checkpoint), with any CLI overrides on top.
+    """
     from adahop.titan import setup
 
     setup()
     from torchtitan.config.manager import ConfigManager
 
     args = list(cli_args)
-    if not any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
-        job_file = find_job_file(checkpoint_path)
-        if job_file is None:
-            raise CheckpointError(
-                f"no --job.config_file given and no {JOB_FILE} found in {checkpoint_path} or its parents: "
-                "pass the TOML the checkpoint was trained with"
-            )
-        job = json.loads(job_file.read_text())
-        args = [
-            "--model.name", job["model"]["name"], "--model.flavor", job["model"]["flavor"],
-            "--model.hf_assets_path", job["model"]["hf_assets_path"],
-            "--training.seq_len", str(job["training"]["seq_len"]),
-        ] + args
     if not any(a.split("=", 1)[0] == "--job.custom_config_module" for a in args):
         args += ["--job.custom_config_module", "adahop.config"]
-    return ConfigManager().parse_args(args)
+    config = ConfigManager().parse_args(args)
+    if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
+        return config
+    job_file = find_job_file(checkpoint_path)
+    if job_file is None:
+        raise CheckpointError(
+            f"no --job.config_file given and no {JOB_FILE} found in {checkpoint_path} or its parents: "
+            "pass the TOML the checkpoint was trained with"
+        )
+    _overlay(config, json.loads(job_file.read_text()), _cli_keys(args))
+    return config
 
 
 def model_args_for(job_config):

@@ -15,6 +15,7 @@ Without torchrun (plain ``python -m adahop.train``) a single-process environment
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import signal
@@ -75,6 +76,43 @@ def resolve_repo_paths(job_config) -> None:
             job_config.model.hf_assets_path = candidate
 
 
+def write_job_file(job_config) -> None:
+    """<dump_folder>/adahop_job.json: the whole job config, so that eval / export / sweep tools can
+    rebuild the model of a checkpoint without being told the TOML again (rank 0, atomic)."""
+    import dataclasses
+    import json
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    os.makedirs(job_config.job.dump_folder, exist_ok=True)
+    path = os.path.join(job_config.job.dump_folder, "adahop_job.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dataclasses.asdict(job_config), f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def validate_same_batches(validator) -> None:
+    """Make every validation pass read the same batches: the first `validation.steps` of the set.
+
+    Upstream's validation dataset resumes where the previous pass stopped, so losses logged at
+    different steps are measured on different text. Restarting it (through the dataset's own
+    state_dict / load_state_dict) makes them comparable, and equal to what adahop.eval reports.
+    """
+    loader = getattr(validator, "validation_dataloader", None)
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not hasattr(dataset, "state_dict"):
+        return
+    start = copy.deepcopy(dataset.state_dict())
+    validate = validator.validate
+
+    def validate_from_start(model_parts, step):
+        dataset.load_state_dict(copy.deepcopy(start))
+        return validate(model_parts, step)
+
+    validator.validate = validate_from_start
+
+
 class AdaHOPTrainer(titan_train.Trainer):
     """torchtitan's Trainer with adahop config validation up front and the plan in the checkpoint."""
 
@@ -90,6 +128,8 @@ class AdaHOPTrainer(titan_train.Trainer):
 
         before = set(map(id, active_converters()))
         super().__init__(job_config)
+        write_job_file(job_config)
+        validate_same_batches(getattr(self, "validator", None))
         self.adahop_converters = [c for c in active_converters() if id(c) not in before and c.calibrator]
         for i, conv in enumerate(self.adahop_converters):
             conv.bind(self.model_parts, trainer=self)
