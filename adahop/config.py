@@ -77,10 +77,12 @@ class MXLinear:
     """Convert the targeted nn.Linear layers to AdaHOP MXFP4 linears."""
 
     enable_mxfp4_gmm: bool = False
-    """MXFP4 grouped GEMMs (MoE experts): not implemented yet; true is refused."""
+    """MXFP4 AdaHOP grouped GEMMs for torchtitan MoE experts (each stack w1/w2/w3 is calibrated and
+    planned like a Linear); expert parallel degree 1. A model without experts is refused."""
 
     enable_mxfp4_fa: bool = False
-    """MXFP4 attention: not implemented yet; true is refused."""
+    """MXFP4 attention (Q K^T and P V, forward and backward; Hadamard along head_dim for Q K^T) in place
+    of torchtitan's SDPA attention. Reference implementation (materializes the scores)."""
 
     use_sr_grad: bool = False
     """Stochastic rounding (unbiased) when quantizing gradients."""
@@ -164,15 +166,12 @@ def validate_mx(job_config) -> None:
         _need(mx, name)
     if mx.recipe_name not in RECIPES:
         raise ConfigError(f"{_P}.recipe_name", mx.recipe_name, " | ".join(repr(r) for r in RECIPES))
-    if mx.enable_mxfp4_gmm:
+    if mx.enable_mxfp4_gmm and int(job_config.parallelism.expert_parallel_degree) != 1:
         raise ConfigError(
-            f"{_P}.enable_mxfp4_gmm", mx.enable_mxfp4_gmm, "false",
-            "MXFP4 grouped GEMMs (MoE) are not available yet",
-        )
-    if mx.enable_mxfp4_fa:
-        raise ConfigError(
-            f"{_P}.enable_mxfp4_fa", mx.enable_mxfp4_fa, "false",
-            "MXFP4 attention is not available yet",
+            f"{_P}.enable_mxfp4_gmm", mx.enable_mxfp4_gmm,
+            "false when parallelism.expert_parallel_degree != 1",
+            f"MXFP4 grouped GEMMs support expert parallel degree 1 (got "
+            f"{job_config.parallelism.expert_parallel_degree})",
         )
     if int(mx.outlier_k) < 0:
         raise ConfigError(f"{_P}.outlier_k", mx.outlier_k, "an integer >= 0")
@@ -220,7 +219,8 @@ def validate_mx(job_config) -> None:
 
 def validate_model(job_config) -> None:
     """Build the model on the meta device (no memory, no weights) and check the layers to convert."""
-    if not converter_enabled(job_config) or not mx_config(job_config).enable_mxfp4_linear:
+    mx = mx_config(job_config) if converter_enabled(job_config) else None
+    if mx is None or not (mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa):
         return
     import torch
 
@@ -236,9 +236,14 @@ def validate_model(job_config) -> None:
     args.update_from_config(job_config)
     with torch.device("meta"):
         model = spec.model_cls(args)
-    from adahop.converter import select_linears
+    from adahop.converter import select_attention, select_grouped_experts, select_linears
 
-    select_linears(model, mx_config(job_config).filter_fqns)
+    if mx.enable_mxfp4_linear:
+        select_linears(model, mx.filter_fqns)
+    if mx.enable_mxfp4_gmm:
+        select_grouped_experts(model, mx.filter_fqns)
+    if mx.enable_mxfp4_fa:
+        select_attention(model, mx.filter_fqns)
 
 
 def validate_job_config(job_config, *, check_model: bool = True) -> None:

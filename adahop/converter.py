@@ -50,6 +50,58 @@ def select_linears(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.Lin
     return out
 
 
+def select_grouped_experts(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.Module]:
+    """torchtitan MoE expert modules (GroupedExperts) to convert for enable_mxfp4_gmm, by fqn.
+
+    Raises ConfigError when the model has none, or an expert stack's dims are not multiples of 32."""
+    from torchtitan.models.moe.moe import GroupedExperts
+
+    out = {}
+    for fqn, mod in model.named_modules():
+        if not isinstance(mod, GroupedExperts) or is_filtered(fqn, filter_fqns):
+            continue
+        for name in ("w1", "w2", "w3"):
+            shape = tuple(getattr(mod, name).shape)
+            if shape[1] % MX_BLOCK or shape[2] % MX_BLOCK:
+                raise ConfigError(
+                    "quantize.linear.mx.enable_mxfp4_gmm", True,
+                    f"false, or a model whose expert dims are multiples of {MX_BLOCK}",
+                    f"expert stack {fqn}.{name} has shape [experts, out, in] = {list(shape)}; "
+                    f"add {fqn!r} to quantize.linear.mx.filter_fqns to keep it in high precision",
+                )
+        out[fqn] = mod
+    if not out:
+        raise ConfigError(
+            "quantize.linear.mx.enable_mxfp4_gmm", True, "false for a model without MoE experts",
+            "the model has no torchtitan GroupedExperts module (not filtered) to convert",
+        )
+    return out
+
+
+def select_attention(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.Module]:
+    """Attention cores to replace by MXFP4 attention (enable_mxfp4_fa), by fqn.
+
+    Only torchtitan's SDPA wrapper (attn_type = "sdpa") can be replaced; flex / varlen attention
+    are refused with a ConfigError, as is a model with no attention core at all."""
+    from torchtitan.models.attention import ScaledDotProductAttentionWrapper
+
+    out, other = {}, []
+    for fqn, mod in model.named_modules():
+        if not fqn.endswith("inner_attention") or is_filtered(fqn, filter_fqns):
+            continue
+        if isinstance(mod, ScaledDotProductAttentionWrapper):
+            out[fqn] = mod
+        else:
+            other.append(f"{fqn} ({type(mod).__name__})")
+    if other or not out:
+        raise ConfigError(
+            "quantize.linear.mx.enable_mxfp4_fa", True, 'false, or a model with attn_type = "sdpa"',
+            "MXFP4 attention replaces torchtitan's SDPA attention only; found "
+            + (", ".join(other[:3]) if other else "no attention core"),
+        )
+    return out
+
+
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -69,7 +121,7 @@ class AdaHOPConverter:
         self.job_config = job_config
         self.parallel_dims = parallel_dims
         self.mx = mx_config(job_config)
-        self.enabled = bool(self.mx.enable_mxfp4_linear)
+        self.enabled = bool(self.mx.enable_mxfp4_linear or self.mx.enable_mxfp4_gmm or self.mx.enable_mxfp4_fa)
         self.layers: dict[str, nn.Module] = {}
         self.calibrator = None
         self.qerr = None
@@ -81,7 +133,7 @@ class AdaHOPConverter:
 
         cal = self.mx.calibration
         if not self.enabled:
-            logger.info("[adahop] quantize.linear.mx: enable_mxfp4_linear = false, no layer converted")
+            logger.info("[adahop] quantize.linear.mx: enable_mxfp4_linear/gmm/fa all false, no layer converted")
         else:
             logger.info(
                 f"[adahop] MXFP4 training ({self.mx.recipe_name}), "
@@ -116,11 +168,18 @@ class AdaHOPConverter:
         from adahop.calibration import Calibrator
         from adahop.linear import AdaHOPLinear
 
-        targets = select_linears(model, self.mx.filter_fqns)
+        targets = select_linears(model, self.mx.filter_fqns) if self.mx.enable_mxfp4_linear else {}
         for fqn, lin in targets.items():
             new = AdaHOPLinear.from_linear(lin, **self.layer_kwargs(fqn))
             _set_submodule(model, fqn, new)
             self.layers[fqn] = new
+        if self.mx.enable_mxfp4_gmm:
+            self._convert_experts(model)
+        if self.mx.enable_mxfp4_fa:
+            from adahop.attention import MXFP4Attention
+
+            for fqn in select_attention(model, self.mx.filter_fqns):
+                _set_submodule(model, fqn, MXFP4Attention(int(self.mx.hadamard_size), bool(self.mx.use_sr_grad)))
         cal = self.mx.calibration
         self.calibrator = Calibrator(
             self.layers,
@@ -145,9 +204,20 @@ class AdaHOPConverter:
             )
         self._install_observers()
         logger.info(
-            f"[adahop] converted {len(self.layers)} Linear layers to AdaHOPLinear "
+            f"[adahop] converted {len(self.layers)} layers to MXFP4 AdaHOP "
             f"(filter_fqns={list(self.mx.filter_fqns)})"
         )
+
+    def _convert_experts(self, model: nn.Module) -> None:
+        """MoE experts: each stack (w1, w2, w3) becomes an AdaHOP layer of the plan, "<fqn>.mx_w1" etc."""
+        from adahop.linear import LinearRecipe
+        from adahop.moe import EXPERT_WEIGHTS, AdaHOPGroupedExperts
+
+        for fqn, experts in select_grouped_experts(model, self.mx.filter_fqns).items():
+            recipes = {w: LinearRecipe(**self.layer_kwargs(f"{fqn}.mx_{w}")) for w in EXPERT_WEIGHTS}
+            AdaHOPGroupedExperts.from_experts(experts, recipes)
+            for w, layer in experts.grouped_layers().items():
+                self.layers[f"{fqn}.mx_{w}"] = layer
 
     def post_optimizer_hook(self, model: nn.Module | list[nn.Module]) -> None:
         if not self.enabled or self.calibrator is None:

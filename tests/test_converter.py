@@ -103,9 +103,10 @@ def test_disabled_linear_converts_nothing():
     assert not any(isinstance(m, AdaHOPLinear) for m in model.modules())
 
 
-def test_gmm_refused_by_converter():
-    with pytest.raises(ConfigError, match="enable_mxfp4_gmm"):
-        AdaHOPConverter(_job_config(enable_mxfp4_gmm=True), None)
+def test_gmm_on_a_model_without_experts_refused():
+    conv = AdaHOPConverter(_job_config(enable_mxfp4_gmm=True), None)
+    with pytest.raises(ConfigError, match="enable_mxfp4_gmm = True.*without MoE experts"):
+        conv.convert(_nano())
 
 
 def test_calibration_through_training_steps(tmp_path):

@@ -173,8 +173,9 @@ INVALID = [
      ["filter_fqns", "'output'", "[8200, 64]"]),
     ("calibration-steps", ["--quantize.linear.mx.calibration.calibration_steps", "9", "--training.steps", "8"],
      ["calibration_steps", "9", "training.steps = 8"]),
-    ("gmm", ["--quantize.linear.mx.enable_mxfp4_gmm"], ["enable_mxfp4_gmm", "True", "not available yet"]),
-    ("fa", ["--quantize.linear.mx.enable_mxfp4_fa"], ["enable_mxfp4_fa", "True", "not available yet"]),
+    ("gmm", ["--quantize.linear.mx.enable_mxfp4_gmm"], ["enable_mxfp4_gmm", "True", "without MoE experts"]),
+    ("fa", ["--quantize.linear.mx.enable_mxfp4_fa", "--model.flavor", "debugmodel_flex_attn"],
+     ["enable_mxfp4_fa", "True", 'attn_type = "sdpa"', "FlexAttentionWrapper"]),
 ]
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from torchtitan.models.llama3 import get_train_spec as _llama3_train_spec, llama3_args
+from torchtitan.models.llama3 import get_train_spec as _llama3_train_spec
 from torchtitan.models.llama3.model.args import TransformerModelArgs
 from torchtitan.protocols.train_spec import TrainSpec
 from torchtitan.tools.logging import logger
@@ -73,19 +73,12 @@ def wrap_parallelize_fn(parallelize_fn):
     return parallelize
 
 
-def get_train_spec() -> TrainSpec:
-    base = _llama3_train_spec()
-    return TrainSpec(
-        model_cls=base.model_cls,
-        model_args={**llama3_args, **ADAHOP_FLAVORS},
-        parallelize_fn=wrap_parallelize_fn(base.parallelize_fn),
-        pipelining_fn=base.pipelining_fn,
-        build_optimizers_fn=base.build_optimizers_fn,
-        build_lr_schedulers_fn=base.build_lr_schedulers_fn,
-        build_dataloader_fn=base.build_dataloader_fn,
-        build_tokenizer_fn=base.build_tokenizer_fn,
-        build_loss_fn=base.build_loss_fn,
-        build_validator_fn=base.build_validator_fn,
-        build_metrics_processor_fn=base.build_metrics_processor_fn,
-        state_dict_adapter=base.state_dict_adapter,
+def extend_train_spec(base: TrainSpec, flavors: dict) -> TrainSpec:
+    """`base` with our extra flavors and the gloo-safe parallelize function; nothing else changes."""
+    return dataclasses.replace(
+        base, model_args={**base.model_args, **flavors}, parallelize_fn=wrap_parallelize_fn(base.parallelize_fn)
     )
+
+
+def get_train_spec() -> TrainSpec:
+    return extend_train_spec(_llama3_train_spec(), ADAHOP_FLAVORS)

@@ -142,6 +142,32 @@ def has_accelerator() -> bool:
     return _get_available_device_type() is not None
 
 
+class _TorchWithIntegerHistc(types.ModuleType):
+    """``torch`` as seen by torchtitan's MoE module, with a CPU ``histc`` for integer inputs.
+
+    The router counts tokens per expert with ``torch.histc`` on int64 expert indices, which has a CUDA
+    kernel but no CPU one. Integer indices are exact in float32, so counting them as floats (bins of
+    width 1) and casting back gives the same int64 counts as the CUDA kernel.
+    """
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def histc(input, bins=100, min=0, max=0, *, out=None):  # noqa: A002 (torch's signature)
+        if input.is_floating_point() or input.device.type != "cpu" or out is not None:
+            return torch.histc(input, bins=bins, min=min, max=max, **({"out": out} if out is not None else {}))
+        return torch.histc(input.float(), bins=bins, min=min, max=max).to(input.dtype)
+
+
+def install_moe_histc_fallback() -> None:
+    """Give torchtitan's MoE module (only) the integer-capable CPU histc above."""
+    from torchtitan.models.moe import moe
+
+    if not isinstance(moe.torch, _TorchWithIntegerHistc):
+        moe.torch = _TorchWithIntegerHistc("torch")
+
+
 def install_cpu_shims() -> bool:
     """Make torchtitan run on CPU when there is no accelerator. Returns True if shims were installed.
 
@@ -179,4 +205,5 @@ def install_cpu_shims() -> bool:
             mod.device_type = "cpu"
         if hasattr(mod, "device_module"):
             mod.device_module = shim
+    install_moe_histc_fallback()
     return True
