@@ -25,29 +25,7 @@ for name in bf16 adahop; do
 done
 cp /tmp/runs/adahop/adahop_plan.json "$OUT/" 2>/dev/null
 
-python3 - "$OUT" "$STEPS" <<'PY' | tee "$OUT/summary.md"
-import re, sys
-out, steps = sys.argv[1], int(sys.argv[2])
-pat = re.compile(r"(?<!validate )step:\s*(\d+)\s.*?loss:\s*([\d.]+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
-val = re.compile(r"validate step:\s*(\d+)\s.*?loss:\s*([\d.]+)")
-ansi = re.compile(r"\x1b\[[0-9;]*m")
-rows = {}
-for name in ("bf16", "adahop"):
-    text = ansi.sub("", open(f"{out}/train_{name}.log", errors="replace").read())
-    recs = [(int(s), float(l), float(m), int(t.replace(",", ""))) for s, l, m, t in pat.findall(text)]
-    late = [r for r in recs if r[0] > 35]  # after calibration and warm-up
-    vals = val.findall(text)
-    rows[name] = dict(
-        tps=sum(r[3] for r in late) / max(len(late), 1), mem=max((r[2] for r in recs), default=0),
-        loss=recs[-1][1] if recs else float("nan"), val=float(vals[-1][1]) if vals else float("nan"),
-        last=recs[-1][0] if recs else 0,
-    )
-b = rows["bf16"]
-print(f"| run | steps | train tokens/s (steps 36-{steps}) | vs BF16 | peak memory GiB | vs BF16 | train loss, last step | validation loss |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for name, r in rows.items():
-    print(f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / b['tps']:.2f}x | {r['mem']:.2f} | {r['mem'] / b['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} |")
-PY
+python3 scripts/summarize_runs.py "$OUT" bf16 adahop --after 35 | tee "$OUT/summary.md"
 grep -a "\[adahop\] plan" "$OUT/train_adahop.log" | head -2 | tee -a "$OUT/summary.md"
 
 timeout 150 python3 -m pytest -q tests/kernels/test_gpu_path.py 2>&1 | tail -15 > "$OUT/gpu_tests.log"

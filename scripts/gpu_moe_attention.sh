@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call: MoE small (32 experts) BF16 vs AdaHOP with MXFP4 grouped GEMMs, and the 1B model
+# with MXFP4 attention, short runs; tokens/s, memory, loss curves. Results under $OUT.
+# usage (device machine, repo root, .whl carried): bash scripts/gpu_moe_attention.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHON=python3
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+COMMON=(--metrics.log_freq 5 --checkpoint.no-enable --metrics.no-enable-tensorboard)
+run() {  # name config seconds args...
+  local name=$1 config=$2 limit=$3; shift 3
+  CONFIG_FILE=$config timeout "$limit" ./run_train.sh --job.dump_folder "/tmp/runs/$name" "${COMMON[@]}" "$@" \
+    > "$OUT/train_$name.log" 2>&1
+  echo "$name exit $?" | tee -a "$OUT/env.txt"
+}
+run moe_bf16 configs/moe_small_bf16.toml 100 --training.steps 30 --validation.freq 30 --validation.steps 4
+run moe_adahop configs/moe_small_adahop.toml 170 --training.steps 30 --validation.freq 30 --validation.steps 4 \
+  --quantize.linear.mx.calibration.calibration_steps 10
+run fa_adahop configs/llama1b_adahop_fa.toml 120 --training.steps 15 --training.local_batch_size 1 \
+  --validation.no-enable --quantize.linear.mx.calibration.calibration_steps 5
+cp /tmp/runs/moe_adahop/adahop_plan.json "$OUT/moe_plan.json" 2>/dev/null
+python3 scripts/summarize_runs.py "$OUT" moe_bf16 moe_adahop --after 12 | tee "$OUT/summary.md"
+python3 scripts/summarize_runs.py "$OUT" fa_adahop --after 6 | tee -a "$OUT/summary.md"
+grep -a "\[adahop\] plan (" "$OUT"/train_*.log | tee -a "$OUT/summary.md"
+for f in "$OUT"/train_*.log; do echo "== $f"; grep -a -E "Error|error" "$f" | tail -3; done

@@ -1,0 +1,53 @@
+"""Table of training runs from their torchtitan logs: tokens/s, peak memory, losses, vs the first run.
+
+    python scripts/summarize_runs.py LOG_DIR NAME [NAME ...] [--after STEP]
+
+Reads LOG_DIR/train_<NAME>.log; tokens/s is the mean of the log lines after step --after.
+"""
+
+import argparse
+import re
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TRAIN = re.compile(r"(?<!validate )step:\s*(\d+)\s.*?loss:\s*([\d.]+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
+VAL = re.compile(r"validate step:\s*(\d+)\s.*?loss:\s*([\d.]+)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("log_dir")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--after", type=int, default=35)
+    a = p.parse_args()
+    rows = {}
+    for name in a.names:
+        try:
+            text = ANSI.sub("", open(f"{a.log_dir}/train_{name}.log", errors="replace").read())
+        except OSError:
+            continue
+        recs = [(int(s), float(l), float(m), int(t.replace(",", ""))) for s, l, m, t in TRAIN.findall(text)]
+        if not recs:
+            continue
+        late = [r for r in recs if r[0] > a.after] or recs[-1:]
+        vals = VAL.findall(text)
+        rows[name] = dict(
+            tps=sum(r[3] for r in late) / len(late), mem=max(r[2] for r in recs), last=recs[-1][0],
+            loss=recs[-1][1], val=float(vals[-1][1]) if vals else float("nan"),
+            curve=" ".join(f"{s}:{l:.2f}" for s, l, _, _ in recs),
+        )
+    if not rows:
+        print("no run logged a training step")
+        return
+    base = next(iter(rows.values()))
+    print(f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first | train loss, last step | validation loss |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in rows.items():
+        print(f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f}x | {r['mem']:.2f} | "
+              f"{r['mem'] / base['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} |")
+    print()
+    for name, r in rows.items():
+        print(f"loss curve {name}: {r['curve']}")
+
+
+if __name__ == "__main__":
+    main()
