@@ -1,0 +1,124 @@
+"""Offline table sweep from the command line.
+
+    python -m adahop.sweep --job.config_file configs/default.toml --tables tables.toml \
+        [--checkpoint_path DIR] [--steps 2] [--max_tokens 4096] [--out sweep_out] [--allow_full_precision]
+
+tables.toml holds named pattern-pair -> mode tables, each complete (all nine keys):
+
+    [tables.seed]
+    "row-row" = "hadamard"
+    ...
+
+Builds the config's model (weights from --checkpoint_path, else a fresh initialization), converts it,
+runs --steps forward/backward steps on the config's training data while capturing x, W and g of every
+converted layer, then scores every table by the quantization error of each layer's three GEMMs
+(adahop.sweep.offline) and writes report.md, results.json and PNG plots to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoint_io import CheckpointError, build_model, load_job_config, load_model_state
+from ..modes import MODES
+from ..patterns import DEFAULT_THRESHOLD
+from .offline import DEFAULT_ALLOWED, best_table, capture_operands, check_table, measure_layers
+from .report import write_offline_report
+
+
+def load_tables(path: str) -> dict[str, dict[str, str]]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--tables {path}: no such file")
+    with p.open("rb") as f:
+        data = tomllib.load(f)
+    tables = data.get("tables")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"--tables {path}: expected one or more [tables.<name>] sections")
+    return {name: check_table(t, name=f"{path}: tables.{name}") for name, t in tables.items()}
+
+
+def training_steps(model, job_config, steps: int):
+    """A closure running one forward/backward step on the next training batch."""
+    from torchtitan.components.loss import IGNORE_INDEX, cross_entropy_loss
+    from torchtitan.components.tokenizer import build_hf_tokenizer
+    from torchtitan.hf_datasets.text_datasets import build_text_dataloader
+
+    tokenizer = build_hf_tokenizer(job_config)
+    batches = iter(build_text_dataloader(dp_world_size=1, dp_rank=0, tokenizer=tokenizer, job_config=job_config))
+    device = next(model.parameters()).device
+
+    def step() -> None:
+        input_dict, labels = next(batches)
+        labels = labels.to(device)
+        loss = cross_entropy_loss(model(input_dict["input"].to(device)), labels) / (labels != IGNORE_INDEX).sum()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m adahop.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tables", required=True, help="TOML file with [tables.<name>] sections")
+    p.add_argument("--checkpoint_path", default=None, help="DCP step folder to take the weights from")
+    p.add_argument("--steps", type=int, default=2, help="forward/backward steps to capture operands from")
+    p.add_argument("--max_tokens", type=int, default=4096, help="token rows of x and g kept per layer")
+    p.add_argument("--out", default="sweep_out")
+    p.add_argument("--allow_full_precision", action="store_true", help="let the best table use full_precision")
+    p.add_argument("--min_gain", type=float, default=0.10, help="error cut a costlier mode must bring")
+    args, rest = p.parse_known_args(argv)
+    try:
+        tables = load_tables(args.tables)
+        if args.steps < 1 or args.max_tokens < 1:
+            raise ValueError("--steps and --max_tokens must be >= 1")
+        if args.checkpoint_path is None and not any(a.startswith("--job.config") for a in rest):
+            raise ValueError("give --job.config_file (and/or --checkpoint_path of a run)")
+        job_config = load_job_config(args.checkpoint_path or ".", rest)
+        from ..config import mx_config, resolved_table, validate_job_config
+        from ..converter import AdaHOPConverter
+
+        validate_job_config(job_config)
+        mx = mx_config(job_config)
+        torch.manual_seed(job_config.debug.seed or 0)
+        model, _ = build_model(job_config, device="cuda" if torch.cuda.is_available() else "cpu")
+        if args.checkpoint_path:
+            load_model_state(model, args.checkpoint_path)
+        AdaHOPConverter(job_config, None).convert(model)
+        model.train()
+        captured = capture_operands(model, training_steps(model, job_config, args.steps), args.steps, args.max_tokens)
+        from tqdm import tqdm
+
+        measured = measure_layers(
+            captured, threshold=mx.calibration.pattern_threshold or DEFAULT_THRESHOLD,
+            recipe_kwargs={"outlier_k": int(mx.outlier_k), "hadamard_size": int(mx.hadamard_size)},
+            progress=lambda it: tqdm(it, desc="layers x modes", file=sys.stderr),
+        )
+        allowed = MODES if args.allow_full_precision else DEFAULT_ALLOWED
+        best, unseen = best_table(measured, resolved_table(mx), allowed, args.min_gain)
+        source = f"checkpoint {args.checkpoint_path}" if args.checkpoint_path else "a fresh initialization"
+        report = write_offline_report(
+            args.out, measured, tables, best, unseen,
+            context=f"Model {job_config.model.name}/{job_config.model.flavor} from {source}; operands of "
+            f"{args.steps} training step(s), up to {args.max_tokens} tokens per layer.",
+        )
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.read_text().split("## Best table found")[0])
+    print(f"[adahop] sweep report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

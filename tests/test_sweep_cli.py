@@ -1,0 +1,42 @@
+"""python -m adahop.sweep on a nano model on CPU: report written, bad tables refused."""
+
+from adahop.modes import PAIR_KEYS, SEED_TABLE
+from train_helpers import base_toml
+
+
+def tables_toml(tables: dict) -> str:
+    out = []
+    for name, t in tables.items():
+        out.append(f"[tables.{name}]")
+        out += [f'"{k}" = "{v}"' for k, v in t.items()]
+    return "\n".join(out) + "\n"
+
+
+def test_offline_sweep_cli_writes_report(tmp_path, capsys):
+    from adahop.sweep.__main__ import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(base_toml(tmp_path / "dump", steps=4))
+    tables = tmp_path / "tables.toml"
+    tables.write_text(tables_toml({"seed": SEED_TABLE, "plain": {k: "none" for k in PAIR_KEYS}}))
+    out = tmp_path / "sweep"
+    rc = main(["--tables", str(tables), "--steps", "1", "--max_tokens", "128", "--out", str(out),
+               "--job.config_file", str(cfg)])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    report = (out / "report.md").read_text()
+    assert "| seed |" in report and "| plain |" in report and "best (found)" in report
+    assert "layers.0.attention.wq" in report
+    for name in ("results.json", "layer_errors.png", "ranking.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_bad_tables_refused(tmp_path, capsys):
+    from adahop.sweep.__main__ import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(tables_toml({"t": {**SEED_TABLE, "col-col": "rotate"}}))
+    assert main(["--tables", str(bad), "--job.config_file", "x.toml"]) == 2
+    err = capsys.readouterr().err
+    assert "tables.t" in err and "'rotate'" in err and "inner_outlier_extract_left" in err
+    assert main(["--tables", str(tmp_path / "missing.toml"), "--job.config_file", "x.toml"]) == 2
+    assert "no such file" in capsys.readouterr().err
