@@ -7,15 +7,7 @@
 # (measured on 1x H100: ~0.9 s/step while calibrating, ~0.5 s/step after, 24 GiB; 60 steps ~2 min in all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-# wheels carried in .whl/ (torchtitan 0.2.2 and its pure-Python deps) when the machine has no internet
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
-export PYTHON=${PYTHON:-python3}
+source scripts/gpu_env.sh
 STEPS=${STEPS:-60}
 DUMP="$OUT/llama1b_adahop"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/env.txt"

@@ -1,0 +1,9 @@
+# Sourced by the device scripts: results folder, unbuffered Python, the repo and the carried wheels
+# (.whl/: torchtitan 0.2.2 and the pure-Python packages the device image lacks) on PYTHONPATH.
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3}
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
