@@ -40,3 +40,39 @@ def test_bad_tables_refused(tmp_path, capsys):
     assert "tables.t" in err and "'rotate'" in err and "inner_outlier_extract_left" in err
     assert main(["--tables", str(tmp_path / "missing.toml"), "--job.config_file", "x.toml"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_online_sweep_two_tables_resumable(tmp_path, capsys, monkeypatch):
+    import json
+
+    from adahop.sweep.__main__ import main
+    from train_helpers import env
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(base_toml(tmp_path / "dump", steps=4, calibration_steps=2) + """
+[validation]
+enable = true
+dataset = "adahop_text_val"
+local_batch_size = 2
+seq_len = 64
+freq = 4
+steps = 2
+""")
+    tables = tmp_path / "tables.toml"
+    tables.write_text(tables_toml({"seed": SEED_TABLE, "plain": {k: "none" for k in PAIR_KEYS}}))
+    out = tmp_path / "online"
+    for k in ("PYTHONPATH", "OMP_NUM_THREADS"):  # the training subprocesses inherit these
+        monkeypatch.setenv(k, env()[k])
+    args = ["--online", "--tables", str(tables), "--out", str(out), "--job.config_file", str(cfg)]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| seed |" in report and "| plain |" in report
+    assert (out / "loss_curves.png").stat().st_size > 0
+    plain = json.loads((out / "runs" / "plain" / "result.json").read_text())
+    assert plain["final_step"] == 4 and plain["table"]["row-none"] == "none"
+    plan = json.loads((out / "runs" / "plain" / "adahop_plan.json").read_text())
+    assert {m for layer in plan["layers"].values() for m in layer["modes"].values()} == {"none"}
+    # a second call finds both results and trains nothing
+    mtime = (out / "runs" / "seed" / "train.log").stat().st_mtime
+    assert main(args) == 0
+    assert (out / "runs" / "seed" / "train.log").stat().st_mtime == mtime

@@ -1,7 +1,9 @@
-"""Offline table sweep from the command line.
+"""Table sweeps from the command line.
 
     python -m adahop.sweep --job.config_file configs/default.toml --tables tables.toml \
         [--checkpoint_path DIR] [--steps 2] [--max_tokens 4096] [--out sweep_out] [--allow_full_precision]
+    python -m adahop.sweep --online --job.config_file configs/default.toml --tables tables.toml \
+        [--out sweep_out] [--nproc N] [--section.key value ...]     (overrides go to every training run)
 
 tables.toml holds named pattern-pair -> mode tables, each complete (all nine keys):
 
@@ -9,10 +11,12 @@ tables.toml holds named pattern-pair -> mode tables, each complete (all nine key
     "row-row" = "hadamard"
     ...
 
-Builds the config's model (weights from --checkpoint_path, else a fresh initialization), converts it,
+Offline: builds the config's model (weights from --checkpoint_path, else a fresh initialization), converts it,
 runs --steps forward/backward steps on the config's training data while capturing x, W and g of every
 converted layer, then scores every table by the quantization error of each layer's three GEMMs
 (adahop.sweep.offline) and writes report.md, results.json and PNG plots to --out.
+Online: one short training run per table (adahop.sweep.online), resumable, ranked by final validation
+loss, with loss curves.
 """
 
 from __future__ import annotations
@@ -67,6 +71,25 @@ def training_steps(model, job_config, steps: int):
     return step
 
 
+def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
+    from tqdm import tqdm
+
+    from .online import run_table, write_online_report
+
+    i = rest.index("--job.config_file") if "--job.config_file" in rest[:-1] else -1
+    config = rest[i + 1] if i >= 0 else None
+    if config is None or not Path(config).is_file():
+        raise ValueError(f"--online needs --job.config_file of an existing TOML, got {config!r}")
+    extra = rest[:i] + rest[i + 2 :]  # every other override goes to each training run
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {name: run_table(name, t, config, out, extra, args.nproc) for name, t in tqdm(tables.items(), desc="tables", file=sys.stderr)}
+    report = write_online_report(out, results, context=f"Config {config}, overrides {extra or 'none'}.")
+    print(report.read_text().split("![")[0])
+    print(f"[adahop] sweep report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m adahop.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="sweep_out")
     p.add_argument("--allow_full_precision", action="store_true", help="let the best table use full_precision")
     p.add_argument("--min_gain", type=float, default=0.10, help="error cut a costlier mode must bring")
+    p.add_argument("--online", action="store_true", help="rank tables by short training runs instead")
+    p.add_argument("--nproc", type=int, default=1, help="online: ranks per training run (torchrun)")
     args, rest = p.parse_known_args(argv)
     try:
         tables = load_tables(args.tables)
+        if args.online:
+            return online(args, tables, rest)
         if args.steps < 1 or args.max_tokens < 1:
             raise ValueError("--steps and --max_tokens must be >= 1")
         if args.checkpoint_path is None and not any(a.startswith("--job.config") for a in rest):
@@ -112,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             context=f"Model {job_config.model.name}/{job_config.model.flavor} from {source}; operands of "
             f"{args.steps} training step(s), up to {args.max_tokens} tokens per layer.",
         )
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.read_text().split("## Best table found")[0])
