@@ -88,3 +88,11 @@ def slot_pair_keys(label_x: str, label_w: str, label_g: str) -> dict[str, str]:
     }
     assert tuple(pairs) == SLOTS
     return {slot: f"{left}-{right}" for slot, (left, right) in pairs.items()}
+
+
+if __name__ == "__main__":  # python -m adahop.patterns: pictures of a checkpoint (adahop/patterns_cli.py)
+    import sys
+
+    from adahop.patterns_cli import main
+
+    sys.exit(main())

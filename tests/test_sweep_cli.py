@@ -76,3 +76,22 @@ steps = 2
     mtime = (out / "runs" / "seed" / "train.log").stat().st_mtime
     assert main(args) == 0
     assert (out / "runs" / "seed" / "train.log").stat().st_mtime == mtime
+
+
+def test_patterns_cli_draws_a_model(tmp_path):
+    import subprocess
+    import sys
+
+    from train_helpers import REPO, env
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(base_toml(tmp_path / "dump", steps=4))
+    out = tmp_path / "maps"
+    r = subprocess.run([sys.executable, "-m", "adahop.patterns", "--job.config_file", str(cfg), "--out", str(out),
+                        "--max_tokens", "128"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "summary.png" in pngs and any("layers.0.attention.wq" in n for n in pngs)
+    bad = subprocess.run([sys.executable, "-m", "adahop.patterns", "--checkpoint_path", str(tmp_path / "none")],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "error:" in bad.stderr

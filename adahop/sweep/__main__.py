@@ -25,12 +25,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from ..checkpoint_io import CheckpointError, build_model, load_job_config, load_model_state
+from ..checkpoint_io import CheckpointError, load_job_config
 from ..modes import MODES
 from ..patterns import DEFAULT_THRESHOLD
-from .offline import DEFAULT_ALLOWED, best_table, capture_operands, check_table, measure_layers
+from .capture import capture_from_config
+from .offline import DEFAULT_ALLOWED, best_table, check_table, measure_layers
 from .report import write_offline_report
 
 
@@ -49,26 +48,6 @@ def load_tables(path: str) -> dict[str, dict[str, str]]:
     if not isinstance(tables, dict) or not tables:
         raise ValueError(f"--tables {path}: expected one or more [tables.<name>] sections")
     return {name: check_table(t, name=f"{path}: tables.{name}") for name, t in tables.items()}
-
-
-def training_steps(model, job_config, steps: int):
-    """A closure running one forward/backward step on the next training batch."""
-    from torchtitan.components.loss import IGNORE_INDEX, cross_entropy_loss
-    from torchtitan.components.tokenizer import build_hf_tokenizer
-    from torchtitan.hf_datasets.text_datasets import build_text_dataloader
-
-    tokenizer = build_hf_tokenizer(job_config)
-    batches = iter(build_text_dataloader(dp_world_size=1, dp_rank=0, tokenizer=tokenizer, job_config=job_config))
-    device = next(model.parameters()).device
-
-    def step() -> None:
-        input_dict, labels = next(batches)
-        labels = labels.to(device)
-        loss = cross_entropy_loss(model(input_dict["input"].to(device)), labels) / (labels != IGNORE_INDEX).sum()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    return step
 
 
 def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
@@ -112,18 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint_path is None and not any(a.startswith("--job.config") for a in rest):
             raise ValueError("give --job.config_file (and/or --checkpoint_path of a run)")
         job_config = load_job_config(args.checkpoint_path or ".", rest)
-        from ..config import mx_config, resolved_table, validate_job_config
-        from ..converter import AdaHOPConverter
+        from ..config import mx_config, resolved_table
 
-        validate_job_config(job_config)
         mx = mx_config(job_config)
-        torch.manual_seed(job_config.debug.seed or 0)
-        model, _ = build_model(job_config, device="cuda" if torch.cuda.is_available() else "cpu")
-        if args.checkpoint_path:
-            load_model_state(model, args.checkpoint_path)
-        AdaHOPConverter(job_config, None).convert(model)
-        model.train()
-        captured = capture_operands(model, training_steps(model, job_config, args.steps), args.steps, args.max_tokens)
+        captured = capture_from_config(job_config, args.checkpoint_path, args.steps, args.max_tokens)
         from tqdm import tqdm
 
         measured = measure_layers(
