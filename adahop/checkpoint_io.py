@@ -56,7 +56,7 @@ def _overlay(obj, values: dict, skip: set[str], prefix: str = "") -> None:
             setattr(obj, name, value)
 
 
-def load_job_config(checkpoint_path: str | Path, cli_args: list[str]):
+def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     """A torchtitan JobConfig (merged with adahop.config) for the run that wrote `checkpoint_path`.
 
     With --job.config_file: that TOML plus the CLI overrides. Without: the run's adahop_job.json
@@ -73,10 +73,11 @@ def load_job_config(checkpoint_path: str | Path, cli_args: list[str]):
     config = ConfigManager().parse_args(args)
     if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
         return config
-    job_file = find_job_file(checkpoint_path)
+    job_file = find_job_file(checkpoint_path) if checkpoint_path is not None else None
     if job_file is None:
+        where = f"in {checkpoint_path} or its parents" if checkpoint_path is not None else "(no --checkpoint_path)"
         raise CheckpointError(
-            f"no --job.config_file given and no {JOB_FILE} found in {checkpoint_path} or its parents: "
+            f"no --job.config_file given and no {JOB_FILE} found {where}: "
             "pass the TOML the checkpoint was trained with"
         )
     _overlay(config, json.loads(job_file.read_text()), _cli_keys(args))

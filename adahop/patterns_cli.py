@@ -28,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_tokens", type=int, default=4096)
     args, rest = p.parse_known_args(argv)
     try:
-        if args.checkpoint_path is None and not any(a.startswith("--job.config") for a in rest):
-            raise ValueError("give --checkpoint_path of a run and/or --job.config_file")
         if args.steps < 1:
             raise ValueError("--steps must be >= 1")
         from .calibration import magnitude_map
@@ -37,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         from .sweep.capture import capture_from_config
         from .visualize import render_patterns
 
-        job_config = load_job_config(args.checkpoint_path or ".", rest)
+        job_config = load_job_config(args.checkpoint_path, rest)
         cal = mx_config(job_config).calibration
         threshold = cal.pattern_threshold or DEFAULT_THRESHOLD
         captured = capture_from_config(job_config, args.checkpoint_path, args.steps, args.max_tokens)

@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return online(args, tables, rest)
         if args.steps < 1 or args.max_tokens < 1:
             raise ValueError("--steps and --max_tokens must be >= 1")
-        if args.checkpoint_path is None and not any(a.startswith("--job.config") for a in rest):
-            raise ValueError("give --job.config_file (and/or --checkpoint_path of a run)")
-        job_config = load_job_config(args.checkpoint_path or ".", rest)
+        job_config = load_job_config(args.checkpoint_path, rest)
         from ..config import mx_config, resolved_table
 
         mx = mx_config(job_config)
