@@ -38,6 +38,11 @@ ADAHOP_FLAVORS: dict[str, TransformerModelArgs] = {
         dim=256, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192,
         multiple_of=256, rope_theta=500000,
     ),
+    # the quality experiment's model (docs/quality.md): ~88M parameters with the 8k vocabulary
+    "100M_v8k": TransformerModelArgs(
+        dim=768, n_layers=12, n_heads=12, n_kv_heads=4, vocab_size=8192,
+        multiple_of=256, rope_theta=500000,
+    ),
     "125M": TransformerModelArgs(
         dim=768, n_layers=12, n_heads=12, n_kv_heads=4, vocab_size=32768,
         multiple_of=256, rope_theta=500000,

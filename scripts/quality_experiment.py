@@ -1,0 +1,190 @@
+"""The quality experiment: the same ~100M Llama trained under every recipe, then docs/quality.md.
+
+    python scripts/quality_experiment.py [--config configs/quality_100m.toml] [--recipes bf16 adahop ...]
+        [--out outputs/quality] [--parallel 2] [--report docs/quality.md] [--section.key value ...]
+
+Recipes are CLI overrides of one config, so model, data, seed, schedule and token budget are shared:
+
+| recipe | what |
+| --- | --- |
+| bf16 | no quantization (the converter converts nothing) |
+| mxfp4 | plain MXFP4 (`none` in every slot) |
+| hadamard | uniform Hadamard (IHT) in every slot |
+| rht | uniform randomized Hadamard |
+| adahop | calibration + the seed table |
+| adahop_sr | the same with stochastic rounding of gradients |
+| float8 | torchtitan's float8 converter (tensorwise, torchao; needs a CUDA GPU) |
+
+Each recipe trains in <out>/<recipe> with checkpoints: an interrupted run resumes from its last checkpoint
+(torchtitan does this by itself), a finished one (<out>/<recipe>/done.json) is not run again, so the
+experiment can span several sessions. --parallel N runs N recipes at once (one GPU holds several 100M
+models). Extra --section.key value arguments go to every run (e.g. --training.steps for a short try).
+The report has the final training / validation loss and perplexity per recipe, the gap to BF16, the
+AdaHOP plan summaries, a loss-curve plot (PNG next to the report) and the exact commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MX = "--quantize.linear.mx"
+RECIPES = {
+    "bf16": [f"{MX}.no-enable-mxfp4-linear"],
+    "mxfp4": [f"{MX}.calibration.no-use-HT-calibration", f"{MX}.no-use-hadamard"],
+    "hadamard": [f"{MX}.calibration.no-use-HT-calibration"],
+    "rht": [f"{MX}.calibration.no-use-HT-calibration", f"{MX}.use-randomized-hadamard"],
+    "adahop": [],
+    "adahop_sr": [f"{MX}.use-sr-grad"],
+    "float8": ["--model.converters", "quantize.linear.float8"],
+}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TRAIN = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+).*?tps:\s*([\d,]+)")
+VAL = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+)")
+PLAN = re.compile(r"\[adahop\] plan \((calibration|[a-z_]+)\): (.*)$", re.M)
+
+
+def command(config: str, recipe: str, out: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "adahop.train", "--job.config_file", config, "--job.dump_folder",
+            str(out / recipe), "--metrics.disable_color_printing", *RECIPES[recipe], *extra]
+
+
+def parse(log_text: str) -> dict:
+    text = ANSI.sub("", log_text)
+    train = {int(s): (float(v), int(t.replace(",", ""))) for s, v, t in TRAIN.findall(text)}
+    val = {int(s): float(v) for s, v in VAL.findall(text)}
+    plans = PLAN.findall(text)
+    return {"train": {s: v for s, (v, _) in train.items()}, "tps": {s: t for s, (_, t) in train.items()},
+            "validation": val, "plan": plans[-1][1] if plans else None}
+
+
+def launch(config: str, recipe: str, out: Path, extra: list[str]) -> subprocess.Popen:
+    run_dir = out / recipe
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = (run_dir / "train.log").open("a")
+    log.write(f"\n#### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(config, recipe, out, extra))}\n")
+    log.flush()
+    return subprocess.Popen(command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(recipe: str, out: Path, returncode: int) -> dict | None:
+    run_dir = out / recipe
+    result = parse((run_dir / "train.log").read_text(errors="replace"))
+    if returncode != 0 or not result["train"]:
+        print(f"[quality] {recipe}: exit {returncode}, see {run_dir / 'train.log'}", file=sys.stderr)
+        return None
+    tmp = run_dir / "done.json.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, run_dir / "done.json")
+    return result
+
+
+def run_all(config: str, recipes: list[str], out: Path, extra: list[str], parallel: int) -> dict[str, dict]:
+    results, todo, running = {}, [], {}
+    for r in recipes:
+        done = out / r / "done.json"
+        if done.is_file():
+            results[r] = json.loads(done.read_text())
+        else:
+            todo.append(r)
+    while todo or running:
+        while todo and len(running) < parallel:
+            r = todo.pop(0)
+            print(f"[quality] start {r}", file=sys.stderr)
+            running[r] = launch(config, r, out, extra)
+        time.sleep(2)
+        for r, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[r]
+                res = finish(r, out, proc.returncode)
+                if res is not None:
+                    results[r] = res
+                    print(f"[quality] done {r}", file=sys.stderr)
+    return results
+
+
+def _last(d: dict):
+    return d[max(d, key=int)] if d else math.nan
+
+
+def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r, res in results.items():
+        tr = sorted((int(s), v) for s, v in res["train"].items())
+        va = sorted((int(s), v) for s, v in res["validation"].items())
+        a1.plot([s for s, _ in tr], [v for _, v in tr], label=r, lw=1)
+        a2.plot([s for s, _ in va], [v for _, v in va], "o-", ms=3, label=r)
+    for ax, title in ((a1, "training loss"), (a2, "validation loss (held-out Wikipedia)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    base = _last(results["bf16"]["validation"]) if "bf16" in results else math.nan
+    lines = [
+        "# Quality: BF16 vs MXFP4 recipes on real text", "",
+        f"Device: {device}. Written by `scripts/quality_experiment.py` on {time.strftime('%Y-%m-%d')}.", "",
+        "| recipe | steps | final train loss | final val loss | val perplexity | val gap to BF16 | tokens/s (last log) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r, res in results.items():
+        v = _last(res["validation"])
+        gap = f"{100 * (v / base - 1):+.2f}%" if base == base and v == v else "-"
+        steps = max((int(s) for s in res["train"]), default=0)
+        lines.append(f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} | {math.exp(v) if v == v else math.nan:.2f} | "
+                     f"{gap} | {_last(res['tps']) if res['tps'] else '-'} |")
+    lines += ["", f"![loss curves]({png.name})", "", "## AdaHOP plans", ""]
+    lines += [f"- {r}: {res['plan']}" for r, res in results.items() if res.get("plan")]
+    lines += ["", "## Commands", ""] + [f"- {r}: `{c}`" for r, c in commands.items()] + [""]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/quality_100m.toml")
+    p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--out", default="outputs/quality")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--report", default="docs/quality.md")
+    p.add_argument("--device", default=None, help="device description for the report (default: detected)")
+    args, extra = p.parse_known_args(argv)
+    if "float8" in args.recipes:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("[quality] float8 needs a CUDA GPU and torchao: left out of this run", file=sys.stderr)
+            args.recipes = [r for r in args.recipes if r != "float8"]
+    out = Path(args.out)
+    results = run_all(args.config, args.recipes, out, extra, max(1, args.parallel))
+    if not results:
+        print("[quality] no recipe finished", file=sys.stderr)
+        return 1
+    import torch
+
+    device = args.device or (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
+    commands = {r: " ".join(["python", *command(args.config, r, out, extra)[1:]]) for r in results}
+    write_report(Path(args.report), results, commands, device)
+    print(f"[quality] report: {args.report}")
+    return 0 if len(results) == len(args.recipes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
