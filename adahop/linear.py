@@ -4,10 +4,13 @@ Data flow of one GEMM slot (see adahop.modes for the operands of each slot):
     A, Bt (K-major) -> [extract outlier rows] -> [Hadamard along K] -> MXFP4 along K -> GEMM -> out
                                   \\-> BF16 GEMM of the extracted rows --------------------> added
 
-What backward keeps: the right operands of the two backward GEMMs (W for gx, x for gw) are saved
-already transformed and quantized along their backward K (packed E2M1 + E8M0), except where the mode
-needs them at high precision (full_precision; inner_outlier_extract_left for gx, which multiplies
-extracted rows of g by the whole W).
+What backward keeps: x, the right operand of the weight-gradient GEMM, is saved already transformed
+and quantized along its backward K (packed E2M1 + E8M0, 3.76x smaller than BF16), except where the
+mode needs it at high precision (full_precision; OE-right keeps its k extracted columns in BF16).
+W, the right operand of the input-gradient GEMM, is a parameter that exists anyway (FSDP gathers it
+again for backward): it is kept by reference, like nn.Linear does, and quantized along its backward K
+in backward, so no copy of it is added to what the step holds. Only OE-right for gx saves a packed
+copy (its extracted columns are chosen once, in forward).
 
 backward_gw with inner_outlier_extract_left runs `hadamard`. OE-left there would extract rows of
 g^T (output channels) and multiply them by the whole x in BF16, so x would have to be kept in BF16
@@ -182,7 +185,10 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         ctx.gx_right = ctx.gw_right = None
         saved = []
         if ctx.needs_input_grad[0]:
-            ctx.gx_right = prepare_right(weight, 0, gx_mode, recipe, "backward_gx", for_saving=True)
+            if gx_mode == OE_RIGHT:
+                ctx.gx_right = prepare_right(weight, 0, gx_mode, recipe, "backward_gx", for_saving=True)
+            else:  # W itself, quantized in backward when the mode wants it (module docstring)
+                ctx.gx_right = RightOperand(full=weight, full_k_dim=0)
             saved += _stash(ctx.gx_right)
         if ctx.needs_input_grad[1]:
             x_padded = _pad_rows(x2d, _gw_row_multiple(recipe))
@@ -200,6 +206,8 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         if ctx.gx_right is not None:
             right = _unstash(ctx.gx_right, tensors)
             mode = recipe.mode("backward_gx")
+            if mode in (HADAMARD, NONE):
+                right = prepare_right(right.full, 0, mode, recipe, "backward_gx", for_saving=False)
             gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype)
         if ctx.gw_right is not None:
             right = _unstash(ctx.gw_right, tensors)
