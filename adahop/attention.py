@@ -49,8 +49,8 @@ class _MXFP4Attention(torch.autograd.Function):
         s = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * scale
         if is_causal:
             tq, tk = q.shape[2], k.shape[2]
-            # queries aligned to the end of the keys, as in F.scaled_dot_product_attention's causal mask
-            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+            # top-left aligned like F.scaled_dot_product_attention(is_causal=True): query i sees keys 0..i
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
             s = s.masked_fill(~mask, float("-inf"))
         p = torch.softmax(s, dim=-1)
         o = _q(p, -1) @ _q(v, -2)

@@ -202,6 +202,11 @@ class AdaHOPConverter:
                 self.layers, freq=int(self.mx.quant_error_freq),
                 tokens=int(self.mx.quant_error_tokens), layer_kwargs=self.layer_kwargs,
             )
+            if len(self.qerr.layers) < len(self.layers):
+                logger.info(
+                    f"[adahop] quant_error_freq: {len(self.layers) - len(self.qerr.layers)} MoE expert stacks "
+                    "are not measured (linears only)"
+                )
         self._install_observers()
         logger.info(
             f"[adahop] converted {len(self.layers)} layers to MXFP4 AdaHOP "

@@ -32,7 +32,7 @@ def rel_err(q: torch.Tensor, ref: torch.Tensor) -> float:
 
 class QuantErrorProbe:
     def __init__(self, layers: dict, *, freq: int, tokens: int, layer_kwargs: Callable[[str], dict]):
-        self.layers = dict(layers)
+        self.layers = _linears(layers)
         self.freq = int(freq)
         self.tokens = int(tokens)
         self.layer_kwargs = layer_kwargs
@@ -40,7 +40,7 @@ class QuantErrorProbe:
         self._fwd: dict[str, float] = {}
 
     def restrict_to(self, layers: dict) -> None:
-        self.layers = dict(layers)
+        self.layers = _linears(layers)
 
     def due(self, step: int) -> bool:
         return self.freq > 0 and step > 0 and step % self.freq == 0
@@ -106,3 +106,11 @@ class QuantErrorProbe:
         self._samples.clear()
         self._fwd.clear()
         return metrics
+
+
+def _linears(layers: dict) -> dict:
+    """The probe measures AdaHOPLinear layers only: an MoE expert stack's g is per routed token of one
+    expert's output width, so its three GEMMs need the group sizes (converter logs which are left out)."""
+    from adahop.linear import AdaHOPLinear
+
+    return {f: m for f, m in layers.items() if isinstance(m, AdaHOPLinear)}

@@ -47,8 +47,8 @@ RECIPES = {
     "float8": ["--model.converters", "quantize.linear.float8"],
 }
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-TRAIN = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+).*?tps:\s*([\d,]+)")
-VAL = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+)")
+TRAIN = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf).*?tps:\s*([\d,]+)")
+VAL = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 PLAN = re.compile(r"\[adahop\] plan \((calibration|[a-z_]+)\): (.*)$", re.M)
 
 
@@ -72,7 +72,8 @@ def launch(config: str, recipe: str, out: Path, extra: list[str]) -> subprocess.
     log = (run_dir / "train.log").open("a")
     log.write(f"\n#### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(config, recipe, out, extra))}\n")
     log.flush()
-    return subprocess.Popen(command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    with log:  # the child keeps its own descriptor
+        return subprocess.Popen(command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(recipe: str, out: Path, returncode: int) -> dict | None:

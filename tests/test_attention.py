@@ -75,3 +75,17 @@ def test_lengths_must_be_blocks():
     q = torch.randn(1, 1, 40, 32)
     with pytest.raises(ValueError, match="query length"):
         mxfp4_attention(q, q, q)
+
+
+def test_causal_mask_matches_sdpa_when_queries_and_keys_differ():
+    import adahop.attention as att
+
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(1, 1, 32, 32, generator=g), torch.randn(1, 1, 64, 32, generator=g), torch.randn(1, 1, 64, 32, generator=g)
+    identity = lambda t, axis, rounding="nearest", hadamard=None: t.float()  # noqa: E731  (quantizer off)
+    orig, att._q = att._q, identity
+    try:
+        out = mxfp4_attention(q, k, v, is_causal=True)
+    finally:
+        att._q = orig
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=1e-5, atol=1e-5)

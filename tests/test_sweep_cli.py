@@ -95,3 +95,21 @@ def test_patterns_cli_draws_a_model(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "adahop.patterns", "--checkpoint_path", str(tmp_path / "none")],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_online_results_parse_nan_and_refuse_stale_cache(tmp_path):
+    import json
+
+    import pytest
+
+    from adahop.sweep.online import parse_log, run_table
+
+    parsed = parse_log("step:  1  loss:  8.12345  x\nstep:  2  loss:      nan\nvalidate step:  2  loss:  inf\n")
+    assert parsed["train"][1] == 8.12345 and parsed["train"][2] != parsed["train"][2]  # NaN kept, not dropped
+    assert parsed["validation"][2] == float("inf")
+    run_dir = tmp_path / "runs" / "t"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps({"table": dict(SEED_TABLE), "overrides": []}))
+    assert run_table("t", dict(SEED_TABLE), "c.toml", tmp_path, [], 1)["table"] == SEED_TABLE
+    with pytest.raises(ValueError, match="different table"):
+        run_table("t", {**SEED_TABLE, "row-row": "none"}, "c.toml", tmp_path, [], 1)

@@ -74,7 +74,7 @@ def test_bad_tables_refused():
 
 
 def test_capture_needs_adahop_layers():
-    with pytest.raises(ValueError, match="no AdaHOP layers"):
+    with pytest.raises(ValueError, match="no AdaHOP linear layers"):
         capture_operands(nn.Linear(4, 4), lambda: None)
 
 

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
-from ..linear import AdaHOPModes, LinearRecipe, mxfp4_linear
+from ..linear import AdaHOPLinear, AdaHOPModes, LinearRecipe, mxfp4_linear
 from ..modes import MODES, PAIR_KEYS, SLOTS, check_mode
 from ..patterns import DEFAULT_THRESHOLD, classify, slot_pair_keys
 
@@ -36,9 +37,15 @@ def capture_operands(
 
     Token rows are kept in step order up to `max_tokens` per layer (x and g keep the same rows).
     """
-    layers = {fqn: m for fqn, m in model.named_modules() if isinstance(m, AdaHOPModes)}
+    layers = {fqn: m for fqn, m in model.named_modules() if isinstance(m, AdaHOPLinear)}
+    grouped = [fqn for fqn, m in model.named_modules() if isinstance(m, AdaHOPModes) and fqn not in layers]
+    if grouped:
+        # an expert stack's W is [experts * out, in] while its g has one expert's width: its GEMMs need
+        # the group sizes, which the observer does not see; say so rather than score them wrongly
+        print(f"[adahop] offline sweep scores linears only; {len(grouped)} MoE expert stacks left out "
+              f"(e.g. {grouped[0]})", file=sys.stderr)
     if not layers:
-        raise ValueError("the model has no AdaHOP layers to capture (was the converter applied?)")
+        raise ValueError("the model has no AdaHOP linear layers to capture (was the converter applied?)")
     captured = {fqn: CapturedLayer() for fqn in layers}
     saved = {fqn: m.observer for fqn, m in layers.items()}
 

@@ -9,6 +9,7 @@ interrupted sweep resumes where it stopped. Runs go one after another (several G
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -18,8 +19,8 @@ from pathlib import Path
 from ..modes import PAIR_KEYS
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-TRAIN_LINE = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+)")
-VAL_LINE = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+)")
+TRAIN_LINE = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
+VAL_LINE = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 KEY = "--quantize.linear.mx.calibration.layer_transform_config"
 
 
@@ -39,7 +40,13 @@ def run_table(name: str, table: dict[str, str], config: str, out: Path, extra: l
     run_dir = out / "runs" / name
     result_file = run_dir / "result.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        cached = json.loads(result_file.read_text())
+        if cached.get("table") != table or cached.get("overrides") != extra:
+            raise ValueError(
+                f"{run_dir} holds the result of a different table or different overrides than table {name!r} "
+                "now has: use another --out, or delete that folder to train it again"
+            )
+        return cached
     run_dir.mkdir(parents=True, exist_ok=True)
     train = ["-m", "adahop.train", "--job.config_file", config, "--job.dump_folder", str(run_dir),
              "--metrics.disable_color_printing", *table_args(table), *extra]
@@ -60,6 +67,7 @@ def run_table(name: str, table: dict[str, str], config: str, out: Path, extra: l
     last = max(parsed["validation"])
     result = {
         "table": table,
+        "overrides": extra,
         "final_validation_loss": parsed["validation"][last],
         "final_step": max(parsed["train"]),
         **{k: {str(s): v for s, v in d.items()} for k, d in parsed.items()},
@@ -88,13 +96,16 @@ def write_online_report(out: Path, results: dict[str, dict], context: str = "") 
     fig.savefig(out / "loss_curves.png", dpi=120)
     plt.close(fig)
     scores = {n: r["final_validation_loss"] for n, r in results.items()}
-    plot_ranking(scores, out / "ranking.png", "final validation loss")
-    ranked = sorted(scores, key=scores.get)
+    finite = {n: v for n, v in scores.items() if math.isfinite(v)}
+    plot_ranking(finite, out / "ranking.png", "final validation loss")
+    # a run whose loss became NaN/Inf ranks last, marked as diverged
+    ranked = sorted(scores, key=lambda n: (n not in finite, finite.get(n, 0.0)))
     best = scores[ranked[0]]
     lines = ["# Online table sweep", ""] + ([context, ""] if context else [])
     lines += ["| rank | table | final validation loss | vs best | steps |", "| --- | --- | --- | --- | --- |"]
     for i, n in enumerate(ranked, 1):
-        lines.append(f"| {i} | {n} | {scores[n]:.4f} | {100 * (scores[n] / best - 1):+.2f}% | {results[n]['final_step']} |")
+        gap = f"{100 * (scores[n] / best - 1):+.2f}%" if n in finite else "diverged"
+        lines.append(f"| {i} | {n} | {scores[n]:.4f} | {gap} | {results[n]['final_step']} |")
     lines += ["", "![loss curves](loss_curves.png)", "", "![ranking](ranking.png)", ""]
     report = out / "report.md"
     _atomic_write(report, "\n".join(lines))
