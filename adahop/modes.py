@@ -37,9 +37,3 @@ def check_mode(mode: str, where: str = "mode") -> str:
     if mode not in MODES:
         raise ValueError(f"{where}: unknown mode {mode!r}; allowed modes are {', '.join(MODES)}")
     return mode
-
-
-def check_slot(slot: str) -> str:
-    if slot not in SLOTS:
-        raise ValueError(f"unknown GEMM slot {slot!r}; allowed slots are {', '.join(SLOTS)}")
-    return slot
