@@ -113,6 +113,27 @@ def test_resume_mid_calibration_keeps_votes(tmp_path, reference_run):
     _assert_matches(out, dump, 3, reference_run)
 
 
+def test_resume_on_other_rank_count_refused_or_restarts_data(tmp_path, reference_run):
+    """A 2-rank checkpoint resumed by 1 rank: refused before any step, naming both rank counts and the
+    way out; with the data loader excluded it resumes (plan restored, not recalibrated)."""
+    import shutil
+
+    ref, ref_dump = reference_run
+    dump = tmp_path / "copy"
+    shutil.copytree(ref_dump / "checkpoint" / "step-7", dump / "checkpoint" / "step-7")
+    cfg = _write(tmp_path, "one.toml", base_toml(dump, steps=8, calibration_steps=3) + CKPT.format(interval=4))
+    refused = run_train(cfg, nproc=1)
+    assert refused.returncode != 0
+    assert "written by 2 data-parallel ranks and this run has 1" in refused.stdout, refused.stdout[-3000:]
+    assert "--checkpoint.exclude_from_loading dataloader" in refused.stdout
+    assert not losses(refused.stdout) and "Loading the checkpoint" not in refused.stdout
+    resumed = run_train(cfg, ["--checkpoint.exclude_from_loading", "dataloader"], nproc=1)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert "[adahop] plan restored from checkpoint" in resumed.stdout
+    assert sorted(losses(resumed.stdout)) == [8]
+    assert digests(resumed.stdout)[0][-1] == digests(ref.stdout)[0][-1]
+
+
 def test_seed_readme_toml_trains(tmp_path):
     from test_config import SEED_README_TOML
 
