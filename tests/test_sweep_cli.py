@@ -1,4 +1,9 @@
-"""python -m adahop.sweep on a nano model on CPU: report written, bad tables refused."""
+"""python -m adahop.sweep on a nano model on CPU: report written, bad tables refused; the online sweep's
+scheduler (--gpus groups, --parallel, failures, resume) with a fake launcher."""
+
+import sys
+
+import pytest
 
 from adahop.modes import PAIR_KEYS, SEED_TABLE
 from train_helpers import base_toml
@@ -42,7 +47,7 @@ def test_bad_tables_refused(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_online_sweep_two_tables_resumable(tmp_path, capsys, monkeypatch):
+def test_online_sweep_two_tables_parallel_resumable(tmp_path, capsys, monkeypatch):
     import json
 
     from adahop.sweep.__main__ import main
@@ -63,10 +68,11 @@ steps = 2
     out = tmp_path / "online"
     for k in ("PYTHONPATH", "OMP_NUM_THREADS"):  # the training subprocesses inherit these
         monkeypatch.setenv(k, env()[k])
-    args = ["--online", "--tables", str(tables), "--out", str(out), "--job.config_file", str(cfg)]
+    args = ["--online", "--parallel", "2", "--tables", str(tables), "--out", str(out), "--job.config_file", str(cfg)]
     assert main(args) == 0, capsys.readouterr().err[-3000:]
     report = (out / "report.md").read_text()
-    assert "| seed |" in report and "| plain |" in report
+    assert "| seed |" in report and "| plain |" in report and "| rank | table | final validation loss" in report
+    assert set(json.loads((out / "results.json").read_text())) == {"seed", "plain"}
     assert (out / "loss_curves.png").stat().st_size > 0
     plain = json.loads((out / "runs" / "plain" / "result.json").read_text())
     assert plain["final_step"] == 4 and plain["table"]["row-none"] == "none"
@@ -113,3 +119,93 @@ def test_online_results_parse_nan_and_refuse_stale_cache(tmp_path):
     assert run_table("t", dict(SEED_TABLE), "c.toml", tmp_path, [], 1)["table"] == SEED_TABLE
     with pytest.raises(ValueError, match="different table"):
         run_table("t", {**SEED_TABLE, "row-row": "none"}, "c.toml", tmp_path, [], 1)
+
+
+def fake_launcher(monkeypatch, behaviour: dict[str, tuple[float, int]]) -> list:
+    """Replace the training run by a python one-liner that sleeps, logs one train and one validation loss
+    and exits with a code (per table: behaviour[name] = (sleep_s, exit code)); records every launch."""
+    from adahop.sweep import online
+
+    real, calls = online.launch, []
+
+    def launch(cmd, env, log_path):
+        name = log_path.parent.name
+        live = sum(c["proc"].poll() is None for c in calls)  # runs still going when this one starts
+        sleep_s, code = behaviour.get(name, (0.0, 0))
+        script = (f"import sys, time; time.sleep({sleep_s}); print('step:  1  loss:  2.0'); "
+                  f"print('validate step:  1  loss:  {2 + len(name) / 10}'); sys.exit({code})")
+        proc = real([sys.executable, "-c", script], env, log_path)
+        calls.append({"name": name, "cmd": cmd, "env": env, "live": live, "proc": proc})
+        return proc
+
+    monkeypatch.setattr(online, "launch", launch)
+    return calls
+
+
+def online_args(tmp_path, names: list[str], *more: str) -> list[str]:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("# not read: the launcher is fake\n")
+    tables = tmp_path / "tables.toml"
+    tables.write_text(tables_toml({n: SEED_TABLE for n in names}))
+    return ["--online", "--tables", str(tables), "--out", str(tmp_path / "out"), "--job.config_file", str(cfg), *more]
+
+
+def test_online_gpu_groups_get_their_devices(tmp_path, capsys, monkeypatch):
+    from adahop.sweep.__main__ import main
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "eth7")
+    calls = fake_launcher(monkeypatch, {"a": (0.2, 0), "b": (2.0, 0)})
+    args = online_args(tmp_path, ["a", "b", "c"], "--gpus", "0,1,2,3", "--nproc", "2", "--training.steps", "3")
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    # a and b start at once on the two groups; c takes the group of a, which ends first
+    assert [(c["name"], c["env"]["CUDA_VISIBLE_DEVICES"], c["live"]) for c in calls] == [
+        ("a", "0,1", 0), ("b", "2,3", 1), ("c", "0,1", 1)]
+    for c in calls:
+        assert c["env"]["NCCL_SOCKET_IFNAME"] == "eth7"  # the rest of the environment passes through
+        assert "--nproc_per_node=2" in c["cmd"] and c["cmd"][-2:] == ["--training.steps", "3"]
+    assert "CUDA_VISIBLE_DEVICES" not in __import__("os").environ
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"| {n} |" in report for n in "abc")
+
+
+def test_online_sequential_failure_keeps_the_others_and_resumes(tmp_path, capsys, monkeypatch):
+    from adahop.sweep.__main__ import main
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    behaviour = {"bad": (0.0, 1)}
+    calls = fake_launcher(monkeypatch, behaviour)
+    args = online_args(tmp_path, ["a", "bad", "c"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 table(s) failed" in err and "table bad" in err and str(tmp_path / "out" / "runs" / "bad" / "train.log") in err
+    assert [c["live"] for c in calls] == [0, 0, 0]  # one after another
+    assert all("CUDA_VISIBLE_DEVICES" not in c["env"] for c in calls)
+    runs = tmp_path / "out" / "runs"
+    assert (runs / "a" / "result.json").is_file() and (runs / "c" / "result.json").is_file()
+    assert not (runs / "bad" / "result.json").exists()
+    # the same command again trains only the failed table
+    behaviour["bad"] = (0.0, 0)
+    calls.clear()
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    assert [c["name"] for c in calls] == ["bad"]
+
+
+@pytest.mark.parametrize("more, words", [
+    (["--gpus", "0,1,1"], ["--gpus 0,1,1", "GPU 1 given more than once"]),
+    (["--gpus", "0,x"], ["--gpus '0,x'", "non-negative GPU ids"]),
+    (["--gpus", "0,-1"], ["--gpus '0,-1'", "non-negative GPU ids"]),
+    (["--gpus", "0,1,2", "--nproc", "2"], ["--gpus 0,1,2 (3 GPUs)", "--nproc 2", "multiple of 2"]),
+    (["--gpus", "0,1", "--parallel", "2"], ["--gpus 0,1 and --parallel 2 exclude each other"]),
+    (["--parallel", "0"], ["--parallel 0: must be >= 1"]),
+])
+def test_online_gpus_and_parallel_refused_before_training(tmp_path, capsys, monkeypatch, more, words):
+    from adahop.sweep.__main__ import main
+
+    calls = fake_launcher(monkeypatch, {})
+    assert main(online_args(tmp_path, ["a", "b"], *more)) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert calls == [] and not (tmp_path / "out").exists()
+    assert main(["--tables", "t.toml", "--gpus", "0"]) == 2  # offline: no runs to place
+    assert "only apply to --online" in capsys.readouterr().err

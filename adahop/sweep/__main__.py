@@ -3,7 +3,8 @@
     python -m adahop.sweep --job.config_file configs/default.toml --tables tables.toml \
         [--checkpoint_path DIR] [--steps 2] [--max_tokens 4096] [--out sweep_out] [--allow_full_precision]
     python -m adahop.sweep --online --job.config_file configs/default.toml --tables tables.toml \
-        [--out sweep_out] [--nproc N] [--section.key value ...]     (overrides go to every training run)
+        [--out sweep_out] [--nproc N] [--gpus 0,1,2,3 | --parallel N] [--section.key value ...]
+        (the --section.key overrides go to every training run)
 
 tables.toml holds named pattern-pair -> mode tables, each complete (all nine keys):
 
@@ -16,7 +17,12 @@ runs --steps forward/backward steps on the config's training data while capturin
 converted layer, then scores every table by the quantization error of each layer's three GEMMs
 (adahop.sweep.offline) and writes report.md, results.json and PNG plots to --out.
 Online: one short training run per table (adahop.sweep.online), resumable, ranked by final validation
-loss, with loss curves.
+loss, with loss curves. Each run has --nproc ranks (torchrun when > 1). By default the runs go one after
+another; --gpus 0,1,2,3 splits the GPUs into groups of --nproc and trains one table per group at once, each
+run seeing only its group (CUDA_VISIBLE_DEVICES; the rest of the environment, NCCL settings included, is passed
+through as it is); --parallel N trains N tables at once without GPU pinning (e.g. on CPU). A failed run does not
+stop the others: the finished ones are stored, the failures are reported at the end, and the same command
+trains only those again.
 """
 
 from __future__ import annotations
@@ -50,10 +56,10 @@ def load_tables(path: str) -> dict[str, dict[str, str]]:
     return {name: check_table(t, name=f"{path}: tables.{name}") for name, t in tables.items()}
 
 
-def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
+def online(args, tables: dict[str, dict[str, str]], rest: list[str], slots: list[str | None]) -> int:
     from tqdm import tqdm
 
-    from .online import run_table, write_online_report
+    from .online import run_tables, write_online_report
 
     i = rest.index("--job.config_file") if "--job.config_file" in rest[:-1] else -1
     config = rest[i + 1] if i >= 0 else None
@@ -62,7 +68,8 @@ def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
     extra = rest[:i] + rest[i + 2 :]  # every other override goes to each training run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {name: run_table(name, t, config, out, extra, args.nproc) for name, t in tqdm(tables.items(), desc="tables", file=sys.stderr)}
+    with tqdm(total=len(tables), desc="tables", file=sys.stderr) as bar:
+        results = run_tables(tables, config, out, extra, args.nproc, slots, on_finish=lambda name: bar.update(1))
     report = write_online_report(out, results, context=f"Config {config}, overrides {extra or 'none'}.")
     print(report.read_text().split("![")[0])
     print(f"[adahop] sweep report: {report}")
@@ -81,11 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min_gain", type=float, default=0.10, help="error cut a costlier mode must bring")
     p.add_argument("--online", action="store_true", help="rank tables by short training runs instead")
     p.add_argument("--nproc", type=int, default=1, help="online: ranks per training run (torchrun)")
+    p.add_argument("--gpus", default="", help="online: GPU ids (0,1,2,3), split into groups of --nproc, one "
+                   "table per group at once (default: one run after another)")
+    p.add_argument("--parallel", type=int, default=1, help="online: training runs at once without GPU pinning")
     args, rest = p.parse_known_args(argv)
     try:
+        if args.online:
+            from .online import gpu_slots
+
+            slots = gpu_slots(args.gpus, args.nproc, args.parallel)  # checked before anything is trained
+        elif args.gpus or args.parallel != 1:
+            raise ValueError("--gpus and --parallel only apply to --online")
         tables = load_tables(args.tables)
         if args.online:
-            return online(args, tables, rest)
+            return online(args, tables, rest, slots)
         if args.steps < 1 or args.max_tokens < 1:
             raise ValueError("--steps and --max_tokens must be >= 1")
         job_config = load_job_config(args.checkpoint_path, rest)

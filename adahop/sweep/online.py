@@ -1,9 +1,17 @@
 """Online table sweep: one short training run per table, ranked by final validation loss.
 
-Each run is `python -m adahop.train` (or torchrun with --nproc) on the same config, with the table given
+Each run is `python -m adahop.train` (or torchrun with --nproc ranks) on the same config, with the table given
 key by key as CLI overrides of [quantize.linear.mx.calibration.layer_transform_config], in its own
 dump folder <out>/runs/<table>. A run that finished leaves result.json there and is not run again, so an
-interrupted sweep resumes where it stopped. Runs go one after another (several GPUs: --nproc per run).
+interrupted sweep resumes where it stopped; a stored result of another table or other overrides is refused
+before anything is trained.
+
+Scheduling (run_tables): the runs go through a list of slots, one run per slot at a time, the next table
+starting on a slot as soon as its run ends. Slots come from gpu_slots: --gpus 0,1,2,3 with --nproc 2 gives
+two slots, whose runs see CUDA_VISIBLE_DEVICES=0,1 and 2,3; without --gpus, --parallel N gives N slots without
+GPU pinning (default 1: one run after another). A failed run does not stop the others: every run that
+succeeds stores its result.json, and the failures are raised together at the end, so the same command trains
+only the failed tables again.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 from ..modes import PAIR_KEYS
 
@@ -35,47 +45,145 @@ def parse_log(text: str) -> dict:
     return {"train": train, "validation": val}
 
 
-def run_table(name: str, table: dict[str, str], config: str, out: Path, extra: list[str], nproc: int) -> dict:
-    """Train once with `table` (skipped if its result.json exists); returns the result."""
+def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
+    """The runs that may go at once: one CUDA_VISIBLE_DEVICES value per group of `nproc` GPUs of `gpus`
+    ("0,1,2,3"), or, without `gpus`, `parallel` slots without GPU pinning (None). Raises ValueError."""
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: must be >= 1 (ranks per training run)")
+    if parallel < 1:
+        raise ValueError(f"--parallel {parallel}: must be >= 1 (training runs at once)")
+    if not gpus:
+        return [None] * parallel
+    if parallel != 1:
+        raise ValueError(
+            f"--gpus {gpus} and --parallel {parallel} exclude each other: --gpus runs one table per group of "
+            "--nproc GPUs at once; --parallel N runs N tables at once without GPU pinning (e.g. on CPU)"
+        )
+    try:
+        ids = [int(g) for g in gpus.split(",")]
+    except ValueError:
+        ids = [-1]
+    if any(i < 0 for i in ids):
+        raise ValueError(f"--gpus {gpus!r}: expected non-negative GPU ids separated by commas, e.g. --gpus 0,1,2,3")
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"--gpus {gpus}: GPU {', '.join(map(str, twice))} given more than once; the ids must be distinct")
+    if len(ids) % nproc:
+        raise ValueError(
+            f"--gpus {gpus} ({len(ids)} GPUs) cannot be split into groups of --nproc {nproc}: give a multiple of "
+            f"{nproc} GPUs (each group of --nproc trains one table at a time)"
+        )
+    return [",".join(map(str, ids[i : i + nproc])) for i in range(0, len(ids), nproc)]
+
+
+def cached_result(name: str, table: dict[str, str], out: Path, extra: list[str]) -> dict | None:
+    """The stored result of table `name`, None if it has none; ValueError if it was made with another table
+    or other overrides."""
     run_dir = out / "runs" / name
     result_file = run_dir / "result.json"
-    if result_file.is_file():
-        cached = json.loads(result_file.read_text())
-        if cached.get("table") != table or cached.get("overrides") != extra:
-            raise ValueError(
-                f"{run_dir} holds the result of a different table or different overrides than table {name!r} "
-                "now has: use another --out, or delete that folder to train it again"
-            )
-        return cached
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not result_file.is_file():
+        return None
+    cached = json.loads(result_file.read_text())
+    if cached.get("table") != table or cached.get("overrides") != extra:
+        raise ValueError(
+            f"{run_dir} holds the result of a different table or different overrides than table {name!r} "
+            "now has: use another --out, or delete that folder to train it again"
+        )
+    return cached
+
+
+def train_command(run_dir: Path, table: dict[str, str], config: str, extra: list[str], nproc: int) -> list[str]:
     train = ["-m", "adahop.train", "--job.config_file", config, "--job.dump_folder", str(run_dir),
              "--metrics.disable_color_printing", *table_args(table), *extra]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--rdzv_backend",
-               "c10d", "--rdzv_endpoint", "localhost:0", "--local-ranks-filter", "0", "--role", "rank", "--tee", "3",
-               *train]
-    else:
-        cmd = [sys.executable, *train]
-    log_path = run_dir / "train.log"
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--rdzv_backend",
+                "c10d", "--rdzv_endpoint", "localhost:0", "--local-ranks-filter", "0", "--role", "rank", "--tee", "3",
+                *train]
+    return [sys.executable, *train]
+
+
+def launch(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start one training run, stdout and stderr into `log_path` (the tests replace this function)."""
     with log_path.open("w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def finish_table(name: str, table: dict[str, str], out: Path, extra: list[str], returncode: int) -> dict:
+    """Read the log of a run that ended, store its result.json (atomically) and return it; RuntimeError if
+    the run failed or logged no validation loss."""
+    from .report import _atomic_write
+
+    run_dir = out / "runs" / name
+    log_path = run_dir / "train.log"
     parsed = parse_log(log_path.read_text(errors="replace"))
-    if proc.returncode != 0 or not parsed["train"]:
-        raise RuntimeError(f"table {name}: training failed (exit {proc.returncode}); see {log_path}")
+    if returncode != 0 or not parsed["train"]:
+        raise RuntimeError(f"table {name}: training failed (exit {returncode}); see {log_path}")
     if not parsed["validation"]:
         raise RuntimeError(f"table {name}: no validation loss logged; enable [validation] (see {log_path})")
-    last = max(parsed["validation"])
     result = {
         "table": table,
         "overrides": extra,
-        "final_validation_loss": parsed["validation"][last],
+        "final_validation_loss": parsed["validation"][max(parsed["validation"])],
         "final_step": max(parsed["train"]),
         **{k: {str(s): v for s, v in d.items()} for k, d in parsed.items()},
     }
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, result_file)
+    _atomic_write(run_dir / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra: list[str], nproc: int = 1,
+               slots: Sequence[str | None] = (None,), on_finish: Callable[[str], object] | None = None,
+               poll_s: float = 0.5) -> dict[str, dict]:
+    """Train every table without a stored result, one run per slot at a time (a slot: the CUDA_VISIBLE_DEVICES
+    of its runs, or None to leave the environment as it is); returns the results in the order of `tables`.
+    `on_finish(name)` is called for each table as its stored result is found or its run ends. A failed run
+    does not stop the others; the failures are raised together (RuntimeError naming their logs) once every
+    run has ended. Stored results are all checked (ValueError if stale) before any run starts."""
+    results = {name: r for name, t in tables.items() if (r := cached_result(name, t, out, extra)) is not None}
+    todo = [name for name in tables if name not in results]
+    if on_finish is not None:
+        for name in results:
+            on_finish(name)
+    free, running, failed = list(slots), {}, []
+    try:
+        while todo or running:
+            while todo and free:
+                name, slot = todo.pop(0), free.pop(0)
+                run_dir = out / "runs" / name
+                run_dir.mkdir(parents=True, exist_ok=True)
+                env = dict(os.environ)  # the machine's NCCL/CUDA settings pass through unchanged
+                if slot is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = slot
+                proc = launch(train_command(run_dir, tables[name], config, extra, nproc), env, run_dir / "train.log")
+                running[name] = (proc, slot)
+            ended = [name for name, (proc, _) in running.items() if proc.poll() is not None]
+            if not ended:
+                time.sleep(poll_s)
+            for name in ended:
+                proc, slot = running.pop(name)
+                free.append(slot)
+                try:
+                    results[name] = finish_table(name, tables[name], out, extra, proc.returncode)
+                except RuntimeError as e:
+                    failed.append(str(e))
+                if on_finish is not None:
+                    on_finish(name)
+    finally:  # interrupted (Ctrl-C, an error): stop the runs still going
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.wait()
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(tables)} table(s) failed; the results of the others are stored, and the same "
+            "command trains only the failed ones again:\n" + "\n".join(failed)
+        )
+    return {name: results[name] for name in tables}
+
+
+def run_table(name: str, table: dict[str, str], config: str, out: Path, extra: list[str], nproc: int) -> dict:
+    """Train once with `table` (skipped if its result.json exists); returns the result."""
+    return run_tables({name: table}, config, out, extra, nproc)[name]
 
 
 def write_online_report(out: Path, results: dict[str, dict], context: str = "") -> Path:
