@@ -1,0 +1,116 @@
+"""Where a training step's time goes: one model under BF16 and under AdaHOP, same batch, torch.profiler.
+
+    python scripts/profile_step.py --job.config_file configs/llama1b_adahop.toml [--plan adahop_plan.json] \
+        [--batch 8] [--seq 2048] [--steps 3] [--rows 25]
+
+Builds the config's model in bfloat16 on the GPU (CPU if none), times forward+backward of random tokens
+(CUDA events) without and with the AdaHOP converter (modes from --plan, an adahop_plan.json, else every
+slot hadamard), then profiles --steps AdaHOP steps and prints the kernels by GPU time, grouped
+(quantize kernels, fp8 GEMMs, bf16 GEMMs, other), and how busy the GPU was (kernel time / wall time):
+a GPU idle between kernels is waiting for the host (launch overhead, synchronisations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from adahop.titan import setup
+
+setup()
+
+from adahop.checkpoint_io import build_model, load_job_config  # noqa: E402
+
+GROUPS = (("quantize (triton)", ("quantize", "reencode", "_q_", "mxfp4")), ("fp8 GEMM", ("f8", "fp8", "e4m3")),
+          ("bf16 GEMM", ("gemm", "sm90_xmma", "cutlass", "nvjet")))
+
+
+def group_of(name: str) -> str:
+    low = name.lower()
+    for g, keys in GROUPS:
+        if any(k in low for k in keys):
+            return g
+    return "other"
+
+
+def step_fn(model, tokens):
+    def run():
+        logits = model(tokens)
+        logits.float().square().mean().backward()  # a loss-shaped backward through every layer
+        model.zero_grad(set_to_none=True)
+    return run
+
+
+def timed(run, steps: int, sync) -> float:
+    run()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", default="")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rows", type=int, default=25)
+    args, rest = p.parse_known_args()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    job = load_job_config(None, rest)
+    job.quantize.linear.mx.calibration.use_HT_calibration = False
+    job.quantize.linear.mx.calibration.plan_file = args.plan
+    torch.manual_seed(0)
+    model, margs = build_model(job, device=device)
+    model = model.to(torch.bfloat16)
+    tokens = torch.randint(0, margs.vocab_size, (args.batch, args.seq), device=device)
+    bf16_s = timed(step_fn(model, tokens), args.steps, sync)
+
+    from adahop.converter import AdaHOPConverter
+
+    conv = AdaHOPConverter(job, None)
+    conv.convert(model)
+    run = step_fn(model, tokens)
+    adahop_s = timed(run, args.steps, sync)
+    ntok = args.batch * args.seq
+    print(f"model {job.model.flavor}, batch {args.batch} x {args.seq}, device {device}, plan {args.plan or 'all hadamard'}")
+    print(f"| recipe | ms / step | tokens/s | vs BF16 |\n| --- | --- | --- | --- |")
+    print(f"| bf16 | {1e3 * bf16_s:.1f} | {ntok / bf16_s:.0f} | 1.00x |")
+    print(f"| adahop | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n")
+
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            run()
+        sync()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    kernels = [e for e in events if getattr(e, attr, 0) > 0 and (not cuda or e.device_type.name == "CUDA")]
+    total = sum(getattr(e, attr) for e in kernels) / 1e6  # seconds
+    groups: dict[str, float] = {}
+    for e in kernels:
+        groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + getattr(e, attr) / 1e6
+    print(f"profiled {args.steps} AdaHOP steps: wall {1e3 * wall:.1f} ms, kernel time {1e3 * total:.1f} ms, "
+          f"GPU busy {100 * total / wall:.0f}%")
+    print("| group | ms / step | share of kernel time |\n| --- | --- | --- |")
+    for g, t in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"| {g} | {1e3 * t / args.steps:.2f} | {100 * t / total:.0f}% |")
+    print()
+    print(events.table(sort_by=attr, row_limit=args.rows, max_name_column_width=70))
+    cpu = sorted(events, key=lambda e: -e.cpu_time_total)[: args.rows]
+    print("host (CPU) time by op, inclusive:")
+    for e in cpu:
+        print(f"  {e.cpu_time_total / 1e3 / args.steps:9.2f} ms/step  x{e.count // args.steps:<6d} {e.key[:90]}")
+
+
+if __name__ == "__main__":
+    main()
