@@ -90,3 +90,18 @@ def test_report_files(measured, tmp_path):
     assert '"row-none" = "inner_outlier_extract_left"' in text
     for name in ("layer_errors.png", "ranking.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_report_marks_tables_outside_the_allowed_modes(measured, tmp_path):
+    """A table with full_precision slots can beat the best MXFP4-only table: the report says why."""
+    from adahop.sweep.offline import DEFAULT_ALLOWED
+    from adahop.sweep.report import write_offline_report
+
+    fp_table = dict(SEED_TABLE, **{k: "full_precision" for k in PAIR_KEYS[:3]})
+    best, unobserved = best_table(measured, SEED_TABLE)
+    text = write_offline_report(tmp_path, measured, {"none": {k: "none" for k in PAIR_KEYS}, "fp": fp_table}, best, unobserved,
+                                allowed=tuple(DEFAULT_ALLOWED)).read_text()
+    assert "full_precision" not in DEFAULT_ALLOWED
+    rows = {line.split("|")[2].strip(): line for line in text.split("## Best table")[0].splitlines() if line[:3] in {f"| {i}" for i in range(1, 10)}}
+    assert rows["fp"].rstrip(" |").endswith("full_precision")
+    assert rows["none"].rstrip().endswith("|  |") and "chosen from the modes" in text

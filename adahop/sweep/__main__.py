@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out, measured, tables, best, unseen,
             context=f"Model {job_config.model.name}/{job_config.model.flavor} from {source}; operands of "
             f"{args.steps} training step(s), up to {args.max_tokens} tokens per layer.",
+            allowed=tuple(allowed),
         )
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

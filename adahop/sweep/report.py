@@ -65,8 +65,12 @@ def write_offline_report(
     best: dict[str, str],
     unobserved: set[str],
     context: str = "",
+    allowed: tuple[str, ...] | None = None,
 ) -> Path:
-    """report.md, results.json, layer_errors.png and ranking.png in `out_dir`; returns the report path."""
+    """report.md, results.json, layer_errors.png and ranking.png in `out_dir`; returns the report path.
+
+    `allowed`: the modes the best table was chosen from; a given table using others is marked, since it
+    can score below the best one found (full_precision has the lowest error of all, at BF16 cost)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     all_tables = {**tables, "best (found)": best}
@@ -82,11 +86,15 @@ def write_offline_report(
     lines += [
         "Score: mean relative error of the three GEMMs over all converted layers (lower is better).",
         "",
-        "| rank | table | score | vs best |",
-        "| --- | --- | --- | --- |",
     ]
+    if allowed is not None:
+        lines += [f"The best table is chosen from the modes {', '.join(allowed)}; tables using other modes are "
+                  "marked in the last column.", ""]
+    lines += ["| rank | table | score | vs best | modes outside the best table's choice |", "| --- | --- | --- | --- | --- |"]
     for i, name in enumerate(ranked, 1):
-        lines.append(f"| {i} | {name} | {scores[name]:.4f} | {100 * (scores[name] / best_score - 1):+.1f}% |")
+        extra = sorted({m for m in all_tables[name].values() if allowed is not None and m not in allowed})
+        lines.append(f"| {i} | {name} | {scores[name]:.4f} | {100 * (scores[name] / best_score - 1):+.1f}% | "
+                     f"{', '.join(extra)} |")
     lines += ["", "## Best table found", "", "| key | mode | note |", "| --- | --- | --- |"]
     for key in PAIR_KEYS:
         lines.append(f"| {key} | {best[key]} | {'not seen in any layer: kept from the fallback' if key in unobserved else ''} |")
