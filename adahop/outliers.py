@@ -25,6 +25,7 @@ def top_rows(k_major: torch.Tensor, k: int) -> torch.Tensor:
     """
     check_outlier_k(k)
     k = min(k, k_major.shape[0])
-    norms = k_major.to(torch.float32).square().sum(dim=-1)
+    # float32 accumulation without a float32 copy of the operand (it is as large as x or g)
+    norms = torch.linalg.vector_norm(k_major, dim=-1, dtype=torch.float32)
     norms = torch.where(torch.isfinite(norms), norms, torch.inf)
     return torch.topk(norms, k, largest=True, sorted=False).indices.sort().values

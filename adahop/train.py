@@ -27,10 +27,12 @@ from adahop.titan import setup
 
 setup()  # before torchtitan.train is imported: CPU shims must precede torchtitan's device detection
 
+import torch  # noqa: E402
 import torchtitan.train as titan_train  # noqa: E402
 from torchtitan.tools.logging import logger  # noqa: E402
 
 from adahop.config import validate_job_config  # noqa: E402
+from adahop.kernels import deferred  # noqa: E402
 from adahop.resume import check_resume_ranks  # noqa: E402
 
 CUSTOM_CONFIG_MODULE = "adahop.config"
@@ -115,6 +117,21 @@ def validate_same_batches(validator) -> None:
     validator.validate = validate_from_start
 
 
+class _RecordingIterator:
+    """Passes batches through and keeps them, so that a step can be run again on the same data."""
+
+    def __init__(self, it):
+        self.it, self.taken = it, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        self.taken.append(item)
+        return item
+
+
 class AdaHOPTrainer(titan_train.Trainer):
     """torchtitan's Trainer with adahop config validation up front and the plan in the checkpoint."""
 
@@ -141,13 +158,55 @@ class AdaHOPTrainer(titan_train.Trainer):
             if not cal.calibrating:
                 cal.publish()  # uniform or plan_file: write the plan now (a checkpoint may replace it)
 
+    def _deferred_check_device(self):
+        """The device whose GEMMs may skip their per-GEMM sync this step (adahop.kernels.deferred), or
+        None: only on the fp8 fast path, and not while a converter observes the step's operands
+        (calibration, quant-error probe), whose observations a redone step would repeat."""
+        from adahop.backend import fast_device
+
+        device = getattr(self, "device", None)
+        if device is None or not fast_device(torch.device(device)) or os.environ.get("ADAHOP_SYNC_EVERY_GEMM"):
+            return None
+        for conv in self.adahop_converters:
+            if conv.calibrator.calibrating or conv.qerr is not None:
+                return None
+        return device
+
+    def forward_backward_step(self, **kwargs):
+        loss = super().forward_backward_step(**kwargs)
+        debug = os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP")
+        if debug and self.step == int(debug):
+            deferred.simulate_dropped_blocks(1)  # test hook (tests/test_train_cpu.py)
+        deferred.raise_if_deficient()
+        return loss
+
     def train_step(self, data_iterator):
-        super().train_step(data_iterator)
+        device = self._deferred_check_device()
+        if device is None and not os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP"):
+            super().train_step(data_iterator)
+        else:
+            self._train_step_deferred(data_iterator, device or self.device)
         # crash simulation for tests: SIGKILL this rank right after the optimizer step of step N
         kill_at = os.environ.get("ADAHOP_DEBUG_KILL_AT_STEP")
         if kill_at and self.step == int(kill_at):
             logger.warning(f"[adahop] ADAHOP_DEBUG_KILL_AT_STEP={kill_at}: killing rank now")
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _train_step_deferred(self, data_iterator, device):
+        """One step with the per-GEMM deficient-block sync deferred to one check per forward+backward;
+        if a block was left out, the step is run again on the exact path from the same batches."""
+        batches = _RecordingIterator(data_iterator)
+        moe_counts = [(b, b.clone()) for part in self.model_parts for name, b in part.named_buffers()
+                      if name.endswith("tokens_per_expert")]
+        try:
+            with deferred.deferred_check(device):
+                super().train_step(batches)
+        except deferred.DeficientBlocksInStep as e:
+            logger.warning(f"[adahop] step {self.step}: {e}; running the step again with the exact per-GEMM "
+                           "correction (nothing of the first attempt reached the optimizer)")
+            for buf, saved in moe_counts:
+                buf.copy_(saved)  # the MoE router's forward-accumulated load-balancing counts
+            super().train_step(iter(batches.taken))
 
     def train(self):
         for conv in self.adahop_converters:

@@ -113,6 +113,24 @@ def test_resume_mid_calibration_keeps_votes(tmp_path, reference_run):
     _assert_matches(out, dump, 3, reference_run)
 
 
+def test_step_with_dropped_blocks_is_redone_exactly(tmp_path, reference_run):
+    """The deferred deficient-block check (adahop.kernels.deferred): a step in which a block was left out
+    (simulated at step 5 on both ranks) is run again from the same batches before the optimizer sees it,
+    so the run equals the uninterrupted one."""
+    dump = tmp_path / "redo"
+    cfg = _write(tmp_path, "redo.toml", base_toml(dump, steps=7, calibration_steps=3) + CKPT.format(interval=4))
+    r = run_train(cfg, nproc=2, extra_env={"ADAHOP_DEBUG_DEFICIENT_AT_STEP": "5"})
+    assert r.returncode == 0, r.stdout[-4000:]
+    redo = [line for line in r.stdout.splitlines() if "running the step again" in line]
+    assert len(redo) == 2 and all("step 5: 1 MXFP4 block" in line for line in redo), redo
+    ref, _ = reference_run
+    for rank in (0, 1):
+        got, want = losses(r.stdout, rank), losses(ref.stdout, 0)
+        assert sorted(got) == list(range(1, 8))
+        for step in got:
+            assert got[step] == pytest.approx(want[step], abs=2e-5), (rank, step, got, want)
+
+
 def test_resume_on_other_rank_count_refused_or_restarts_data(tmp_path, reference_run):
     """A 2-rank checkpoint resumed by 1 rank: refused before any step, naming both rank counts and the
     way out; with the data loader excluded it resumes (plan restored, not recalibrated)."""

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .deferred import counter_for
+
 GROUP = 128  # fp8 scale group along K (cuBLAS blockwise scaling granularity)
 MX_BLOCK = 32
 MAX_HADAMARD = 128  # largest Hadamard block the fused kernel handles (a multiple of the group is not needed)
@@ -451,6 +453,13 @@ def _hw_cvt(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
+def _count_buffer(dev: torch.device) -> torch.Tensor:
+    """Where a kernel adds its deficient-block count: the step's shared counter inside
+    adahop.kernels.deferred.deferred_check, else a fresh one for this operand."""
+    shared = counter_for(dev)
+    return shared if shared is not None else torch.zeros(1, dtype=torch.int32, device=dev)
+
+
 @torch.compiler.disable
 def fused_quantize(
     t: torch.Tensor,
@@ -497,7 +506,7 @@ def fused_quantize(
     else:
         fp8 = torch.empty(1, dtype=torch.uint8, device=dev)
         gscale = torch.empty(1, dtype=torch.float32, device=dev)
-    count = torch.zeros(1, dtype=torch.int32, device=dev)
+    count = _count_buffer(dev)
     if rounding == "nearest":
         mode = ROUND_NEAREST
     elif rounding == "stochastic":
@@ -570,7 +579,7 @@ def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = F
     dev = packed.device
     fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
     gscale = torch.empty((R // 128, K // GROUP) if tile else (K // GROUP, R), dtype=torch.float32, device=dev)
-    count = torch.zeros(1, dtype=torch.int32, device=dev)
+    count = _count_buffer(dev)
     br, warps = TUNING["tile"] if tile else TUNING["reencode"]
     grid = (triton.cdiv(R, br), K // GROUP)
     _reencode_kernel[grid](packed.contiguous(), scales.contiguous(), fp8, gscale, count, R, K, BR=br, TILE=tile,

@@ -42,6 +42,19 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def fast_and_reference(a, b, hsize):
+    """a @ b^T through the fast path and through the reference: (fast out, reference out, fast left
+    operand, reference operands)."""
+    fa, _ = backend.quantize(a, hadamard_size=hsize)
+    fb, _ = backend.quantize(b, hadamard_size=hsize)
+    out = backend.matmul(fa, fb, torch.float32)
+    with forced_reference():
+        ra, _ = backend.quantize(a, hadamard_size=hsize)
+        rb, _ = backend.quantize(b, hadamard_size=hsize)
+        ref = backend.matmul(ra, rb, torch.float32)
+    return out, ref, fa, ra, rb
+
+
 @pytest.mark.parametrize("k_dim", [1, 0])
 @pytest.mark.parametrize("hsize", [None, 32])
 def test_backend_quantize_packed_matches_reference(k_dim, hsize):
@@ -62,13 +75,7 @@ def test_fp8_gemm_matches_reference_gemm(shape, tile, monkeypatch):
     a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     a[:, 7] *= 40  # channel outlier
-    fa, _ = backend.quantize(a, hadamard_size=32)
-    fb, _ = backend.quantize(b, hadamard_size=32)
-    out = backend.matmul(fa, fb, torch.float32)
-    with forced_reference():
-        ra, _ = backend.quantize(a, hadamard_size=32)
-        rb, _ = backend.quantize(b, hadamard_size=32)
-        ref = backend.matmul(ra, rb, torch.float32)
+    out, ref, fa, ra, rb = fast_and_reference(a, b, 32)
     exact = ra.values.double() @ rb.values.double().t()
     assert rel(ref, exact) < 1e-6
     assert rel(out, exact) < FP8_ACC_TOL, rel(out, exact)
@@ -83,12 +90,7 @@ def test_deficient_blocks_are_corrected_and_counted():
     a[3, :32] *= 2.0**22  # blocks 1..3 of row 3 sit > 14 exponents below block 0
     b = torch.randn(384, 512, device="cuda")
     b[:, 200] *= 2.0**25
-    fa, _ = backend.quantize(a, hadamard_size=None)
-    fb, _ = backend.quantize(b, hadamard_size=None)
-    out = backend.matmul(fa, fb, torch.float32)
-    with forced_reference():
-        ra, _ = backend.quantize(a, hadamard_size=None)
-        rb, _ = backend.quantize(b, hadamard_size=None)
+    out, _, _, ra, rb = fast_and_reference(a, b, None)
     exact = ra.values.double() @ rb.values.double().t()
     assert gemm.STATS["deficient_blocks"] > 0 and gemm.STATS["corrected_gemms"] == 1
     assert rel(out, exact) < FP8_ACC_TOL
@@ -97,18 +99,31 @@ def test_deficient_blocks_are_corrected_and_counted():
     assert err < 1e-4, err
 
 
+def test_deferred_check_gemm_skips_the_sync_and_reports_dropped_blocks():
+    """Inside deferred_check the GEMM runs without reading counts: equal to the synchronous path on
+    ordinary data, and on data with deficient blocks the step's check raises (the trainer redoes it)."""
+    from adahop.kernels import deferred
+
+    a = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16)
+    sync_out = fast_and_reference(a, b, 32)[0]
+    with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())):
+        out = fast_and_reference(a, b, 32)[0]
+        deferred.raise_if_deficient()
+        assert torch.equal(out, sync_out)
+        bad = a.float()
+        bad[3, :32] *= 2.0**22
+        fast_and_reference(bad, b.float(), None)
+        with pytest.raises(deferred.DeficientBlocksInStep):
+            deferred.raise_if_deficient()
+
+
 def test_nonfinite_propagates_like_reference():
     a = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
     a[5, 17] = float("nan")
     a[9, 100] = float("inf")
     b = torch.randn(128, 256, device="cuda", dtype=torch.bfloat16)
-    fa, _ = backend.quantize(a, hadamard_size=32)
-    fb, _ = backend.quantize(b, hadamard_size=32)
-    out = backend.matmul(fa, fb, torch.float32)
-    with forced_reference():
-        ra, _ = backend.quantize(a, hadamard_size=32)
-        rb, _ = backend.quantize(b, hadamard_size=32)
-        ref = backend.matmul(ra, rb, torch.float32)
+    out, ref, _, _, _ = fast_and_reference(a, b, 32)
     assert torch.equal(out.isnan(), ref.isnan())
     fin = ~ref.isnan()
     assert rel(out[fin], ref[fin]) < FP8_ACC_TOL

@@ -219,3 +219,29 @@ def test_launch_variants_give_the_same_bits(hvariant, rows_warps):
     finally:
         TUNING.clear()
         TUNING.update(saved)
+
+
+def test_deferred_check_collects_counts_and_raises():
+    """Inside deferred_check every kernel adds its deficient-block count to the step's counter (the same
+    number it reports per operand outside), and raise_if_deficient raises with the total."""
+    from adahop.kernels import deferred, gemm
+
+    t = torch.cat([adversarial_rows(), torch.randn(22, 256)]).to(torch.float32).to(DEV)
+    alone = int(fused_quantize(t, hadamard_size=None)["count"].item())
+    packed, scales = reference(t.cpu(), hadamard_size=None)
+    alone_re = int(fused_reencode(packed.to(DEV), scales.to(DEV))["count"].item())
+    assert alone > 0 and alone_re > 0
+    deferred.raise_if_deficient()  # outside a check: nothing to read
+    gemm.reset_stats()
+    with deferred.deferred_check(torch.device(DEV)) as counter:
+        out = fused_quantize(t, hadamard_size=None)
+        assert out["count"] is counter
+        fused_reencode(packed.to(DEV), scales.to(DEV))
+        assert int(counter.item()) == alone + alone_re
+        with pytest.raises(deferred.DeficientBlocksInStep) as err:
+            deferred.raise_if_deficient()
+        assert err.value.count == alone + alone_re
+    assert not deferred.deferred() and gemm.STATS["redone_steps"] == 1
+    with deferred.deferred_check(torch.device(DEV)):
+        fused_quantize(torch.randn(32, 256, device=DEV), hadamard_size=32)
+        deferred.raise_if_deficient()  # ordinary data: no block left out, no exception

@@ -1,0 +1,79 @@
+"""Deficient-block check without a host sync per GEMM, for training steps.
+
+The fp8 GEMM path is exact except for "deficient" blocks (an MXFP4 block more than 14 exponents below its
+128-group's largest, which fp8 e4m3 cannot hold; adahop.kernels.quantize counts them). Outside this
+context each GEMM reads its operands' counts on the host and corrects such blocks before returning: one
+device-to-host sync per GEMM, which keeps the host from running ahead of the GPU.
+
+Inside ``deferred_check(device)`` the quantize kernels add their counts to one device counter instead,
+the GEMMs run without looking, and ``raise_if_deficient()`` reads the counter once (after a forward +
+backward) and raises ``DeficientBlocksInStep`` if any block was dropped. The training loop
+(adahop.train.AdaHOPTrainer) then discards that step's gradients and runs the step again on the exact
+per-GEMM path, before the optimizer has seen anything: results are exactly those of the synchronous
+path, and the count is kept (STATS in adahop.kernels.gemm) rather than lost. Deficient blocks are rare
+(0 in 6.3e8 blocks on the H100 runs of docs/benchmarks.md), so the rerun almost never happens.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+
+_COUNTER: Optional[torch.Tensor] = None  # int32 [1] on the device of the step, while deferred
+
+
+class DeficientBlocksInStep(RuntimeError):
+    """Some GEMM of this step ran without its deficient blocks: the step must be redone exactly."""
+
+    def __init__(self, count: int):
+        self.count = count
+        super().__init__(f"{count} MXFP4 block(s) of this step could not be held in fp8 and were left out")
+
+
+@contextmanager
+def deferred_check(device: torch.device | str) -> Iterator[torch.Tensor]:
+    """Collect the deficient-block counts of every quantization on `device` into one counter."""
+    global _COUNTER
+    previous = _COUNTER
+    _COUNTER = torch.zeros(1, dtype=torch.int32, device=device)
+    try:
+        yield _COUNTER
+    finally:
+        _COUNTER = previous
+
+
+def counter_for(device: torch.device) -> Optional[torch.Tensor]:
+    """The step's counter if a deferred check is active on `device`, else None (count per operand)."""
+    c = _COUNTER
+    return c if c is not None and c.device == device else None
+
+
+def deferred() -> bool:
+    return _COUNTER is not None
+
+
+def raise_if_deficient(group=None) -> None:
+    """Read the counter (one sync; agreed over the ranks, so every rank redoes the same steps) and raise
+    DeficientBlocksInStep if any block was left out. A no-op outside ``deferred_check``."""
+    c = _COUNTER
+    if c is None:
+        return
+    total = c.clone()
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
+    n = int(total.item())
+    if n:
+        from .gemm import STATS
+
+        STATS["deficient_blocks"] += n
+        STATS["redone_steps"] += 1
+        raise DeficientBlocksInStep(n)
+
+
+def simulate_dropped_blocks(n: int = 1) -> None:
+    """Test hook: count `n` blocks as left out in the active deferred check (no-op outside one)."""
+    if _COUNTER is not None:
+        _COUNTER.add_(n)
