@@ -144,12 +144,13 @@ def slot_gemm(
         a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
     )
     out = backend.matmul(a_operand, right_operand, out_dtype)
+    # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
         a_rows = backend.to_k_major(a, a_k_dim).index_select(0, left_rows)
-        out = out.index_add(0, left_rows, backend.bf16_matmul(a_rows, bt_hp, out_dtype=out_dtype))
+        out.index_add_(0, left_rows, backend.bf16_matmul(a_rows, bt_hp, out_dtype=out_dtype))
     elif mode == OE_RIGHT:
         part = backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.extracted, out_dtype=out_dtype)
-        out = out.index_add(1, right.rows, part)
+        out.index_add_(1, right.rows, part)
     return out
 
 

@@ -103,10 +103,26 @@ def make_baselines(fin, fout, dev):
 # ---------------------------------------------------------------- measurements
 
 
-def time_fwd_bwd(fn, x, params, gy, rep):
+def time_fwd_bwd(fn, x, params, gy, rep, deferred_device=None):
+    """Forward, backward and forward+backward ms. With `deferred_device`, each timed call runs as the
+    trainer runs AdaHOP layers: deficient-block counts checked once at its end (adahop.kernels.deferred)."""
+    from adahop.kernels import deferred
+
+    def checked(f):
+        if deferred_device is None:
+            return f
+
+        def run():
+            with deferred.deferred_check(deferred_device):
+                f()
+                deferred.raise_if_deficient()
+        return run
+
+    @checked
     def fwd_train():
         fn(x)
 
+    @checked
     def step():
         x.grad = None
         for p in params:
@@ -232,6 +248,9 @@ def main():
     ap.add_argument("--tune", action="store_true", help="sweep the quantizer's launch choices first")
     ap.add_argument("--no-baselines", action="store_true", help="skip the fp8 baselines (torchao / _scaled_mm)")
     ap.add_argument("--shapes", nargs="*", default=None, help="subset of q/o k/v up/gate down")
+    ap.add_argument("--sync-every-gemm", action="store_true",
+                    help="time the AdaHOP linear with its per-GEMM deficient-block sync (default: as in training, "
+                         "the check deferred to once per timed call, adahop.kernels.deferred)")
     args = ap.parse_args()
 
     from adahop.kernels import gemm
@@ -286,9 +305,12 @@ def main():
                             lambda x, m=mode, s=sr == "1": mxfp4_linear(x, w, forward_y=m, backward_gx=m, backward_gw=m, use_sr_grad=s),
                             [w],
                         )
+                adahop_impls = set(list(impls)[-len(args.modes) * len(args.sr):])
+                cuda_dev = torch.device("cuda", torch.cuda.current_device())
                 for name, (fn, params) in impls.items():
                     try:
-                        row["t"][name] = time_fwd_bwd(fn, x, params, gy, args.rep)
+                        defer = cuda_dev if name in adahop_impls and not args.sync_every_gemm else None
+                        row["t"][name] = time_fwd_bwd(fn, x, params, gy, args.rep, defer)
                         row["saved"][name] = saved_bytes(fn, x, params)
                     except Exception as exc:
                         row["t"][name] = None
