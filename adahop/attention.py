@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .amp import autocast_inputs
 from .hadamard import block_hadamard, check_hadamard_size
 from .mx import BLOCK_SIZE, fake_quantize_mxfp4
 
@@ -92,7 +93,9 @@ def mxfp4_attention(
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     _check(q, k, v, hadamard_size)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _MXFP4Attention.apply(q, k, v, scale, is_causal, hadamard_size, use_sr_grad)
+    (q, k, v), amp_off = autocast_inputs(q, k, v)  # the dtype SDPA would compute in
+    with amp_off:
+        return _MXFP4Attention.apply(q, k, v, scale, is_causal, hadamard_size, use_sr_grad)
 
 
 class MXFP4Attention(nn.Module):

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from . import backend
+from .amp import autocast_inputs
 from .hadamard import check_hadamard_size, random_signs
 from .modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT, SLOTS, check_mode
 from .mx import BLOCK_SIZE, MXFP4Tensor
@@ -274,11 +275,13 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x [..., {weight.shape[-1]}] expected for weight {tuple(weight.shape)}, got {tuple(x.shape)}")
     _check_dims(weight.shape[1], weight.shape[0], recipe)
+    (x, weight), amp_off = autocast_inputs(x, weight)  # the dtype F.linear would compute in
     x2d = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        y2d = _MXFP4LinearFunction.apply(x2d, weight, recipe)
-    else:  # inference / validation: no backward, so nothing is quantized for it
-        y2d = forward_gemm(x2d, weight, recipe)
+    with amp_off:
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            y2d = _MXFP4LinearFunction.apply(x2d, weight, recipe)
+        else:  # inference / validation: no backward, so nothing is quantized for it
+            y2d = forward_gemm(x2d, weight, recipe)
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -19,6 +19,14 @@ gpu0() {
   CUDA_VISIBLE_DEVICES=0 NGPU=1 CONFIG_FILE=configs/llama1b_bf16.toml timeout 150 ./run_train.sh \
     --job.dump_folder /tmp/runs/bf16 "${COMMON[@]}" > "$LOGS/train_bf16.log" 2>&1
   echo "bf16 exit $?" >> "$LOGS/env.txt"
+  if [ -n "${FLOAT8:-}" ]; then  # torchtitan's float8 converter (torchao, tensorwise), compiled as it is meant to run
+    CUDA_VISIBLE_DEVICES=0 NGPU=1 CONFIG_FILE=configs/llama1b_bf16.toml timeout 240 ./run_train.sh \
+      --job.dump_folder /tmp/runs/float8 "${COMMON[@]}" --model.converters quantize.linear.float8 \
+      --quantize.linear.float8.filter_fqns output --compile.enable --compile.components model \
+      > "$LOGS/train_float8.log" 2>&1
+    echo "float8 exit $?" >> "$LOGS/env.txt"
+  fi
+  [ -n "${NO_BENCH:-}" ] && return
   CUDA_VISIBLE_DEVICES=0 timeout 200 python3 scripts/bench_linear.py --models llama3-8b --tokens 16384 \
     --shapes up/gate --modes hadamard inner_outlier_extract_left inner_outlier_extract_right none --sr 0 \
     --no-baselines --skip-bandwidth --rep 30 > "$LOGS/bench.log" 2>&1
@@ -35,9 +43,9 @@ gpu1() {
   echo "profile exit $?" >> "$LOGS/env.txt"
 }
 gpu0 & gpu1 & wait
-CUDA_VISIBLE_DEVICES=0 timeout 170 python3 -m pytest -q -x tests/kernels 2>&1 | tail -15 > "$LOGS/gpu_tests.log"
+CUDA_VISIBLE_DEVICES=0 timeout 170 python3 -m pytest -q -x ${GPU_TESTS:-tests/kernels} 2>&1 | tail -15 > "$LOGS/gpu_tests.log"
 { cat "$LOGS/env.txt"; echo
-  python3 scripts/summarize_runs.py "$LOGS" bf16 adahop --after 15
+  python3 scripts/summarize_runs.py "$LOGS" bf16 adahop float8 --after 15
   grep -a "\[adahop\] plan (" "$LOGS/train_adahop.log" | head -1
   grep -a "running the step again" "$LOGS/train_adahop.log" | head -3
   echo; grep -A6 "^| recipe" "$LOGS/profile.txt"; grep -A8 "^| group" "$LOGS/profile.txt"; grep "GPU busy" "$LOGS/profile.txt"
