@@ -173,6 +173,15 @@ def validate_mx(job_config) -> None:
             f"MXFP4 grouped GEMMs support expert parallel degree 1 (got "
             f"{job_config.parallelism.expert_parallel_degree})",
         )
+    compile_cfg = getattr(job_config, "compile", None)
+    if compile_cfg is not None and compile_cfg.enable and "model" in compile_cfg.components:
+        # torchtitan compiles each block with fullgraph=True; the AdaHOP layers graph-break (Triton kernels
+        # behind torch.compiler.disable, calibration's data-dependent decisions), which dynamo refuses there
+        raise ConfigError(
+            "compile.components", list(compile_cfg.components),
+            "a list without 'model' when quantize.linear.mx is converted (e.g. --compile.components loss)",
+            "AdaHOP layers cannot be traced whole-graph yet (docs/kernels.md)",
+        )
     if int(mx.outlier_k) < 0:
         raise ConfigError(f"{_P}.outlier_k", mx.outlier_k, "an integer >= 0")
     hs = int(mx.hadamard_size)

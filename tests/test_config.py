@@ -116,8 +116,10 @@ def test_custom_config_module_added_once():
          "calibration_steps", "31", "training.steps = 30"),
         (lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True) or setattr(c.parallelism, "expert_parallel_degree", 2),
          "enable_mxfp4_gmm", "True", "expert_parallel_degree"),
+        (lambda mx, c: setattr(c.compile, "enable", True) or setattr(c.compile, "components", ["model", "loss"]),
+         "compile.components", "['model', 'loss']", "without 'model'"),
     ],
-    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep"],
+    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "compile-model"],
 )
 def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
     c = copy.deepcopy(seed_config)
@@ -127,6 +129,12 @@ def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key,
     msg = str(e.value)
     assert key in msg and value in msg and allowed in msg, msg
     assert isinstance(e.value, ValueError)
+
+
+def test_compile_of_the_loss_alone_is_allowed(seed_config):
+    c = copy.deepcopy(seed_config)
+    c.compile.enable, c.compile.components = True, ["loss"]
+    validate_mx(c)
 
 
 def test_unknown_mode_message_lists_all_modes(seed_config):

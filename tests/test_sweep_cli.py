@@ -2,6 +2,7 @@
 scheduler (--gpus groups, --parallel, failures, resume) with a fake launcher."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,13 @@ def test_online_gpus_and_parallel_refused_before_training(tmp_path, capsys, monk
     assert calls == [] and not (tmp_path / "out").exists()
     assert main(["--tables", "t.toml", "--gpus", "0"]) == 2  # offline: no runs to place
     assert "only apply to --online" in capsys.readouterr().err
+
+
+def test_shipped_tables_file_loads():
+    from adahop.modes import PAIR_KEYS
+    from adahop.sweep.__main__ import load_tables
+
+    tables = load_tables(str(Path(__file__).resolve().parents[1] / "configs" / "sweep" / "tables.toml"))
+    assert set(tables) == {"seed", "plain_mxfp4", "hadamard", "seed_all_mxfp4"}
+    assert all(set(t) == set(PAIR_KEYS) for t in tables.values())
+    assert set(tables["plain_mxfp4"].values()) == {"none"} and set(tables["hadamard"].values()) == {"hadamard"}
