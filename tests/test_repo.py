@@ -23,3 +23,14 @@ def test_readme_has_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert readme_commands()[1] in ci.splitlines()
+
+
+def test_paths_named_in_readme_and_docs_exist():
+    """A config, script or doc named in the README or docs/ exists (renames must update the docs)."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for f in files:
+        for path in set(re.findall(r"\b((?:configs|scripts|docs)/[\w./-]+\.(?:toml|py|sh|md|png))\b", f.read_text())):
+            if not (ROOT / path).exists():
+                missing.append(f"{f.name}: {path}")
+    assert not missing, missing
