@@ -174,7 +174,8 @@ def validate_mx(job_config) -> None:
             f"{job_config.parallelism.expert_parallel_degree})",
         )
     compile_cfg = getattr(job_config, "compile", None)
-    if compile_cfg is not None and compile_cfg.enable and "model" in compile_cfg.components:
+    converts_something = mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa
+    if compile_cfg is not None and compile_cfg.enable and "model" in compile_cfg.components and converts_something:
         # torchtitan compiles each block with fullgraph=True; the AdaHOP layers graph-break (Triton kernels
         # behind torch.compiler.disable, calibration's data-dependent decisions), which dynamo refuses there
         raise ConfigError(

@@ -34,7 +34,9 @@ def mxfp4_grouped_mm(
         outs.append(_apply(x[start : start + count], weight[g], recipe))
         start += count
     if start < x.shape[0]:
-        outs.append(x.new_zeros(x.shape[0] - start, weight.shape[1]))
+        # padding rows of the router's layout, in the groups' output dtype (autocast may have changed it)
+        dtype = outs[0].dtype if outs else x.dtype
+        outs.append(x.new_zeros(x.shape[0] - start, weight.shape[1], dtype=dtype))
     return torch.cat(outs, dim=0)
 
 

@@ -352,7 +352,8 @@ class AdaHOPLinear(AdaHOPModes, nn.Linear):
 
             y.register_hook(observe_grad)
         if self.bias is not None:
-            y = y + self.bias
+            (bias,), _ = autocast_inputs(self.bias)  # F.linear casts its bias too
+            y = y + bias
         return y
 
     def extra_repr(self) -> str:

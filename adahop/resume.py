@@ -16,23 +16,39 @@ import re
 
 from .config import ConfigError
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"step-(\d+)")
 _DP_KEY = re.compile(r"^dataloader\.dp_rank_(\d+)$")
 
 
+def _latest_step(folder: str) -> int:
+    """The step torchtitan's CheckpointManager._find_load_step picks in `folder` (-1: none): the largest N
+    of a step-N entry holding DCP metadata or a safetensors index."""
+    steps = []
+    for name in os.listdir(folder):
+        m = _STEP_DIR.search(name)
+        probes = (os.path.join(folder, name, ".metadata"), os.path.join(folder, name, "model.safetensors.index.json"))
+        if m and any(os.path.isfile(p) for p in probes):
+            steps.append(int(m.group(1)))
+    return max(steps, default=-1)
+
+
 def checkpoint_to_resume(job_config) -> str | None:
-    """The step folder torchtitan's CheckpointManager.load() will read, or None (fresh start)."""
+    """The checkpoint whose data loader state torchtitan's CheckpointManager.load() will read, or None
+    (fresh start, model-only load, or the loader restored by torchft instead)."""
     ckpt = job_config.checkpoint
     if not ckpt.enable:
         return None
+    if getattr(ckpt, "enable_ft_dataloader_checkpoints", False) and job_config.fault_tolerance.enable:
+        return None  # torchft keeps the data loader per replica group
     folder = os.path.join(job_config.job.dump_folder, ckpt.folder)
     if not os.path.isdir(folder):
-        return None  # initial_load_path (model only by default) or nothing: no data loader state
-    steps = [int(m.group(1)) for d in os.listdir(folder) if (m := _STEP_DIR.match(d))
-             and os.path.isfile(os.path.join(folder, d, ".metadata"))]
-    if ckpt.load_step != -1:
-        return os.path.join(folder, f"step-{ckpt.load_step}")
-    return os.path.join(folder, f"step-{max(steps)}") if steps else None
+        if ckpt.initial_load_path and not ckpt.initial_load_model_only and not ckpt.initial_load_in_hf:
+            return ckpt.initial_load_path  # a full training state to continue from
+        return None
+    step = ckpt.load_step if ckpt.load_step != -1 else _latest_step(folder)
+    if step in (-1, 0):  # nothing saved yet / step 0 is loaded model-only
+        return None
+    return os.path.join(folder, f"step-{step}")
 
 
 def saved_dp_ranks(step_dir: str) -> int | None:

@@ -117,6 +117,23 @@ def validate_same_batches(validator) -> None:
     validator.validate = validate_from_start
 
 
+# after a step had to be redone, that many steps run on the exact per-GEMM path before deferring again
+# (where deficient blocks have started to appear, a redo per step would double the cost)
+REDO_BACKOFF_STEPS = 100
+
+
+def _rng_state(device) -> tuple:
+    dev = torch.device(device)
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)
+
+
+def _set_rng_state(device, state: tuple) -> None:
+    cpu, accel = state
+    torch.set_rng_state(cpu)
+    if accel is not None:
+        torch.cuda.set_rng_state(accel, torch.device(device))
+
+
 class _RecordingIterator:
     """Passes batches through and keeps them, so that a step can be run again on the same data."""
 
@@ -151,6 +168,7 @@ class AdaHOPTrainer(titan_train.Trainer):
         write_job_file(job_config)
         validate_same_batches(getattr(self, "validator", None))
         self.adahop_converters = [c for c in active_converters() if id(c) not in before and c.calibrator]
+        self._sync_until_step = 0  # see REDO_BACKOFF_STEPS
         for i, conv in enumerate(self.adahop_converters):
             conv.bind(self.model_parts, trainer=self)
             self.checkpointer.states["adahop" if i == 0 else f"adahop_{i}"] = conv.state()
@@ -165,7 +183,8 @@ class AdaHOPTrainer(titan_train.Trainer):
         from adahop.backend import fast_device
 
         device = getattr(self, "device", None)
-        if device is None or not fast_device(torch.device(device)) or os.environ.get("ADAHOP_SYNC_EVERY_GEMM"):
+        if (device is None or not self.adahop_converters or not fast_device(torch.device(device))
+                or os.environ.get("ADAHOP_SYNC_EVERY_GEMM") or self.step <= self._sync_until_step):
             return None
         for conv in self.adahop_converters:
             if conv.calibrator.calibrating or conv.qerr is not None:
@@ -198,14 +217,19 @@ class AdaHOPTrainer(titan_train.Trainer):
         batches = _RecordingIterator(data_iterator)
         moe_counts = [(b, b.clone()) for part in self.model_parts for name, b in part.named_buffers()
                       if name.endswith("tokens_per_expert")]
+        rng = _rng_state(device)  # stochastic rounding draws: the redo must draw the same
         try:
             with deferred.deferred_check(device):
                 super().train_step(batches)
         except deferred.DeficientBlocksInStep as e:
+            # every rank gets here together (the count is all-reduced), so the ranks stay in step
+            self._sync_until_step = self.step + REDO_BACKOFF_STEPS
             logger.warning(f"[adahop] step {self.step}: {e}; running the step again with the exact per-GEMM "
-                           "correction (nothing of the first attempt reached the optimizer)")
+                           "correction (nothing of the first attempt reached the optimizer), and keeping that "
+                           f"path for the next {REDO_BACKOFF_STEPS} steps")
             for buf, saved in moe_counts:
                 buf.copy_(saved)  # the MoE router's forward-accumulated load-balancing counts
+            _set_rng_state(device, rng)
             super().train_step(iter(batches.taken))
 
     def train(self):

@@ -36,3 +36,14 @@ def test_attention_under_autocast_takes_the_autocast_dtype():
     assert o.dtype == torch.bfloat16
     plain = mxfp4_attention(q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16))
     assert torch.equal(o, plain)
+
+
+def test_bias_and_grouped_padding_follow_autocast():
+    from adahop.grouped import mxfp4_grouped_mm
+    from adahop.linear import LinearRecipe
+
+    lin = AdaHOPLinear(64, 32, bias=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(torch.randn(8, 64)).dtype == torch.bfloat16  # a float32 bias does not promote it back
+        out = mxfp4_grouped_mm(torch.randn(40, 64), torch.randn(2, 32, 64), [16, 16], LinearRecipe())
+    assert out.dtype == torch.bfloat16 and out[32:].abs().sum() == 0  # the 8 padding rows

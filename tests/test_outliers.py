@@ -34,3 +34,9 @@ def test_bad_k_refused():
     for k in (-1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="outlier_k"):
             check_outlier_k(k)
+
+
+def test_float64_operands_are_ranked_in_float64():
+    t = torch.randn(50, 64, dtype=torch.float64)
+    t[7] *= 10
+    assert top_rows(t, 3).tolist() == sorted(ref.top_rows(t.numpy(), 3).tolist())

@@ -156,6 +156,7 @@ def test_online_gpu_groups_get_their_devices(tmp_path, capsys, monkeypatch):
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "eth7")
+    monkeypatch.setenv("MASTER_PORT", "29500")  # e.g. the sweep itself started under torchrun
     calls = fake_launcher(monkeypatch, {"a": (0.2, 0), "b": (2.0, 0)})
     args = online_args(tmp_path, ["a", "b", "c"], "--gpus", "0,1,2,3", "--nproc", "2", "--training.steps", "3")
     assert main(args) == 0, capsys.readouterr().err[-2000:]
@@ -164,6 +165,7 @@ def test_online_gpu_groups_get_their_devices(tmp_path, capsys, monkeypatch):
         ("a", "0,1", 0), ("b", "2,3", 1), ("c", "0,1", 1)]
     for c in calls:
         assert c["env"]["NCCL_SOCKET_IFNAME"] == "eth7"  # the rest of the environment passes through
+        assert "MASTER_PORT" not in c["env"]  # but each run picks its own rendezvous
         assert "--nproc_per_node=2" in c["cmd"] and c["cmd"][-2:] == ["--training.steps", "3"]
     assert "CUDA_VISIBLE_DEVICES" not in __import__("os").environ
     report = (tmp_path / "out" / "report.md").read_text()
@@ -199,6 +201,7 @@ def test_online_sequential_failure_keeps_the_others_and_resumes(tmp_path, capsys
     (["--gpus", "0,1,2", "--nproc", "2"], ["--gpus 0,1,2 (3 GPUs)", "--nproc 2", "multiple of 2"]),
     (["--gpus", "0,1", "--parallel", "2"], ["--gpus 0,1 and --parallel 2 exclude each other"]),
     (["--parallel", "0"], ["--parallel 0: must be >= 1"]),
+    (["--parallel", "2", "--nproc", "2"], ["--parallel 2 with --nproc 2", "place them with --gpus"]),
 ])
 def test_online_gpus_and_parallel_refused_before_training(tmp_path, capsys, monkeypatch, more, words):
     from adahop.sweep.__main__ import main

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..mx.quantize import dequantize_mxfp4
-from .deferred import deferred
+from .deferred import counter_for
 from .quantize import deficient_blocks
 
 # Running totals of what the fp8 path saw (host ints; updated where the count is read anyway).
@@ -98,7 +98,8 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.
     """a @ b^T, MXFP4-exact (see module docstring)."""
     STATS["gemms"] += 1
     STATS["blocks"] += (a.fp8.numel() + b.fp8.numel()) // 32
-    if deferred():
+    shared = counter_for(a.fp8.device)
+    if shared is not None and a.count is shared and b.count is shared:
         # the counts went to the step's counter, read once per forward+backward (adahop.kernels.deferred)
         try:
             return _scaled_mm(a, b, out_dtype)

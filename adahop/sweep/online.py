@@ -45,6 +45,11 @@ def parse_log(text: str) -> dict:
     return {"train": train, "validation": val}
 
 
+# set by torchrun / adahop.train for one process group; runs started at once must each choose their own
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
 def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
     """The runs that may go at once: one CUDA_VISIBLE_DEVICES value per group of `nproc` GPUs of `gpus`
     ("0,1,2,3"), or, without `gpus`, `parallel` slots without GPU pinning (None). Raises ValueError."""
@@ -53,6 +58,11 @@ def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
     if parallel < 1:
         raise ValueError(f"--parallel {parallel}: must be >= 1 (training runs at once)")
     if not gpus:
+        if parallel > 1 and nproc > 1:
+            raise ValueError(
+                f"--parallel {parallel} with --nproc {nproc}: runs of several ranks each would all start on the same "
+                "devices; place them with --gpus (e.g. --gpus 0,1,2,3 --nproc 2)"
+            )
         return [None] * parallel
     if parallel != 1:
         raise ValueError(
@@ -151,7 +161,9 @@ def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra:
                 name, slot = todo.pop(0), free.pop(0)
                 run_dir = out / "runs" / name
                 run_dir.mkdir(parents=True, exist_ok=True)
-                env = dict(os.environ)  # the machine's NCCL/CUDA settings pass through unchanged
+                env = dict(os.environ)  # the machine's NCCL/CUDA settings pass through unchanged ...
+                for var in LAUNCHER_VARS:  # ... but not a launcher's rank/port: each run starts its own
+                    env.pop(var, None)
                 if slot is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slot
                 proc = launch(train_command(run_dir, tables[name], config, extra, nproc), env, run_dir / "train.log")
