@@ -1,7 +1,7 @@
 """The quality experiment: the same ~100M Llama trained under every recipe, then docs/quality.md.
 
     python scripts/quality_experiment.py [--config configs/quality_100m.toml] [--recipes bf16 adahop ...]
-        [--out outputs/quality] [--parallel 2] [--report docs/quality.md] [--section.key value ...]
+        [--out outputs/quality] [--parallel 2] [--gpus 0,1] [--report docs/quality.md] [--section.key value ...]
 
 Recipes are CLI overrides of one config, so model, data, seed, schedule and token budget are shared:
 
@@ -18,7 +18,7 @@ Recipes are CLI overrides of one config, so model, data, seed, schedule and toke
 Each recipe trains in <out>/<recipe> with checkpoints: an interrupted run resumes from its last checkpoint
 (torchtitan does this by itself), a finished one (<out>/<recipe>/done.json) is not run again, so the
 experiment can span several sessions. --parallel N runs N recipes at once (one GPU holds several 100M
-models). Extra --section.key value arguments go to every run (e.g. --training.steps for a short try).
+models); with --gpus 0,1 each run is pinned to one of the GPUs (CUDA_VISIBLE_DEVICES) and N run on each. Extra --section.key value arguments go to every run (e.g. --training.steps for a short try).
 The report has the final training / validation loss and perplexity per recipe, the gap to BF16, the
 AdaHOP plan summaries, a loss-curve plot (PNG next to the report) and the exact commands.
 """
@@ -66,14 +66,21 @@ def parse(log_text: str) -> dict:
             "validation": val, "plan": plans[-1][1] if plans else None}
 
 
-def launch(config: str, recipe: str, out: Path, extra: list[str]) -> subprocess.Popen:
+def launch(config: str, recipe: str, out: Path, extra: list[str], gpu: str | None = None) -> subprocess.Popen:
+    """Start one recipe's training (on `gpu`, a CUDA_VISIBLE_DEVICES value, if given)."""
+    from adahop.sweep.online import LAUNCHER_VARS
+
     run_dir = out / recipe
     run_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}  # each run its own rendezvous
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     log = (run_dir / "train.log").open("a")
-    log.write(f"\n#### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(config, recipe, out, extra))}\n")
+    log.write(f"\n#### {time.strftime('%Y-%m-%d %H:%M:%S')} GPU {gpu} {' '.join(command(config, recipe, out, extra))}\n")
     log.flush()
     with log:  # the child keeps its own descriptor
-        return subprocess.Popen(command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
 
 
 def finish(recipe: str, out: Path, returncode: int) -> dict | None:
@@ -88,7 +95,9 @@ def finish(recipe: str, out: Path, returncode: int) -> dict | None:
     return result
 
 
-def run_all(config: str, recipes: list[str], out: Path, extra: list[str], parallel: int) -> dict[str, dict]:
+def run_all(config: str, recipes: list[str], out: Path, extra: list[str], slots: list[str | None]) -> dict[str, dict]:
+    """Train every recipe without a done.json, len(slots) at a time; a slot is the CUDA_VISIBLE_DEVICES
+    value its runs get (None: not pinned)."""
     results, todo, running = {}, [], {}
     for r in recipes:
         done = out / r / "done.json"
@@ -96,15 +105,17 @@ def run_all(config: str, recipes: list[str], out: Path, extra: list[str], parall
             results[r] = json.loads(done.read_text())
         else:
             todo.append(r)
+    free = list(slots)
     while todo or running:
-        while todo and len(running) < parallel:
-            r = todo.pop(0)
-            print(f"[quality] start {r}", file=sys.stderr)
-            running[r] = launch(config, r, out, extra)
+        while todo and free:
+            r, slot = todo.pop(0), free.pop(0)
+            print(f"[quality] start {r}" + (f" on GPU {slot}" if slot is not None else ""), file=sys.stderr)
+            running[r] = (launch(config, r, out, extra, slot), slot)
         time.sleep(2)
-        for r, proc in list(running.items()):
+        for r, (proc, slot) in list(running.items()):
             if proc.poll() is not None:
                 del running[r]
+                free.append(slot)
                 res = finish(r, out, proc.returncode)
                 if res is not None:
                     results[r] = res
@@ -163,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/quality_100m.toml")
     p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--out", default="outputs/quality")
-    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--parallel", type=int, default=1, help="recipes at once (without --gpus: not pinned)")
+    p.add_argument("--gpus", default="", help="e.g. 0,1: pin runs to these GPUs, --parallel runs on each")
     p.add_argument("--report", default="docs/quality.md")
     p.add_argument("--device", default=None, help="device description for the report (default: detected)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the recipes that have a done.json")
     args, extra = p.parse_known_args(argv)
     if "float8" in args.recipes:
         import torch
@@ -174,7 +188,24 @@ def main(argv: list[str] | None = None) -> int:
             print("[quality] float8 needs a CUDA GPU and torchao: left out of this run", file=sys.stderr)
             args.recipes = [r for r in args.recipes if r != "float8"]
     out = Path(args.out)
-    results = run_all(args.config, args.recipes, out, extra, max(1, args.parallel))
+    if args.parallel < 1:
+        print(f"[quality] --parallel {args.parallel}: must be >= 1", file=sys.stderr)
+        return 2
+    if args.gpus:
+        from adahop.sweep.online import gpu_slots
+
+        try:
+            gpus = gpu_slots(args.gpus, 1, 1)
+        except ValueError as e:
+            print(f"[quality] {e}", file=sys.stderr)
+            return 2
+        slots = [g for _ in range(args.parallel) for g in gpus]  # spread over the GPUs first
+    else:
+        slots = [None] * args.parallel
+    if args.report_only:
+        slots = []  # nothing is started; finished recipes are read
+        args.recipes = [r for r in args.recipes if (out / r / "done.json").is_file()]
+    results = run_all(args.config, args.recipes, out, extra, slots)
     if not results:
         print("[quality] no recipe finished", file=sys.stderr)
         return 1

@@ -15,10 +15,13 @@ SMALL = ["--model.flavor", "nano", "--training.steps", "4", "--training.local_ba
 
 def test_two_recipes_report_and_resume(tmp_path):
     runs, report = tmp_path / "runs", tmp_path / "quality.md"
-    cmd = [sys.executable, "scripts/quality_experiment.py", "--recipes", "bf16", "adahop", "--parallel", "2",
+    # pinned to "GPUs" 0 and 1, both at once (on a CPU machine the pinning only sets CUDA_VISIBLE_DEVICES)
+    cmd = [sys.executable, "scripts/quality_experiment.py", "--recipes", "bf16", "adahop", "--gpus", "0,1",
            "--out", str(runs), "--report", str(report), *SMALL]
     r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "start bf16 on GPU 0" in r.stderr and "start adahop on GPU 1" in r.stderr
+    assert "GPU 1 " in (runs / "adahop" / "train.log").read_text().splitlines()[1]
     text = report.read_text()
     assert "| bf16 | 4 |" in text and "| adahop | 4 |" in text and "+0.00%" in text
     assert "adahop: 14 layers, 42 slots" in text and "python -m adahop.train" in text
@@ -29,3 +32,18 @@ def test_two_recipes_report_and_resume(tmp_path):
     mtime = (runs / "bf16" / "train.log").stat().st_mtime
     r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and (runs / "bf16" / "train.log").stat().st_mtime == mtime
+    # --report-only: the report of what is finished, nothing trained (a third recipe is not started)
+    again = tmp_path / "again.md"
+    r = subprocess.run([sys.executable, "scripts/quality_experiment.py", "--report-only", "--recipes", "bf16", "adahop",
+                        "mxfp4", "--out", str(runs), "--report", str(again), *SMALL],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| bf16 | 4 |" in again.read_text() and not (runs / "mxfp4").exists()
+
+
+def test_bad_gpus_refused_before_training(tmp_path):
+    for gpus in ("0,0", "0,x"):
+        r = subprocess.run([sys.executable, "scripts/quality_experiment.py", "--gpus", gpus, "--out", str(tmp_path)],
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "--gpus" in r.stderr, r.stderr[-2000:]
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The quality experiment (issue 8) on a leased GPU machine, in the background across device calls.
+#   bash scripts/gpu_quality.sh start [RECIPES...]   start scripts/quality_experiment.py detached (setsid) on
+#                                                    every GPU, then return; default: every recipe not yet in
+#                                                    docs/quality/runs/
+#   bash scripts/gpu_quality.sh wait SECONDS         follow it for up to SECONDS; results so far go to $OUT
+#   bash scripts/gpu_quality.sh collect              write the report from the finished recipes into $OUT
+# The machine is held only while calls follow each other (it goes back after 30 s idle), so call `wait`
+# again at once after each return. Every call leaves in $OUT: status.txt and results.tar.gz (done.json and
+# the log of each recipe); commit the done.json files as docs/quality/runs/<recipe>.json so that a later
+# session starts only the recipes still missing. Needs the full corpus carried as .corpus/ (build it with
+# `python scripts/build_corpus.py --out .corpus --tokenizer adahop/data/assets/tokenizer`) and .whl.
+# Environment: PER_GPU (recipes at once on each GPU, default 2), EXTRA (more overrides for every run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/gpu_env.sh
+RUN=/tmp/quality
+ALL=(bf16 float8 adahop hadamard mxfp4 rht adahop_sr)
+
+snapshot() {
+  { date -u; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+    tail -3 "$RUN/driver.log" 2>/dev/null
+    for d in "$RUN"/*/; do
+      r=$(basename "$d"); [ -f "$d/train.log" ] || continue
+      state=running; [ -f "$d/done.json" ] && state=done
+      echo "$r ($state): $(grep -a 'step:' "$d/train.log" | grep -v validate | tail -1 | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-160)"
+    done; } > "$OUT/status.txt" 2>&1
+  (cd "$RUN" && tar czf "$OUT/results.tar.gz" --exclude=checkpoint --exclude=tb --exclude='*.pt' \
+     */done.json */train.log */adahop_plan.json driver.log quality.md quality.png 2>/dev/null)
+  cat "$OUT/status.txt"
+}
+
+case "${1:-}" in
+  start)
+    shift
+    [ -f .corpus/train.jsonl.gz ] || { echo "no .corpus/train.jsonl.gz: build and carry the full corpus" >&2; exit 2; }
+    mkdir -p "$RUN"
+    for f in docs/quality/runs/*.json; do  # recipes finished in earlier sessions
+      [ -f "$f" ] || continue; r=$(basename "$f" .json); mkdir -p "$RUN/$r"; cp "$f" "$RUN/$r/done.json"
+    done
+    recipes=("$@"); [ ${#recipes[@]} -eq 0 ] && recipes=("${ALL[@]}")
+    NG=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+    GPUS=$(seq -s, 0 $((NG - 1)))
+    echo "GPUs $GPUS, ${PER_GPU:-2} per GPU, recipes ${recipes[*]}" | tee "$RUN/driver.log"
+    setsid nohup python3 scripts/quality_experiment.py --recipes "${recipes[@]}" --gpus "$GPUS" \
+      --parallel "${PER_GPU:-2}" --out "$RUN" --report "$RUN/quality.md" \
+      --training.dataset_path .corpus/train.jsonl.gz ${EXTRA:-} >> "$RUN/driver.log" 2>&1 < /dev/null &
+    sleep 60; snapshot ;;
+  wait)
+    end=$(( $(date +%s) + ${2:-540} ))
+    while [ "$(date +%s)" -lt "$end" ] && pgrep -f quality_experiment.py > /dev/null; do sleep 30; snapshot > /dev/null; done
+    snapshot ;;
+  collect)
+    python3 scripts/quality_experiment.py --report-only --out "$RUN" --report "$RUN/quality.md" \
+      --training.dataset_path .corpus/train.jsonl.gz ${EXTRA:-} >> "$RUN/driver.log" 2>&1
+    snapshot ;;
+  *) echo "usage: bash scripts/gpu_quality.sh start [RECIPES...] | wait SECONDS | collect" >&2; exit 2 ;;
+esac
