@@ -2,6 +2,7 @@
 
     python scripts/profile_step.py --job.config_file configs/llama1b_adahop.toml [--plan adahop_plan.json] \
         [--batch 8] [--seq 2048] [--steps 3] [--rows 25]
+    torchrun --nproc_per_node 2 scripts/profile_step.py --fsdp ...      (FSDP2 as torchtitan shards it)
 
 Builds the config's model in bfloat16 on the GPU (CPU if none), times forward+backward of random tokens
 (CUDA events) without and with the AdaHOP converter (modes from --plan, an adahop_plan.json, else every
@@ -65,6 +66,43 @@ def timed(run, steps: int, sync) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def _init_distributed(cuda: bool) -> int:
+    """torchrun's environment -> a process group (NCCL on GPUs, gloo on CPU); returns this rank."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
+def build(job, device: str, convert: bool, fsdp: bool):
+    """The config's model on `device`: AdaHOP-converted if `convert`; FSDP2 over all ranks with bf16
+    parameters in compute and float32 gradient reduction, as torchtitan shards it, if `fsdp`; else with
+    bf16 parameters."""
+    from adahop.converter import AdaHOPConverter
+
+    torch.manual_seed(0)
+    model, margs = build_model(job, device=device)
+    if convert:
+        AdaHOPConverter(job, None).convert(model)
+    if fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in model.layers.values():
+            fully_shard(block, mp_policy=mp, reshard_after_forward=True)
+        fully_shard(model, mp_policy=mp)
+    else:
+        for prm in model.parameters():  # parameters only: the rope buffer is complex
+            prm.data = prm.data.to(torch.bfloat16)
+    return model, margs
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="")
@@ -72,33 +110,32 @@ def main():
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 over torchrun's ranks (bf16 compute)")
     args, rest = p.parse_known_args()
     cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
+    rank = _init_distributed(cuda)
+    device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     job = load_job_config(None, rest)
     job.quantize.linear.mx.calibration.use_HT_calibration = False
     job.quantize.linear.mx.calibration.plan_file = args.plan
-    torch.manual_seed(0)
-    model, margs = build_model(job, device=device)
-    for p in model.parameters():  # parameters only: the rope buffer is complex
-        p.data = p.data.to(torch.bfloat16)
+    model, margs = build(job, device, convert=False, fsdp=args.fsdp)
     tokens = torch.randint(0, margs.vocab_size, (args.batch, args.seq), device=device)
     bf16_s = timed(step_fn(model, tokens), args.steps, sync)
-
-    from adahop.converter import AdaHOPConverter
-
-    conv = AdaHOPConverter(job, None)
-    conv.convert(model)
+    del model
+    model, _ = build(job, device, convert=True, fsdp=args.fsdp)
     sync_s = timed(step_fn(model, tokens), args.steps, sync)
-    run = step_fn(model, tokens, torch.device(device, torch.cuda.current_device()) if cuda else None)
+    run = step_fn(model, tokens, torch.device(device))
     adahop_s = timed(run, args.steps, sync)
+    say = print if rank == 0 else (lambda *a, **k: None)  # rank 0 reports
     ntok = args.batch * args.seq
-    print(f"model {job.model.flavor}, batch {args.batch} x {args.seq}, device {device}, plan {args.plan or 'all hadamard'}")
-    print(f"| recipe | ms / step | tokens/s | vs BF16 |\n| --- | --- | --- | --- |")
-    print(f"| bf16 | {1e3 * bf16_s:.1f} | {ntok / bf16_s:.0f} | 1.00x |")
-    print(f"| adahop, sync per GEMM | {1e3 * sync_s:.1f} | {ntok / sync_s:.0f} | {bf16_s / sync_s:.2f}x |")
-    print(f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n")
+    say(f"model {job.model.flavor}, batch {args.batch} x {args.seq} per rank, device {device}, "
+          f"{'FSDP2 over ' + str(torch.distributed.get_world_size()) + ' ranks' if args.fsdp else 'one device'}, "
+          f"plan {args.plan or 'all hadamard'}")
+    say(f"| recipe | ms / step | tokens/s | vs BF16 |\n| --- | --- | --- | --- |")
+    say(f"| bf16 | {1e3 * bf16_s:.1f} | {ntok / bf16_s:.0f} | 1.00x |")
+    say(f"| adahop, sync per GEMM | {1e3 * sync_s:.1f} | {ntok / sync_s:.0f} | {bf16_s / sync_s:.2f}x |")
+    say(f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n")
 
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
@@ -114,17 +151,17 @@ def main():
     groups: dict[str, float] = {}
     for e in kernels:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + getattr(e, attr) / 1e6
-    print(f"profiled {args.steps} AdaHOP steps: wall {1e3 * wall:.1f} ms, kernel time {1e3 * total:.1f} ms, "
+    say(f"profiled {args.steps} AdaHOP steps: wall {1e3 * wall:.1f} ms, kernel time {1e3 * total:.1f} ms, "
           f"GPU busy {100 * total / wall:.0f}%")
-    print("| group | ms / step | share of kernel time |\n| --- | --- | --- |")
+    say("| group | ms / step | share of kernel time |\n| --- | --- | --- |")
     for g, t in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"| {g} | {1e3 * t / args.steps:.2f} | {100 * t / total:.0f}% |")
-    print()
-    print(events.table(sort_by=attr, row_limit=args.rows, max_name_column_width=70))
+        say(f"| {g} | {1e3 * t / args.steps:.2f} | {100 * t / total:.0f}% |")
+    say()
+    say(events.table(sort_by=attr, row_limit=args.rows, max_name_column_width=70))
     cpu = sorted(events, key=lambda e: -e.cpu_time_total)[: args.rows]
-    print("host (CPU) time by op, inclusive:")
+    say("host (CPU) time by op, inclusive:")
     for e in cpu:
-        print(f"  {e.cpu_time_total / 1e3 / args.steps:9.2f} ms/step  x{e.count // args.steps:<6d} {e.key[:90]}")
+        say(f"  {e.cpu_time_total / 1e3 / args.steps:9.2f} ms/step  x{e.count // args.steps:<6d} {e.key[:90]}")
 
 
 if __name__ == "__main__":
