@@ -223,10 +223,13 @@ def _quantize_kernel(
         # index is the number of decision thresholds passed (ties go to the even index)
         # the grid step is 0.5 below 2, 1 in [2, 4), 2 from 4: q = rint(mag / step) * step, where
         # (t + 1.5 * 2^23) - 1.5 * 2^23 rounds t (< 2^22) to an integer, half to even
-        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
-        r = (mag * inv + 12582912.0) - 12582912.0
-        qabs = tl.minimum(r / inv, 6.0)
-        idx = tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+        lt2 = mag < 2.0
+        lt4 = mag < 4.0
+        inv = tl.where(lt2, 2.0, tl.where(lt4, 1.0, 0.5))
+        r = (mag * inv + 12582912.0) - 12582912.0  # whole steps of this range
+        qabs = tl.minimum(r * tl.where(lt2, 0.5, tl.where(lt4, 1.0, 2.0)), 6.0)  # times the step: exact
+        # the code index straight from the step count: ranges start at indices 0, 4 (2.0) and 6 (4.0)
+        idx = tl.minimum(r + tl.where(lt2, 0.0, tl.where(lt4, 2.0, 4.0)), 7.0).to(tl.int32)
     else:
         step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
         inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
@@ -338,9 +341,10 @@ def _quantize_kernel_t(
     scaled = y3 * _pow2(-e)[:, None, :]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
-        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
-        r = (mag * inv + 12582912.0) - 12582912.0
-        qabs = tl.minimum(r / inv, 6.0)
+        lt2 = mag < 2.0
+        lt4 = mag < 4.0
+        r = (mag * tl.where(lt2, 2.0, tl.where(lt4, 1.0, 0.5)) + 12582912.0) - 12582912.0
+        qabs = tl.minimum(r * tl.where(lt2, 0.5, tl.where(lt4, 1.0, 2.0)), 6.0)  # a power-of-two step: exact
     else:
         step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
         inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
