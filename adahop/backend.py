@@ -81,24 +81,31 @@ class Operand:
     def is_fast(self) -> bool:
         return self.values is None
 
-    def materialize(self, tile: bool = False):
-        """The FastOperand (fp8 form) of a fast-path operand."""
+    def materialize(self, tile: bool = False, left: bool = False, fix_rows: bool = False):
+        """The FastOperand (fp8 form) of a fast-path operand. A GEMM's left operand takes the wide fp8
+        form (e5m2, exact for block gaps up to 28 in a 128-group; cuBLAS takes e5m2 on one side), and with
+        `fix_rows` flags the rows it still cannot hold for the GEMM's exact recomputation."""
         from .kernels.gemm import FastOperand
         from .kernels.quantize import fused_quantize, fused_reencode
 
         if self.fast is not None:
             return self.fast
+        wide = left
         if self.deferred is not None:
             d = self.deferred
             rows = d["t"].shape[1 - d["k_dim"]]
-            tile = tile and rows % 128 == 0
+            tile = tile and rows % 128 == 0 and not left
+            if fix_rows and left:
+                out = fused_quantize(**d, write_packed=True, write_fp8=True, wide=True, row_flags=True)
+                return FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"],
+                                   row_flags=out["row_flags"])
             # the packed form is only needed on the rare correction path: written then, by a rerun
-            out = fused_quantize(**d, write_packed=False, write_fp8=True, tile=tile)
+            out = fused_quantize(**d, write_packed=False, write_fp8=True, tile=tile, wide=wide)
             repack = lambda: fused_quantize(**d, write_packed=True, write_fp8=False)  # noqa: E731
             return FastOperand(out["fp8"], out["gscale"], out["count"], None, None, tile, meta={"repack": repack})
         p = self.packed_src
-        tile = tile and p.data.shape[0] % 128 == 0
-        out = fused_reencode(p.data, p.scales, tile=tile)
+        tile = tile and p.data.shape[0] % 128 == 0 and not left
+        out = fused_reencode(p.data, p.scales, tile=tile, wide=wide)
         return FastOperand(out["fp8"], out["gscale"], out["count"], p.data, p.scales, tile)
 
     def k_dim_size(self) -> Optional[int]:
@@ -199,8 +206,11 @@ def from_packed(saved: MXFP4Tensor) -> Operand:
     return Operand(saved.dequantize(torch.float32))
 
 
-def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype) -> torch.Tensor:
-    """a @ bt^T for two quantized K-major operands, accumulated in float32."""
+def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype, tag: str | None = None,
+           fix_rows: bool = False) -> torch.Tensor:
+    """a @ bt^T for two quantized K-major operands, accumulated in float32. `tag` names the GEMM (its
+    slot) in the fp8 path's diagnostics; `fix_rows` lets the fp8 path recompute rows of `a` whose blocks
+    lie too far apart for fp8 exactly, without a host sync (adahop.kernels.gemm)."""
     if a.is_fast() and bt.is_fast():
         from .kernels.gemm import fp8_matmul
 
@@ -208,7 +218,7 @@ def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype) -> torch.Tensor:
         # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
         k = a.k_dim_size()
         tile = _tile_b() and k is not None and (k // 128) % 4 == 0
-        return fp8_matmul(a.materialize(tile=False), bt.materialize(tile=tile), out_dtype)
+        return fp8_matmul(a.materialize(left=True, fix_rows=fix_rows), bt.materialize(tile=tile), out_dtype, tag=tag)
     return (a.reference_values() @ bt.reference_values().t()).to(out_dtype)
 
 

@@ -121,6 +121,12 @@ def prepare_right(
     return RightOperand(packed=packed, operand=operand, rows=rows, extracted=extracted)
 
 
+# Slots whose left operand may hold rows the fp8 form cannot (blocks more than 28 exponents apart in a
+# 128-group): the GEMM recomputes them exactly without a host sync. Measured on the 100M model
+# (scripts/gpu_deficient_probe.sh, docs/kernels.md): only g of the input gradient, along the output features.
+ROW_FIX_SLOTS = ("backward_gx",)
+
+
 def slot_gemm(
     a: torch.Tensor, a_k_dim: int, right: RightOperand, mode: str, recipe: LinearRecipe, slot: str, rounding: str,
     out_dtype: torch.dtype = torch.float32,
@@ -144,7 +150,7 @@ def slot_gemm(
     a_operand, _ = backend.quantize(
         a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
     )
-    out = backend.matmul(a_operand, right_operand, out_dtype)
+    out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
         a_rows = backend.to_k_major(a, a_k_dim).index_select(0, left_rows)

@@ -12,6 +12,7 @@ computed in float32 on the few rows and 32-column blocks involved.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -25,22 +26,81 @@ from .quantize import deficient_blocks
 STATS = {"gemms": 0, "blocks": 0, "deficient_blocks": 0, "corrected_gemms": 0, "fallback_gemms": 0, "redone_steps": 0}
 
 
+# Where deficient blocks were found, by "<slot>:<side>" (side a = left operand, b = right): GEMMs checked,
+# blocks checked, deficient blocks, GEMMs with any, 128x128 tiles holding any, and a histogram of the
+# exponent gaps (group maximum - block) of the deficient ones. Filled on the checked (per-GEMM) path only.
+DEFICIENT_BY_TAG: dict = {}
+
+
 def reset_stats() -> None:
     for k in STATS:
         STATS[k] = 0
+    DEFICIENT_BY_TAG.clear()
+
+
+def _record(tag: str, side: str, op: "FastOperand", mask: Optional[torch.Tensor]) -> None:
+    rec = DEFICIENT_BY_TAG.setdefault(f"{tag}:{side}", {"gemms": 0, "blocks": 0, "deficient": 0,
+                                                           "gemms_with_any": 0, "tiles": 0, "tiles_with_any": 0,
+                                                           "gaps": {}, "shapes": {}})
+    R, K = op.fp8.shape
+    rec["gemms"] += 1
+    rec["blocks"] += R * K // 32
+    rec["tiles"] += -(-R // 128) * (K // 128)
+    rec["shapes"][f"{R}x{K}"] = rec["shapes"].get(f"{R}x{K}", 0) + 1
+    if mask is None or not bool(mask.any()):
+        return
+    from .quantize import block_exponents, group_exponents
+
+    rec["gemms_with_any"] += 1
+    rec["deficient"] += int(mask.sum())
+    pad = (-R) % 128
+    m = torch.nn.functional.pad(mask, (0, 0, 0, pad)) if pad else mask
+    rec["tiles_with_any"] += int(m.view(-1, 128, K // 128, 4).any(3).any(1).sum())
+    e, _ = block_exponents(op.scales)
+    gmax = group_exponents(op.scales, op.tile) + 6
+    gmax = (gmax.repeat_interleave(128, 0) if op.tile else gmax).repeat_interleave(4, 1)
+    for gap, n in zip(*torch.unique((gmax - e)[mask], return_counts=True)):
+        rec["gaps"][int(gap)] = rec["gaps"].get(int(gap), 0) + int(n)
+
+
+def dump_deficient_report(path: str) -> None:
+    """Write DEFICIENT_BY_TAG and STATS as JSON (atomically)."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"stats": {**STATS, "rows_fixed": rows_fixed()}, "by_tag": DEFICIENT_BY_TAG}, f, indent=1,
+                  sort_keys=True)
+    os.replace(tmp, path)
+
+
+_REPORT = bool(os.environ.get("ADAHOP_DEFICIENT_REPORT"))
+if _REPORT:  # diagnostics: where the fp8 form loses blocks
+    import atexit
+
+    atexit.register(lambda: dump_deficient_report(
+        f"{os.environ['ADAHOP_DEFICIENT_REPORT']}.{os.environ.get('RANK', '0')}.json"))
 
 
 @dataclass
 class FastOperand:
     """A K-major operand in both forms written by the fused kernel."""
 
-    fp8: torch.Tensor  # float8_e4m3fn [R, K]
+    fp8: torch.Tensor  # float8_e4m3fn [R, K], or float8_e5m2 (wide: a left operand)
     gscale: torch.Tensor  # fp32 [K/128, R] (1x128 groups) or [R/128, K/128] (tile)
     count: torch.Tensor  # int32 [1]: deficient blocks (held as zero in fp8)
     packed: Optional[torch.Tensor] = None  # uint8 [R, K/2]
     scales: Optional[torch.Tensor] = None  # uint8 [R, K/32]
     tile: bool = False
     meta: dict = field(default_factory=dict)
+    # uint8 [R]: rows holding deficient blocks, which the GEMM recomputes exactly (these blocks are not in
+    # `count`); the packed form is then written too
+    row_flags: Optional[torch.Tensor] = None
+
+    @property
+    def wide(self) -> bool:
+        return self.fp8.dtype == torch.float8_e5m2
 
     @property
     def shape(self):
@@ -68,9 +128,58 @@ class FastOperand:
 def _scaled_mm(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
     if a.tile:
         raise ValueError("the left operand must use 1x128 scales")
-    scale_a = a.gscale.t()  # [M, K/128], column-major
+    return _scaled_mm_parts(a.fp8, a.gscale, b, out_dtype)
+
+
+def _scaled_mm_parts(a_fp8: torch.Tensor, a_gscale: torch.Tensor, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
+    """A @ B^T on cuBLAS's blockwise fp8 GEMM: A [M, K] e4m3 or e5m2 with 1x128 scales a_gscale [K/128, M];
+    B e4m3 (cuBLAS takes e5m2 on one side only)."""
+    scale_a = a_gscale.t()  # [M, K/128], column-major
     scale_b = b.gscale.t() if b.tile else b.gscale  # [K/128, N/128] column-major view, or [K/128, N] contiguous
-    return torch._scaled_mm(a.fp8, b.fp8.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
+    if a_fp8.is_cuda:
+        return torch._scaled_mm(a_fp8, b.fp8.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
+    # CPU stand-in (tests): the same products in float32
+    sa = scale_a.repeat_interleave(128, 1)
+    return ((a_fp8.to(torch.float32) * sa) @ b.fp8_dequantize().t()).to(out_dtype)
+
+
+# Rows a GEMM recomputes exactly without asking the host how many there are: room for
+# max(ROW_FIX_MIN, M // ROW_FIX_DIVISOR) of them; more than that are added to the operand's count, so the
+# step is redone exactly (adahop.kernels.deferred). Measured in training: docs/kernels.md.
+ROW_FIX_MIN = 16
+ROW_FIX_DIVISOR = 512
+_ROWS_FIXED: dict = {}  # device -> int64 [1]: rows flagged for recomputation, summed on the device
+
+
+def row_fix_capacity(m: int) -> int:
+    return min(m, max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR))
+
+
+def rows_fixed() -> int:
+    """Rows recomputed exactly so far (reads the device counters: one sync; for reports)."""
+    return sum(int(t.item()) for t in _ROWS_FIXED.values())
+
+
+def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
+    """Overwrite out's rows that `a` flags with their exact values, hi + lo parts (fused_row_split), with
+    no host sync: a fixed number of row slots (unused ones recompute row 0, which is harmless: exact);
+    flagged rows beyond them, and blocks neither part holds, go to a.count."""
+    from .quantize import fused_row_split
+
+    m = a.fp8.shape[0]
+    cap = row_fix_capacity(m)
+    flags = a.row_flags
+    rows = torch.nonzero_static(flags, size=cap, fill_value=0).squeeze(1)
+    n = flags.sum(dtype=torch.int64)
+    acc = _ROWS_FIXED.get(flags.device)
+    if acc is None:
+        acc = _ROWS_FIXED[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
+    acc.add_(n)
+    a.count.add_((n - cap).clamp_(min=0).to(a.count.dtype))
+    parts = fused_row_split(a.packed, a.scales, rows, a.count)
+    exact = _scaled_mm_parts(parts["hi"], parts["hi_gscale"], b, torch.float32)
+    exact += _scaled_mm_parts(parts["lo"], parts["lo_gscale"], b, torch.float32)
+    out.index_copy_(0, rows, exact.to(out.dtype))
 
 
 def _correction(a: FastOperand, b: FastOperand, da: torch.Tensor, db: torch.Tensor, out: torch.Tensor) -> None:
@@ -94,24 +203,28 @@ def _correction(a: FastOperand, b: FastOperand, da: torch.Tensor, db: torch.Tens
 
 
 @torch.compiler.disable
-def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
-    """a @ b^T, MXFP4-exact (see module docstring)."""
+def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Optional[str] = None) -> torch.Tensor:
+    """a @ b^T, MXFP4-exact (see module docstring). `tag` (the GEMM slot) only labels DEFICIENT_BY_TAG."""
     STATS["gemms"] += 1
     STATS["blocks"] += (a.fp8.numel() + b.fp8.numel()) // 32
     shared = counter_for(a.fp8.device)
+    out = None
+    if a.row_flags is not None:
+        out = _scaled_mm_or_fallback(a, b, out_dtype)
+        _fix_rows(a, b, out)
     if shared is not None and a.count is shared and b.count is shared:
         # the counts went to the step's counter, read once per forward+backward (adahop.kernels.deferred)
-        try:
-            return _scaled_mm(a, b, out_dtype)
-        except RuntimeError:
-            return _fallback(a, b, out_dtype)
+        return out if out is not None else _scaled_mm_or_fallback(a, b, out_dtype)
     # one host sync per GEMM: never let a deficient block pass unnoticed
     counts = torch.stack((a.count[0], b.count[0])).tolist()
+    tag = tag if _REPORT else None
     if counts[0] == 0 and counts[1] == 0:
-        try:
-            return _scaled_mm(a, b, out_dtype)
-        except RuntimeError:  # a shape or dtype cuBLAS refuses: same numbers, slowly
-            return _fallback(a, b, out_dtype)
+        if tag is not None:
+            fixed = a.row_flags is not None and bool(a.row_flags.any())
+            _record(tag, "a", a, deficient_blocks(a.packed, a.scales, a.tile, a.wide) if fixed else None)
+            _record(tag, "b", b, None)
+        return out if out is not None else _scaled_mm_or_fallback(a, b, out_dtype)
+    # the exact per-GEMM correction of every block the fp8 forms do not hold (row fixes included)
     STATS["deficient_blocks"] += counts[0] + counts[1]
     STATS["corrected_gemms"] += 1
     a.ensure_packed()
@@ -120,10 +233,20 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.
         out = _scaled_mm(a, b, torch.float32)
     except RuntimeError:
         out = a.fp8_dequantize() @ b.fp8_dequantize().t()
-    da = deficient_blocks(a.packed, a.scales, a.tile)
-    db = deficient_blocks(b.packed, b.scales, b.tile)
+    da = deficient_blocks(a.packed, a.scales, a.tile, a.wide)
+    db = deficient_blocks(b.packed, b.scales, b.tile, b.wide)
+    if tag is not None:
+        _record(tag, "a", a, da)
+        _record(tag, "b", b, db)
     _correction(a, b, da, db, out)
     return out.to(out_dtype)
+
+
+def _scaled_mm_or_fallback(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
+    try:
+        return _scaled_mm(a, b, out_dtype)
+    except RuntimeError:  # a shape or dtype cuBLAS refuses: same numbers, slowly
+        return _fallback(a, b, out_dtype)
 
 
 def _fallback(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:

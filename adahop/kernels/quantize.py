@@ -40,6 +40,19 @@ MAX_HADAMARD = 128  # largest Hadamard block the fused kernel handles (a multipl
 FP8_NAN_BITS = 0x7F
 MIN_OFFSET = -8  # smallest exact block offset e_b - G (see module docstring)
 MAX_OFFSET = 6
+# The wide form (fp8 e5m2, for a GEMM's left operand): G = max(E - 13, -126), exact offsets -15..13, so
+# gaps up to 28 (6 * 2^13 = 49152 <= 57344, the e5m2 maximum; 0.5 * 2^-15 = 2^-16, its smallest subnormal).
+WIDE_MIN_OFFSET = -15
+WIDE_MAX_OFFSET = 13
+
+
+def fp8_window(wide: bool) -> tuple[int, int]:
+    """(smallest, largest) exact block offset e_b - G of the e4m3 (narrow) or e5m2 (wide) fp8 form."""
+    return (WIDE_MIN_OFFSET, WIDE_MAX_OFFSET) if wide else (MIN_OFFSET, MAX_OFFSET)
+
+
+def fp8_dtype(wide: bool) -> torch.dtype:
+    return torch.float8_e5m2 if wide else torch.float8_e4m3fn
 
 ROUND_NEAREST = 0
 ROUND_SR_PHILOX = 1  # uniforms from tl.rand(seed, r * K + k)
@@ -107,40 +120,49 @@ def _hadamard(y, BR: tl.constexpr, BK: tl.constexpr, HSIZE: tl.constexpr, HSCALE
 @triton.jit
 def _fp8_emit(
     qabs, neg, e, nonfinite, rows, pid_k, R, K,
-    fp8_ptr, gscale_ptr, count_ptr,
-    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr,
+    fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
+    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr, ON_DEFICIENT: tl.constexpr,
 ):
     """Write the fp8 form of one [BR, 128] tile given E2M1 magnitudes qabs [BR, 4, 32] (float32), their
-    signs, block exponents e [BR, 4] (int32) and non-finite flags [BR, 4]; count deficient blocks."""
+    signs, block exponents e [BR, 4] (int32) and non-finite flags [BR, 4]. Deficient blocks (written as
+    zero) are, by ON_DEFICIENT: 0 counted into count_ptr, 1 marked by row in rowflag_ptr (the GEMM then
+    recomputes those rows exactly), 2 neither (the caller holds them elsewhere).
+    WIDE writes e5m2 (exact offsets -15..13) instead of e4m3 (-8..6)."""
     NB: tl.constexpr = 4
+    HEAD: tl.constexpr = 13 if WIDE else 6  # largest exact offset
+    LOW: tl.constexpr = -15 if WIDE else -8  # smallest exact offset
     row_ok = rows < R
     e_fin = tl.where(nonfinite, -127, e)
     if TILE:
         e_fin = tl.where(row_ok[:, None], e_fin, -127)
         gmax = tl.max(tl.max(e_fin, axis=1), axis=0)  # one exponent for the whole 128 x 128 tile
-        G = tl.maximum(gmax - 6, -126) + tl.zeros([BR], dtype=tl.int32)
+        G = tl.maximum(gmax - HEAD, -126) + tl.zeros([BR], dtype=tl.int32)
     else:
-        G = tl.maximum(tl.max(e_fin, axis=1) - 6, -126)  # [BR]
+        G = tl.maximum(tl.max(e_fin, axis=1) - HEAD, -126)  # [BR]
     o = e_fin - G[:, None]  # [BR, NB]
     nonzero = tl.max(qabs, axis=2) > 0
-    deficient = nonzero & (o < -8) & (~nonfinite)
-    o_c = tl.minimum(tl.maximum(o, -8), 6)
-    v = qabs * _pow2(o_c)[:, :, None]  # exact: |v| <= 384, v a multiple of 2^-9
+    deficient = nonzero & (o < LOW) & (~nonfinite)
+    o_c = tl.minimum(tl.maximum(o, LOW), HEAD)
+    v = qabs * _pow2(o_c)[:, :, None]  # exact: |v| <= 6 * 2^HEAD, v a multiple of 2^(LOW - 1)
     v = tl.where(deficient[:, :, None], 0.0, v)
     cols = pid_k * 128 + tl.arange(0, 128)
     if HW_CVT:
-        # the hardware conversion (cvt.rn.satfinite.e4m3x2.f32): exact here, since v is representable
+        # the hardware conversion (cvt.rn.satfinite.e4m3x2 / e5m2x2.f32): exact, since v is representable
         v = tl.where(neg & (v > 0), -v, v)
         v = tl.where(nonfinite[:, :, None], float("nan"), v)
-        f8 = tl.reshape(v, [BR, NB * 32]).to(tl.float8e4nv)
+        if WIDE:
+            f8 = tl.reshape(v, [BR, NB * 32]).to(tl.float8e5)
+        else:
+            f8 = tl.reshape(v, [BR, NB * 32]).to(tl.float8e4nv)
         tl.store(fp8_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], f8.to(tl.uint8, bitcast=True), mask=row_ok[:, None])
     else:
         # the same bits by integer arithmetic (Triton's CPU interpreter)
         vb = v.to(tl.int32, bitcast=True)
         fe = ((vb >> 23) & 0xFF) - 127
-        man3 = (vb >> 20) & 7
-        sub = (v * 512.0).to(tl.int32)
-        bits = tl.where(fe >= -6, ((fe + 7) << 3) | man3, sub)
+        if WIDE:  # e5m2: bias 15, 2 mantissa bits, subnormals in steps of 2^-16
+            bits = tl.where(fe >= -14, ((fe + 15) << 2) | ((vb >> 21) & 3), (v * 65536.0).to(tl.int32))
+        else:  # e4m3: bias 7, 3 mantissa bits, subnormals in steps of 2^-9
+            bits = tl.where(fe >= -6, ((fe + 7) << 3) | ((vb >> 20) & 7), (v * 512.0).to(tl.int32))
         bits = tl.where(v == 0, 0, bits)
         bits = tl.where(neg & (v != 0), bits | 0x80, bits)
         bits = tl.where(nonfinite[:, :, None], 0x7F, bits)
@@ -154,15 +176,20 @@ def _fp8_emit(
     else:
         tl.store(gscale_ptr + pid_k.to(tl.int64) * R + rows, _pow2(G), mask=row_ok)
     ndef = tl.sum(tl.sum(tl.where(row_ok[:, None], deficient.to(tl.int32), 0), axis=1), axis=0)
-    if ndef > 0:  # rare: no atomic traffic in the common case
-        tl.atomic_add(count_ptr, ndef)
+    if ON_DEFICIENT == 0:
+        if ndef > 0:  # rare: no atomic traffic in the common case
+            tl.atomic_add(count_ptr, ndef)
+    elif ON_DEFICIENT == 1:
+        if ndef > 0:
+            row_def = tl.max(deficient.to(tl.int32), axis=1) > 0
+            tl.store(rowflag_ptr + rows, tl.full([BR], 1, tl.uint8), mask=row_ok & row_def)
 
 
 @triton.jit
 def _quantize_kernel(
     x_ptr, stride_r, stride_k,
     signs_ptr, zero_ptr, u_ptr,
-    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr,
+    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
     R, K, seed,
     BR: tl.constexpr,
     K_CONTIG: tl.constexpr,
@@ -177,6 +204,8 @@ def _quantize_kernel(
     IN_BF16: tl.constexpr,
     HVARIANT: tl.constexpr,
     HW_CVT: tl.constexpr,
+    WIDE: tl.constexpr,
+    ROWFLAG: tl.constexpr,  # 1: mark rows holding deficient blocks instead of counting them (0: count)
 ):
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
@@ -259,7 +288,8 @@ def _quantize_kernel(
         scols = pid_k * NB + tl.arange(0, NB)
         tl.store(scales_ptr + rows64[:, None] * (K // 32) + scols[None, :], sbyte, mask=row_ok[:, None])
     if WRITE_FP8:
-        _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, BR, TILE, HW_CVT)
+        _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
+                  BR, TILE, HW_CVT, WIDE, ROWFLAG)
 
 
 @triton.jit
@@ -404,7 +434,7 @@ def _quantize_kernel_t(
 @triton.jit
 def _reencode_kernel(
     packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr, R, K,
-    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr,
+    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr,
 ):
     """Saved packed MXFP4 ([R, K/2] codes + [R, K/32] scales, K-major) -> fp8 e4m3 + group scales."""
     NB: tl.constexpr = 4
@@ -423,7 +453,45 @@ def _reencode_kernel(
     idx = code & 7
     qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
     neg = (code & 8) != 0
-    _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, BR, TILE, HW_CVT)
+    _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, count_ptr,
+              BR, TILE, HW_CVT, WIDE, 0)
+
+
+@triton.jit
+def _row_split_kernel(
+    packed_ptr, scales_ptr, rows_ptr, NSEL, K,
+    hi_ptr, hi_gscale_ptr, lo_ptr, lo_gscale_ptr, count_ptr,
+    BR: tl.constexpr, HW_CVT: tl.constexpr,
+):
+    """For the selected rows of a packed K-major operand, the wide (e5m2) fp8 form in two exact parts:
+    hi = the blocks the ordinary wide form holds (deficient ones zero), lo = only those deficient blocks,
+    with group scales of their own. hi + lo is every value of the rows; blocks the lo part cannot hold
+    either (gaps beyond 28 among the deficient ones) are counted."""
+    NB: tl.constexpr = 4
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    sel = pid_r * BR + tl.arange(0, BR)
+    sel_ok = sel < NSEL
+    src = tl.load(rows_ptr + sel, mask=sel_ok, other=0).to(tl.int64)
+    pcols = pid_k * 64 + tl.arange(0, 64)
+    byte = tl.load(packed_ptr + src[:, None] * (K // 2) + pcols[None, :], mask=sel_ok[:, None], other=0).to(tl.int32)
+    code = tl.reshape(tl.join(byte & 0xF, byte >> 4), [BR, NB, 32])
+    scols = pid_k * NB + tl.arange(0, NB)
+    sbyte = tl.load(scales_ptr + src[:, None] * (K // 32) + scols[None, :], mask=sel_ok[:, None], other=0).to(tl.int32)
+    nonfinite = sbyte == 255
+    e = sbyte - 127
+    idx = code & 7
+    qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
+    neg = (code & 8) != 0
+    _fp8_emit(qabs, neg, e, nonfinite, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr, count_ptr, count_ptr,
+              BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
+    e_fin = tl.where(nonfinite, -127, e)
+    G = tl.maximum(tl.max(e_fin, axis=1) - 13, -126)
+    deficient = (tl.max(qabs, axis=2) > 0) & (e_fin - G[:, None] < -15) & (~nonfinite)
+    qlo = tl.where(deficient[:, :, None], qabs, 0.0)
+    elo = tl.where(deficient, e, -127)
+    _fp8_emit(qlo, neg, elo, deficient & nonfinite, sel, pid_k, NSEL, K, lo_ptr, lo_gscale_ptr, count_ptr, count_ptr,
+              BR, False, HW_CVT, True, 0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -478,10 +546,14 @@ def fused_quantize(
     write_packed: bool = True,
     write_fp8: bool = True,
     tile: bool = False,
+    wide: bool = False,
+    row_flags: bool = False,
 ) -> dict:
     """Quantize a 2-D operand along K (dim `k_dim`) in one pass. Returns a dict of K-major outputs:
-    packed [R, K/2] uint8, scales [R, K/32] uint8, fp8 [R, K] float8_e4m3fn, gscale fp32 ([K/128, R],
-    or [R/128, K/128] with `tile`), deficient (int32 [1], blocks written as zero in the fp8 form).
+    packed [R, K/2] uint8, scales [R, K/32] uint8, fp8 [R, K] float8_e4m3fn (float8_e5m2 with `wide`),
+    gscale fp32 ([K/128, R], or [R/128, K/128] with `tile`), count (int32 [1]: deficient blocks, written
+    as zero in the fp8 form). With `row_flags` (needs write_fp8) deficient blocks are not counted but their
+    rows marked in row_flags (uint8 [R], 1 = the row holds one), for the GEMM's exact row recomputation.
 
     rounding "stochastic" draws its uniforms from `uniforms` (float32 [R, K], K-major) when given,
     else from Philox with `seed`."""
@@ -491,6 +563,8 @@ def fused_quantize(
     R = t.shape[1 - k_dim]
     if K % GROUP != 0:
         raise ValueError(f"the fused quantizer needs K % {GROUP} == 0, got K={K}")
+    if row_flags and not write_fp8:
+        raise ValueError("row_flags marks the rows the fp8 form cannot hold: it needs write_fp8=True")
     if tile and R % 128 != 0:
         raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
     hsize = hadamard_size or 0
@@ -511,6 +585,7 @@ def fused_quantize(
         fp8 = torch.empty(1, dtype=torch.uint8, device=dev)
         gscale = torch.empty(1, dtype=torch.float32, device=dev)
     count = _count_buffer(dev)
+    flags = torch.zeros(R, dtype=torch.uint8, device=dev) if row_flags else count
     if rounding == "nearest":
         mode = ROUND_NEAREST
     elif rounding == "stochastic":
@@ -533,7 +608,7 @@ def fused_quantize(
     strided_kernel = TUNING["strided_kernel"]
     if strided_kernel == "auto":
         strided_kernel = "trans" if hsize else "t"
-    if not k_contig and not tile and strided_kernel == "t":
+    if not k_contig and not tile and strided_kernel == "t" and not wide and not row_flags:
         br, warps = TUNING["strided_t"]
         _quantize_kernel_t[(triton.cdiv(R, br), K // GROUP)](
             t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
@@ -546,35 +621,37 @@ def fused_quantize(
             WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, IN_BF16=t.dtype == torch.bfloat16,
             HW_CVT=_hw_cvt(t), num_warps=warps,
         )
-        return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count)
+        return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, False, None)
     grid = (triton.cdiv(R, br), K // GROUP)
     _quantize_kernel[grid](
         t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
         signs if signs is not None else dummy, zero if zero is not None else dummy,
         uniforms if uniforms is not None else dummy,
-        packed, scales, fp8, gscale, count,
+        packed, scales, fp8, gscale, count, flags,
         R, K, int(seed) & 0x7FFFFFFF,
         BR=br, K_CONTIG=k_contig, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
         HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
         WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, TILE=tile,
         IN_BF16=t.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig" if k_contig or tile else "hv_strided"],
-        HW_CVT=_hw_cvt(t), num_warps=warps,
+        HW_CVT=_hw_cvt(t), WIDE=wide, ROWFLAG=1 if row_flags else 0, num_warps=warps,
     )
-    return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count)
+    return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)
 
 
-def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count) -> dict:
+def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags) -> dict:
     out = {"count": count}
     if write_packed:
         out["packed"], out["scales"] = packed, scales
     if write_fp8:
-        out["fp8"], out["gscale"] = fp8.view(torch.float8_e4m3fn), gscale
+        out["fp8"], out["gscale"] = fp8.view(fp8_dtype(wide)), gscale
+    if flags is not None:
+        out["row_flags"] = flags
     return out
 
 
 @torch.compiler.disable
-def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = False) -> dict:
-    """fp8 form of a saved K-major packed operand (packed [R, K/2], scales [R, K/32])."""
+def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = False, wide: bool = False) -> dict:
+    """fp8 form of a saved K-major packed operand (packed [R, K/2], scales [R, K/32]); e5m2 with `wide`."""
     R, K = packed.shape[0], packed.shape[1] * 2
     if K % GROUP != 0 or scales.shape != (R, K // 32):
         raise ValueError(f"re-encode needs K % {GROUP} == 0 and scales [R, K/32]; got {tuple(packed.shape)}, {tuple(scales.shape)}")
@@ -587,8 +664,27 @@ def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = F
     br, warps = TUNING["tile"] if tile else TUNING["reencode"]
     grid = (triton.cdiv(R, br), K // GROUP)
     _reencode_kernel[grid](packed.contiguous(), scales.contiguous(), fp8, gscale, count, R, K, BR=br, TILE=tile,
-                          HW_CVT=_hw_cvt(packed), num_warps=warps)
-    return {"fp8": fp8.view(torch.float8_e4m3fn), "gscale": gscale, "count": count}
+                          HW_CVT=_hw_cvt(packed), WIDE=wide, num_warps=warps)
+    return {"fp8": fp8.view(fp8_dtype(wide)), "gscale": gscale, "count": count}
+
+
+@torch.compiler.disable
+def fused_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> dict:
+    """The wide fp8 form of `rows` (int64 [n]) of a packed K-major operand in two exact parts (see
+    _row_split_kernel): hi / lo fp8 e5m2 [n, K] with gscale [K/128, n] each; blocks neither part holds
+    are added to `count`."""
+    R, K = packed.shape[0], packed.shape[1] * 2
+    n = rows.numel()
+    dev = packed.device
+    hi = torch.empty((n, K), dtype=torch.uint8, device=dev)
+    lo = torch.empty((n, K), dtype=torch.uint8, device=dev)
+    hi_gs = torch.empty((K // GROUP, n), dtype=torch.float32, device=dev)
+    lo_gs = torch.empty((K // GROUP, n), dtype=torch.float32, device=dev)
+    br, warps = TUNING["reencode"]
+    _row_split_kernel[(triton.cdiv(n, br), K // GROUP)](
+        packed, scales, rows, n, K, hi, hi_gs, lo, lo_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps)
+    e5 = fp8_dtype(True)
+    return {"hi": hi.view(e5), "hi_gscale": hi_gs, "lo": lo.view(e5), "lo_gscale": lo_gs}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -602,45 +698,60 @@ def block_exponents(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(nonfinite, torch.full_like(e, -127), e), nonfinite
 
 
-def group_exponents(scales: torch.Tensor, tile: bool = False) -> torch.Tensor:
+def group_exponents(scales: torch.Tensor, tile: bool = False, wide: bool = False) -> torch.Tensor:
     """G per 1x128 group ([R, K/128]) or per 128x128 tile ([R/128, K/128]) of a K-major operand."""
     e, _ = block_exponents(scales)
     R, nb = e.shape
     gmax = e.view(R, nb // 4, 4).amax(-1)
     if tile:
         gmax = gmax.view(R // 128, 128, nb // 4).amax(1)
-    return torch.clamp(gmax - 6, min=-126)
+    return torch.clamp(gmax - fp8_window(wide)[1], min=-126)
 
 
-def deficient_blocks(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False) -> torch.Tensor:
-    """bool [R, K/32]: nonzero finite blocks whose exponent sits more than 14 below the group maximum
-    (the blocks the fp8 form holds as zero)."""
+def deficient_blocks(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False, wide: bool = False) -> torch.Tensor:
+    """bool [R, K/32]: nonzero finite blocks whose exponent sits more than 14 (wide: 28) below the group
+    maximum (the blocks the fp8 form holds as zero)."""
     e, nonfinite = block_exponents(scales)
-    G = group_exponents(scales, tile)
+    G = group_exponents(scales, tile, wide)
     if tile:
         G = G.repeat_interleave(128, 0)
     G = G.repeat_interleave(4, 1)
     R = packed.shape[0]
     nonzero = ((packed & 0x77) != 0).view(R, -1, 16).any(-1)
-    return nonzero & ~nonfinite & ((e - G) < MIN_OFFSET)
+    return nonzero & ~nonfinite & ((e - G) < fp8_window(wide)[0])
 
 
-def reference_fp8(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 e4m3 [R, K] as uint8 bits, gscale fp32 like the kernels') computed in torch from packed MXFP4."""
+def reference_fp8(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False,
+                  wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 e4m3 (wide: e5m2) [R, K] as uint8 bits, gscale fp32 like the kernels') computed in torch from
+    packed MXFP4."""
     from ..mx.format import e2m1_values, unpack_nibbles
 
     R = packed.shape[0]
     codes = unpack_nibbles(packed)
     q = e2m1_values(codes).view(R, -1, 32)
     e, nonfinite = block_exponents(scales)
-    G = group_exponents(scales, tile)
+    G = group_exponents(scales, tile, wide)
     Gfull = (G.repeat_interleave(128, 0) if tile else G).repeat_interleave(4, 1)
-    o = (e - Gfull).clamp(MIN_OFFSET, MAX_OFFSET)
+    o = (e - Gfull).clamp(*fp8_window(wide))
     v = torch.ldexp(q, o.unsqueeze(-1).to(torch.float32))
-    bits = v.to(torch.float8_e4m3fn).view(torch.uint8)  # exact: v is representable
+    bits = v.to(fp8_dtype(wide)).view(torch.uint8)  # exact: v is representable
     bits = torch.where(v == 0, torch.zeros_like(bits), bits)  # -0 -> code 0
-    defi = deficient_blocks(packed, scales, tile)
+    defi = deficient_blocks(packed, scales, tile, wide)
     bits = torch.where(defi.unsqueeze(-1), torch.zeros_like(bits), bits)
     bits = torch.where(nonfinite.unsqueeze(-1), torch.full_like(bits, FP8_NAN_BITS), bits)
     gscale = torch.ldexp(torch.ones_like(G, dtype=torch.float32), G.to(torch.float32))
     return bits.view(R, -1), (gscale if tile else gscale.t().contiguous())
+
+
+def reference_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor) -> dict:
+    """torch restatement of fused_row_split (uint8 bits): hi = the wide fp8 form of the rows, lo = the
+    wide fp8 form of only their deficient blocks; beyond = blocks neither holds."""
+    p, sc = packed[rows], scales[rows]
+    hi, hi_gs = reference_fp8(p, sc, wide=True)
+    defi = deficient_blocks(p, sc, wide=True)
+    p_lo = torch.where(defi.repeat_interleave(16, 1), p, torch.zeros_like(p))
+    s_lo = torch.where(defi, sc, torch.zeros_like(sc))  # byte 0: exponent -127, holds nothing here
+    lo, lo_gs = reference_fp8(p_lo, s_lo, wide=True)
+    return {"hi": hi, "hi_gscale": hi_gs, "lo": lo, "lo_gscale": lo_gs,
+            "beyond": int(deficient_blocks(p_lo, s_lo, wide=True).sum())}

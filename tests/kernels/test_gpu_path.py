@@ -112,7 +112,7 @@ def test_deferred_check_gemm_skips_the_sync_and_reports_dropped_blocks():
         deferred.raise_if_deficient()
         assert torch.equal(out, sync_out)
         bad = a.float()
-        bad[3, :32] *= 2.0**22
+        bad[3, :32] *= 2.0**40  # beyond even the wide (e5m2) form of the left operand
         fast_and_reference(bad, b.float(), None)
         with pytest.raises(deferred.DeficientBlocksInStep):
             deferred.raise_if_deficient()
@@ -177,3 +177,86 @@ def test_linear_stochastic_rounding_runs_and_is_unbiased_in_the_mean():
     mean = torch.stack(grads).mean(0)
     exact = gy.float() @ w.float()
     assert rel(mean, exact) < rel(grads[0], exact)  # averaging SR draws gets closer to the true product
+
+
+def _planted_gaps(rows, gap, shape, dtype=torch.float32):
+    """Random [M, K] with, in the given rows, block 0 = +-2^gap alternating (its products with a constant
+    block of the other operand cancel exactly, so the small blocks carry the whole result)."""
+    t = torch.randn(*shape, device="cuda")
+    t[rows, :32] = torch.tensor([1.0, -1.0], device="cuda").repeat(16) * 2.0**gap
+    return t.to(dtype)
+
+
+def test_wide_left_operand_holds_gaps_up_to_28():
+    gemm.reset_stats()
+    a = _planted_gaps([3, 77], 26, (256, 512))
+    b = torch.randn(384, 512, device="cuda")
+    b[:, :32] = torch.randn(384, 1, device="cuda")
+    out, _, fa, ra, rb = fast_and_reference(a, b, None)
+    exact = ra.values.double() @ rb.values.double().t()
+    assert gemm.STATS["corrected_gemms"] == 0 and gemm.STATS["deficient_blocks"] == 0
+    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    assert err < 1e-4, err
+
+
+def test_fix_rows_in_the_deferred_step_is_exact_and_counts_overflow():
+    from adahop.kernels import deferred
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    b = torch.randn(384, 512, device="cuda")
+    b[:, :32] = torch.randn(384, 1, device="cuda")
+    a = _planted_gaps([3, 77, 200], 40, (1024, 512))
+    with forced_reference():
+        ra, _ = backend.quantize(a)
+        rb, _ = backend.quantize(b)
+    exact = ra.values.double() @ rb.values.double().t()
+    before = gemm.rows_fixed()
+    with deferred.deferred_check(dev):
+        fa, _ = backend.quantize(a)
+        fb, _ = backend.quantize(b)
+        out = backend.matmul(fa, fb, torch.bfloat16, fix_rows=True)
+        deferred.raise_if_deficient()  # nothing left out: the rows were recomputed
+    assert gemm.rows_fixed() - before == 3
+    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    assert err < 2**-8, err  # bf16 output, rounded once
+    many = _planted_gaps(list(range(0, 1024, 16)), 40, (1024, 512))  # 64 rows, room for 16
+    with deferred.deferred_check(dev):
+        fa, _ = backend.quantize(many)
+        backend.matmul(fa, backend.quantize(b)[0], torch.bfloat16, fix_rows=True)
+        with pytest.raises(deferred.DeficientBlocksInStep):
+            deferred.raise_if_deficient()
+    # the checked (per-GEMM) path with too many rows falls back to the exact correction
+    fa, _ = backend.quantize(many)
+    out = backend.matmul(fa, backend.quantize(b)[0], torch.float32, fix_rows=True)
+    with forced_reference():
+        rm, _ = backend.quantize(many)
+    exact = rm.values.double() @ rb.values.double().t()
+    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    assert err < 1e-4, err
+
+
+def test_linear_gradient_with_far_apart_blocks_matches_reference():
+    """The input gradient (the slot with row fixes) of a linear whose output gradient has rows with blocks
+    40 exponents apart: equal to the reference, in a deferred step that raises nothing."""
+    from adahop.kernels import deferred
+
+    torch.manual_seed(1)
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(384, 256, device="cuda") / 16
+    w[:32, :] = torch.randn(1, 256, device="cuda") / 16  # W rows 0..31 equal: g's block 0 cancels
+    w = w.to(torch.bfloat16)
+    gy = _planted_gaps([5, 300], 40, (512, 384), torch.bfloat16)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        mxfp4_linear(xx, w.clone().requires_grad_(), forward_y=NONE, backward_gx=NONE,
+                     backward_gw=FULL_PRECISION).backward(gy)  # g^T along tokens would hold the gaps too
+        return xx.grad
+
+    with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())):
+        gx = run()
+        deferred.raise_if_deficient()
+    with forced_reference():
+        gx_r = run()
+    for r in (5, 300, 0):
+        assert rel(gx[r], gx_r[r]) < 8e-3, (r, rel(gx[r], gx_r[r]))

@@ -36,7 +36,7 @@ def reference(t, *, k_dim=1, hadamard_size=None, signs=None, zero_rows=None, rou
     return q.packed_codes(), q.scale_bytes()
 
 
-def check_against_reference(t, *, uniforms_seed=None, tile=False, **kw):
+def check_against_reference(t, *, uniforms_seed=None, tile=False, wide=False, row_flags=False, **kw):
     """Run the kernel and the reference; compare every output bit for bit. Returns the kernel outputs."""
     rounding = kw.get("rounding", "nearest")
     gen = uniforms = None
@@ -47,13 +47,19 @@ def check_against_reference(t, *, uniforms_seed=None, tile=False, **kw):
         uniforms = torch.rand((R, K // 32, 32), generator=torch.Generator().manual_seed(uniforms_seed)).reshape(R, K)
     ref_packed, ref_scales = reference(t, generator=gen, **kw)
     dev_kw = {k: (v.to(DEV) if torch.is_tensor(v) else v) for k, v in kw.items()}
-    out = fused_quantize(t.to(DEV), uniforms=uniforms, tile=tile, **dev_kw)
+    out = fused_quantize(t.to(DEV), uniforms=uniforms, tile=tile, wide=wide, row_flags=row_flags, **dev_kw)
     assert torch.equal(out["scales"].cpu(), ref_scales), "E8M0 scales differ"
     assert torch.equal(out["packed"].cpu(), ref_packed), "packed E2M1 codes differ"
-    bits, gscale = reference_fp8(ref_packed, ref_scales, tile=tile)
+    bits, gscale = reference_fp8(ref_packed, ref_scales, tile=tile, wide=wide)
+    assert out["fp8"].dtype == (torch.float8_e5m2 if wide else torch.float8_e4m3fn)
     assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits), "fp8 re-encoding differs"
     assert torch.equal(out["gscale"].cpu(), gscale), "group scales differ"
-    assert int(out["count"].item()) == int(deficient_blocks(ref_packed, ref_scales, tile).sum())
+    defi = deficient_blocks(ref_packed, ref_scales, tile, wide)
+    if row_flags:
+        assert int(out["count"].item()) == 0, "flagged rows' blocks are not counted"
+        assert torch.equal(out["row_flags"].cpu().bool(), defi.any(1)), "row flags differ"
+    else:
+        assert int(out["count"].item()) == int(defi.sum())
     return out
 
 
@@ -245,3 +251,143 @@ def test_deferred_check_collects_counts_and_raises():
     with deferred.deferred_check(torch.device(DEV)):
         fused_quantize(torch.randn(32, 256, device=DEV), hadamard_size=32)
         deferred.raise_if_deficient()  # ordinary data: no block left out, no exception
+
+
+# ---- the wide (e5m2) fp8 form of left operands, row flags, the exact row split -------------------------
+
+
+def far_apart_rows(n_rows=48, K=256, seed=11):
+    """Random rows with one 32-block per row scaled up by 2^gap (gaps 10..40 cycling, sign mixed), so that
+    the other blocks of its 128-group sit `gap` exponents below it; plus zeros and a NaN block."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(n_rows, K, generator=g)
+    for r in range(n_rows):
+        gap = 10 + (r * 7) % 31
+        blk = (r * 5) % (K // 32)
+        t[r, blk * 32:(blk + 1) * 32] *= 2.0 ** gap * (-1) ** r
+    t[3] = 0.0
+    t[4, 40] = float("nan")
+    return t
+
+
+def block_gaps(scales):
+    """int [R, K/32]: group maximum exponent minus block exponent (independent of the kernels' code)."""
+    e = scales.to(torch.int64) - 127
+    e = torch.where(scales == 255, torch.full_like(e, -127), e)
+    gmax = e.view(e.shape[0], -1, 4).amax(-1).repeat_interleave(4, 1)
+    return gmax - e
+
+
+@pytest.mark.parametrize("k_dim", [1, 0])
+@pytest.mark.parametrize("hsize", [None, 32])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_wide_form_matches_reference(k_dim, hsize, rounding):
+    t = far_apart_rows().to(torch.bfloat16)
+    tt = t if k_dim == 1 else t.t().contiguous()
+    check_against_reference(tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms_seed=5, wide=True)
+    check_against_reference(tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms_seed=5, wide=True,
+                            row_flags=True)
+
+
+def test_wide_form_holds_gaps_up_to_28_exactly():
+    """Dequantized e5m2 form == the MXFP4 values wherever the block's gap is <= 28; zero beyond."""
+    t = far_apart_rows()
+    out = fused_quantize(t.to(DEV), hadamard_size=None, wide=True)
+    op = FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"])
+    mx = op.dequantize().cpu()
+    f8 = op.fp8_dequantize().cpu()
+    nonzero = (mx.view(mx.shape[0], -1, 32) != 0).any(-1) | torch.isnan(mx.view(mx.shape[0], -1, 32)).any(-1)
+    gaps = block_gaps(out["scales"].cpu())
+    beyond = (gaps > 28) & nonzero & (out["scales"].cpu() != 255)
+    assert beyond.any() and ((gaps > 14) & (gaps <= 28) & nonzero).any()  # both kinds are present
+    lost = beyond.repeat_interleave(32, 1)
+    assert torch.equal(torch.where(lost, 0.0, mx).nan_to_num(), f8.nan_to_num())
+    assert int(out["count"].item()) == int(beyond.sum())
+    assert torch.isnan(f8[4]).any()  # the NaN block stays NaN
+
+
+def test_reencode_kernel_wide():
+    t = torch.cat([far_apart_rows(), adversarial_rows()])
+    ref_packed, ref_scales = reference(t, hadamard_size=None)
+    out = fused_reencode(ref_packed.to(DEV), ref_scales.to(DEV), wide=True)
+    bits, gscale = reference_fp8(ref_packed, ref_scales, wide=True)
+    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits)
+    assert torch.equal(out["gscale"].cpu(), gscale)
+    assert int(out["count"].item()) == int(deficient_blocks(ref_packed, ref_scales, wide=True).sum()) > 0
+
+
+def test_row_split_is_exact_and_matches_reference():
+    from adahop.kernels.quantize import fused_row_split, reference_row_split
+
+    t = far_apart_rows()
+    t[7, :128] = torch.randn(128)  # row 7's first group: blocks at 2^0, 2^30, 2^60, 2^0: block 0 and 3
+    t[7, 32:64] *= 2.0 ** 30        # lie 30 below the lo part's own maximum (block 1): beyond both parts
+    t[7, 64:96] *= 2.0 ** 60
+    ref_packed, ref_scales = reference(t, hadamard_size=None)
+    rows = torch.tensor([0, 7, 20, 21, 35, 0], dtype=torch.int64)  # a repeat, like the padded slots
+    count = torch.zeros(1, dtype=torch.int32, device=DEV)
+    out = fused_row_split(ref_packed.to(DEV), ref_scales.to(DEV), rows.to(DEV), count)
+    ref = reference_row_split(ref_packed, ref_scales, rows)
+    for k in ("hi", "lo"):
+        assert torch.equal(out[k].view(torch.uint8).cpu(), ref[k]), k
+        assert torch.equal(out[f"{k}_gscale"].cpu(), ref[f"{k}_gscale"]), k
+    assert int(count.item()) == ref["beyond"]
+    # independent check: hi + lo dequantized == the MXFP4 values of the rows, except blocks counted beyond
+    mx = dequantize_mxfp4(ref_packed[rows], ref_scales[rows], axis=-1, dtype=torch.float32).double()
+
+    def deq(bits, gs):
+        return bits.view(torch.float8_e5m2).double() * gs.t().double().repeat_interleave(128, 1)
+
+    both = deq(ref["hi"], ref["hi_gscale"]) + deq(ref["lo"], ref["lo_gscale"])
+    assert ref["lo"].any() and not torch.equal(deq(ref["hi"], ref["hi_gscale"]), mx)
+    diff = (both != mx).view(len(rows), -1, 32).any(-1).sum()
+    assert int(diff) == ref["beyond"] > 0
+
+
+def _fast_pair(a_t, b_t, **a_kw):
+    a = fused_quantize(a_t.to(DEV), hadamard_size=None, wide=True, **a_kw)
+    b = fused_quantize(b_t.to(DEV), hadamard_size=None)
+    fa = FastOperand(a["fp8"], a["gscale"], a["count"], a.get("packed"), a.get("scales"), row_flags=a.get("row_flags"))
+    fb = FastOperand(b["fp8"], b["gscale"], b["count"], b["packed"], b["scales"])
+    return fa, fb
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_fix_rows_makes_the_gemm_exact(out_dtype):
+    from adahop.kernels.gemm import _fix_rows, _scaled_mm
+
+    g = torch.Generator().manual_seed(9)
+    a_t = torch.randn(64, 256, generator=g)
+    alternating = torch.tensor([1.0, -1.0]).repeat(16)
+    for r, gap in ((2, 31), (9, 40), (30, 50)):
+        # block 0 of these rows: +-2^gap, which cancels exactly against B's constant block 0, so the rows'
+        # products are the small blocks alone; these lie beyond the wide form's 28 and the fp8 GEMM drops them
+        a_t[r, 0:32] = alternating * 2.0 ** gap
+    b_t = torch.randn(96, 256, generator=g)
+    b_t[:, 0:32] = torch.randn(96, 1, generator=g)
+    fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
+    assert fa.row_flags.cpu().nonzero().squeeze(1).tolist() == [2, 9, 30] and int(fa.count.item()) == 0
+    exact = fa.dequantize().double() @ fb.dequantize().double().t()
+    out = _scaled_mm(fa, fb, out_dtype)
+    bad = (out.double() - exact).abs().amax(1) / exact.abs().amax(1)
+    assert (bad[[2, 9, 30]] > 0.5).all()  # without the fix those rows lose everything but a zero
+    _fix_rows(fa, fb, out)
+    tol = 1e-6 if out_dtype == torch.float32 else 2 ** -8
+    err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
+    assert err.max() < tol, err.max()
+    assert int(fa.count.item()) == 0
+
+
+def test_fix_rows_beyond_capacity_are_counted():
+    from adahop.kernels import gemm
+
+    g = torch.Generator().manual_seed(10)
+    a_t = torch.randn(64, 256, generator=g)
+    a_t[:20, 0:32] *= 2.0 ** 35  # 20 flagged rows, room for ROW_FIX_MIN = 16 (M = 64)
+    fa, fb = _fast_pair(a_t, torch.randn(32, 256, generator=g), write_packed=True, row_flags=True)
+    cap = gemm.row_fix_capacity(64)
+    out = gemm._scaled_mm(fa, fb, torch.float32)
+    before = gemm.rows_fixed()
+    gemm._fix_rows(fa, fb, out)
+    assert int(fa.count.item()) == 20 - cap > 0  # the step would be redone exactly
+    assert gemm.rows_fixed() - before == 20
