@@ -118,8 +118,10 @@ def validate_same_batches(validator) -> None:
 
 
 # after a step had to be redone, that many steps run on the exact per-GEMM path before deferring again
-# (where deficient blocks have started to appear, a redo per step would double the cost)
-REDO_BACKOFF_STEPS = 100
+# (a burst of redos would double the cost). Short: since the input gradient's far-apart rows are fixed in
+# the GEMM itself, a redo is rare (1 in 400 steps on the 100M model, docs/kernels.md) and the per-GEMM
+# path costs about 2x per step, so a long backoff cost more than the redos it saved.
+REDO_BACKOFF_STEPS = 10
 
 
 def _rng_state(device) -> tuple:

@@ -8,6 +8,10 @@ so C equals the reference float32 GEMM of the dequantized operands up to fp32 ac
 Deficient blocks (written as zero in fp8, counted by the kernels) are added back exactly:
 A B^T = A8 B8^T + Ar B^T + A8 Br^T, with Ar / Br the deficient parts and A8 = A - Ar, B8 = B - Br,
 computed in float32 on the few rows and 32-column blocks involved.
+
+Left operands come in the wide form (e5m2, exact for gaps up to 28). Where the left operand carries row
+flags (the input-gradient GEMM), the flagged rows are recomputed exactly in the GEMM itself, with no host
+sync (`_fix_rows`); only what does not fit its fixed row slots reaches the counts above.
 """
 
 from __future__ import annotations

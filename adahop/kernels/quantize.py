@@ -20,6 +20,11 @@ element is exact for gaps E - e_b <= 14. A nonzero finite block with o < -8 is "
 writes zeros for it in the fp8 form, counts it, and the GEMM adds its exact contribution separately
 (adahop.kernels.gemm). A block with NaN/Inf is written as e4m3 NaN, so the GEMM output is NaN where the
 reference's is.
+
+A GEMM's left operand takes the wide form, fp8 e5m2 with G = max(E - 13, -126): exact for gaps up to 28
+(cuBLAS accepts e5m2 on one side). With row flags, rows still holding a block beyond that are marked instead
+of counted, and `fused_row_split` writes such rows as two exact e5m2 parts (hi + lo) for the GEMM's exact
+recomputation of those rows (docs/kernels.md).
 """
 
 from __future__ import annotations

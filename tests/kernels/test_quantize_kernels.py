@@ -372,7 +372,9 @@ def test_fix_rows_makes_the_gemm_exact(out_dtype):
     bad = (out.double() - exact).abs().amax(1) / exact.abs().amax(1)
     assert (bad[[2, 9, 30]] > 0.5).all()  # without the fix those rows lose everything but a zero
     _fix_rows(fa, fb, out)
-    tol = 1e-6 if out_dtype == torch.float32 else 2 ** -8
+    # float32 out: the interpreter's float32 GEMM, or cuBLAS's fp8 accumulation on the GPU (see
+    # tests/kernels/test_gpu_path.py: not a full fp32 accumulator inside 128-long chunks)
+    tol = (1e-4 if DEV == "cuda" else 1e-6) if out_dtype == torch.float32 else 2 ** -8
     err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
     assert err.max() < tol, err.max()
     assert int(fa.count.item()) == 0
