@@ -26,6 +26,7 @@ AdaHOP plan summaries, a loss-curve plot (PNG next to the report) and the exact 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -50,6 +51,42 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf).*?tps:\s*([\d,]+)")
 VAL = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 PLAN = re.compile(r"\[adahop\] plan \((calibration|[a-z_]+)\): (.*)$", re.M)
+
+
+def _dataset_path(config: str, extra: list[str]) -> Path | None:
+    """The training text the runs read: --training.dataset_path, else the config's, else None (embedded)."""
+    for i, a in enumerate(extra):
+        if a == "--training.dataset_path" and i + 1 < len(extra):
+            return Path(extra[i + 1])
+        if a.startswith("--training.dataset_path="):
+            return Path(a.split("=", 1)[1])
+    import tomllib
+
+    with open(REPO / config if not Path(config).is_absolute() else config, "rb") as f:
+        path = tomllib.load(f).get("training", {}).get("dataset_path")
+    return Path(path) if path else None
+
+
+def _sha256(path: Path) -> str:
+    """Of the content (a .gz file's text, so that another gzip build of the same corpus matches)."""
+    import gzip
+
+    h = hashlib.sha256()
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def signature(config: str, recipe: str, extra: list[str]) -> dict:
+    """What makes two runs of a recipe the same experiment: the config's text, the recipe's overrides, the
+    extra overrides and the training data. Stored in done.json; a finished run with another one is refused."""
+    cfg = REPO / config if not Path(config).is_absolute() else Path(config)
+    data = _dataset_path(config, extra)
+    if data is not None and not data.is_absolute():
+        data = REPO / data
+    return {"config": config, "config_sha256": _sha256(cfg), "recipe": RECIPES[recipe], "extra": list(extra),
+            "data_sha256": _sha256(data) if data is not None and data.is_file() else "embedded"}
 
 
 def command(config: str, recipe: str, out: Path, extra: list[str]) -> list[str]:
@@ -83,16 +120,41 @@ def launch(config: str, recipe: str, out: Path, extra: list[str], gpu: str | Non
                                 env=env)
 
 
-def finish(recipe: str, out: Path, returncode: int) -> dict | None:
+def finish(recipe: str, out: Path, returncode: int, meta: dict | None = None) -> dict | None:
     run_dir = out / recipe
     result = parse((run_dir / "train.log").read_text(errors="replace"))
     if returncode != 0 or not result["train"]:
         print(f"[quality] {recipe}: exit {returncode}, see {run_dir / 'train.log'}", file=sys.stderr)
         return None
+    result["meta"] = meta or {}
     tmp = run_dir / "done.json.tmp"
     tmp.write_text(json.dumps(result))
     os.replace(tmp, run_dir / "done.json")
     return result
+
+
+class StaleResult(ValueError):
+    """A finished recipe's done.json was made by another experiment (config, overrides or data)."""
+
+
+def load_done(config: str, recipe: str, out: Path, extra: list[str]) -> dict | None:
+    done = out / recipe / "done.json"
+    if not done.is_file():
+        return None
+    result = json.loads(done.read_text())
+    stored = result.get("meta", {}).get("signature")
+    now = signature(config, recipe, extra)
+    if stored != now:
+        differs = sorted(k for k in now if stored is None or stored.get(k) != now[k])
+        raise StaleResult(f"{done} was written by another experiment (differs in: {', '.join(differs)}); "
+                          f"move it away to run {recipe} again, or use another --out")
+    return result
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
 
 
 def run_all(config: str, recipes: list[str], out: Path, extra: list[str], slots: list[str | None]) -> dict[str, dict]:
@@ -100,9 +162,9 @@ def run_all(config: str, recipes: list[str], out: Path, extra: list[str], slots:
     value its runs get (None: not pinned)."""
     results, todo, running = {}, [], {}
     for r in recipes:
-        done = out / r / "done.json"
-        if done.is_file():
-            results[r] = json.loads(done.read_text())
+        done = load_done(config, r, out, extra)  # every stored result checked before anything trains
+        if done is not None:
+            results[r] = done
         else:
             todo.append(r)
     free = list(slots)
@@ -110,13 +172,16 @@ def run_all(config: str, recipes: list[str], out: Path, extra: list[str], slots:
         while todo and free:
             r, slot = todo.pop(0), free.pop(0)
             print(f"[quality] start {r}" + (f" on GPU {slot}" if slot is not None else ""), file=sys.stderr)
-            running[r] = (launch(config, r, out, extra, slot), slot)
+            running[r] = (launch(config, r, out, extra, slot), slot, time.time())
         time.sleep(2)
-        for r, (proc, slot) in list(running.items()):
+        for r, (proc, slot, t0) in list(running.items()):
             if proc.poll() is not None:
                 del running[r]
                 free.append(slot)
-                res = finish(r, out, proc.returncode)
+                meta = {"signature": signature(config, r, extra), "device": _device_name(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": round(time.time() - t0),
+                        "command": " ".join(["python", *command(config, r, out, extra)[1:]])}
+                res = finish(r, out, proc.returncode, meta)
                 if res is not None:
                     results[r] = res
                     print(f"[quality] done {r}", file=sys.stderr)
@@ -127,7 +192,8 @@ def _last(d: dict):
     return d[max(d, key=int)] if d else math.nan
 
 
-def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str) -> None:
+def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str,
+                 pending: list[str] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,16 +217,24 @@ def write_report(path: Path, results: dict[str, dict], commands: dict[str, str],
     base = _last(results["bf16"]["validation"]) if "bf16" in results else math.nan
     lines = [
         "# Quality: BF16 vs MXFP4 recipes on real text", "",
-        f"Device: {device}. Written by `scripts/quality_experiment.py` on {time.strftime('%Y-%m-%d')}.", "",
-        "| recipe | steps | final train loss | final val loss | val perplexity | val gap to BF16 | tokens/s (last log) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"Written by `scripts/quality_experiment.py` on {time.strftime('%Y-%m-%d')} from the finished recipes "
+        f"(this machine: {device}; each run's own device and date are in the table).", "",
+        "| recipe | steps | final train loss | final val loss | val perplexity | val gap to BF16 | best val loss (step) "
+        "| tokens/s (last log) | device, date |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r, res in results.items():
         v = _last(res["validation"])
         gap = f"{100 * (v / base - 1):+.2f}%" if base == base and v == v else "-"
         steps = max((int(s) for s in res["train"]), default=0)
+        finite = {int(s): x for s, x in res["validation"].items() if x == x}
+        best = f"{min(finite.values()):.4f} ({min(finite, key=finite.get)})" if finite else "-"
+        meta = res.get("meta", {})
         lines.append(f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} | {math.exp(v) if v == v else math.nan:.2f} | "
-                     f"{gap} | {_last(res['tps']) if res['tps'] else '-'} |")
+                     f"{gap} | {best} | {_last(res['tps']) if res['tps'] else '-'} | "
+                     f"{meta.get('device', '?')}, {meta.get('date', '?')} |")
+    if pending:
+        lines += ["", f"Not finished yet: {', '.join(pending)}."]
     lines += ["", f"![loss curves]({png.name})", "", "## AdaHOP plans", ""]
     lines += [f"- {r}: {res['plan']}" for r, res in results.items() if res.get("plan")]
     lines += ["", "## Commands", ""] + [f"- {r}: `{c}`" for r, c in commands.items()] + [""]
@@ -202,18 +276,24 @@ def main(argv: list[str] | None = None) -> int:
         slots = [g for _ in range(args.parallel) for g in gpus]  # spread over the GPUs first
     else:
         slots = [None] * args.parallel
+    requested = list(args.recipes)
     if args.report_only:
         slots = []  # nothing is started; finished recipes are read
         args.recipes = [r for r in args.recipes if (out / r / "done.json").is_file()]
-    results = run_all(args.config, args.recipes, out, extra, slots)
+    try:
+        results = run_all(args.config, args.recipes, out, extra, slots)
+    except StaleResult as e:
+        print(f"[quality] {e}", file=sys.stderr)
+        return 2
     if not results:
         print("[quality] no recipe finished", file=sys.stderr)
         return 1
     import torch
 
     device = args.device or (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
-    commands = {r: " ".join(["python", *command(args.config, r, out, extra)[1:]]) for r in results}
-    write_report(Path(args.report), results, commands, device)
+    commands = {r: res.get("meta", {}).get("command") or " ".join(["python", *command(args.config, r, out, extra)[1:]])
+                for r, res in results.items()}
+    write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results])
     print(f"[quality] report: {args.report}")
     return 0 if len(results) == len(args.recipes) else 1
 

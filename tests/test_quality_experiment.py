@@ -39,6 +39,14 @@ def test_two_recipes_report_and_resume(tmp_path):
                        cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| bf16 | 4 |" in again.read_text() and not (runs / "mxfp4").exists()
+    assert "Not finished yet: mxfp4." in again.read_text()
+    meta = done["meta"]
+    assert meta["device"] == "CPU" and meta["signature"]["recipe"] == [] and meta["command"].startswith("python -m")
+    # a stored result of another experiment (here: other overrides) is refused before anything trains
+    r = subprocess.run([*cmd[:-len(SMALL)], *SMALL[:-2], "--metrics.log_freq", "2"], cwd=REPO, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "written by another experiment (differs in: extra)" in r.stderr, r.stderr[-2000:]
+    assert (runs / "bf16" / "train.log").stat().st_mtime == mtime
 
 
 def test_bad_gpus_refused_before_training(tmp_path):
