@@ -193,7 +193,7 @@ def _last(d: dict):
 
 
 def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str,
-                 pending: list[str] = ()) -> None:
+                 pending: list[str] = (), notes: Path | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,6 +238,8 @@ def write_report(path: Path, results: dict[str, dict], commands: dict[str, str],
     lines += ["", f"![loss curves]({png.name})", "", "## AdaHOP plans", ""]
     lines += [f"- {r}: {res['plan']}" for r, res in results.items() if res.get("plan")]
     lines += ["", "## Commands", ""] + [f"- {r}: `{c}`" for r, c in commands.items()] + [""]
+    if notes is not None and notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
@@ -252,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", default="", help="e.g. 0,1: pin runs to these GPUs, --parallel runs on each")
     p.add_argument("--report", default="docs/quality.md")
     p.add_argument("--device", default=None, help="device description for the report (default: detected)")
+    p.add_argument("--notes", default="docs/quality/notes.md",
+                   help="markdown appended to the report as it is (what the runs showed; skipped if missing)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the recipes that have a done.json")
     args, extra = p.parse_known_args(argv)
@@ -293,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
     commands = {r: res.get("meta", {}).get("command") or " ".join(["python", *command(args.config, r, out, extra)[1:]])
                 for r, res in results.items()}
-    write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results])
+    write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results],
+                 Path(args.notes) if args.notes else None)
     print(f"[quality] report: {args.report}")
     return 0 if len(results) == len(args.recipes) else 1
 
