@@ -14,12 +14,14 @@ held-out books, speeches and doc pages are validation only) and writes
 Examples:
     # the corpus + tokenizer shipped in adahop/data/assets (what the repo contains)
     python scripts/build_corpus.py --embedded --train-tokenizer
-    # everything available, with token counts from the shipped tokenizer
+    # the full corpus: every permissively licensed source (~40M tokens), with token
+    # counts from the shipped tokenizer
     python scripts/build_corpus.py --out /data/adahop_full \\
         --tokenizer adahop/data/assets/tokenizer
-    # add the (GPL-2.0) Linux kernel docs, cap training text at 50 MB
-    python scripts/build_corpus.py --out /data/big --max-mb 50 \\
-        --sources gutenberg,sotu,python_docs,linux_docs,wikipedia
+    # the sources, their packages and licences
+    python scripts/build_corpus.py --list-sources
+    # add the (GPL-2.0, opt-in) Linux kernel docs, cap training text at 50 MB
+    python scripts/build_corpus.py --out /data/big --max-mb 50 --sources +linux_docs
 
 Needs network access to the registries (npm, pip, apt-get on the PATH; run
 `apt-get update` once for the Debian sources). Training itself never needs network.
@@ -121,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sources", default=None,
                    help="comma-separated source names (see --list-sources; default: all "
                         "permissively licensed ones; with --embedded: "
-                        + ",".join(EMBEDDED_SOURCES) + ")")
+                        + ",".join(EMBEDDED_SOURCES) + "); +a,b adds a,b to the default")
     p.add_argument("--list-sources", action="store_true",
                    help="print every source with its package and licence, and exit")
     p.add_argument("--max-mb", type=float, default=None,
@@ -153,8 +155,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out is None:
         p.error("--out is required (or use --embedded)")
     args.val_mb = 1.0 if args.val_mb is None else args.val_mb
+    base = ",".join(EMBEDDED_SOURCES if args.embedded else DEFAULT_SOURCES)
     if args.sources is None:
-        args.sources = ",".join(EMBEDDED_SOURCES if args.embedded else DEFAULT_SOURCES)
+        args.sources = base
+    elif args.sources.startswith("+"):  # "+linux_docs": the default set and more
+        args.sources = base + "," + args.sources[1:]
     args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = [s for s in args.sources if s not in SOURCES]
     if unknown:

@@ -615,6 +615,8 @@ def test_default_sources_are_permissive_and_copyleft_is_opt_in():
     assert embedded == ["gutenberg", "sotu", "python_docs", "wikipedia"]
     assert set(embedded) < set(full) and len(full) >= 20
     assert "linux_docs" not in full and not SOURCES["linux_docs"].default
+    assert bc.parse_args(["--out", "/tmp/x", "--sources", "+linux_docs"]).sources == (
+        full + ["linux_docs"])
     for name in full:
         licence = SOURCES[name].licence
         if name == "wikipedia":  # CC BY-SA, but validation only: never trained on
