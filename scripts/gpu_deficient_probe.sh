@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Where does the fp8 form of MXFP4 lose blocks in real training? (device call; carry .whl and .corpus)
+# Where does the fp8 form of MXFP4 lose blocks in real training? (device call; carry .whl)
 #   bash scripts/gpu_deficient_probe.sh [STEPS]
 # 1. probes which fp8 dtype pairs cuBLAS's blockwise (1x128) scaled GEMM accepts through torch._scaled_mm;
-# 2. trains the quality model (configs/quality_100m.toml, full corpus) with uniform Hadamard and with plain
+# 2. trains the quality model (configs/quality_100m.toml, data/quality_corpus) with uniform Hadamard and with plain
 #    MXFP4 for STEPS steps (default 250) side by side, every GEMM checked (ADAHOP_SYNC_EVERY_GEMM=1), and
 #    writes per slot and side the deficient blocks, the 128x128 tiles holding them and their exponent gaps
 #    (adahop.kernels.gemm.DEFICIENT_BY_TAG) to $OUT/deficient_<recipe>.0.json, logs to $OUT.
@@ -33,7 +33,7 @@ for r in hadamard mxfp4; do
   esac
   ADAHOP_SYNC_EVERY_GEMM=1 ADAHOP_DEFICIENT_REPORT="$OUT/deficient_$r" python3 -m adahop.train \
     --job.config_file configs/quality_100m.toml --job.dump_folder "/tmp/probe/$r" --metrics.disable_color_printing \
-    --training.dataset_path .corpus/train.jsonl.gz --training.steps "$STEPS" --checkpoint.no-enable \
+    --training.steps "$STEPS" --checkpoint.no-enable \
     --validation.no-enable --metrics.log_freq 25 $flags > "$OUT/train_$r.log" 2>&1 &
 done
 wait

@@ -8,9 +8,13 @@
 # The machine is held only while calls follow each other (it goes back after 30 s idle), so call `wait`
 # again at once after each return. Every call leaves in $OUT: status.txt and results.tar.gz (done.json and
 # the log of each recipe); commit the done.json files as docs/quality/runs/<recipe>.json so that a later
-# session starts only the recipes still missing. Needs the full corpus carried as .corpus/ (build it with
-# `python scripts/build_corpus.py --out .corpus --tokenizer adahop/data/assets/tokenizer`) and .whl.
-# Environment: PER_GPU (recipes at once on each GPU, default 2), EXTRA (more overrides for every run).
+# session starts only the recipes still missing (a stored result of another experiment is refused). The
+# training text is the committed data/quality_corpus (configs/quality_100m.toml); carry .whl. Checkpoints are
+# off on the device (the machine is bare at every lease, and a checkpoint cannot travel back): a recipe
+# must finish within one lease. Environment: PER_GPU (recipes at once on each GPU, default 2), EXTRA (more
+# overrides for every run; they become part of each result's signature).
+# One GPU, 30 minutes of device time: `PER_GPU=4 ... start bf16 adahop hadamard mxfp4` (~20 min with three
+# MXFP4 runs at ~85-100k tokens/s each), then `... start rht adahop_sr float8` in another session.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
@@ -33,7 +37,7 @@ snapshot() {
 case "${1:-}" in
   start)
     shift
-    [ -f .corpus/train.jsonl.gz ] || { echo "no .corpus/train.jsonl.gz: build and carry the full corpus" >&2; exit 2; }
+    [ -f data/quality_corpus/train.jsonl.gz ] || { echo "no data/quality_corpus/train.jsonl.gz" >&2; exit 2; }
     mkdir -p "$RUN"
     for f in docs/quality/runs/*.json; do  # recipes finished in earlier sessions
       [ -f "$f" ] || continue; r=$(basename "$f" .json); mkdir -p "$RUN/$r"; cp "$f" "$RUN/$r/done.json"
@@ -44,7 +48,7 @@ case "${1:-}" in
     echo "GPUs $GPUS, ${PER_GPU:-2} per GPU, recipes ${recipes[*]}" | tee "$RUN/driver.log"
     setsid nohup python3 scripts/quality_experiment.py --recipes "${recipes[@]}" --gpus "$GPUS" \
       --parallel "${PER_GPU:-2}" --out "$RUN" --report "$RUN/quality.md" \
-      --training.dataset_path .corpus/train.jsonl.gz ${EXTRA:-} >> "$RUN/driver.log" 2>&1 < /dev/null &
+      --checkpoint.no-enable ${EXTRA:-} >> "$RUN/driver.log" 2>&1 < /dev/null &
     sleep 60; snapshot ;;
   wait)
     end=$(( $(date +%s) + ${2:-540} ))
@@ -52,7 +56,7 @@ case "${1:-}" in
     snapshot ;;
   collect)
     python3 scripts/quality_experiment.py --report-only --out "$RUN" --report "$RUN/quality.md" \
-      --training.dataset_path .corpus/train.jsonl.gz ${EXTRA:-} >> "$RUN/driver.log" 2>&1
+      --checkpoint.no-enable ${EXTRA:-} >> "$RUN/driver.log" 2>&1
     snapshot ;;
   *) echo "usage: bash scripts/gpu_quality.sh start [RECIPES...] | wait SECONDS | collect" >&2; exit 2 ;;
 esac

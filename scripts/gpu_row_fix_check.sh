@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One device call (carry .whl and .corpus) checking the wide fp8 form of left operands and the exact row
+# One device call (carry .whl) checking the wide fp8 form of left operands and the exact row
 # recomputation of the input-gradient GEMM (docs/kernels.md) in real training:
 #   1. tests/kernels on the GPU;
-#   2. the quality model (configs/quality_100m.toml, full corpus) under adahop, hadamard and plain MXFP4
+#   2. the quality model (configs/quality_100m.toml, data/quality_corpus) under adahop, hadamard and plain MXFP4
 #      side by side for STEPS steps (default 400) on the deferred (as trained) path: tokens/s, redone
 #      steps, rows recomputed and blocks still left out ($OUT/deficient_<recipe>.0.json);
 #   3. the 8B up/gate + down linear benchmark in hadamard mode.
@@ -19,7 +19,7 @@ for r in adahop hadamard mxfp4; do
   esac
   ADAHOP_DEFICIENT_REPORT="$OUT/deficient_$r" python3 -m adahop.train \
     --job.config_file configs/quality_100m.toml --job.dump_folder "/tmp/rowfix/$r" --metrics.disable_color_printing \
-    --training.dataset_path .corpus/train.jsonl.gz --training.steps "$STEPS" --checkpoint.no-enable \
+    --training.steps "$STEPS" --checkpoint.no-enable \
     --validation.freq 200 --metrics.log_freq 25 $flags > "$OUT/train_$r.log" 2>&1 &
 done
 wait

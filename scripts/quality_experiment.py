@@ -192,8 +192,8 @@ def _last(d: dict):
     return d[max(d, key=int)] if d else math.nan
 
 
-def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str,
-                 pending: list[str] = (), notes: Path | None = None) -> None:
+def _plot(results: dict[str, dict], png: Path) -> None:
+    """Training and validation loss curves of every finished recipe."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,9 +211,15 @@ def write_report(path: Path, results: dict[str, dict], commands: dict[str, str],
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    png = path.with_suffix(".png")
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str,
+                 pending: list[str] = (), notes: Path | None = None) -> None:
+    png = path.with_suffix(".png")
+    if results:
+        _plot(results, png)
     base = _last(results["bf16"]["validation"]) if "bf16" in results else math.nan
     lines = [
         "# Quality: BF16 vs MXFP4 recipes on real text", "",
@@ -235,7 +241,7 @@ def write_report(path: Path, results: dict[str, dict], commands: dict[str, str],
                      f"{meta.get('device', '?')}, {meta.get('date', '?')} |")
     if pending:
         lines += ["", f"Not finished yet: {', '.join(pending)}."]
-    lines += ["", f"![loss curves]({png.name})", "", "## AdaHOP plans", ""]
+    lines += (["", f"![loss curves]({png.name})"] if results else []) + ["", "## AdaHOP plans", ""]
     lines += [f"- {r}: {res['plan']}" for r, res in results.items() if res.get("plan")]
     lines += ["", "## Commands", ""] + [f"- {r}: `{c}`" for r, c in commands.items()] + [""]
     if notes is not None and notes.is_file():
@@ -259,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the recipes that have a done.json")
     args, extra = p.parse_known_args(argv)
+    requested = list(args.recipes)
     if "float8" in args.recipes:
         import torch
 
@@ -280,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         slots = [g for _ in range(args.parallel) for g in gpus]  # spread over the GPUs first
     else:
         slots = [None] * args.parallel
-    requested = list(args.recipes)
     if args.report_only:
         slots = []  # nothing is started; finished recipes are read
         args.recipes = [r for r in args.recipes if (out / r / "done.json").is_file()]
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     except StaleResult as e:
         print(f"[quality] {e}", file=sys.stderr)
         return 2
-    if not results:
+    if not results and not args.report_only:
         print("[quality] no recipe finished", file=sys.stderr)
         return 1
     import torch
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r, res in results.items()}
     write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results],
                  Path(args.notes) if args.notes else None)
-    print(f"[quality] report: {args.report}")
+    print(f"[quality] report: {args.report}" + ("" if results else " (no recipe finished yet)"))
     return 0 if len(results) == len(args.recipes) else 1
 
 
