@@ -40,6 +40,7 @@ def reset_stats() -> None:
     for k in STATS:
         STATS[k] = 0
     DEFICIENT_BY_TAG.clear()
+    _ROWS_FIXED.clear()
 
 
 def _record(tag: str, side: str, op: "FastOperand", mask: Optional[torch.Tensor]) -> None:
@@ -124,9 +125,9 @@ class FastOperand:
 
     def fp8_dequantize(self) -> torch.Tensor:
         """float32 values the fp8 form holds (deficient blocks as zero)."""
-        R, K = self.fp8.shape
-        s = self.gscale.repeat_interleave(128, 0) if self.tile else self.gscale.t()  # [R, K/128]
-        return self.fp8.to(torch.float32) * s.repeat_interleave(128, 1)
+        if not self.tile:
+            return _dequantize_part(self.fp8, self.gscale)
+        return self.fp8.to(torch.float32) * self.gscale.repeat_interleave(128, 0).repeat_interleave(128, 1)
 
 
 def _scaled_mm(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
@@ -156,7 +157,9 @@ _ROWS_FIXED: dict = {}  # device -> int64 [1]: rows flagged for recomputation, s
 
 
 def row_fix_capacity(m: int) -> int:
-    return min(m, max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR))
+    """Row slots of an [m, K] left operand: a multiple of 16 (cuBLAS-friendly GEMM shapes), at most m."""
+    want = max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR)
+    return min(m, -(-want // 16) * 16)
 
 
 def rows_fixed() -> int:
@@ -172,6 +175,8 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
 
     m = a.fp8.shape[0]
     cap = row_fix_capacity(m)
+    if cap == 0:  # an empty operand (e.g. an MoE expert that got no tokens)
+        return
     flags = a.row_flags
     rows = torch.nonzero_static(flags, size=cap, fill_value=0).squeeze(1)
     n = flags.sum(dtype=torch.int64)
@@ -181,9 +186,19 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
     acc.add_(n)
     a.count.add_((n - cap).clamp_(min=0).to(a.count.dtype))
     parts = fused_row_split(a.packed, a.scales, rows, a.count)
-    exact = _scaled_mm_parts(parts["hi"], parts["hi_gscale"], b, torch.float32)
-    exact += _scaled_mm_parts(parts["lo"], parts["lo_gscale"], b, torch.float32)
+    try:
+        exact = _scaled_mm_parts(parts["hi"], parts["hi_gscale"], b, torch.float32)
+        exact += _scaled_mm_parts(parts["lo"], parts["lo_gscale"], b, torch.float32)
+    except RuntimeError:  # a shape or dtype cuBLAS refuses: the same exact parts in float32
+        STATS["fallback_gemms"] += 1
+        hi_lo = _dequantize_part(parts["hi"], parts["hi_gscale"]) + _dequantize_part(parts["lo"], parts["lo_gscale"])
+        exact = hi_lo @ b.fp8_dequantize().t()
     out.index_copy_(0, rows, exact.to(out.dtype))
+
+
+def _dequantize_part(fp8: torch.Tensor, gscale: torch.Tensor) -> torch.Tensor:
+    """float32 values of an fp8 [R, K] operand with 1x128 scales gscale [K/128, R]."""
+    return fp8.to(torch.float32) * gscale.t().repeat_interleave(128, 1)
 
 
 def _correction(a: FastOperand, b: FastOperand, da: torch.Tensor, db: torch.Tensor, out: torch.Tensor) -> None:

@@ -568,8 +568,9 @@ def fused_quantize(
     R = t.shape[1 - k_dim]
     if K % GROUP != 0:
         raise ValueError(f"the fused quantizer needs K % {GROUP} == 0, got K={K}")
-    if row_flags and not write_fp8:
-        raise ValueError("row_flags marks the rows the fp8 form cannot hold: it needs write_fp8=True")
+    if row_flags and not (write_fp8 and write_packed):
+        raise ValueError("row_flags marks the rows the fp8 form cannot hold for the GEMM to recompute from the "
+                         "packed form: it needs write_fp8=True and write_packed=True")
     if tile and R % 128 != 0:
         raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
     hsize = hadamard_size or 0

@@ -393,3 +393,48 @@ def test_fix_rows_beyond_capacity_are_counted():
     gemm._fix_rows(fa, fb, out)
     assert int(fa.count.item()) == 20 - cap > 0  # the step would be redone exactly
     assert gemm.rows_fixed() - before == 20
+
+
+def test_row_fix_capacity_and_empty_operand():
+    from adahop.kernels import gemm
+
+    assert [gemm.row_fix_capacity(m) for m in (0, 5, 64, 9000, 32768)] == [0, 5, 16, 32, 64]
+    k = 256
+    empty = FastOperand(torch.empty(0, k, dtype=torch.float8_e5m2, device=DEV),
+                        torch.empty(k // 128, 0, device=DEV), torch.zeros(1, dtype=torch.int32, device=DEV),
+                        torch.empty(0, k // 2, dtype=torch.uint8, device=DEV),
+                        torch.empty(0, k // 32, dtype=torch.uint8, device=DEV),
+                        row_flags=torch.empty(0, dtype=torch.uint8, device=DEV))
+    b = fused_quantize(torch.randn(32, k).to(DEV), hadamard_size=None)
+    fb = FastOperand(b["fp8"], b["gscale"], b["count"], b["packed"], b["scales"])
+    out = torch.empty(0, 32, device=DEV)
+    gemm._fix_rows(empty, fb, out)  # an MoE expert without tokens: nothing to do, nothing raised
+    assert int(empty.count.item()) == 0
+
+
+def test_fix_rows_falls_back_when_the_fp8_gemm_is_refused(monkeypatch):
+    from adahop.kernels import gemm
+
+    g = torch.Generator().manual_seed(12)
+    a_t = torch.randn(64, 256, generator=g)
+    a_t[7, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0 ** 45
+    b_t = torch.randn(48, 256, generator=g)
+    b_t[:, 0:32] = torch.randn(48, 1, generator=g)
+    fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
+    out = gemm._scaled_mm(fa, fb, torch.float32)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("refused (test)")
+
+    monkeypatch.setattr(gemm, "_scaled_mm_parts", refuse)
+    before = gemm.STATS["fallback_gemms"]
+    gemm._fix_rows(fa, fb, out)
+    assert gemm.STATS["fallback_gemms"] == before + 1
+    exact = fa.dequantize().double() @ fb.dequantize().double().t()
+    err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
+    assert err.max() < 1e-5, err.max()
+
+
+def test_row_flags_need_the_packed_form():
+    with pytest.raises(ValueError, match="write_packed=True"):
+        fused_quantize(torch.randn(32, 128).to(DEV), row_flags=True, write_packed=False)
