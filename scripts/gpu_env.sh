@@ -1,6 +1,6 @@
 # Sourced by the device scripts: results folder, unbuffered Python, the repo and the carried wheels
-# (.whl/ comes from scripts/fetch_device_wheels.sh, run where pip has network; carry it with every device call)
 # (.whl/: torchtitan 0.2.2 and the pure-Python packages the device image lacks) on PYTHONPATH.
+# (.whl/ comes from scripts/fetch_device_wheels.sh, run where pip has network; carry it with every device call)
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
