@@ -324,9 +324,11 @@ def _quantize_kernel_t(
     WRITE_FP8: tl.constexpr,
     IN_BF16: tl.constexpr,
     HW_CVT: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """_quantize_kernel for K along the input's outer axis, computed in the loaded [K, rows] layout (no
-    float transpose): only the uint8 outputs are transposed in the chip before the K-major stores."""
+    float transpose): only the uint8 outputs are transposed in the chip before the K-major stores.
+    WIDE: the e5m2 form (see _fp8_emit); deficient blocks are counted (row flags: _quantize_kernel)."""
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
     pid_r = tl.program_id(0)
@@ -407,24 +409,30 @@ def _quantize_kernel_t(
         scols = pid_k * NB + tl.arange(0, NB)
         tl.store(scales_ptr + rows64[None, :] * (K // 32) + scols[:, None], sbyte, mask=row_ok[None, :])
     if WRITE_FP8:
+        HEAD: tl.constexpr = 13 if WIDE else 6
+        LOW: tl.constexpr = -15 if WIDE else -8
         e_fin = tl.where(nonfinite, -127, e)
-        G = tl.maximum(tl.max(e_fin, axis=0) - 6, -126)  # [BR]
+        G = tl.maximum(tl.max(e_fin, axis=0) - HEAD, -126)  # [BR]
         o = e_fin - G[None, :]
         nonzero = tl.max(qabs, axis=1) > 0
-        deficient = nonzero & (o < -8) & (~nonfinite)
-        o_c = tl.minimum(tl.maximum(o, -8), 6)
+        deficient = nonzero & (o < LOW) & (~nonfinite)
+        o_c = tl.minimum(tl.maximum(o, LOW), HEAD)
         v = qabs * _pow2(o_c)[:, None, :]
         v = tl.where(deficient[:, None, :], 0.0, v)
         if HW_CVT:
             v = tl.where(neg & (v > 0), -v, v)
             v = tl.where(nonfinite[:, None, :], float("nan"), v)
-            bits = tl.reshape(v, [BK, BR]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+            if WIDE:
+                bits = tl.reshape(v, [BK, BR]).to(tl.float8e5).to(tl.uint8, bitcast=True)
+            else:
+                bits = tl.reshape(v, [BK, BR]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
         else:
             vb = v.to(tl.int32, bitcast=True)
             fe = ((vb >> 23) & 0xFF) - 127
-            man3 = (vb >> 20) & 7
-            sub = (v * 512.0).to(tl.int32)
-            b = tl.where(fe >= -6, ((fe + 7) << 3) | man3, sub)
+            if WIDE:
+                b = tl.where(fe >= -14, ((fe + 15) << 2) | ((vb >> 21) & 3), (v * 65536.0).to(tl.int32))
+            else:
+                b = tl.where(fe >= -6, ((fe + 7) << 3) | ((vb >> 20) & 7), (v * 512.0).to(tl.int32))
             b = tl.where(v == 0, 0, b)
             b = tl.where(neg & (v != 0), b | 0x80, b)
             b = tl.where(nonfinite[:, None, :], 0x7F, b)
@@ -614,7 +622,7 @@ def fused_quantize(
     strided_kernel = TUNING["strided_kernel"]
     if strided_kernel == "auto":
         strided_kernel = "trans" if hsize else "t"
-    if not k_contig and not tile and strided_kernel == "t" and not wide and not row_flags:
+    if not k_contig and not tile and strided_kernel == "t" and not row_flags:
         br, warps = TUNING["strided_t"]
         _quantize_kernel_t[(triton.cdiv(R, br), K // GROUP)](
             t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
@@ -625,9 +633,9 @@ def fused_quantize(
             BR=br, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
             HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
             WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, IN_BF16=t.dtype == torch.bfloat16,
-            HW_CVT=_hw_cvt(t), num_warps=warps,
+            HW_CVT=_hw_cvt(t), WIDE=wide, num_warps=warps,
         )
-        return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, False, None)
+        return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, None)
     grid = (triton.cdiv(R, br), K // GROUP)
     _quantize_kernel[grid](
         t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
