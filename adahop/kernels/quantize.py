@@ -445,27 +445,32 @@ def _quantize_kernel_t(
 
 
 @triton.jit
+def _load_packed(packed_ptr, scales_ptr, src64, ok, pid_k, K, BR: tl.constexpr):
+    """One [BR, 128] tile of a packed K-major operand (rows src64, masked by ok): E2M1 magnitudes
+    [BR, 4, 32] as float32, their signs, block exponents [BR, 4] and non-finite (NaN-block) flags."""
+    NB: tl.constexpr = 4
+    pcols = pid_k * 64 + tl.arange(0, 64)
+    byte = tl.load(packed_ptr + src64[:, None] * (K // 2) + pcols[None, :], mask=ok[:, None], other=0).to(tl.int32)
+    code = tl.reshape(tl.join(byte & 0xF, byte >> 4), [BR, NB, 32])
+    scols = pid_k * NB + tl.arange(0, NB)
+    sbyte = tl.load(scales_ptr + src64[:, None] * (K // 32) + scols[None, :], mask=ok[:, None], other=0).to(tl.int32)
+    idx = code & 7
+    qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
+    return qabs, (code & 8) != 0, sbyte - 127, sbyte == 255
+
+
+@triton.jit
 def _reencode_kernel(
     packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr, R, K,
     BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """Saved packed MXFP4 ([R, K/2] codes + [R, K/32] scales, K-major) -> fp8 e4m3 + group scales."""
-    NB: tl.constexpr = 4
+    """Saved packed MXFP4 ([R, K/2] codes + [R, K/32] scales, K-major) -> fp8 e4m3 (e5m2 if WIDE) + group
+    scales."""
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_r * BR + tl.arange(0, BR)
     row_ok = rows < R
-    rows64 = rows.to(tl.int64)
-    pcols = pid_k * 64 + tl.arange(0, 64)
-    byte = tl.load(packed_ptr + rows64[:, None] * (K // 2) + pcols[None, :], mask=row_ok[:, None], other=0).to(tl.int32)
-    code = tl.reshape(tl.join(byte & 0xF, byte >> 4), [BR, NB, 32])
-    scols = pid_k * NB + tl.arange(0, NB)
-    sbyte = tl.load(scales_ptr + rows64[:, None] * (K // 32) + scols[None, :], mask=row_ok[:, None], other=0).to(tl.int32)
-    nonfinite = sbyte == 255
-    e = sbyte - 127
-    idx = code & 7
-    qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
-    neg = (code & 8) != 0
+    qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, rows.to(tl.int64), row_ok, pid_k, K, BR)
     _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, count_ptr,
               BR, TILE, HW_CVT, WIDE, 0)
 
@@ -479,23 +484,13 @@ def _row_split_kernel(
     """For the selected rows of a packed K-major operand, the wide (e5m2) fp8 form in two exact parts:
     hi = the blocks the ordinary wide form holds (deficient ones zero), lo = only those deficient blocks,
     with group scales of their own. hi + lo is every value of the rows; blocks the lo part cannot hold
-    either (gaps beyond 28 among the deficient ones) are counted."""
-    NB: tl.constexpr = 4
+    either (more than 28 below the lo part's own maximum) are counted."""
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     sel = pid_r * BR + tl.arange(0, BR)
     sel_ok = sel < NSEL
     src = tl.load(rows_ptr + sel, mask=sel_ok, other=0).to(tl.int64)
-    pcols = pid_k * 64 + tl.arange(0, 64)
-    byte = tl.load(packed_ptr + src[:, None] * (K // 2) + pcols[None, :], mask=sel_ok[:, None], other=0).to(tl.int32)
-    code = tl.reshape(tl.join(byte & 0xF, byte >> 4), [BR, NB, 32])
-    scols = pid_k * NB + tl.arange(0, NB)
-    sbyte = tl.load(scales_ptr + src[:, None] * (K // 32) + scols[None, :], mask=sel_ok[:, None], other=0).to(tl.int32)
-    nonfinite = sbyte == 255
-    e = sbyte - 127
-    idx = code & 7
-    qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
-    neg = (code & 8) != 0
+    qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, src, sel_ok, pid_k, K, BR)
     _fp8_emit(qabs, neg, e, nonfinite, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr, count_ptr, count_ptr,
               BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
     e_fin = tl.where(nonfinite, -127, e)
