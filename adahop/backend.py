@@ -90,7 +90,6 @@ class Operand:
 
         if self.fast is not None:
             return self.fast
-        wide = left
         if self.deferred is not None:
             d = self.deferred
             rows = d["t"].shape[1 - d["k_dim"]]
@@ -100,12 +99,12 @@ class Operand:
                 return FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"],
                                    row_flags=out["row_flags"])
             # the packed form is only needed on the rare correction path: written then, by a rerun
-            out = fused_quantize(**d, write_packed=False, write_fp8=True, tile=tile, wide=wide)
+            out = fused_quantize(**d, write_packed=False, write_fp8=True, tile=tile, wide=left)
             repack = lambda: fused_quantize(**d, write_packed=True, write_fp8=False)  # noqa: E731
             return FastOperand(out["fp8"], out["gscale"], out["count"], None, None, tile, meta={"repack": repack})
         p = self.packed_src
         tile = tile and p.data.shape[0] % 128 == 0 and not left
-        out = fused_reencode(p.data, p.scales, tile=tile, wide=wide)
+        out = fused_reencode(p.data, p.scales, tile=tile, wide=left)
         return FastOperand(out["fp8"], out["gscale"], out["count"], p.data, p.scales, tile)
 
     def k_dim_size(self) -> Optional[int]:

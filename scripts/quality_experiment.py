@@ -26,6 +26,7 @@ AdaHOP plan summaries, a loss-curve plot (PNG next to the report) and the exact 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -68,9 +69,17 @@ def _dataset_path(config: str, extra: list[str]) -> Path | None:
 
 
 def _sha256(path: Path) -> str:
-    """Of the content (a .gz file's text, so that another gzip build of the same corpus matches)."""
+    """Of the content (a .gz file's text, so that another gzip build of the same corpus matches); computed
+    once per file state (every recipe's signature hashes the same ~50 MB corpus)."""
+    st = path.stat()
+    return _content_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_sha256(path: str, mtime_ns: int, size: int) -> str:
     import gzip
 
+    path = Path(path)
     h = hashlib.sha256()
     with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -298,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if not results and not args.report_only:
         print("[quality] no recipe finished", file=sys.stderr)
         return 1
-    import torch
-
-    device = args.device or (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
+    device = args.device or _device_name()
     commands = {r: res.get("meta", {}).get("command") or " ".join(["python", *command(args.config, r, out, extra)[1:]])
                 for r, res in results.items()}
     write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results],

@@ -71,7 +71,6 @@ def _record(tag: str, side: str, op: "FastOperand", mask: Optional[torch.Tensor]
 def dump_deficient_report(path: str) -> None:
     """Write DEFICIENT_BY_TAG and STATS as JSON (atomically)."""
     import json
-    import os
 
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
