@@ -155,8 +155,10 @@ def load_done(config: str, recipe: str, out: Path, extra: list[str]) -> dict | N
     now = signature(config, recipe, extra)
     if stored != now:
         differs = sorted(k for k in now if stored is None or stored.get(k) != now[k])
-        raise StaleResult(f"{done} was written by another experiment (differs in: {', '.join(differs)}); "
-                          f"move it away to run {recipe} again, or use another --out")
+        detail = "; ".join(f"{k}: stored {(stored or {}).get(k)!r}, now {now[k]!r}" for k in differs)
+        raise StaleResult(f"{done} was written by another experiment (differs in: {', '.join(differs)}; "
+                          f"{detail}); move it away to run {recipe} again, or use another --out (or, for "
+                          "--report-only, pass the runs' own extra overrides)")
     return result
 
 
@@ -208,13 +210,21 @@ def _plot(results: dict[str, dict], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    base = {int(s): v for s, v in results["bf16"]["validation"].items()} if "bf16" in results else {}
+    fig, axes = plt.subplots(1, 3 if base else 2, figsize=(18 if base else 12, 4.5))
+    a1, a2 = axes[0], axes[1]
     for r, res in results.items():
         tr = sorted((int(s), v) for s, v in res["train"].items())
         va = sorted((int(s), v) for s, v in res["validation"].items())
         a1.plot([s for s, _ in tr], [v for _, v in tr], label=r, lw=1)
         a2.plot([s for s, _ in va], [v for _, v in va], "o-", ms=3, label=r)
-    for ax, title in ((a1, "training loss"), (a2, "validation loss (held-out Wikipedia)")):
+        if base:  # the curves lie within 1% of each other: the gap is what can be read
+            gap = [(s, 100 * (v / base[s] - 1)) for s, v in va if s in base and s > 1]
+            axes[2].plot([s for s, _ in gap], [g for _, g in gap], "o-", ms=3, label=r)
+    titles = [(a1, "training loss"), (a2, "validation loss (held-out Wikipedia)")]
+    if base:
+        titles.append((axes[2], "validation loss gap to BF16 (%)"))
+    for ax, title in titles:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

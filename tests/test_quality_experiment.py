@@ -45,7 +45,7 @@ def test_two_recipes_report_and_resume(tmp_path):
     # a stored result of another experiment (here: other overrides) is refused before anything trains
     r = subprocess.run([*cmd[:-len(SMALL)], *SMALL[:-2], "--metrics.log_freq", "2"], cwd=REPO, env=env(),
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "written by another experiment (differs in: extra)" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "written by another experiment (differs in: extra; extra: stored [" in r.stderr, r.stderr[-2000:]
     assert (runs / "bf16" / "train.log").stat().st_mtime == mtime
 
 
