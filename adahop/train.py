@@ -118,9 +118,9 @@ def validate_same_batches(validator) -> None:
 
 
 # after a step had to be redone, that many steps run on the exact per-GEMM path before deferring again
-# (a burst of redos would double the cost). Short: since the input gradient's far-apart rows are fixed in
-# the GEMM itself, a redo is rare (1 in 400 steps on the 100M model, docs/kernels.md) and the per-GEMM
-# path costs about 2x per step, so a long backoff cost more than the redos it saved.
+# (a burst of redos would double the cost). Short, and skipped when the redo came from too few row slots
+# (adahop.kernels.gemm.grow_row_slots gives more instead): the per-GEMM path costs about 2x per step, so a
+# long backoff cost more than the redos it saved (docs/kernels.md).
 REDO_BACKOFF_STEPS = 10
 
 
@@ -195,9 +195,16 @@ class AdaHOPTrainer(titan_train.Trainer):
 
     def forward_backward_step(self, **kwargs):
         loss = super().forward_backward_step(**kwargs)
-        debug = os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP")
-        if debug and self.step == int(debug):
-            deferred.simulate_dropped_blocks(1)  # test hook (tests/test_train_cpu.py)
+        # test hook (tests/test_train_cpu.py): "N" drops a block at step N, "N:rows" overflows the row slots
+        for event in filter(None, os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP", "").split(",")):
+            step, _, kind = event.partition(":")
+            if self.step == int(step):
+                if kind == "rows":
+                    from adahop.kernels.gemm import simulate_row_overflow
+
+                    simulate_row_overflow(self.device, 0.01)
+                else:
+                    deferred.simulate_dropped_blocks(1)
         deferred.raise_if_deficient()
         return loss
 
@@ -225,10 +232,17 @@ class AdaHOPTrainer(titan_train.Trainer):
                 super().train_step(batches)
         except deferred.DeficientBlocksInStep as e:
             # every rank gets here together (the count is all-reduced), so the ranks stay in step
-            self._sync_until_step = self.step + REDO_BACKOFF_STEPS
+            from adahop.kernels.gemm import grow_row_slots
+
+            grown = grow_row_slots(device)  # agreed over the ranks too
+            if grown is None:
+                self._sync_until_step = self.step + REDO_BACKOFF_STEPS
+                then = f"keeping that path for the next {REDO_BACKOFF_STEPS} steps"
+            else:  # the rows did not fit the GEMMs' slots: with more slots the next steps stay fast
+                then = (f"the input-gradient GEMMs recompute up to {100 * grown:.2f}% of their rows exactly from "
+                        "now on (they had too few row slots)")
             logger.warning(f"[adahop] step {self.step}: {e}; running the step again with the exact per-GEMM "
-                           "correction (nothing of the first attempt reached the optimizer), and keeping that "
-                           f"path for the next {REDO_BACKOFF_STEPS} steps")
+                           f"correction (nothing of the first attempt reached the optimizer), and {then}")
             for buf, saved in moe_counts:
                 buf.copy_(saved)  # the MoE router's forward-accumulated load-balancing counts
             _set_rng_state(device, rng)

@@ -16,6 +16,7 @@ sync (`_fix_rows`); only what does not fit its fixed row slots reaches the count
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -148,22 +149,75 @@ def _scaled_mm_parts(a_fp8: torch.Tensor, a_gscale: torch.Tensor, b: FastOperand
 
 
 # Rows a GEMM recomputes exactly without asking the host how many there are: room for
-# max(ROW_FIX_MIN, M // ROW_FIX_DIVISOR) of them; more than that are added to the operand's count, so the
-# step is redone exactly (adahop.kernels.deferred). Measured in training: docs/kernels.md.
+# max(ROW_FIX_MIN, M // ROW_FIX_DIVISOR) of them, or more once grown (grow_row_slots); more than that are
+# added to the operand's count, so the step is redone exactly (adahop.kernels.deferred). Measured in
+# training: docs/kernels.md.
 ROW_FIX_MIN = 16
 ROW_FIX_DIVISOR = 512
+# Growth bound: slots cost two fp8 GEMMs of that many rows (hi + lo parts), so at most 1/16 of the rows
+# (12.5% more work in the input-gradient GEMM); beyond that a step is redone instead.
+ROW_FIX_MAX_FRACTION = 1 / 16
+_RATIO_ONE = 1 << 20  # flagged-row fractions are kept on the device as integers n * _RATIO_ONE // m
+_row_slots_fraction = 0.0  # of the rows, given as slots on top of the default (grown by grow_row_slots)
 _ROWS_FIXED: dict = {}  # device -> int64 [1]: rows flagged for recomputation, summed on the device
+# device -> int64 [1]: the largest flagged-row fraction (n * _RATIO_ONE // m) of a GEMM whose flagged rows
+# did not fit its slots, since the last grow_row_slots()
+_OVERFLOW_RATIO: dict = {}
 
 
 def row_fix_capacity(m: int) -> int:
     """Row slots of an [m, K] left operand: a multiple of 16 (cuBLAS-friendly GEMM shapes), at most m."""
-    want = max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR)
+    want = max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR, math.ceil(m * _row_slots_fraction))
     return min(m, -(-want // 16) * 16)
 
 
 def rows_fixed() -> int:
     """Rows recomputed exactly so far (reads the device counters: one sync; for reports)."""
     return sum(int(t.item()) for t in _ROWS_FIXED.values())
+
+
+def row_slots_fraction() -> float:
+    return _row_slots_fraction
+
+
+def grow_row_slots(device: torch.device | str, group=None) -> Optional[float]:
+    """After a redone step: if some GEMM of it flagged more rows than it had slots, give every GEMM slots
+    for twice that fraction of its rows from now on (at most ROW_FIX_MAX_FRACTION), so that the next steps
+    with as many far-apart rows stay on the fast path. Agreed over the ranks (one all-reduce, the same on
+    every rank, so that they keep deferring the same steps). Returns the new fraction, or None if the slots
+    were not what failed (a block neither part holds) or are already as large as allowed."""
+    global _row_slots_fraction
+    device = torch.device(device)
+    peak = _OVERFLOW_RATIO.get(device)
+    ratio = peak.clone() if peak is not None else torch.zeros(1, dtype=torch.int64, device=device)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(ratio, op=dist.ReduceOp.MAX, group=group)
+    if peak is not None:
+        peak.zero_()
+    wanted = min(ROW_FIX_MAX_FRACTION, 2 * int(ratio.item()) / _RATIO_ONE)
+    if wanted <= _row_slots_fraction:
+        return None
+    _row_slots_fraction = wanted
+    return wanted
+
+
+def simulate_row_overflow(device: torch.device | str, fraction: float) -> None:
+    """Test hook: as if a GEMM of this step had flagged `fraction` of its rows, more than its slots (the
+    step is redone: one block counted as left out in the active deferred check)."""
+    from .deferred import simulate_dropped_blocks
+
+    device = torch.device(device)
+    peak = _OVERFLOW_RATIO.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
+    peak.fill_(max(int(peak.item()), int(fraction * _RATIO_ONE)))
+    simulate_dropped_blocks(1)
+
+
+def reset_row_slots() -> None:
+    """Back to the default slots (tests; a new process starts there)."""
+    global _row_slots_fraction
+    _row_slots_fraction = 0.0
+    _OVERFLOW_RATIO.clear()
 
 
 def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
@@ -184,6 +238,10 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
         acc = _ROWS_FIXED[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
     acc.add_(n)
     a.count.add_((n - cap).clamp_(min=0).to(a.count.dtype))
+    peak = _OVERFLOW_RATIO.get(flags.device)
+    if peak is None:
+        peak = _OVERFLOW_RATIO[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
+    torch.maximum(peak, torch.where(n > cap, n * _RATIO_ONE // m, 0), out=peak)
     parts = fused_row_split(a.packed, a.scales, rows, a.count)
     try:
         exact = _scaled_mm_parts(parts["hi"], parts["hi_gscale"], b, torch.float32)

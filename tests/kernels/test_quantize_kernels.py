@@ -395,8 +395,52 @@ def test_fix_rows_beyond_capacity_are_counted():
     assert gemm.rows_fixed() - before == 20
 
 
-def test_row_fix_capacity_and_empty_operand():
+@pytest.fixture
+def default_row_slots():
     from adahop.kernels import gemm
+
+    gemm.reset_row_slots()
+    yield gemm
+    gemm.reset_row_slots()
+
+
+def test_row_slots_grow_after_an_overflow_and_then_hold_the_rows(default_row_slots):
+    gemm = default_row_slots
+    g = torch.Generator().manual_seed(13)
+    m = 1024
+    a_t = torch.randn(m, 128, generator=g)
+    flagged = torch.randperm(m, generator=g)[:40]
+    a_t[flagged, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0 ** 40  # beyond the wide form's 28
+    b_t = torch.randn(48, 128, generator=g)
+    b_t[:, 0:32] = torch.randn(48, 1, generator=g)
+    assert gemm.row_fix_capacity(m) == 16 and gemm.grow_row_slots(DEV) is None  # nothing overflowed yet
+    fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
+    gemm._fix_rows(fa, fb, gemm._scaled_mm(fa, fb, torch.float32))
+    assert int(fa.count.item()) == 40 - 16  # the step would be redone ...
+    grown = gemm.grow_row_slots(DEV)  # ... and the next ones get slots for twice the 40 rows' fraction
+    assert grown == pytest.approx(min(gemm.ROW_FIX_MAX_FRACTION, 2 * 40 / m), abs=2 / 2**20)
+    assert gemm.row_fix_capacity(m) == 64 and gemm.row_fix_capacity(64) == 16
+    assert gemm.grow_row_slots(DEV) is None  # read once: the same slots stay
+    fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
+    out = gemm._scaled_mm(fa, fb, torch.float32)
+    gemm._fix_rows(fa, fb, out)
+    assert int(fa.count.item()) == 0
+    exact = fa.dequantize().double() @ fb.dequantize().double().t()
+    err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
+    assert err.max() < (1e-4 if DEV == "cuda" else 1e-6), err.max()
+
+
+def test_row_slots_growth_is_bounded(default_row_slots):
+    gemm = default_row_slots
+    gemm.simulate_row_overflow(DEV, 0.5)  # half the rows flagged: more than slots may ever cost
+    assert gemm.grow_row_slots(DEV) == gemm.ROW_FIX_MAX_FRACTION
+    assert [gemm.row_fix_capacity(m) for m in (20, 320, 32768)] == [16, 32, 2048]
+    gemm.simulate_row_overflow(DEV, 0.5)
+    assert gemm.grow_row_slots(DEV) is None  # no more growth: such steps are redone (with a backoff)
+
+
+def test_row_fix_capacity_and_empty_operand(default_row_slots):
+    gemm = default_row_slots
 
     assert [gemm.row_fix_capacity(m) for m in (0, 5, 64, 9000, 32768)] == [0, 5, 16, 32, 64]
     k = 256
