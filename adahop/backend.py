@@ -14,8 +14,8 @@ ADAHOP_FORCE_REFERENCE=1): one fused Triton pass (adahop.kernels.quantize) write
 form and/or its exact fp8 e4m3 re-encoding with per-128 scales, and the GEMM runs on cuBLAS's
 blockwise-scaled fp8 `torch._scaled_mm` (adahop.kernels.gemm), with an exact correction for the rare
 blocks fp8 cannot hold. The left operand of a GEMM is quantized when `matmul` sees it (deferred), so
-the right operand can take one scale per 128x128 tile (ADAHOP_TILE_B=1; off by default, see
-docs/kernels.md). Stochastic
+the right operand can take one scale per 128x128 tile (ADAHOP_TILE_B=weights or 1; off by
+default, see docs/kernels.md). Stochastic
 rounding on the fast path draws its uniforms from Philox (seeded from torch's CPU generator or the
 given one): same distribution as the reference, not the same draws.
 """
@@ -37,10 +37,24 @@ def reference_forced() -> bool:
     return os.environ.get("ADAHOP_FORCE_REFERENCE", "0") not in ("", "0", "false", "False")
 
 
-def _tile_b() -> bool:
-    # off by default: on the H100 run of 2026-11-23 the 128x128 B-scale layout gave wrong GEMM results in
-    # the linear tests (see docs/kernels.md); 1x128 x 1x128 is the verified path
-    return os.environ.get("ADAHOP_TILE_B", "0") not in ("", "0", "false", "False")
+# GEMM slots whose right operand is the weight (W for y, W^T for the input gradient): its magnitudes vary
+# little across 128 rows, so one fp8 scale per 128x128 tile rarely leaves a block beyond fp8's window.
+# The weight gradient's right operand is x^T, whose channel outliers would.
+WEIGHT_RIGHT_SLOTS = ("forward_y", "backward_gx")
+TILE_B_CHOICES = {"0": "none", "": "none", "false": "none", "1": "all", "true": "all", "all": "all",
+                  "weights": "weights"}
+
+
+def _tile_b(tag: str | None = None) -> bool:
+    """ADAHOP_TILE_B: 128x128 scales for the right operand of `tag`'s GEMM (0: none, the default; weights:
+    the slots of WEIGHT_RIGHT_SLOTS; 1/all: every GEMM). Off by default: on the H100 run of 2026-11-23
+    the 128x128 layout gave wrong results in the linear tests (docs/kernels.md); 1x128 x 1x128 is the
+    verified path."""
+    raw = os.environ.get("ADAHOP_TILE_B", "0")
+    choice = TILE_B_CHOICES.get(raw.strip().lower())
+    if choice is None:
+        raise ValueError(f"ADAHOP_TILE_B={raw!r}: expected one of 0, weights, 1 (= all)")
+    return choice == "all" or (choice == "weights" and tag in WEIGHT_RIGHT_SLOTS)
 
 
 _CAPABILITY: dict = {}
@@ -216,7 +230,7 @@ def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype, tag: str | None = No
         # 128x128 B scales only where K / 128 is a multiple of 4: the H100 runs saw wrong results with
         # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
         k = a.k_dim_size()
-        tile = _tile_b() and k is not None and (k // 128) % 4 == 0
+        tile = _tile_b(tag) and k is not None and (k // 128) % 4 == 0
         return fp8_matmul(a.materialize(left=True, fix_rows=fix_rows), bt.materialize(tile=tile), out_dtype, tag=tag)
     return (a.reference_values() @ bt.reference_values().t()).to(out_dtype)
 

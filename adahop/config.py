@@ -9,6 +9,7 @@ with ``dataclasses.is_dataclass``, which needs real types, not strings.
 """
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -256,8 +257,18 @@ def validate_model(job_config) -> None:
         select_attention(model, mx.filter_fqns)
 
 
+def validate_environment() -> None:
+    """The environment switches of the GPU path (docs/config.md), checked before any step."""
+    from adahop.backend import TILE_B_CHOICES
+
+    raw = os.environ.get("ADAHOP_TILE_B", "0")
+    if raw.strip().lower() not in TILE_B_CHOICES:
+        raise ConfigError("ADAHOP_TILE_B (environment)", raw, "0 (default), weights, 1 (= all)")
+
+
 def validate_job_config(job_config, *, check_model: bool = True) -> None:
     """All adahop checks; raises ConfigError naming the key, the bad value and what is allowed."""
+    validate_environment()
     validate_mx(job_config)
     if check_model:
         validate_model(job_config)

@@ -183,3 +183,18 @@ def test_all_shipped_configs_parse_and_validate():
         c = parse(["--job.config_file", str(p)])
         validate_job_config(c, check_model=True)  # builds the model on the meta device
         assert c.model.name in ("adahop_llama3", "adahop_qwen3"), p
+
+
+def test_tile_b_environment_switch_checked_before_training(seed_config, monkeypatch):
+    from adahop import backend
+
+    monkeypatch.setenv("ADAHOP_TILE_B", "yes")
+    with pytest.raises(ConfigError) as e:
+        validate_job_config(seed_config, check_model=False)
+    assert "ADAHOP_TILE_B" in str(e.value) and "'yes'" in str(e.value) and "weights" in str(e.value)
+    expected = {"0": (False, False, False), "weights": (True, True, False), "1": (True, True, True),
+                "ALL": (True, True, True)}
+    for raw, want in expected.items():
+        monkeypatch.setenv("ADAHOP_TILE_B", raw)
+        validate_job_config(seed_config, check_model=False)
+        assert tuple(backend._tile_b(slot) for slot in ("forward_y", "backward_gx", "backward_gw")) == want, raw

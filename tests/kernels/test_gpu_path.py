@@ -159,6 +159,43 @@ def test_linear_fast_path_matches_reference(mode, dtype, randomized):
         assert rel(got, ref) < tol, (name, rel(got, ref))
 
 
+@pytest.mark.parametrize("tile", ["weights", "1"])
+@pytest.mark.parametrize("mode", ["hadamard", "inner_outlier_extract_left", "inner_outlier_extract_right", "none"])
+def test_linear_with_128x128_right_scales_matches_reference(mode, tile, monkeypatch):
+    """ADAHOP_TILE_B: every K / 128 here a multiple of 4 (512, 1024, 512), so the tile layout is taken."""
+    monkeypatch.setenv("ADAHOP_TILE_B", tile)
+    torch.manual_seed(1)
+    tokens, fin, fout = 512, 512, 1024
+    x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
+    x[:, 3] *= 30
+    w = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
+    gy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
+    kw = dict(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=16)
+
+    def run():
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = mxfp4_linear(xx, ww, **kw)
+        y.backward(gy)
+        return y, xx.grad, ww.grad
+
+    tiled = {}
+    real = gemm.fp8_matmul
+
+    def recording(a, b, out_dtype, tag=None):
+        tiled[tag] = b.tile
+        return real(a, b, out_dtype, tag=tag)
+
+    monkeypatch.setattr(gemm, "fp8_matmul", recording)
+    gemm.reset_stats()
+    got = run()
+    with forced_reference():
+        want = run()
+    for g, r, name in zip(got, want, ("y", "gx", "gw")):
+        assert rel(g, r) < 8e-3, (name, rel(g, r))
+    assert gemm.STATS["fallback_gemms"] == 0
+    assert tiled == {"forward_y": True, "backward_gx": True, "backward_gw": tile == "1"}, tiled
+
+
 def test_linear_stochastic_rounding_runs_and_is_unbiased_in_the_mean():
     torch.manual_seed(0)
     x = torch.randn(1024, 256, device="cuda", dtype=torch.bfloat16)
