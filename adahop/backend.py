@@ -41,20 +41,22 @@ def reference_forced() -> bool:
 # little across 128 rows, so one fp8 scale per 128x128 tile rarely leaves a block beyond fp8's window.
 # The weight gradient's right operand is x^T, whose channel outliers would.
 WEIGHT_RIGHT_SLOTS = ("forward_y", "backward_gx")
-TILE_B_CHOICES = {"0": "none", "": "none", "false": "none", "1": "all", "true": "all", "all": "all",
-                  "weights": "weights"}
+TILE_B_CHOICES = {"0": "none", "": "none", "false": "none", "forward": "forward", "weights": "weights",
+                  "1": "all", "true": "all", "all": "all"}
+TILE_B_ALLOWED = "0 (default), forward, weights, 1 (= all)"
 
 
 def _tile_b(tag: str | None = None) -> bool:
-    """ADAHOP_TILE_B: 128x128 scales for the right operand of `tag`'s GEMM (0: none, the default; weights:
-    the slots of WEIGHT_RIGHT_SLOTS; 1/all: every GEMM). Off by default: on the H100 run of 2026-11-23
-    the 128x128 layout gave wrong results in the linear tests (docs/kernels.md); 1x128 x 1x128 is the
-    verified path."""
+    """ADAHOP_TILE_B: 128x128 scales for the right operand of `tag`'s GEMM. 0: none (the default);
+    forward: W of the forward GEMM only (the one measured faster: docs/benchmarks.md, 2026-12-01);
+    weights: the slots of WEIGHT_RIGHT_SLOTS; 1/all: every GEMM. Off by default until a training run shows
+    how often a 128x128 tile of W leaves a block beyond fp8's window (each such block redoes a step)."""
     raw = os.environ.get("ADAHOP_TILE_B", "0")
     choice = TILE_B_CHOICES.get(raw.strip().lower())
     if choice is None:
-        raise ValueError(f"ADAHOP_TILE_B={raw!r}: expected one of 0, weights, 1 (= all)")
-    return choice == "all" or (choice == "weights" and tag in WEIGHT_RIGHT_SLOTS)
+        raise ValueError(f"ADAHOP_TILE_B={raw!r}: expected one of {TILE_B_ALLOWED}")
+    return (choice == "all" or (choice == "weights" and tag in WEIGHT_RIGHT_SLOTS)
+            or (choice == "forward" and tag == "forward_y"))
 
 
 _CAPABILITY: dict = {}

@@ -192,7 +192,8 @@ def test_tile_b_environment_switch_checked_before_training(seed_config, monkeypa
     with pytest.raises(ConfigError) as e:
         validate_job_config(seed_config, check_model=False)
     assert "ADAHOP_TILE_B" in str(e.value) and "'yes'" in str(e.value) and "weights" in str(e.value)
-    expected = {"0": (False, False, False), "weights": (True, True, False), "1": (True, True, True),
+    expected = {"0": (False, False, False), "forward": (True, False, False), "weights": (True, True, False),
+                "1": (True, True, True),
                 "ALL": (True, True, True)}
     for raw, want in expected.items():
         monkeypatch.setenv("ADAHOP_TILE_B", raw)

@@ -180,6 +180,14 @@ def row_slots_fraction() -> float:
     return _row_slots_fraction
 
 
+def _device_key(device: torch.device | str) -> torch.device:
+    """The device as tensors report it ("cuda" -> "cuda:<current>"), the key of the per-device counters."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def grow_row_slots(device: torch.device | str, group=None) -> Optional[float]:
     """After a redone step: if some GEMM of it flagged more rows than it had slots, give every GEMM slots
     for twice that fraction of its rows from now on (at most ROW_FIX_MAX_FRACTION), so that the next steps
@@ -187,7 +195,7 @@ def grow_row_slots(device: torch.device | str, group=None) -> Optional[float]:
     every rank, so that they keep deferring the same steps). Returns the new fraction, or None if the slots
     were not what failed (a block neither part holds) or are already as large as allowed."""
     global _row_slots_fraction
-    device = torch.device(device)
+    device = _device_key(device)
     peak = _OVERFLOW_RATIO.get(device)
     ratio = peak.clone() if peak is not None else torch.zeros(1, dtype=torch.int64, device=device)
     dist = torch.distributed
@@ -207,7 +215,7 @@ def simulate_row_overflow(device: torch.device | str, fraction: float) -> None:
     step is redone: one block counted as left out in the active deferred check)."""
     from .deferred import simulate_dropped_blocks
 
-    device = torch.device(device)
+    device = _device_key(device)
     peak = _OVERFLOW_RATIO.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
     peak.fill_(max(int(peak.item()), int(fraction * _RATIO_ONE)))
     simulate_dropped_blocks(1)
