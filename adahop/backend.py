@@ -14,8 +14,8 @@ ADAHOP_FORCE_REFERENCE=1): one fused Triton pass (adahop.kernels.quantize) write
 form and/or its exact fp8 e4m3 re-encoding with per-128 scales, and the GEMM runs on cuBLAS's
 blockwise-scaled fp8 `torch._scaled_mm` (adahop.kernels.gemm), with an exact correction for the rare
 blocks fp8 cannot hold. The left operand of a GEMM is quantized when `matmul` sees it (deferred), so
-the right operand can take one scale per 128x128 tile (ADAHOP_TILE_B=weights or 1; off by
-default, see docs/kernels.md). Stochastic
+the right operand can take one scale per 128x128 tile (ADAHOP_TILE_B=forward, weights or
+1; off by default, see docs/kernels.md). Stochastic
 rounding on the fast path draws its uniforms from Philox (seeded from torch's CPU generator or the
 given one): same distribution as the reference, not the same draws.
 """

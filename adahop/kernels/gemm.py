@@ -75,7 +75,8 @@ def dump_deficient_report(path: str) -> None:
 
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"stats": {**STATS, "rows_fixed": rows_fixed()}, "by_tag": DEFICIENT_BY_TAG}, f, indent=1,
+        json.dump({"stats": {**STATS, "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
+                   "by_tag": DEFICIENT_BY_TAG}, f, indent=1,
                   sort_keys=True)
     os.replace(tmp, path)
 
@@ -177,6 +178,7 @@ def rows_fixed() -> int:
 
 
 def row_slots_fraction() -> float:
+    """The fraction of rows every row-fixing GEMM gets as slots beyond the default (0 until grown)."""
     return _row_slots_fraction
 
 

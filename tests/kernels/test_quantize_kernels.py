@@ -404,7 +404,9 @@ def default_row_slots():
     gemm.reset_row_slots()
 
 
-def test_row_slots_grow_after_an_overflow_and_then_hold_the_rows(default_row_slots):
+def test_row_slots_grow_after_an_overflow_and_then_hold_the_rows(default_row_slots, tmp_path):
+    import json
+
     gemm = default_row_slots
     g = torch.Generator().manual_seed(13)
     m = 1024
@@ -420,6 +422,8 @@ def test_row_slots_grow_after_an_overflow_and_then_hold_the_rows(default_row_slo
     grown = gemm.grow_row_slots(DEV)  # ... and the next ones get slots for twice the 40 rows' fraction
     assert grown == pytest.approx(min(gemm.ROW_FIX_MAX_FRACTION, 2 * 40 / m), abs=2 / 2**20)
     assert gemm.row_fix_capacity(m) == 64 and gemm.row_fix_capacity(64) == 16
+    gemm.dump_deficient_report(str(tmp_path / "report.json"))  # the diagnostics dump says so too
+    assert json.loads((tmp_path / "report.json").read_text())["stats"]["row_slots_fraction"] == grown
     assert gemm.grow_row_slots(DEV) is None  # read once: the same slots stay
     fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
     out = gemm._scaled_mm(fa, fb, torch.float32)
