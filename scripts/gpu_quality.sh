@@ -13,8 +13,8 @@
 # off on the device (the machine is bare at every lease, and a checkpoint cannot travel back): a recipe
 # must finish within one lease. Environment: PER_GPU (recipes at once on each GPU, default 2), EXTRA (more
 # overrides for every run; they become part of each result's signature).
-# One GPU, 30 minutes of device time: `PER_GPU=4 ... start bf16 adahop hadamard mxfp4` (~20 min with three
-# MXFP4 runs at ~85-100k tokens/s each), then `... start rht adahop_sr float8` in another session.
+# One GPU, 30 minutes of device time: three or four recipes a session (three MXFP4 runs at ~90-110k tokens/s
+# each, ~17-20 min; BF16 and float8 are faster); docs/quality/notes.md says which are still missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
