@@ -152,7 +152,7 @@ def saved_bytes(fn, x, params):
 
 
 def quantizer_bandwidth(rows, k, dev, rep):
-    from adahop.kernels.quantize import fused_quantize, fused_reencode
+    from adahop.kernels.quantize import fused_quantize, fused_quantize_dual, fused_reencode
 
     x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
     xt = x.t().contiguous().t()  # K along dim 0 of the storage: exercises the transposing load
@@ -172,6 +172,13 @@ def quantizer_bandwidth(rows, k, dev, rep):
         ("quant both forms, no Hadamard", lambda: fused_quantize(x), 2 * n + wr_both),
         ("quant both forms, 128x128 tile scales, H32", lambda: fused_quantize(x, hadamard_size=32, tile=True), 2 * n + wr_both),
     ]
+    # what a linear's forward quantizes of x: the GEMM operand along K and x^T packed for backward
+    dual_bytes = 2 * n + n * (1 + 4 / 128) + n * (0.5 + 1 / 32)
+    cases.append(("forward x, both axes, two kernels (fp8 wide along K + packed along tokens), H32",
+                  lambda: (fused_quantize(x, hadamard_size=32, write_packed=False, wide=True),
+                           fused_quantize(x, k_dim=0, hadamard_size=32, write_fp8=False)), 2 * n + dual_bytes))
+    cases.append(("forward x, both axes, one read (fused_quantize_dual), H32",
+                  lambda: fused_quantize_dual(x, hadamard_size=32, hadamard_size_t=32), dual_bytes))
     saved = fused_quantize(x, hadamard_size=32, write_fp8=False)
     cases.append(("re-encode packed -> fp8", lambda: fused_reencode(saved["packed"], saved["scales"]),
                   n * (0.5 + 1 / 32) + n * (1 + 4 / 128)))

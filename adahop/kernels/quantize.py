@@ -191,6 +191,49 @@ def _fp8_emit(
 
 
 @triton.jit
+def _tile_coords(R, BR: tl.constexpr, BK: tl.constexpr):
+    """This program's [BR rows x BK along K] tile: program ids, row and K indices (int32 and int64) and the
+    rows that exist."""
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_k * BK + tl.arange(0, BK)
+    return pid_r, pid_k, rows, cols, rows < R, rows.to(tl.int64), cols.to(tl.int64)
+
+
+@triton.jit
+def _mx_exponents(y3, ROUNDING: tl.constexpr, AXIS: tl.constexpr):
+    """MXFP4 blocks of 32 along axis AXIS of y3 (adahop.mx.quantize_blocks), e.g. [A, NB, 32]: the values
+    with non-finite ones zeroed, non-finite flags and block exponents (y3's shape less AXIS): floor(log2 amax) - 2
+    from the float's exponent bits (zero / subnormal amax -> -127), +1 for stochastic rounding where
+    amax > 3 * 2^(e+1) (never clip: amax <= 6 * 2^e)."""
+    finite = (y3 == y3) & (tl.abs(y3) != float("inf"))
+    nonfinite = tl.max(tl.where(finite, 0, 1), axis=AXIS) > 0
+    y3 = tl.where(finite, y3, 0.0)
+    amax = tl.max(tl.abs(y3), axis=AXIS)
+    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.maximum(biased - 129, -127)
+    if ROUNDING != 0:
+        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)
+    return y3, nonfinite, e
+
+
+@triton.jit
+def _e2m1_nearest(mag):
+    """Round half to even on the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}, saturating at 6: (magnitude, code
+    index). The grid step is 0.5 below 2, 1 in [2, 4), 2 from 4: q = rint(mag / step) * step, where
+    (t + 1.5 * 2^23) - 1.5 * 2^23 rounds t (< 2^22) to an integer, half to even; the index comes straight
+    from the step count (ranges start at indices 0, 4 (2.0) and 6 (4.0))."""
+    lt2 = mag < 2.0
+    lt4 = mag < 4.0
+    inv = tl.where(lt2, 2.0, tl.where(lt4, 1.0, 0.5))
+    r = (mag * inv + 12582912.0) - 12582912.0  # whole steps of this range
+    qabs = tl.minimum(r * tl.where(lt2, 0.5, tl.where(lt4, 1.0, 2.0)), 6.0)  # times the step: exact
+    idx = tl.minimum(r + tl.where(lt2, 0.0, tl.where(lt4, 2.0, 4.0)), 7.0).to(tl.int32)
+    return qabs, idx
+
+
+@triton.jit
 def _quantize_kernel(
     x_ptr, stride_r, stride_k,
     signs_ptr, zero_ptr, u_ptr,
@@ -214,13 +257,7 @@ def _quantize_kernel(
 ):
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_r * BR + tl.arange(0, BR)
-    cols = pid_k * BK + tl.arange(0, BK)
-    row_ok = rows < R
-    rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
+    pid_r, pid_k, rows, cols, row_ok, rows64, cols64 = _tile_coords(R, BR, BK)
     if K_CONTIG:
         x = tl.load(x_ptr + rows64[:, None] * stride_r + cols64[None, :] * stride_k, mask=row_ok[:, None], other=0.0)
     else:
@@ -241,29 +278,11 @@ def _quantize_kernel(
     y = _hadamard(y, BR, BK, HSIZE, HSCALE, HVARIANT)
 
     # ---- MXFP4 along K, blocks of 32 (adahop.mx.quantize_blocks) ----
-    y3 = tl.reshape(y, [BR, NB, 32])
-    finite = (y3 == y3) & (tl.abs(y3) != float("inf"))
-    nonfinite = tl.max(tl.where(finite, 0, 1), axis=2) > 0  # [BR, NB]
-    y3 = tl.where(finite, y3, 0.0)
-    amax = tl.max(tl.abs(y3), axis=2)  # [BR, NB]
-    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    e = tl.maximum(biased - 129, -127)  # floor(log2 amax) - 2, zero / subnormal amax -> -127
-    if ROUNDING != 0:
-        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)  # never clip: amax <= 6 * 2^e
+    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
-        # round half to even on the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}, saturating at 6: the code
-        # index is the number of decision thresholds passed (ties go to the even index)
-        # the grid step is 0.5 below 2, 1 in [2, 4), 2 from 4: q = rint(mag / step) * step, where
-        # (t + 1.5 * 2^23) - 1.5 * 2^23 rounds t (< 2^22) to an integer, half to even
-        lt2 = mag < 2.0
-        lt4 = mag < 4.0
-        inv = tl.where(lt2, 2.0, tl.where(lt4, 1.0, 0.5))
-        r = (mag * inv + 12582912.0) - 12582912.0  # whole steps of this range
-        qabs = tl.minimum(r * tl.where(lt2, 0.5, tl.where(lt4, 1.0, 2.0)), 6.0)  # times the step: exact
-        # the code index straight from the step count: ranges start at indices 0, 4 (2.0) and 6 (4.0)
-        idx = tl.minimum(r + tl.where(lt2, 0.0, tl.where(lt4, 2.0, 4.0)), 7.0).to(tl.int32)
+        qabs, idx = _e2m1_nearest(mag)
     else:
         step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
         inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
@@ -295,6 +314,64 @@ def _quantize_kernel(
     if WRITE_FP8:
         _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
                   BR, TILE, HW_CVT, WIDE, ROWFLAG)
+
+
+@triton.jit
+def _quantize_dual_kernel(
+    x_ptr, stride_r, signs_a_ptr, signs_b_ptr,
+    fp8_ptr, gscale_ptr, count_ptr, packed_b_ptr, scales_b_ptr,
+    R, K, R_PAD,
+    BR: tl.constexpr,
+    HSIZE_A: tl.constexpr, HSCALE_A: tl.constexpr, HAS_SIGNS_A: tl.constexpr,
+    HSIZE_B: tl.constexpr, HSCALE_B: tl.constexpr, HAS_SIGNS_B: tl.constexpr,
+    IN_BF16: tl.constexpr, HVARIANT: tl.constexpr, HW_CVT: tl.constexpr,
+):
+    """x [R, K] (K contiguous) read once, quantized with nearest rounding along both axes:
+    (a) along K: the wide fp8 form of the forward GEMM's left operand (what _quantize_kernel writes with
+        WIDE and no packed form; deficient blocks counted);
+    (b) along R: the packed MXFP4 form of x^T, K-major [K, R_PAD] (the weight gradient's right operand,
+        saved for backward); rows R..R_PAD-1 read as zeros, i.e. the token axis zero-padded.
+    Each axis has its own Hadamard size and signs (HSIZE_B <= BR)."""
+    BK: tl.constexpr = 128
+    NB: tl.constexpr = 4
+    NB_B: tl.constexpr = BR // 32
+    pid_r, pid_k, rows, cols, row_ok, rows64, cols64 = _tile_coords(R, BR, BK)
+    x = tl.load(x_ptr + rows64[:, None] * stride_r + cols64[None, :], mask=row_ok[:, None], other=0.0)
+    if IN_BF16:
+        y0 = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        y0 = x.to(tl.float32)
+
+    # (a) along K
+    y = y0
+    if HAS_SIGNS_A:
+        y = y * tl.load(signs_a_ptr + cols)[None, :]
+    y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT)
+    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), 0, 2)
+    scaled = y3 * _pow2(-e)[:, :, None]
+    qabs, _ = _e2m1_nearest(tl.abs(scaled))
+    qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
+    _fp8_emit(qabs, scaled < 0, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, count_ptr,
+              BR, False, HW_CVT, True, 0)
+
+    # (b) along R: the tile transposed in the chip, [BK features, BR tokens]
+    yb = tl.trans(y0)
+    pad_ok = rows < R_PAD
+    if HAS_SIGNS_B:
+        yb = yb * tl.load(signs_b_ptr + rows, mask=pad_ok, other=1.0)[None, :]
+    yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT)
+    y3b, nonfinite_b, e_b = _mx_exponents(tl.reshape(yb, [BK, NB_B, 32]), 0, 2)
+    scaled_b = y3b * _pow2(-e_b)[:, :, None]
+    _, idx_b = _e2m1_nearest(tl.abs(scaled_b))
+    idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
+    code = tl.where((scaled_b < 0) & (idx_b > 0), idx_b | 8, idx_b)
+    lo, hi = tl.split(tl.reshape(code, [BK, BR // 2, 2]))
+    pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
+    tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
+             mask=(pcols < R_PAD // 2)[None, :])
+    scols = pid_r * NB_B + tl.arange(0, NB_B)
+    tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
+             tl.where(nonfinite_b, 255, e_b + 127).to(tl.uint8), mask=(scols < R_PAD // 32)[None, :])
 
 
 @triton.jit
@@ -331,13 +408,7 @@ def _quantize_kernel_t(
     WIDE: the e5m2 form (see _fp8_emit); deficient blocks are counted (row flags: _quantize_kernel)."""
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_r * BR + tl.arange(0, BR)
-    cols = pid_k * BK + tl.arange(0, BK)
-    row_ok = rows < R
-    rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
+    pid_r, pid_k, rows, cols, row_ok, rows64, cols64 = _tile_coords(R, BR, BK)
     x = tl.load(x_ptr + cols64[:, None] * stride_k + rows64[None, :] * stride_r, mask=row_ok[None, :], other=0.0)
     if IN_BF16:
         y = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
@@ -366,22 +437,11 @@ def _quantize_kernel_t(
     if HSIZE >= 2:
         y = y * HSCALE
 
-    y3 = tl.reshape(y, [NB, 32, BR])
-    finite = (y3 == y3) & (tl.abs(y3) != float("inf"))
-    nonfinite = tl.max(tl.where(finite, 0, 1), axis=1) > 0  # [NB, BR]
-    y3 = tl.where(finite, y3, 0.0)
-    amax = tl.max(tl.abs(y3), axis=1)
-    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    e = tl.maximum(biased - 129, -127)
-    if ROUNDING != 0:
-        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)
+    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [NB, 32, BR]), ROUNDING, 1)  # nonfinite, e: [NB, BR]
     scaled = y3 * _pow2(-e)[:, None, :]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
-        lt2 = mag < 2.0
-        lt4 = mag < 4.0
-        r = (mag * tl.where(lt2, 2.0, tl.where(lt4, 1.0, 0.5)) + 12582912.0) - 12582912.0
-        qabs = tl.minimum(r * tl.where(lt2, 0.5, tl.where(lt4, 1.0, 2.0)), 6.0)  # a power-of-two step: exact
+        qabs, _ = _e2m1_nearest(mag)
     else:
         step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
         inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
@@ -520,7 +580,7 @@ def hadamard_scale(block: int) -> float:
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
 # axis 0 compile badly) and "t" without one.
 TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "hv_contig": 1, "hv_strided": 0, "reencode": (32, 4),
-          "strided_kernel": "auto", "strided_t": (32, 4)}
+          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
@@ -645,6 +705,64 @@ def fused_quantize(
         HW_CVT=_hw_cvt(t), WIDE=wide, ROWFLAG=1 if row_flags else 0, num_warps=warps,
     )
     return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)
+
+
+@torch.compiler.disable
+def fused_quantize_dual(
+    x: torch.Tensor,
+    *,
+    hadamard_size: int | None = None,
+    signs: torch.Tensor | None = None,
+    hadamard_size_t: int | None = None,
+    signs_t: torch.Tensor | None = None,
+    rows_multiple: int = 32,
+) -> dict:
+    """One read of x [R, K] (K contiguous), nearest rounding, two outputs:
+    - along K, as fused_quantize(x, hadamard_size, signs, write_packed=False, wide=True): fp8 (e5m2)
+      [R, K], gscale [K/128, R], count (deficient blocks);
+    - along R, as fused_quantize(x zero-padded to a multiple of `rows_multiple` rows, k_dim=0,
+      hadamard_size_t, signs_t, write_fp8=False): packed_t [K, R_pad/2], scales_t [K, R_pad/32].
+    This is what the forward of a linear quantizes of x: its GEMM operand and what backward keeps for the
+    weight gradient."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"expected a 2-D tensor with a contiguous last axis, got {tuple(x.shape)} strides {x.stride()}")
+    R, K = x.shape
+    hb = hadamard_size_t or 0
+    br = max(32, hb)
+    if K % GROUP != 0 or rows_multiple % br != 0:
+        raise ValueError(f"fused_quantize_dual needs K % {GROUP} == 0 and rows_multiple a multiple of "
+                         f"max(32, hadamard_size_t) = {br}; got K={K}, rows_multiple={rows_multiple}")
+    for h in (hadamard_size, hadamard_size_t):
+        if h and (h > MAX_HADAMARD or GROUP % h != 0):
+            raise ValueError(f"the fused quantizer handles Hadamard blocks up to {MAX_HADAMARD}, got {h}")
+    if (signs is not None and not hadamard_size) or (signs_t is not None and not hb):
+        raise ValueError("random signs belong to a Hadamard transform (adahop.hadamard.block_hadamard): "
+                         "give hadamard_size / hadamard_size_t with signs / signs_t")
+    r_pad = -(-R // rows_multiple) * rows_multiple
+    dev = x.device
+    signs = None if signs is None else signs.to(device=dev, dtype=torch.float32).contiguous()
+    signs_t = None if signs_t is None else signs_t.to(device=dev, dtype=torch.float32).contiguous()
+    if signs is not None and signs.shape != (K,):
+        raise ValueError(f"signs must have shape ({K},), got {tuple(signs.shape)}")
+    if signs_t is not None and signs_t.shape != (r_pad,):
+        raise ValueError(f"signs_t must have shape ({r_pad},) (the padded rows), got {tuple(signs_t.shape)}")
+    fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
+    gscale = torch.empty((K // GROUP, R), dtype=torch.float32, device=dev)
+    count = _count_buffer(dev)
+    packed_t = torch.empty((K, r_pad // 2), dtype=torch.uint8, device=dev)
+    scales_t = torch.empty((K, r_pad // 32), dtype=torch.uint8, device=dev)
+    ha = hadamard_size or 0
+    _quantize_dual_kernel[(r_pad // br, K // GROUP)](
+        x.view(torch.int16) if x.dtype == torch.bfloat16 else x, x.stride(0),
+        signs if signs is not None else count, signs_t if signs_t is not None else count,
+        fp8, gscale, count, packed_t, scales_t, R, K, r_pad,
+        BR=br, HSIZE_A=ha, HSCALE_A=hadamard_scale(ha) if ha else 1.0, HAS_SIGNS_A=signs is not None,
+        HSIZE_B=hb, HSCALE_B=hadamard_scale(hb) if hb else 1.0, HAS_SIGNS_B=signs_t is not None,
+        IN_BF16=x.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig"], HW_CVT=_hw_cvt(x),
+        num_warps=TUNING["dual_warps"],
+    )
+    return {"fp8": fp8.view(fp8_dtype(True)), "gscale": gscale, "count": count, "packed_t": packed_t,
+            "scales_t": scales_t}
 
 
 def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags) -> dict:

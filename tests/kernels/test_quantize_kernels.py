@@ -17,6 +17,7 @@ from adahop.kernels.gemm import FastOperand, _correction
 from adahop.kernels.quantize import (
     deficient_blocks,
     fused_quantize,
+    fused_quantize_dual,
     fused_reencode,
     reference_fp8,
 )
@@ -486,3 +487,44 @@ def test_fix_rows_falls_back_when_the_fp8_gemm_is_refused(monkeypatch):
 def test_row_flags_need_the_packed_form():
     with pytest.raises(ValueError, match="write_packed=True"):
         fused_quantize(torch.randn(32, 128).to(DEV), row_flags=True, write_packed=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hsizes", [(None, None), (32, 32), (128, 64), (32, 128)])
+@pytest.mark.parametrize("with_signs", [False, True])
+def test_dual_quantize_matches_both_references(dtype, hsizes, with_signs):
+    """One read of x, both quantizations of a linear's forward: along K the wide fp8 GEMM operand, along
+    the tokens the packed form of x^T (zero-padded tokens), each against the torch reference bit for bit."""
+    ha, hb = hsizes
+    g = torch.Generator().manual_seed(hash((str(dtype), hsizes, with_signs)) & 0xFFFF)
+    x = torch.cat([adversarial_rows(), torch.randn(60, 256, generator=g) * 4]).to(dtype)  # 71 tokens
+    x[20:24, 0:32] *= 2.0 ** 24  # blocks beyond the wide window in those rows' first group: counted
+    multiple = max(32, hb or 0)
+    r_pad = -(-x.shape[0] // multiple) * multiple
+    sa = random_signs(256, 1) if with_signs and ha else None  # signs only come with a Hadamard
+    sb = random_signs(r_pad, 2) if with_signs and hb else None
+    out = fused_quantize_dual(x.to(DEV), hadamard_size=ha, signs=sa, hadamard_size_t=hb, signs_t=sb,
+                              rows_multiple=multiple)
+    ref_packed, ref_scales = reference(x, k_dim=1, hadamard_size=ha, signs=sa)
+    bits, gscale = reference_fp8(ref_packed, ref_scales, wide=True)
+    assert out["fp8"].dtype == torch.float8_e5m2
+    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits), "fp8 form along K differs"
+    assert torch.equal(out["gscale"].cpu(), gscale), "group scales differ"
+    defi = int(deficient_blocks(ref_packed, ref_scales, False, True).sum())
+    assert int(out["count"].item()) == defi and (defi > 0 or ha is not None)
+    x_pad = torch.cat([x, x.new_zeros(r_pad - x.shape[0], x.shape[1])])
+    ref_packed_t, ref_scales_t = reference(x_pad, k_dim=0, hadamard_size=hb, signs=sb)
+    assert torch.equal(out["scales_t"].cpu(), ref_scales_t), "E8M0 scales along the tokens differ"
+    assert torch.equal(out["packed_t"].cpu(), ref_packed_t), "packed codes along the tokens differ"
+
+
+def test_dual_quantize_refuses_what_it_cannot_do():
+    x = torch.randn(64, 256).to(DEV)
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        fused_quantize_dual(x.t())
+    with pytest.raises(ValueError, match="rows_multiple"):
+        fused_quantize_dual(x, hadamard_size_t=64, rows_multiple=32)
+    with pytest.raises(ValueError, match="signs_t must have shape"):
+        fused_quantize_dual(x, hadamard_size_t=32, signs_t=torch.ones(50))
+    with pytest.raises(ValueError, match="belong to a Hadamard"):
+        fused_quantize_dual(x, signs=torch.ones(256))
