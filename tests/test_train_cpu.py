@@ -115,20 +115,21 @@ def test_resume_mid_calibration_keeps_votes(tmp_path, reference_run):
 
 def test_step_with_dropped_blocks_is_redone_exactly(tmp_path):
     """The deferred deficient-block check (adahop.kernels.deferred): a step in which a block was left out
-    (simulated at steps 4 and 5 on both ranks: row slots overflowed, a block dropped) is run again from the
-    same batches and the same random state (stochastic rounding on) before the optimizer sees it, so the
+    (simulated at steps 4, 5 and 6 on both ranks: row slots overflowed, a block dropped twice) is run again
+    from the same batches and the same random state (stochastic rounding on) before the optimizer sees it, so the
     run equals one without the events."""
     sr = "\n[quantize.linear.mx]\nfilter_fqns = [\"output\"]\nuse_sr_grad = true\n"
     runs = {}
-    for name, env in (("plain", {}), ("redo", {"ADAHOP_DEBUG_DEFICIENT_AT_STEP": "4:rows,5"})):
+    for name, env in (("plain", {}), ("redo", {"ADAHOP_DEBUG_DEFICIENT_AT_STEP": "4:rows,5,6"})):
         text = base_toml(tmp_path / name, steps=7, calibration_steps=3).replace(
             '[quantize.linear.mx]\nfilter_fqns = ["output"]\n', sr)
         runs[name] = run_train(_write(tmp_path, f"{name}.toml", text), nproc=2, extra_env=env)
         assert runs[name].returncode == 0, runs[name].stdout[-4000:]
     redo = [line for line in runs["redo"].stdout.splitlines() if "running the step again" in line]
     assert len(redo) == 4, redo
-    # step 4: too few row slots (1% of a GEMM's rows flagged, simulated): slots for 2% from then on, and
-    # no backoff; step 5: a block no slot helps with, so the per-GEMM path for the next steps
+    # step 4: too few row slots (1% of a GEMM's rows flagged, simulated): slots for 2% from then on and no
+    # backoff, so step 5 is deferred again and its dropped block redoes it; that one backs off, so step 6
+    # runs on the per-GEMM path, where nothing is dropped and nothing redone
     rows = [line for line in redo if "step 4: 1 MXFP4 block" in line]
     block = [line for line in redo if "step 5: 1 MXFP4 block" in line]
     assert len(rows) == 2 and all("recompute up to 2.00% of their rows" in line for line in rows), redo

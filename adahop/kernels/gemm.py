@@ -215,8 +215,10 @@ def grow_row_slots(device: torch.device | str, group=None) -> Optional[float]:
 def simulate_row_overflow(device: torch.device | str, fraction: float) -> None:
     """Test hook: as if a GEMM of this step had flagged `fraction` of its rows, more than its slots (the
     step is redone: one block counted as left out in the active deferred check)."""
-    from .deferred import simulate_dropped_blocks
+    from .deferred import deferred, simulate_dropped_blocks
 
+    if not deferred():  # like the real record: only a deferred step's overflow redoes it and grows slots
+        return
     device = _device_key(device)
     peak = _OVERFLOW_RATIO.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
     peak.fill_(max(int(peak.item()), int(fraction * _RATIO_ONE)))
@@ -248,10 +250,13 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
         acc = _ROWS_FIXED[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
     acc.add_(n)
     a.count.add_((n - cap).clamp_(min=0).to(a.count.dtype))
-    peak = _OVERFLOW_RATIO.get(flags.device)
-    if peak is None:
-        peak = _OVERFLOW_RATIO[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
-    torch.maximum(peak, torch.where(n > cap, n * _RATIO_ONE // m, 0), out=peak)
+    if a.count is counter_for(flags.device) and m * ROW_FIX_MAX_FRACTION > ROW_FIX_MIN:
+        # only what redoes a step (the deferred check's counter) and only GEMMs that more slots can help
+        # (below 256 rows the bound is under the 16 default) may grow the slots
+        peak = _OVERFLOW_RATIO.get(flags.device)
+        if peak is None:
+            peak = _OVERFLOW_RATIO[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
+        torch.maximum(peak, torch.where(n > cap, n * _RATIO_ONE // m, 0), out=peak)
     parts = fused_row_split(a.packed, a.scales, rows, a.count)
     try:
         exact = _scaled_mm_parts(parts["hi"], parts["hi_gscale"], b, torch.float32)
