@@ -46,15 +46,19 @@ TILE_B_CHOICES = {"0": "none", "": "none", "false": "none", "forward": "forward"
 TILE_B_ALLOWED = "0 (default), forward, weights, 1 (= all)"
 
 
+def tile_b_choice() -> str | None:
+    """ADAHOP_TILE_B as one of TILE_B_CHOICES' values, or None for a value it does not allow."""
+    return TILE_B_CHOICES.get(os.environ.get("ADAHOP_TILE_B", "0").strip().lower())
+
+
 def _tile_b(tag: str | None = None) -> bool:
     """ADAHOP_TILE_B: 128x128 scales for the right operand of `tag`'s GEMM. 0: none (the default);
     forward: W of the forward GEMM only (the one measured faster: docs/benchmarks.md, 2026-12-01);
     weights: the slots of WEIGHT_RIGHT_SLOTS; 1/all: every GEMM. Off by default until a training run shows
     how often a 128x128 tile of W leaves a block beyond fp8's window (each such block redoes a step)."""
-    raw = os.environ.get("ADAHOP_TILE_B", "0")
-    choice = TILE_B_CHOICES.get(raw.strip().lower())
+    choice = tile_b_choice()
     if choice is None:
-        raise ValueError(f"ADAHOP_TILE_B={raw!r}: expected one of {TILE_B_ALLOWED}")
+        raise ValueError(f"ADAHOP_TILE_B={os.environ['ADAHOP_TILE_B']!r}: expected one of {TILE_B_ALLOWED}")
     return (choice == "all" or (choice == "weights" and tag in WEIGHT_RIGHT_SLOTS)
             or (choice == "forward" and tag == "forward_y"))
 

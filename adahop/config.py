@@ -259,11 +259,10 @@ def validate_model(job_config) -> None:
 
 def validate_environment() -> None:
     """The environment switches of the GPU path (docs/config.md), checked before any step."""
-    from adahop.backend import TILE_B_ALLOWED, TILE_B_CHOICES
+    from adahop.backend import TILE_B_ALLOWED, tile_b_choice
 
-    raw = os.environ.get("ADAHOP_TILE_B", "0")
-    if raw.strip().lower() not in TILE_B_CHOICES:
-        raise ConfigError("ADAHOP_TILE_B (environment)", raw, TILE_B_ALLOWED)
+    if tile_b_choice() is None:
+        raise ConfigError("ADAHOP_TILE_B (environment)", os.environ["ADAHOP_TILE_B"], TILE_B_ALLOWED)
 
 
 def validate_job_config(job_config, *, check_model: bool = True) -> None:

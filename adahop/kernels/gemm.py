@@ -172,6 +172,14 @@ def row_fix_capacity(m: int) -> int:
     return min(m, -(-want // 16) * 16)
 
 
+def _device_counter(table: dict, device: torch.device) -> torch.Tensor:
+    """The int64 [1] device tensor `table` keeps for `device` (created at zero on first use)."""
+    counter = table.get(device)
+    if counter is None:
+        counter = table[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return counter
+
+
 def rows_fixed() -> int:
     """Rows recomputed exactly so far (reads the device counters: one sync; for reports)."""
     return sum(int(t.item()) for t in _ROWS_FIXED.values())
@@ -219,8 +227,7 @@ def simulate_row_overflow(device: torch.device | str, fraction: float) -> None:
 
     if not deferred():  # like the real record: only a deferred step's overflow redoes it and grows slots
         return
-    device = _device_key(device)
-    peak = _OVERFLOW_RATIO.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
+    peak = _device_counter(_OVERFLOW_RATIO, _device_key(device))
     peak.fill_(max(int(peak.item()), int(fraction * _RATIO_ONE)))
     simulate_dropped_blocks(1)
 
@@ -245,17 +252,12 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
     flags = a.row_flags
     rows = torch.nonzero_static(flags, size=cap, fill_value=0).squeeze(1)
     n = flags.sum(dtype=torch.int64)
-    acc = _ROWS_FIXED.get(flags.device)
-    if acc is None:
-        acc = _ROWS_FIXED[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
-    acc.add_(n)
+    _device_counter(_ROWS_FIXED, flags.device).add_(n)
     a.count.add_((n - cap).clamp_(min=0).to(a.count.dtype))
     if a.count is counter_for(flags.device) and m * ROW_FIX_MAX_FRACTION > ROW_FIX_MIN:
         # only what redoes a step (the deferred check's counter) and only GEMMs that more slots can help
         # (below 256 rows the bound is under the 16 default) may grow the slots
-        peak = _OVERFLOW_RATIO.get(flags.device)
-        if peak is None:
-            peak = _OVERFLOW_RATIO[flags.device] = torch.zeros(1, dtype=torch.int64, device=flags.device)
+        peak = _device_counter(_OVERFLOW_RATIO, flags.device)
         torch.maximum(peak, torch.where(n > cap, n * _RATIO_ONE // m, 0), out=peak)
     parts = fused_row_split(a.packed, a.scales, rows, a.count)
     try:
