@@ -20,6 +20,8 @@ cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
 RUN=/tmp/quality
 ALL=(bf16 float8 adahop hadamard mxfp4 rht adahop_sr)
+# the overrides of every run: part of each result's signature, so `start` and `collect` must pass the same
+RUN_ARGS="--checkpoint.no-enable ${EXTRA:-}"
 
 snapshot() {
   { date -u; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
@@ -48,7 +50,7 @@ case "${1:-}" in
     echo "GPUs $GPUS, ${PER_GPU:-2} per GPU, recipes ${recipes[*]}" | tee "$RUN/driver.log"
     setsid nohup python3 scripts/quality_experiment.py --recipes "${recipes[@]}" --gpus "$GPUS" \
       --parallel "${PER_GPU:-2}" --out "$RUN" --report "$RUN/quality.md" \
-      --checkpoint.no-enable ${EXTRA:-} >> "$RUN/driver.log" 2>&1 < /dev/null &
+      $RUN_ARGS >> "$RUN/driver.log" 2>&1 < /dev/null &
     sleep 60; snapshot ;;
   wait)
     end=$(( $(date +%s) + ${2:-540} ))
@@ -56,7 +58,7 @@ case "${1:-}" in
     snapshot ;;
   collect)
     python3 scripts/quality_experiment.py --report-only --out "$RUN" --report "$RUN/quality.md" \
-      --checkpoint.no-enable ${EXTRA:-} >> "$RUN/driver.log" 2>&1
+      $RUN_ARGS >> "$RUN/driver.log" 2>&1
     snapshot ;;
   *) echo "usage: bash scripts/gpu_quality.sh start [RECIPES...] | wait SECONDS | collect" >&2; exit 2 ;;
 esac

@@ -54,7 +54,7 @@ VAL = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 PLAN = re.compile(r"\[adahop\] plan \((calibration|[a-z_]+)\): (.*)$", re.M)
 
 
-def _dataset_path(config: str, extra: list[str]) -> Path | None:
+def _dataset_path(config: Path, extra: list[str]) -> Path | None:
     """The training text the runs read: --training.dataset_path, else the config's, else None (embedded)."""
     for i, a in enumerate(extra):
         if a == "--training.dataset_path" and i + 1 < len(extra):
@@ -63,7 +63,7 @@ def _dataset_path(config: str, extra: list[str]) -> Path | None:
             return Path(a.split("=", 1)[1])
     import tomllib
 
-    with open(REPO / config if not Path(config).is_absolute() else config, "rb") as f:
+    with open(config, "rb") as f:
         path = tomllib.load(f).get("training", {}).get("dataset_path")
     return Path(path) if path else None
 
@@ -90,8 +90,8 @@ def _content_sha256(path: str, mtime_ns: int, size: int) -> str:
 def signature(config: str, recipe: str, extra: list[str]) -> dict:
     """What makes two runs of a recipe the same experiment: the config's text, the recipe's overrides, the
     extra overrides and the training data. Stored in done.json; a finished run with another one is refused."""
-    cfg = REPO / config if not Path(config).is_absolute() else Path(config)
-    data = _dataset_path(config, extra)
+    cfg = REPO / config  # an absolute config stays itself
+    data = _dataset_path(cfg, extra)
     if data is not None and not data.is_absolute():
         data = REPO / data
     return {"config": config, "config_sha256": _sha256(cfg), "recipe": RECIPES[recipe], "extra": list(extra),
@@ -101,6 +101,11 @@ def signature(config: str, recipe: str, extra: list[str]) -> dict:
 def command(config: str, recipe: str, out: Path, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "adahop.train", "--job.config_file", config, "--job.dump_folder",
             str(out / recipe), "--metrics.disable_color_printing", *RECIPES[recipe], *extra]
+
+
+def display_command(config: str, recipe: str, out: Path, extra: list[str]) -> str:
+    """`command` as the report shows it ("python" for this interpreter's path)."""
+    return " ".join(["python", *command(config, recipe, out, extra)[1:]])
 
 
 def parse(log_text: str) -> dict:
@@ -191,7 +196,7 @@ def run_all(config: str, recipes: list[str], out: Path, extra: list[str], slots:
                 free.append(slot)
                 meta = {"signature": signature(config, r, extra), "device": _device_name(),
                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": round(time.time() - t0),
-                        "command": " ".join(["python", *command(config, r, out, extra)[1:]])}
+                        "command": display_command(config, r, out, extra)}
                 res = finish(r, out, proc.returncode, meta)
                 if res is not None:
                     results[r] = res
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[quality] no recipe finished", file=sys.stderr)
         return 1
     device = args.device or _device_name()
-    commands = {r: res.get("meta", {}).get("command") or " ".join(["python", *command(args.config, r, out, extra)[1:]])
+    commands = {r: res.get("meta", {}).get("command") or display_command(args.config, r, out, extra)
                 for r, res in results.items()}
     write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results],
                  Path(args.notes) if args.notes else None)

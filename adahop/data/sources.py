@@ -305,7 +305,7 @@ def html_prose(main: Callable[[str, dict], bool] | None = None,
 
 def sphinx_sources_reader(name: str, base: str, skip: tuple[str, ...] = ()):
     """A Sphinx-built manual whose reStructuredText sources are shipped (`_sources/`)."""
-    return doc_reader(name, base, ("**/*.rst.txt", "**/*.txt"), rst_to_prose,
+    return doc_reader(name, base, ("**/*.txt",), rst_to_prose,  # *.txt takes the *.rst.txt pages too
                       skip=("whatsnew/changelog", "license", "LICENSE", "genindex",
                             ".ipynb", ".md.txt") + skip)
 
@@ -370,11 +370,15 @@ def osis_to_text(osis: str) -> str:
     return re.sub(r"\n\n\([\d, -]+\)(?=\n\n|$)", "", text)
 
 
-def sword_commentary_reader(name: str, module: str, held_out: Callable[[str], bool]):
+def sword_commentary_reader(name: str, module: str, held_out: Callable[[str], bool] | None = None):
     """Reader for a SWORD "zCom" commentary module: the index file (ot/nt.bzs or .czs)
     holds (offset, size, uncompressed size) of each zlib block of the data file (.bzz or
     .czz); a block is one book (b) or one chapter (c) of the commentary and becomes one
-    document, named by its first osisID; `held_out(doc_id)` picks the held-out ones."""
+    document, named by its first osisID; `held_out(doc_id)` picks the held-out ones
+    (default: 1 in 25 by a hash of the id, as doc_reader does)."""
+    if held_out is None:
+        def held_out(doc_id: str) -> bool:
+            return _held_out_by_hash(doc_id, every=25)
 
     def read(root: Path) -> Iterator[RawDoc]:
         base = root / "usr" / "share" / "sword" / "modules" / "comments" / "zcom" / module
@@ -553,12 +557,10 @@ SOURCES: dict[str, Source] = {
         Source("treasury_of_david", "deb", "sword-comm-tdavid", "Public domain",
                "C. H. Spurgeon's The Treasury of David, a commentary on the Psalms "
                "(1869-1885; SWORD module)",
-               sword_commentary_reader("treasury_of_david", "tdavid",
-                                       lambda doc_id: _held_out_by_hash(doc_id, every=25))),
+               sword_commentary_reader("treasury_of_david", "tdavid")),
         Source("scofield", "deb", "sword-comm-scofield", "Public domain",
                "C. I. Scofield's Reference Notes, 1917 edition (SWORD module)",
-               sword_commentary_reader("scofield", "scofield",
-                                       lambda doc_id: _held_out_by_hash(doc_id, every=25))),
+               sword_commentary_reader("scofield", "scofield")),
         Source("ant_docs", "deb", "ant-doc", "Apache-2.0 (Apache Ant)",
                "Apache Ant 1.10 manual (HTML)",
                doc_reader("ant_docs", "usr/share/doc/ant/manual", ("**/*.html",), html_prose(),

@@ -211,10 +211,15 @@ _RST_INLINE = [(re.compile(p), r) for p, r in (
 )] + [(_RST_STRONG, r"\1"), (_RST_EMPH, r"\1"), (re.compile(r"^:([^:`\n]+):\s*"), r"\1: ")]
 
 
+def _substitute_all(patterns: list, text: str) -> str:
+    """text with each (compiled pattern, replacement) applied in turn."""
+    for pattern, repl in patterns:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def _rst_inline(line: str) -> str:
-    for pattern, repl in _RST_INLINE:
-        line = pattern.sub(repl, line)
-    return line
+    return _substitute_all(_RST_INLINE, line)
 
 
 def _indent(line: str) -> int:
@@ -612,15 +617,19 @@ def _pod_link(inner: str) -> str:
     return inner.strip('"')
 
 
+_WHITESPACE = re.compile(r"\s+")
+
+
 def _pod_parse(s: str, i: int, close: int) -> tuple[str, int]:
     """Render POD formatting codes from s[i:] up to the closer of a code with `close`
     angle brackets (0: the end of the string); returns (text, index after the closer)."""
     out: list[str] = []
+    closer = re.compile(r"\s+" + ">" * close) if close > 1 else None
     while i < len(s):
         if close == 1 and s[i] == ">":
             return "".join(out), i + 1
-        if close > 1:
-            m = re.compile(r"\s+" + ">" * close).match(s, i)
+        if closer is not None:
+            m = closer.match(s, i)
             if m:
                 return "".join(out), m.end()
         if s[i] in _POD_CODES and s.startswith("<", i + 1):
@@ -629,7 +638,7 @@ def _pod_parse(s: str, i: int, close: int) -> tuple[str, int]:
                 j += 1
             n = j - i - 1
             if n > 1:
-                ws = re.compile(r"\s+").match(s, j)
+                ws = _WHITESPACE.match(s, j)
                 if ws is None:  # "C<<" without a space is a single-bracket code
                     n, j = 1, i + 2
                 else:
@@ -715,9 +724,7 @@ _MD_INLINE = [(re.compile(r"!\[[^\]]*\]\([^)]*\)"), ""),
 
 
 def markdown_inline(text: str) -> str:
-    for pattern, repl in _MD_INLINE:
-        text = pattern.sub(repl, text)
-    return text
+    return _substitute_all(_MD_INLINE, text)
 
 
 def markdown_to_text(text: str) -> str:
