@@ -123,6 +123,53 @@ def _hadamard(y, BR: tl.constexpr, BK: tl.constexpr, HSIZE: tl.constexpr, HSCALE
 
 
 @triton.jit
+def _fp8_bits(v, neg, nonfinite, HW_CVT: tl.constexpr, WIDE: tl.constexpr):
+    """uint8 bits of the fp8 e4m3 (e5m2 if WIDE) numbers of magnitude v (exactly representable), negative
+    where `neg`, NaN where `nonfinite` (broadcast to v's shape); any shape."""
+    if HW_CVT:
+        # the hardware conversion (cvt.rn.satfinite.e4m3x2 / e5m2x2.f32): exact, since v is representable
+        v = tl.where(neg & (v > 0), -v, v)
+        v = tl.where(nonfinite, float("nan"), v)
+        if WIDE:
+            bits = v.to(tl.float8e5).to(tl.uint8, bitcast=True)
+        else:
+            bits = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    else:
+        # the same bits by integer arithmetic (Triton's CPU interpreter)
+        vb = v.to(tl.int32, bitcast=True)
+        fe = ((vb >> 23) & 0xFF) - 127
+        if WIDE:  # e5m2: bias 15, 2 mantissa bits, subnormals in steps of 2^-16
+            b = tl.where(fe >= -14, ((fe + 15) << 2) | ((vb >> 21) & 3), (v * 65536.0).to(tl.int32))
+        else:  # e4m3: bias 7, 3 mantissa bits, subnormals in steps of 2^-9
+            b = tl.where(fe >= -6, ((fe + 7) << 3) | ((vb >> 20) & 7), (v * 512.0).to(tl.int32))
+        b = tl.where(v == 0, 0, b)
+        b = tl.where(neg & (v != 0), b | 0x80, b)
+        bits = tl.where(nonfinite, 0x7F, b).to(tl.uint8)
+    return bits
+
+
+@triton.jit
+def _code_bytes(idx, neg, A: tl.constexpr, L: tl.constexpr):
+    """Packed bytes [A, L/2] of E2M1 code indices idx (L along the packed axis, any leading [A, ...]
+    layout that reshapes to [A, L]) with their signs: sign bit 8 (not for zero), lower index in the low
+    nibble."""
+    code = tl.where(neg & (idx > 0), idx | 8, idx)
+    lo, hi = tl.split(tl.reshape(code, [A, L // 2, 2]))
+    return (lo | (hi << 4)).to(tl.uint8)
+
+
+@triton.jit
+def _widen(x, IN_BF16: tl.constexpr):
+    """float32 values of a loaded tile; bf16 arrives as its int16 bits and is widened exactly (Triton's
+    interpreter mis-converts bf16 subnormals through its own cast)."""
+    if IN_BF16:
+        y = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        y = x.to(tl.float32)
+    return y
+
+
+@triton.jit
 def _fp8_emit(
     qabs, neg, e, nonfinite, rows, pid_k, R, K,
     fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
@@ -151,28 +198,8 @@ def _fp8_emit(
     v = qabs * _pow2(o_c)[:, :, None]  # exact: |v| <= 6 * 2^HEAD, v a multiple of 2^(LOW - 1)
     v = tl.where(deficient[:, :, None], 0.0, v)
     cols = pid_k * 128 + tl.arange(0, 128)
-    if HW_CVT:
-        # the hardware conversion (cvt.rn.satfinite.e4m3x2 / e5m2x2.f32): exact, since v is representable
-        v = tl.where(neg & (v > 0), -v, v)
-        v = tl.where(nonfinite[:, :, None], float("nan"), v)
-        if WIDE:
-            f8 = tl.reshape(v, [BR, NB * 32]).to(tl.float8e5)
-        else:
-            f8 = tl.reshape(v, [BR, NB * 32]).to(tl.float8e4nv)
-        tl.store(fp8_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], f8.to(tl.uint8, bitcast=True), mask=row_ok[:, None])
-    else:
-        # the same bits by integer arithmetic (Triton's CPU interpreter)
-        vb = v.to(tl.int32, bitcast=True)
-        fe = ((vb >> 23) & 0xFF) - 127
-        if WIDE:  # e5m2: bias 15, 2 mantissa bits, subnormals in steps of 2^-16
-            bits = tl.where(fe >= -14, ((fe + 15) << 2) | ((vb >> 21) & 3), (v * 65536.0).to(tl.int32))
-        else:  # e4m3: bias 7, 3 mantissa bits, subnormals in steps of 2^-9
-            bits = tl.where(fe >= -6, ((fe + 7) << 3) | ((vb >> 20) & 7), (v * 512.0).to(tl.int32))
-        bits = tl.where(v == 0, 0, bits)
-        bits = tl.where(neg & (v != 0), bits | 0x80, bits)
-        bits = tl.where(nonfinite[:, :, None], 0x7F, bits)
-        bits = tl.reshape(bits, [BR, NB * 32]).to(tl.uint8)
-        tl.store(fp8_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], bits, mask=row_ok[:, None])
+    bits = tl.reshape(_fp8_bits(v, neg, nonfinite[:, :, None], HW_CVT, WIDE), [BR, NB * 32])
+    tl.store(fp8_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], bits, mask=row_ok[:, None])
     # 1x128 scales stored [K / 128, R] (the K-group axis outer): a [R, K/128] column-major view for
     # cuBLAS's left operand and the [K/128, N] contiguous tensor it wants for the right one.
     # Tile scales stored [R / 128, K / 128]: cuBLAS takes its transpose view [K/128, N/128].
@@ -264,11 +291,7 @@ def _quantize_kernel(
         # K along the input's outer axis: load [BK, BR] coalesced along the rows, transpose in the chip
         xt = tl.load(x_ptr + cols64[:, None] * stride_k + rows64[None, :] * stride_r, mask=row_ok[None, :], other=0.0)
         x = tl.trans(xt)
-    if IN_BF16:
-        # bf16 arrives as its int16 bits: widen exactly (Triton's interpreter mis-converts bf16 subnormals)
-        y = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-    else:
-        y = x.to(tl.float32)
+    y = _widen(x, IN_BF16)
     if HAS_ZERO:
         z = tl.load(zero_ptr + rows, mask=row_ok, other=0)
         y = tl.where(z[:, None] != 0, 0.0, y)
@@ -300,12 +323,9 @@ def _quantize_kernel(
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
     idx = tl.where(nonfinite[:, :, None], 0, idx)
     neg = scaled < 0
-    code = tl.where(neg & (idx > 0), idx | 8, idx)
 
     if WRITE_PACKED:
-        c2 = tl.reshape(code, [BR, BK // 2, 2])
-        lo, hi = tl.split(c2)
-        byte = (lo | (hi << 4)).to(tl.uint8)
+        byte = _code_bytes(idx, neg, BR, BK)
         pcols = pid_k * (BK // 2) + tl.arange(0, BK // 2)
         tl.store(packed_ptr + rows64[:, None] * (K // 2) + pcols[None, :], byte, mask=row_ok[:, None])
         sbyte = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
@@ -337,10 +357,7 @@ def _quantize_dual_kernel(
     NB_B: tl.constexpr = BR // 32
     pid_r, pid_k, rows, cols, row_ok, rows64, cols64 = _tile_coords(R, BR, BK)
     x = tl.load(x_ptr + rows64[:, None] * stride_r + cols64[None, :], mask=row_ok[:, None], other=0.0)
-    if IN_BF16:
-        y0 = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-    else:
-        y0 = x.to(tl.float32)
+    y0 = _widen(x, IN_BF16)
 
     # (a) along K
     y = y0
@@ -364,10 +381,8 @@ def _quantize_dual_kernel(
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
     _, idx_b = _e2m1_nearest(tl.abs(scaled_b))
     idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
-    code = tl.where((scaled_b < 0) & (idx_b > 0), idx_b | 8, idx_b)
-    lo, hi = tl.split(tl.reshape(code, [BK, BR // 2, 2]))
     pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
-    tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
+    tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :], _code_bytes(idx_b, scaled_b < 0, BK, BR),
              mask=(pcols < R_PAD // 2)[None, :])
     scols = pid_r * NB_B + tl.arange(0, NB_B)
     tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
@@ -410,10 +425,7 @@ def _quantize_kernel_t(
     NB: tl.constexpr = 4
     pid_r, pid_k, rows, cols, row_ok, rows64, cols64 = _tile_coords(R, BR, BK)
     x = tl.load(x_ptr + cols64[:, None] * stride_k + rows64[None, :] * stride_r, mask=row_ok[None, :], other=0.0)
-    if IN_BF16:
-        y = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-    else:
-        y = x.to(tl.float32)
+    y = _widen(x, IN_BF16)
     if HAS_ZERO:
         z = tl.load(zero_ptr + rows, mask=row_ok, other=0)
         y = tl.where(z[None, :] != 0, 0.0, y)
@@ -479,24 +491,7 @@ def _quantize_kernel_t(
         o_c = tl.minimum(tl.maximum(o, LOW), HEAD)
         v = qabs * _pow2(o_c)[:, None, :]
         v = tl.where(deficient[:, None, :], 0.0, v)
-        if HW_CVT:
-            v = tl.where(neg & (v > 0), -v, v)
-            v = tl.where(nonfinite[:, None, :], float("nan"), v)
-            if WIDE:
-                bits = tl.reshape(v, [BK, BR]).to(tl.float8e5).to(tl.uint8, bitcast=True)
-            else:
-                bits = tl.reshape(v, [BK, BR]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-        else:
-            vb = v.to(tl.int32, bitcast=True)
-            fe = ((vb >> 23) & 0xFF) - 127
-            if WIDE:
-                b = tl.where(fe >= -14, ((fe + 15) << 2) | ((vb >> 21) & 3), (v * 65536.0).to(tl.int32))
-            else:
-                b = tl.where(fe >= -6, ((fe + 7) << 3) | ((vb >> 20) & 7), (v * 512.0).to(tl.int32))
-            b = tl.where(v == 0, 0, b)
-            b = tl.where(neg & (v != 0), b | 0x80, b)
-            b = tl.where(nonfinite[:, None, :], 0x7F, b)
-            bits = tl.reshape(b, [BK, BR]).to(tl.uint8)
+        bits = tl.reshape(_fp8_bits(v, neg, nonfinite[:, None, :], HW_CVT, WIDE), [BK, BR])
         tl.store(fp8_ptr + rows64[:, None] * K + cols64[None, :], tl.trans(bits), mask=row_ok[:, None])
         tl.store(gscale_ptr + pid_k.to(tl.int64) * R + rows, _pow2(G), mask=row_ok)
         ndef = tl.sum(tl.sum(tl.where(row_ok[None, :], deficient.to(tl.int32), 0), axis=1), axis=0)
