@@ -588,6 +588,24 @@ def _hw_cvt(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
+def _hadamard_block(hadamard_size: int | None) -> int:
+    """The Hadamard block size a kernel takes (0: none), refused if the kernels cannot do it."""
+    h = hadamard_size or 0
+    if h and (h > MAX_HADAMARD or GROUP % h != 0):
+        raise ValueError(f"the fused quantizer handles Hadamard blocks up to {MAX_HADAMARD}, got {h}")
+    return h
+
+
+def _signs_on(signs: torch.Tensor | None, n: int, dev: torch.device, name: str = "signs") -> torch.Tensor | None:
+    """The random signs as the kernels read them (float32, contiguous, on `dev`), refused unless [n]."""
+    if signs is None:
+        return None
+    signs = signs.to(device=dev, dtype=torch.float32).contiguous()
+    if signs.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(signs.shape)}")
+    return signs
+
+
 def _count_buffer(dev: torch.device) -> torch.Tensor:
     """Where a kernel adds its deficient-block count: the step's shared counter inside
     adahop.kernels.deferred.deferred_check, else a fresh one for this operand."""
@@ -631,9 +649,7 @@ def fused_quantize(
                          "packed form: it needs write_fp8=True and write_packed=True")
     if tile and R % 128 != 0:
         raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
-    hsize = hadamard_size or 0
-    if hsize and (hsize > MAX_HADAMARD or GROUP % hsize != 0):
-        raise ValueError(f"the fused quantizer handles Hadamard blocks up to {MAX_HADAMARD}, got {hsize}")
+    hsize = _hadamard_block(hadamard_size)
     if k_dim == 1 and t.stride(1) != 1 and t.stride(0) == 1 and R > 1:
         t, k_dim = t.t(), 0  # a transposed view: read it along its contiguous axis
     dev = t.device
@@ -663,10 +679,7 @@ def fused_quantize(
     zero = None
     if zero_rows is not None and zero_rows.numel() > 0:
         zero = torch.zeros(R, dtype=torch.int8, device=dev).index_fill_(0, zero_rows.to(dev), 1)
-    if signs is not None:
-        signs = signs.to(device=dev, dtype=torch.float32).contiguous()
-        if signs.shape != (K,):
-            raise ValueError(f"signs must have shape ({K},), got {tuple(signs.shape)}")
+    signs = _signs_on(signs, K, dev)
     br, warps = _block_rows(k_contig, tile)
     dummy = count
     strided_kernel = TUNING["strided_kernel"]
@@ -722,31 +735,23 @@ def fused_quantize_dual(
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"expected a 2-D tensor with a contiguous last axis, got {tuple(x.shape)} strides {x.stride()}")
     R, K = x.shape
-    hb = hadamard_size_t or 0
+    ha, hb = _hadamard_block(hadamard_size), _hadamard_block(hadamard_size_t)
     br = max(32, hb)
     if K % GROUP != 0 or rows_multiple % br != 0:
         raise ValueError(f"fused_quantize_dual needs K % {GROUP} == 0 and rows_multiple a multiple of "
                          f"max(32, hadamard_size_t) = {br}; got K={K}, rows_multiple={rows_multiple}")
-    for h in (hadamard_size, hadamard_size_t):
-        if h and (h > MAX_HADAMARD or GROUP % h != 0):
-            raise ValueError(f"the fused quantizer handles Hadamard blocks up to {MAX_HADAMARD}, got {h}")
-    if (signs is not None and not hadamard_size) or (signs_t is not None and not hb):
+    if (signs is not None and not ha) or (signs_t is not None and not hb):
         raise ValueError("random signs belong to a Hadamard transform (adahop.hadamard.block_hadamard): "
                          "give hadamard_size / hadamard_size_t with signs / signs_t")
     r_pad = -(-R // rows_multiple) * rows_multiple
     dev = x.device
-    signs = None if signs is None else signs.to(device=dev, dtype=torch.float32).contiguous()
-    signs_t = None if signs_t is None else signs_t.to(device=dev, dtype=torch.float32).contiguous()
-    if signs is not None and signs.shape != (K,):
-        raise ValueError(f"signs must have shape ({K},), got {tuple(signs.shape)}")
-    if signs_t is not None and signs_t.shape != (r_pad,):
-        raise ValueError(f"signs_t must have shape ({r_pad},) (the padded rows), got {tuple(signs_t.shape)}")
+    signs = _signs_on(signs, K, dev)
+    signs_t = _signs_on(signs_t, r_pad, dev, "signs_t")  # r_pad: the padded rows
     fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
     gscale = torch.empty((K // GROUP, R), dtype=torch.float32, device=dev)
     count = _count_buffer(dev)
     packed_t = torch.empty((K, r_pad // 2), dtype=torch.uint8, device=dev)
     scales_t = torch.empty((K, r_pad // 32), dtype=torch.uint8, device=dev)
-    ha = hadamard_size or 0
     _quantize_dual_kernel[(r_pad // br, K // GROUP)](
         x.view(torch.int16) if x.dtype == torch.bfloat16 else x, x.stride(0),
         signs if signs is not None else count, signs_t if signs_t is not None else count,
