@@ -42,6 +42,12 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def row_err(out, exact):
+    """Largest error of `out` relative to the largest magnitude of its row of `exact` (each row on its own
+    scale, so that small rows must be right too)."""
+    return ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+
+
 def fast_and_reference(a, b, hsize):
     """a @ b^T through the fast path and through the reference: (fast out, reference out, fast left
     operand, reference operands)."""
@@ -95,7 +101,7 @@ def test_deficient_blocks_are_corrected_and_counted():
     assert gemm.STATS["deficient_blocks"] > 0 and gemm.STATS["corrected_gemms"] == 1
     assert rel(out, exact) < FP8_ACC_TOL
     # compare row by row: the small rows must be right too, not only the norm
-    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    err = row_err(out, exact)
     assert err < 1e-4, err
 
 
@@ -232,7 +238,7 @@ def test_wide_left_operand_holds_gaps_up_to_28():
     out, _, fa, ra, rb = fast_and_reference(a, b, None)
     exact = ra.values.double() @ rb.values.double().t()
     assert gemm.STATS["corrected_gemms"] == 0 and gemm.STATS["deficient_blocks"] == 0
-    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    err = row_err(out, exact)
     assert err < 1e-4, err
 
 
@@ -254,7 +260,7 @@ def test_fix_rows_in_the_deferred_step_is_exact_and_counts_overflow():
         out = backend.matmul(fa, fb, torch.bfloat16, fix_rows=True)
         deferred.raise_if_deficient()  # nothing left out: the rows were recomputed
     assert gemm.rows_fixed() - before == 3
-    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    err = row_err(out, exact)
     assert err < 2**-8, err  # bf16 output, rounded once
     many = _planted_gaps(list(range(0, 1024, 16)), 40, (1024, 512))  # 64 rows, room for 16
     with deferred.deferred_check(dev):
@@ -268,7 +274,7 @@ def test_fix_rows_in_the_deferred_step_is_exact_and_counts_overflow():
     with forced_reference():
         rm, _ = backend.quantize(many)
     exact = rm.values.double() @ rb.values.double().t()
-    err = ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+    err = row_err(out, exact)
     assert err < 1e-4, err
 
 

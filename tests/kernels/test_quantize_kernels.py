@@ -347,6 +347,11 @@ def test_row_split_is_exact_and_matches_reference():
     assert int(diff) == ref["beyond"] > 0
 
 
+def row_err(out, exact):
+    """Largest error of `out` relative to the largest magnitude of its row of `exact`."""
+    return ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
+
+
 def _fast_pair(a_t, b_t, **a_kw):
     a = fused_quantize(a_t.to(DEV), hadamard_size=None, wide=True, **a_kw)
     b = fused_quantize(b_t.to(DEV), hadamard_size=None)
@@ -378,8 +383,8 @@ def test_fix_rows_makes_the_gemm_exact(out_dtype):
     # float32 out: the interpreter's float32 GEMM, or cuBLAS's fp8 accumulation on the GPU (see
     # tests/kernels/test_gpu_path.py: not a full fp32 accumulator inside 128-long chunks)
     tol = (1e-4 if DEV == "cuda" else 1e-6) if out_dtype == torch.float32 else 2 ** -8
-    err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
-    assert err.max() < tol, err.max()
+    err = row_err(out, exact)
+    assert err < tol, err
     assert int(fa.count.item()) == 0
 
 
@@ -438,8 +443,8 @@ def test_row_slots_grow_after_an_overflow_and_then_hold_the_rows(default_row_slo
     gemm._fix_rows(fa, fb, out)
     assert int(fa.count.item()) == 0
     exact = fa.dequantize().double() @ fb.dequantize().double().t()
-    err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
-    assert err.max() < (1e-4 if DEV == "cuda" else 1e-6), err.max()
+    err = row_err(out, exact)
+    assert err < (1e-4 if DEV == "cuda" else 1e-6), err
 
 
 def test_row_slots_growth_is_bounded(default_row_slots):
@@ -503,8 +508,8 @@ def test_fix_rows_falls_back_when_the_fp8_gemm_is_refused(monkeypatch):
     gemm._fix_rows(fa, fb, out)
     assert gemm.STATS["fallback_gemms"] == before + 1
     exact = fa.dequantize().double() @ fb.dequantize().double().t()
-    err = (out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)
-    assert err.max() < 1e-5, err.max()
+    err = row_err(out, exact)
+    assert err < 1e-5, err
 
 
 def test_row_flags_need_the_packed_form():
