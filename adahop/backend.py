@@ -63,6 +63,13 @@ def _tile_b(tag: str | None = None) -> bool:
             or (choice == "forward" and tag == "forward_y"))
 
 
+def dual_quantize_on() -> bool | None:
+    """ADAHOP_DUAL_QUANT=1: the forward of a linear quantizes x for its GEMM and for backward's weight
+    gradient from one read (fused_quantize_dual) where both slots run hadamard or none. Off by default
+    until measured faster on the GPU (docs/kernels.md). None for a value other than 0 / 1."""
+    return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_DUAL_QUANT", "0").strip())
+
+
 _CAPABILITY: dict = {}
 
 
@@ -211,6 +218,36 @@ def quantize(
     if packed:
         saved = MXFP4Tensor(q.packed_codes(), q.scale_bytes(), axis=-1, dtype=t.dtype)
     return Operand(values), saved
+
+
+def quantize_x_both_axes(
+    x: torch.Tensor,
+    *,
+    hadamard_size: int | None,
+    signs: torch.Tensor | None,
+    hadamard_size_t: int | None,
+    signs_t: torch.Tensor | None,
+    rows_multiple: int,
+) -> tuple[Operand, MXFP4Tensor] | None:
+    """From one read of x [R, K] (nearest rounding): the left operand of x @ W^T, as
+    `quantize(x, hadamard_size=, signs=)`, and the packed right operand of the weight gradient, as
+    `quantize(x zero-padded to a multiple of rows_multiple rows, k_dim=0, hadamard_size_t, signs_t,
+    packed=True)`. None where ADAHOP_DUAL_QUANT is off or either would not take the fast path."""
+    if x.dim() != 2 or x.stride(1) != 1 or not dual_quantize_on():
+        return None
+    r_pad = -(-x.shape[0] // rows_multiple) * rows_multiple
+    if not (_fast_ok(x, x.shape[1], hadamard_size) and _fast_ok(x, r_pad, hadamard_size_t)):
+        return None
+    from .kernels.gemm import FastOperand
+    from .kernels.quantize import fused_quantize, fused_quantize_dual
+
+    out = fused_quantize_dual(x, hadamard_size=hadamard_size, signs=signs, hadamard_size_t=hadamard_size_t,
+                              signs_t=signs_t, rows_multiple=rows_multiple)
+    # the packed form along K is only needed on the rare correction path: written then, by a rerun
+    repack = lambda: fused_quantize(x, hadamard_size=hadamard_size, signs=signs,  # noqa: E731
+                                    write_packed=True, write_fp8=False)
+    left = FastOperand(out["fp8"], out["gscale"], out["count"], meta={"repack": repack})
+    return Operand(fast=left), MXFP4Tensor(out["packed_t"], out["scales_t"], axis=-1, dtype=x.dtype)
 
 
 def from_packed(saved: MXFP4Tensor) -> Operand:

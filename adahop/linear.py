@@ -129,9 +129,10 @@ ROW_FIX_SLOTS = ("backward_gx",)
 
 def slot_gemm(
     a: torch.Tensor, a_k_dim: int, right: RightOperand, mode: str, recipe: LinearRecipe, slot: str, rounding: str,
-    out_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype = torch.float32, a_operand: Optional[backend.Operand] = None,
 ) -> torch.Tensor:
-    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored.
+    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored;
+    `a_operand`, if given, is `a` already quantized for this slot (hadamard / none modes).
 
     The extracted rows/columns of OE modes are exact zeros in the MXFP4 GEMM, so adding their BF16 part
     after the rounding to `out_dtype` is the same single rounding."""
@@ -147,9 +148,10 @@ def slot_gemm(
         right_operand, _ = backend.quantize(bt_hp, hadamard_size=hsize, signs=signs)
     else:
         right_operand = right.gemm_operand()
-    a_operand, _ = backend.quantize(
-        a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
-    )
+    if a_operand is None:
+        a_operand, _ = backend.quantize(
+            a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
+        )
     out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
@@ -174,18 +176,41 @@ def _check_dims(in_features: int, out_features: int, recipe: LinearRecipe) -> No
             raise ValueError(f"{name}={dim} is not a multiple of hadamard_size={recipe.hadamard_size}")
 
 
-def forward_gemm(x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch.Tensor:
+def forward_gemm(
+    x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe, x_operand: Optional[backend.Operand] = None
+) -> torch.Tensor:
     """The forward GEMM y = x W^T of `recipe` (no autograd bookkeeping)."""
     mode = recipe.mode("forward_y")
     w_right = prepare_right(weight, 1, mode, recipe, "forward_y", for_saving=False)
-    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype)
+    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype, a_operand=x_operand)
+
+
+def quantize_x_once(x2d: torch.Tensor, recipe: LinearRecipe) -> tuple[backend.Operand, RightOperand] | None:
+    """x quantized for the forward GEMM and for the weight gradient from one read, where both slots
+    transform x the same simple way (hadamard / none) and backend.quantize_x_both_axes takes it; else None."""
+    if recipe.mode("forward_y") not in (HADAMARD, NONE) or recipe.mode("backward_gw") not in (HADAMARD, NONE):
+        return None
+    multiple = _gw_row_multiple(recipe)
+    both = backend.quantize_x_both_axes(
+        x2d,
+        hadamard_size=recipe.hadamard_size_for("forward_y"),
+        signs=recipe.signs_for("forward_y", x2d.shape[1], x2d.device),
+        hadamard_size_t=recipe.hadamard_size_for("backward_gw"),
+        signs_t=recipe.signs_for("backward_gw", -(-x2d.shape[0] // multiple) * multiple, x2d.device),
+        rows_multiple=multiple,
+    )
+    if both is None:
+        return None
+    x_operand, packed_t = both
+    return x_operand, RightOperand(packed=packed_t)
 
 
 class _MXFP4LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe):
         _, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
-        y = forward_gemm(x2d, weight, recipe)
+        both = quantize_x_once(x2d, recipe) if ctx.needs_input_grad[1] else None
+        y = forward_gemm(x2d, weight, recipe, x_operand=both[0] if both else None)
 
         ctx.recipe = recipe
         ctx.tokens = x2d.shape[0]
@@ -199,8 +224,11 @@ class _MXFP4LinearFunction(torch.autograd.Function):
                 ctx.gx_right = RightOperand(full=weight, full_k_dim=0)
             saved += _stash(ctx.gx_right)
         if ctx.needs_input_grad[1]:
-            x_padded = _pad_rows(x2d, _gw_row_multiple(recipe))
-            ctx.gw_right = prepare_right(x_padded, 0, gw_mode, recipe, "backward_gw", for_saving=True)
+            if both is not None:
+                ctx.gw_right = both[1]
+            else:
+                x_padded = _pad_rows(x2d, _gw_row_multiple(recipe))
+                ctx.gw_right = prepare_right(x_padded, 0, gw_mode, recipe, "backward_gw", for_saving=True)
             saved += _stash(ctx.gw_right)
         ctx.save_for_backward(*saved)
         return y

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 
 import adahop.titan  # noqa: F401  (CPU shims + registrations before torchtitan is used)
 from adahop.config import ConfigError, validate_job_config, validate_mx
@@ -199,3 +200,20 @@ def test_tile_b_environment_switch_checked_before_training(seed_config, monkeypa
         monkeypatch.setenv("ADAHOP_TILE_B", raw)
         validate_job_config(seed_config, check_model=False)
         assert tuple(backend._tile_b(slot) for slot in ("forward_y", "backward_gx", "backward_gw")) == want, raw
+
+
+def test_dual_quantize_environment_switch_checked_before_training(seed_config, monkeypatch):
+    from adahop import backend
+
+    monkeypatch.setenv("ADAHOP_DUAL_QUANT", "on")
+    with pytest.raises(ConfigError) as e:
+        validate_job_config(seed_config, check_model=False)
+    assert "ADAHOP_DUAL_QUANT" in str(e.value) and "'on'" in str(e.value) and "0 (default), 1" in str(e.value)
+    for raw, want in (("0", False), ("1", True), (" 1 ", True)):
+        monkeypatch.setenv("ADAHOP_DUAL_QUANT", raw)
+        validate_job_config(seed_config, check_model=False)
+        assert backend.dual_quantize_on() is want, raw
+    # on a device without the fast path the switch changes nothing: the two quantizations run as before
+    x = torch.randn(64, 128)
+    assert backend.quantize_x_both_axes(x, hadamard_size=32, signs=None, hadamard_size_t=32, signs_t=None,
+                                        rows_multiple=32) is None

@@ -202,6 +202,44 @@ def test_linear_with_128x128_right_scales_matches_reference(mode, tile, monkeypa
     assert tiled == {"forward_y": True, "backward_gx": tile != "forward", "backward_gw": tile == "1"}, tiled
 
 
+@pytest.mark.parametrize("randomized", [False, True])
+@pytest.mark.parametrize("modes", [("hadamard", "hadamard"), ("none", "none"), ("hadamard", "none"),
+                                   ("inner_outlier_extract_left", "hadamard")])
+@pytest.mark.parametrize("tokens", [512, 1000])
+def test_linear_with_x_quantized_once_equals_two_quantizations(modes, randomized, tokens, monkeypatch):
+    """ADAHOP_DUAL_QUANT=1 (fused_quantize_dual in forward) gives the same y, gx and gw bit for bit as the
+    two separate quantizations of x, and is taken exactly where both x slots run hadamard / none (1000
+    tokens: the weight gradient's K padded to 1024 inside the kernel)."""
+    from adahop.kernels import quantize as kq
+
+    torch.manual_seed(2)
+    fin, fout = 256, 384
+    x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
+    x[:, 3] *= 30
+    x[5] *= 2.0**20  # a row far above the rest: deficient blocks along the token axis (corrected in both)
+    w = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
+    gy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
+    kw = dict(forward_y=modes[0], backward_gx="hadamard", backward_gw=modes[1], randomized_hadamard=randomized,
+              outlier_k=16)
+    calls = []
+    real = kq.fused_quantize_dual
+    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(dual):
+        monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = mxfp4_linear(xx, ww, **kw)
+        y.backward(gy)
+        return y, xx.grad, ww.grad
+
+    two = run("0")
+    assert calls == []
+    once = run("1")
+    assert len(calls) == (modes[0] != "inner_outlier_extract_left")
+    for a, b, name in zip(once, two, ("y", "gx", "gw")):
+        assert torch.equal(a, b), (name, rel(a, b))
+
+
 def test_linear_stochastic_rounding_runs_and_is_unbiased_in_the_mean():
     torch.manual_seed(0)
     x = torch.randn(1024, 256, device="cuda", dtype=torch.bfloat16)
