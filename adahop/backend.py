@@ -64,9 +64,9 @@ def _tile_b(tag: str | None = None) -> bool:
 
 
 def dual_quantize_on() -> bool | None:
-    """ADAHOP_DUAL_QUANT=1: the forward of a linear quantizes x for its GEMM and for backward's weight
-    gradient from one read (fused_quantize_dual) where both slots run hadamard or none. Off by default
-    until measured faster on the GPU (docs/kernels.md). None for a value other than 0 / 1."""
+    """ADAHOP_DUAL_QUANT=1: a linear quantizes x (forward) and g (backward) for both of their GEMMs from one
+    read (fused_quantize_dual) where both slots run hadamard or none. Off by default until measured
+    faster on the GPU (docs/kernels.md). None for a value other than 0 / 1."""
     return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_DUAL_QUANT", "0").strip())
 
 
@@ -220,6 +220,17 @@ def quantize(
     return Operand(values), saved
 
 
+def _both_axes_rows(t: torch.Tensor, hadamard_size: int | None, hadamard_size_t: int | None,
+                    rows_multiple: int) -> int | None:
+    """The zero-padded row count where one read may serve both quantizations of `t` (ADAHOP_DUAL_QUANT=1,
+    a 2-D operand with a contiguous last axis, both quantizations on the fast path), else None."""
+    if t.dim() != 2 or t.stride(1) != 1 or not dual_quantize_on():
+        return None
+    r_pad = -(-t.shape[0] // rows_multiple) * rows_multiple
+    ok = _fast_ok(t, t.shape[1], hadamard_size) and _fast_ok(t, r_pad, hadamard_size_t)
+    return r_pad if ok else None
+
+
 def quantize_x_both_axes(
     x: torch.Tensor,
     *,
@@ -233,10 +244,7 @@ def quantize_x_both_axes(
     `quantize(x, hadamard_size=, signs=)`, and the packed right operand of the weight gradient, as
     `quantize(x zero-padded to a multiple of rows_multiple rows, k_dim=0, hadamard_size_t, signs_t,
     packed=True)`. None where ADAHOP_DUAL_QUANT is off or either would not take the fast path."""
-    if x.dim() != 2 or x.stride(1) != 1 or not dual_quantize_on():
-        return None
-    r_pad = -(-x.shape[0] // rows_multiple) * rows_multiple
-    if not (_fast_ok(x, x.shape[1], hadamard_size) and _fast_ok(x, r_pad, hadamard_size_t)):
+    if _both_axes_rows(x, hadamard_size, hadamard_size_t, rows_multiple) is None:
         return None
     from .kernels.gemm import FastOperand
     from .kernels.quantize import fused_quantize, fused_quantize_dual
@@ -248,6 +256,49 @@ def quantize_x_both_axes(
                                     write_packed=True, write_fp8=False)
     left = FastOperand(out["fp8"], out["gscale"], out["count"], meta={"repack": repack})
     return Operand(fast=left), MXFP4Tensor(out["packed_t"], out["scales_t"], axis=-1, dtype=x.dtype)
+
+
+def quantize_g_both_axes(
+    g: torch.Tensor,
+    *,
+    hadamard_size: int | None,
+    signs: torch.Tensor | None,
+    hadamard_size_t: int | None,
+    signs_t: torch.Tensor | None,
+    rows_multiple: int,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
+) -> tuple[Operand, Operand] | None:
+    """From one read of the output gradient g [T, N]: the left operand of the input-gradient GEMM g @ W,
+    as `quantize(g, hadamard_size=, signs=, rounding=)` with its rows flagged for the exact row fix, and
+    the left operand of the weight gradient g^T x, as `quantize(g zero-padded to a multiple of
+    rows_multiple rows, k_dim=0, hadamard_size_t, signs_t, rounding)`. The stochastic seeds are drawn in
+    that order, as the two calls would draw them. None where ADAHOP_DUAL_QUANT is off or either would not
+    take the fast path (the weight gradient's K, the padded tokens, a multiple of 128)."""
+    r_pad = _both_axes_rows(g, hadamard_size, hadamard_size_t, rows_multiple)
+    if r_pad is None:  # (the fast path's K % 128 == 0 holds the padded tokens to whole fp8 groups)
+        return None
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
+    from .kernels.gemm import FastOperand
+    from .kernels.quantize import fused_quantize, fused_quantize_dual
+
+    sr = rounding == "stochastic"
+    seed, seed_t = (_sr_seed(generator), _sr_seed(generator)) if sr else (0, 0)
+    # rows_multiple 128 pads to the same r_pad (a multiple of 128 already) and gives the kernel whole fp8 groups
+    out = fused_quantize_dual(g, hadamard_size=hadamard_size, signs=signs, hadamard_size_t=hadamard_size_t,
+                              signs_t=signs_t, rows_multiple=128, rounding=rounding, seed=seed, seed_t=seed_t,
+                              row_flags=True, fp8_t=True)
+    gx_left = FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"],
+                          row_flags=out["row_flags"])
+
+    def repack_t():  # the packed form of g^T, only for the rare correction path (same seed: same bits)
+        g_pad = torch.cat((g, g.new_zeros(r_pad - g.shape[0], g.shape[1]))) if r_pad != g.shape[0] else g
+        return fused_quantize(g_pad, k_dim=0, hadamard_size=hadamard_size_t, signs=signs_t, rounding=rounding,
+                              seed=seed_t, write_packed=True, write_fp8=False)
+
+    gw_left = FastOperand(out["fp8_t"], out["gscale_t"], out["count_t"], meta={"repack": repack_t})
+    return Operand(fast=gx_left), Operand(fast=gw_left)
 
 
 def from_packed(saved: MXFP4Tensor) -> Operand:

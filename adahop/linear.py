@@ -132,10 +132,14 @@ def slot_gemm(
     out_dtype: torch.dtype = torch.float32, a_operand: Optional[backend.Operand] = None,
 ) -> torch.Tensor:
     """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored;
-    `a_operand`, if given, is `a` already quantized for this slot (hadamard / none modes).
+    `a_operand`, if given, is `a` already quantized for this slot (hadamard / none modes; `a` is then unused).
 
     The extracted rows/columns of OE modes are exact zeros in the MXFP4 GEMM, so adding their BF16 part
     after the rounding to `out_dtype` is the same single rounding."""
+    if a_operand is not None:
+        if mode not in (HADAMARD, NONE):
+            raise ValueError(f"a quantized left operand is for the hadamard / none modes, not {mode!r} ({slot})")
+        return backend.matmul(a_operand, right.gemm_operand(), out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     if mode == FULL_PRECISION:
         return backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.full_k_major(), out_dtype=out_dtype)
     k = a.shape[a_k_dim]
@@ -148,10 +152,9 @@ def slot_gemm(
         right_operand, _ = backend.quantize(bt_hp, hadamard_size=hsize, signs=signs)
     else:
         right_operand = right.gemm_operand()
-    if a_operand is None:
-        a_operand, _ = backend.quantize(
-            a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
-        )
+    a_operand, _ = backend.quantize(
+        a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
+    )
     out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
@@ -185,24 +188,38 @@ def forward_gemm(
     return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype, a_operand=x_operand)
 
 
-def quantize_x_once(x2d: torch.Tensor, recipe: LinearRecipe) -> tuple[backend.Operand, RightOperand] | None:
-    """x quantized for the forward GEMM and for the weight gradient from one read, where both slots
-    transform x the same simple way (hadamard / none) and backend.quantize_x_both_axes takes it; else None."""
-    if recipe.mode("forward_y") not in (HADAMARD, NONE) or recipe.mode("backward_gw") not in (HADAMARD, NONE):
+def _both_axes_args(t2d: torch.Tensor, recipe: LinearRecipe, slot: str) -> dict | None:
+    """The arguments of backend.quantize_*_both_axes for the 2-D operand `t2d` of a linear (x or g):
+    quantized along its last axis for `slot` and along the tokens for the weight gradient. None unless
+    both slots run hadamard or none (the modes that quantize the whole operand the same way)."""
+    if recipe.mode(slot) not in (HADAMARD, NONE) or recipe.mode("backward_gw") not in (HADAMARD, NONE):
         return None
     multiple = _gw_row_multiple(recipe)
-    both = backend.quantize_x_both_axes(
-        x2d,
-        hadamard_size=recipe.hadamard_size_for("forward_y"),
-        signs=recipe.signs_for("forward_y", x2d.shape[1], x2d.device),
+    return dict(
+        hadamard_size=recipe.hadamard_size_for(slot),
+        signs=recipe.signs_for(slot, t2d.shape[1], t2d.device),
         hadamard_size_t=recipe.hadamard_size_for("backward_gw"),
-        signs_t=recipe.signs_for("backward_gw", -(-x2d.shape[0] // multiple) * multiple, x2d.device),
+        signs_t=recipe.signs_for("backward_gw", -(-t2d.shape[0] // multiple) * multiple, t2d.device),
         rows_multiple=multiple,
     )
+
+
+def quantize_x_once(x2d: torch.Tensor, recipe: LinearRecipe) -> tuple[backend.Operand, RightOperand] | None:
+    """x quantized for the forward GEMM and for the weight gradient from one read, where
+    backend.quantize_x_both_axes takes it (ADAHOP_DUAL_QUANT=1, fast path); else None."""
+    args = _both_axes_args(x2d, recipe, "forward_y")
+    both = backend.quantize_x_both_axes(x2d, **args) if args is not None else None
     if both is None:
         return None
     x_operand, packed_t = both
     return x_operand, RightOperand(packed=packed_t)
+
+
+def quantize_g_once(gy: torch.Tensor, recipe: LinearRecipe, rounding: str) -> tuple | None:
+    """The output gradient quantized for both gradient GEMMs (their left operands) from one read, where
+    backend.quantize_g_both_axes takes it; else None."""
+    args = _both_axes_args(gy, recipe, "backward_gx")
+    return backend.quantize_g_both_axes(gy, **args, rounding=rounding) if args is not None else None
 
 
 class _MXFP4LinearFunction(torch.autograd.Function):
@@ -239,17 +256,22 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         tensors = list(ctx.saved_tensors)
         rounding = "stochastic" if recipe.use_sr_grad else "nearest"
         gx = gw = None
+        both = None
+        if ctx.gx_right is not None and ctx.gw_right is not None:
+            both = quantize_g_once(gy, recipe, rounding)  # (left operand of gx, left operand of gw) or None
         if ctx.gx_right is not None:
             right = _unstash(ctx.gx_right, tensors)
             mode = recipe.mode("backward_gx")
             if mode in (HADAMARD, NONE):
                 right = prepare_right(right.full, 0, mode, recipe, "backward_gx", for_saving=False)
-            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype)
+            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype,
+                           a_operand=both[0] if both else None)
         if ctx.gw_right is not None:
             right = _unstash(ctx.gw_right, tensors)
             mode = recipe.mode("backward_gw")
-            g_padded = _pad_rows(gy, _gw_row_multiple(recipe))
-            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype)
+            g_padded = gy if both else _pad_rows(gy, _gw_row_multiple(recipe))  # padded in the kernel
+            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype,
+                           a_operand=both[1] if both else None)
         ctx.gx_right = ctx.gw_right = None
         return gx, gw, None
 

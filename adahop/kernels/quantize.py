@@ -261,6 +261,35 @@ def _e2m1_nearest(mag):
 
 
 @triton.jit
+def _e2m1_stochastic(mag, u):
+    """Stochastic rounding on the E2M1 grid (adahop.mx.quantize_blocks): up to the next grid value with
+    probability (distance to the value below) / step, given uniforms u in [0, 1); saturates at 6."""
+    step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
+    inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
+    lower = tl.floor(mag * inv) * step
+    frac = (mag - lower) * inv
+    return tl.minimum(lower + (u < frac).to(tl.float32) * step, 6.0)
+
+
+@triton.jit
+def _e2m1_round(mag, seed, offs, ROUNDING: tl.constexpr):
+    """(magnitude, code index) of mag rounded to E2M1: nearest, or stochastic with the uniforms
+    tl.rand(seed, offs) (offs: each element's index in its K-major operand, shaped like mag)."""
+    if ROUNDING == 0:
+        qabs, idx = _e2m1_nearest(mag)
+    else:
+        qabs = _e2m1_stochastic(mag, tl.rand(seed, offs.to(tl.uint32)))
+        idx = _e2m1_index(qabs)
+    return qabs, idx
+
+
+@triton.jit
+def _e2m1_index(qabs):
+    """The code index (0..7) of an E2M1 magnitude."""
+    return tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+
+
+@triton.jit
 def _quantize_kernel(
     x_ptr, stride_r, stride_k,
     signs_ptr, zero_ptr, u_ptr,
@@ -307,19 +336,13 @@ def _quantize_kernel(
     if ROUNDING == 0:
         qabs, idx = _e2m1_nearest(mag)
     else:
-        step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
-        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
-        lower = tl.floor(mag * inv) * step
-        frac = (mag - lower) * inv
         offs = rows64[:, None] * K + cols64[None, :]
         if ROUNDING == 1:
             u = tl.rand(seed, offs.to(tl.uint32))
         else:
             u = tl.load(u_ptr + offs, mask=row_ok[:, None], other=0.0)
-        u3 = tl.reshape(u, [BR, NB, 32])
-        qabs = lower + (u3 < frac).to(tl.float32) * step
-        qabs = tl.minimum(qabs, 6.0)
-        idx = tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+        qabs = _e2m1_stochastic(mag, tl.reshape(u, [BR, NB, 32]))
+        idx = _e2m1_index(qabs)
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
     idx = tl.where(nonfinite[:, :, None], 0, idx)
     neg = scaled < 0
@@ -339,18 +362,24 @@ def _quantize_kernel(
 @triton.jit
 def _quantize_dual_kernel(
     x_ptr, stride_r, signs_a_ptr, signs_b_ptr,
-    fp8_ptr, gscale_ptr, count_ptr, packed_b_ptr, scales_b_ptr,
-    R, K, R_PAD,
+    fp8_ptr, gscale_ptr, count_ptr, packed_a_ptr, scales_a_ptr, rowflag_ptr,
+    packed_b_ptr, scales_b_ptr, fp8_b_ptr, gscale_b_ptr, count_b_ptr,
+    R, K, R_PAD, seed_a, seed_b,
     BR: tl.constexpr,
     HSIZE_A: tl.constexpr, HSCALE_A: tl.constexpr, HAS_SIGNS_A: tl.constexpr,
     HSIZE_B: tl.constexpr, HSCALE_B: tl.constexpr, HAS_SIGNS_B: tl.constexpr,
+    ROUNDING: tl.constexpr, ROWFLAG_A: tl.constexpr, FP8_B: tl.constexpr,
     IN_BF16: tl.constexpr, HVARIANT: tl.constexpr, HW_CVT: tl.constexpr,
 ):
-    """x [R, K] (K contiguous) read once, quantized with nearest rounding along both axes:
-    (a) along K: the wide fp8 form of the forward GEMM's left operand (what _quantize_kernel writes with
-        WIDE and no packed form; deficient blocks counted);
-    (b) along R: the packed MXFP4 form of x^T, K-major [K, R_PAD] (the weight gradient's right operand,
-        saved for backward); rows R..R_PAD-1 read as zeros, i.e. the token axis zero-padded.
+    """x [R, K] (K contiguous) read once, quantized along both axes (ROUNDING: 0 nearest, 1 stochastic
+    from Philox with seed_a / seed_b, the draws fused_quantize makes with those seeds):
+    (a) along K: the wide fp8 form of a GEMM's left operand, as _quantize_kernel writes it with WIDE;
+        deficient blocks counted, or with ROWFLAG_A their rows flagged and the packed form written too
+        (the input-gradient GEMM's exact row recomputation);
+    (b) along R, rows R..R_PAD-1 read as zeros (the token axis zero-padded): K-major [K, R_PAD] either the
+        packed MXFP4 form (x^T, the weight gradient's right operand, saved for backward) or, with FP8_B
+        (needs BR = 128: one fp8 group), the wide fp8 form with deficient blocks counted into count_b_ptr
+        (g^T, the weight gradient's left operand).
     Each axis has its own Hadamard size and signs (HSIZE_B <= BR)."""
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
@@ -364,12 +393,21 @@ def _quantize_dual_kernel(
     if HAS_SIGNS_A:
         y = y * tl.load(signs_a_ptr + cols)[None, :]
     y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT)
-    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), 0, 2)
+    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
-    qabs, _ = _e2m1_nearest(tl.abs(scaled))
+    offs = tl.reshape(rows64[:, None] * K + cols64[None, :], [BR, NB, 32])
+    qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, offs, ROUNDING)
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
-    _fp8_emit(qabs, scaled < 0, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, count_ptr,
-              BR, False, HW_CVT, True, 0)
+    if ROWFLAG_A:
+        idx = tl.where(nonfinite[:, :, None], 0, idx)
+        pcols = pid_k * (BK // 2) + tl.arange(0, BK // 2)
+        tl.store(packed_a_ptr + rows64[:, None] * (K // 2) + pcols[None, :], _code_bytes(idx, scaled < 0, BR, BK),
+                 mask=row_ok[:, None])
+        scols = pid_k * NB + tl.arange(0, NB)
+        tl.store(scales_a_ptr + rows64[:, None] * (K // 32) + scols[None, :],
+                 tl.where(nonfinite, 255, e + 127).to(tl.uint8), mask=row_ok[:, None])
+    _fp8_emit(qabs, scaled < 0, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
+              BR, False, HW_CVT, True, ROWFLAG_A)
 
     # (b) along R: the tile transposed in the chip, [BK features, BR tokens]
     yb = tl.trans(y0)
@@ -377,16 +415,23 @@ def _quantize_dual_kernel(
     if HAS_SIGNS_B:
         yb = yb * tl.load(signs_b_ptr + rows, mask=pad_ok, other=1.0)[None, :]
     yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT)
-    y3b, nonfinite_b, e_b = _mx_exponents(tl.reshape(yb, [BK, NB_B, 32]), 0, 2)
+    y3b, nonfinite_b, e_b = _mx_exponents(tl.reshape(yb, [BK, NB_B, 32]), ROUNDING, 2)
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
-    _, idx_b = _e2m1_nearest(tl.abs(scaled_b))
-    idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
-    pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
-    tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :], _code_bytes(idx_b, scaled_b < 0, BK, BR),
-             mask=(pcols < R_PAD // 2)[None, :])
-    scols = pid_r * NB_B + tl.arange(0, NB_B)
-    tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
-             tl.where(nonfinite_b, 255, e_b + 127).to(tl.uint8), mask=(scols < R_PAD // 32)[None, :])
+    offs_b = tl.reshape(cols64[:, None] * R_PAD + rows64[None, :], [BK, NB_B, 32])
+    qabs_b, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs_b, ROUNDING)
+    if FP8_B:
+        # the transposed tile is one [128 features, 128 tokens] tile of g^T: features as rows, this
+        # program's token group as the fp8 group along its K
+        _fp8_emit(tl.where(nonfinite_b[:, :, None], 0.0, qabs_b), scaled_b < 0, e_b, nonfinite_b, cols, pid_r,
+                  K, R_PAD, fp8_b_ptr, gscale_b_ptr, count_b_ptr, count_b_ptr, BK, False, HW_CVT, True, 0)
+    else:
+        idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
+        pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
+        tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :],
+                 _code_bytes(idx_b, scaled_b < 0, BK, BR), mask=(pcols < R_PAD // 2)[None, :])
+        scols = pid_r * NB_B + tl.arange(0, NB_B)
+        tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
+                 tl.where(nonfinite_b, 255, e_b + 127).to(tl.uint8), mask=(scols < R_PAD // 32)[None, :])
 
 
 @triton.jit
@@ -455,22 +500,17 @@ def _quantize_kernel_t(
     if ROUNDING == 0:
         qabs, _ = _e2m1_nearest(mag)
     else:
-        step = tl.where(mag < 2.0, 0.5, tl.where(mag < 4.0, 1.0, 2.0))
-        inv = tl.where(mag < 2.0, 2.0, tl.where(mag < 4.0, 1.0, 0.5))
-        lower = tl.floor(mag * inv) * step
-        frac = (mag - lower) * inv
         offs = rows64[None, :] * K + cols64[:, None]
         if ROUNDING == 1:
             u = tl.rand(seed, offs.to(tl.uint32))
         else:
             u = tl.load(u_ptr + offs, mask=row_ok[None, :], other=0.0)
-        u3 = tl.reshape(u, [NB, 32, BR])
-        qabs = tl.minimum(lower + (u3 < frac).to(tl.float32) * step, 6.0)
+        qabs = _e2m1_stochastic(mag, tl.reshape(u, [NB, 32, BR]))
     qabs = tl.where(nonfinite[:, None, :], 0.0, qabs)
     neg = scaled < 0
 
     if WRITE_PACKED:
-        idx = tl.where(qabs < 2.0, qabs * 2.0, tl.where(qabs < 4.0, qabs + 2.0, qabs * 0.5 + 4.0)).to(tl.int32)
+        idx = _e2m1_index(qabs)
         code = tl.where(neg & (idx > 0), idx | 8, idx)
         c2 = tl.reshape(code, [BK // 2, 2, BR])
         j = tl.arange(0, 2)[None, :, None]
@@ -575,7 +615,8 @@ def hadamard_scale(block: int) -> float:
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
 # axis 0 compile badly) and "t" without one.
 TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "hv_contig": 1, "hv_strided": 0, "reencode": (32, 4),
-          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8}
+          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8,
+          "dual_t_warps": 8}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
@@ -724,45 +765,75 @@ def fused_quantize_dual(
     hadamard_size_t: int | None = None,
     signs_t: torch.Tensor | None = None,
     rows_multiple: int = 32,
+    rounding: str = "nearest",
+    seed: int = 0,
+    seed_t: int = 0,
+    row_flags: bool = False,
+    fp8_t: bool = False,
 ) -> dict:
-    """One read of x [R, K] (K contiguous), nearest rounding, two outputs:
-    - along K, as fused_quantize(x, hadamard_size, signs, write_packed=False, wide=True): fp8 (e5m2)
-      [R, K], gscale [K/128, R], count (deficient blocks);
+    """One read of x [R, K] (K contiguous), two outputs:
+    - along K, as fused_quantize(x, hadamard_size, signs, rounding, seed, write_packed=row_flags, wide=True,
+      row_flags=row_flags): fp8 (e5m2) [R, K], gscale [K/128, R], count; with `row_flags` also packed,
+      scales and row_flags (count then stays as it was: the rows are flagged instead);
     - along R, as fused_quantize(x zero-padded to a multiple of `rows_multiple` rows, k_dim=0,
-      hadamard_size_t, signs_t, write_fp8=False): packed_t [K, R_pad/2], scales_t [K, R_pad/32].
-    This is what the forward of a linear quantizes of x: its GEMM operand and what backward keeps for the
-    weight gradient."""
+      hadamard_size_t, signs_t, rounding, seed_t): by default write_fp8=False, i.e. packed_t [K, R_pad/2]
+      and scales_t [K, R_pad/32]; with `fp8_t` (rows_multiple a multiple of 128) write_packed=False,
+      wide=True, i.e. fp8_t [K, R_pad], gscale_t [R_pad/128, K] and count_t (its deficient blocks).
+    Each count is the step's shared counter inside adahop.kernels.deferred.deferred_check, else its own.
+    The forward of a linear needs the default of x (its GEMM operand and what backward keeps for the weight
+    gradient); its backward needs row_flags + fp8_t of the output gradient (the left operands of both
+    gradient GEMMs)."""
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"expected a 2-D tensor with a contiguous last axis, got {tuple(x.shape)} strides {x.stride()}")
     R, K = x.shape
     ha, hb = _hadamard_block(hadamard_size), _hadamard_block(hadamard_size_t)
-    br = max(32, hb)
+    br = 128 if fp8_t else max(32, hb)
     if K % GROUP != 0 or rows_multiple % br != 0:
         raise ValueError(f"fused_quantize_dual needs K % {GROUP} == 0 and rows_multiple a multiple of "
-                         f"max(32, hadamard_size_t) = {br}; got K={K}, rows_multiple={rows_multiple}")
+                         f"{'128 (fp8_t: one fp8 group)' if fp8_t else f'max(32, hadamard_size_t) = {br}'}; "
+                         f"got K={K}, rows_multiple={rows_multiple}")
     if (signs is not None and not ha) or (signs_t is not None and not hb):
         raise ValueError("random signs belong to a Hadamard transform (adahop.hadamard.block_hadamard): "
                          "give hadamard_size / hadamard_size_t with signs / signs_t")
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
     r_pad = -(-R // rows_multiple) * rows_multiple
     dev = x.device
     signs = _signs_on(signs, K, dev)
     signs_t = _signs_on(signs_t, r_pad, dev, "signs_t")  # r_pad: the padded rows
-    fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
-    gscale = torch.empty((K // GROUP, R), dtype=torch.float32, device=dev)
+    u8 = lambda *shape: torch.empty(shape, dtype=torch.uint8, device=dev)  # noqa: E731
+    none = u8(1)  # the pointer of an output not written
+    fp8, gscale = u8(R, K), torch.empty((K // GROUP, R), dtype=torch.float32, device=dev)
     count = _count_buffer(dev)
-    packed_t = torch.empty((K, r_pad // 2), dtype=torch.uint8, device=dev)
-    scales_t = torch.empty((K, r_pad // 32), dtype=torch.uint8, device=dev)
+    count_t = _count_buffer(dev) if fp8_t else count
+    packed, scales = (u8(R, K // 2), u8(R, K // 32)) if row_flags else (none, none)
+    flags = torch.zeros(R, dtype=torch.uint8, device=dev) if row_flags else none
+    if fp8_t:
+        packed_t = scales_t = none
+        fp8_t_out, gscale_t = u8(K, r_pad), torch.empty((r_pad // GROUP, K), dtype=torch.float32, device=dev)
+    else:
+        packed_t, scales_t = u8(K, r_pad // 2), u8(K, r_pad // 32)
+        fp8_t_out, gscale_t = none, gscale
     _quantize_dual_kernel[(r_pad // br, K // GROUP)](
         x.view(torch.int16) if x.dtype == torch.bfloat16 else x, x.stride(0),
         signs if signs is not None else count, signs_t if signs_t is not None else count,
-        fp8, gscale, count, packed_t, scales_t, R, K, r_pad,
+        fp8, gscale, count, packed, scales, flags, packed_t, scales_t, fp8_t_out, gscale_t, count_t,
+        R, K, r_pad, int(seed) & 0x7FFFFFFF, int(seed_t) & 0x7FFFFFFF,
         BR=br, HSIZE_A=ha, HSCALE_A=hadamard_scale(ha) if ha else 1.0, HAS_SIGNS_A=signs is not None,
         HSIZE_B=hb, HSCALE_B=hadamard_scale(hb) if hb else 1.0, HAS_SIGNS_B=signs_t is not None,
+        ROUNDING=ROUND_NEAREST if rounding == "nearest" else ROUND_SR_PHILOX, ROWFLAG_A=row_flags, FP8_B=fp8_t,
         IN_BF16=x.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig"], HW_CVT=_hw_cvt(x),
-        num_warps=TUNING["dual_warps"],
+        num_warps=TUNING["dual_t_warps" if fp8_t else "dual_warps"],  # fp8_t: [128, 128] tiles
     )
-    return {"fp8": fp8.view(fp8_dtype(True)), "gscale": gscale, "count": count, "packed_t": packed_t,
-            "scales_t": scales_t}
+    e5 = fp8_dtype(True)
+    out = {"fp8": fp8.view(e5), "gscale": gscale, "count": count}
+    if row_flags:
+        out.update(packed=packed, scales=scales, row_flags=flags)
+    if fp8_t:
+        out.update(fp8_t=fp8_t_out.view(e5), gscale_t=gscale_t, count_t=count_t)
+    else:
+        out.update(packed_t=packed_t, scales_t=scales_t)
+    return out
 
 
 def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags) -> dict:

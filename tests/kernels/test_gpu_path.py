@@ -202,14 +202,16 @@ def test_linear_with_128x128_right_scales_matches_reference(mode, tile, monkeypa
     assert tiled == {"forward_y": True, "backward_gx": tile != "forward", "backward_gw": tile == "1"}, tiled
 
 
+@pytest.mark.parametrize("sr", [False, True])
 @pytest.mark.parametrize("randomized", [False, True])
 @pytest.mark.parametrize("modes", [("hadamard", "hadamard"), ("none", "none"), ("hadamard", "none"),
                                    ("inner_outlier_extract_left", "hadamard")])
 @pytest.mark.parametrize("tokens", [512, 1000])
-def test_linear_with_x_quantized_once_equals_two_quantizations(modes, randomized, tokens, monkeypatch):
-    """ADAHOP_DUAL_QUANT=1 (fused_quantize_dual in forward) gives the same y, gx and gw bit for bit as the
-    two separate quantizations of x, and is taken exactly where both x slots run hadamard / none (1000
-    tokens: the weight gradient's K padded to 1024 inside the kernel)."""
+def test_linear_with_operands_quantized_once_equals_two_quantizations(modes, randomized, sr, tokens, monkeypatch):
+    """ADAHOP_DUAL_QUANT=1 (fused_quantize_dual for x in forward and for g in backward) gives the same y, gx
+    and gw bit for bit as the two separate quantizations of each, stochastic rounding included (same
+    seeds), and is taken exactly where both slots of the operand run hadamard / none (1000 tokens: the
+    weight gradient's K padded to 1024 inside the kernel)."""
     from adahop.kernels import quantize as kq
 
     torch.manual_seed(2)
@@ -219,14 +221,16 @@ def test_linear_with_x_quantized_once_equals_two_quantizations(modes, randomized
     x[5] *= 2.0**20  # a row far above the rest: deficient blocks along the token axis (corrected in both)
     w = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
     gy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
+    gy[7, :64] *= 2.0**36  # blocks beyond the wide window along K: the input-gradient GEMM's row fix
     kw = dict(forward_y=modes[0], backward_gx="hadamard", backward_gw=modes[1], randomized_hadamard=randomized,
-              outlier_k=16)
+              use_sr_grad=sr, outlier_k=16)
     calls = []
     real = kq.fused_quantize_dual
-    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("fp8_t", False)) or real(*a, **k))
 
     def run(dual):
         monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)
+        torch.manual_seed(3)  # the same stochastic-rounding seeds for both
         xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
         y = mxfp4_linear(xx, ww, **kw)
         y.backward(gy)
@@ -235,7 +239,7 @@ def test_linear_with_x_quantized_once_equals_two_quantizations(modes, randomized
     two = run("0")
     assert calls == []
     once = run("1")
-    assert len(calls) == (modes[0] != "inner_outlier_extract_left")
+    assert calls == [False] * (modes[0] != "inner_outlier_extract_left") + [True], calls  # x in forward, g in backward
     for a, b, name in zip(once, two, ("y", "gx", "gw")):
         assert torch.equal(a, b), (name, rel(a, b))
 

@@ -546,6 +546,68 @@ def test_dual_quantize_matches_both_references(dtype, hsizes, with_signs):
     assert torch.equal(out["packed_t"].cpu(), ref_packed_t), "packed codes along the tokens differ"
 
 
+@pytest.mark.parametrize("tokens", [71, 200])
+@pytest.mark.parametrize("hsizes", [(None, None), (32, 32), (128, 64)])
+@pytest.mark.parametrize("with_signs", [False, True])
+def test_dual_quantize_gradient_form_matches_both_references(tokens, hsizes, with_signs):
+    """The backward form (row_flags + fp8_t) of one read of g: along K the wide fp8 form with the packed
+    form and the flags of rows holding blocks beyond the wide window; along the tokens the wide fp8 form
+    of g^T (zero-padded tokens, its deficient blocks counted), each against the torch reference."""
+    ha, hb = hsizes
+    g = torch.Generator().manual_seed(zlib.crc32(repr((tokens, hsizes, with_signs)).encode()))
+    adv = adversarial_rows()
+    x = torch.cat([adv, torch.randn(tokens - adv.shape[0], 256, generator=g) * 4])
+    x[20:24, 0:32] *= 2.0 ** 40  # blocks far beyond the wide window along K: those rows flagged
+    x[: adv.shape[0], 200] = 1.0  # (the adversarial rows' huge values there would make the block non-finite)
+    x[30:62, 200] *= 2.0 ** 45  # and along the tokens, in one feature: counted
+    x = x.to(torch.bfloat16)
+    r_pad = -(-tokens // 128) * 128
+    sa = random_signs(256, 3) if with_signs and ha else None
+    sb = random_signs(r_pad, 4) if with_signs and hb else None
+    out = fused_quantize_dual(x.to(DEV), hadamard_size=ha, signs=sa, hadamard_size_t=hb, signs_t=sb,
+                              rows_multiple=128, row_flags=True, fp8_t=True)
+    ref_packed, ref_scales = reference(x, k_dim=1, hadamard_size=ha, signs=sa)
+    assert torch.equal(out["packed"].cpu(), ref_packed) and torch.equal(out["scales"].cpu(), ref_scales)
+    bits, gscale = reference_fp8(ref_packed, ref_scales, wide=True)
+    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits), "fp8 form along K differs"
+    assert torch.equal(out["gscale"].cpu(), gscale), "group scales along K differ"
+    flagged = deficient_blocks(ref_packed, ref_scales, False, True).any(1)
+    assert flagged.any() or ha == 128  # a Hadamard over the whole group spreads the outlier block
+    assert torch.equal(out["row_flags"].cpu().bool(), flagged), "row flags differ"
+    x_pad = torch.cat([x, x.new_zeros(r_pad - tokens, x.shape[1])])
+    ref_packed_t, ref_scales_t = reference(x_pad, k_dim=0, hadamard_size=hb, signs=sb)
+    bits_t, gscale_t = reference_fp8(ref_packed_t, ref_scales_t, wide=True)
+    assert out["fp8_t"].dtype == torch.float8_e5m2 and out["fp8_t"].shape == (256, r_pad)
+    assert torch.equal(out["fp8_t"].view(torch.uint8).cpu(), bits_t), "fp8 form along the tokens differs"
+    assert torch.equal(out["gscale_t"].cpu(), gscale_t), "group scales along the tokens differ"
+    defi_t = int(deficient_blocks(ref_packed_t, ref_scales_t, False, True).sum())
+    assert defi_t > 0 and int(out["count_t"].item()) == defi_t
+    assert int(out["count"].item()) == 0  # along K the rows are flagged instead of counted
+
+
+@pytest.mark.parametrize("hsize", [None, 32])
+def test_dual_quantize_stochastic_draws_as_the_single_kernels(hsize):
+    """Stochastic rounding in the dual kernel uses the Philox draws fused_quantize makes with the same
+    seeds on each axis (so training gives the same bits with either), and is not nearest rounding."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(200, 256, generator=g) * 3).to(torch.bfloat16).to(DEV)
+    kw = dict(hadamard_size=hsize, hadamard_size_t=hsize, rows_multiple=128, row_flags=True, fp8_t=True)
+    out = fused_quantize_dual(x, rounding="stochastic", seed=123, seed_t=456, **kw)
+    a = fused_quantize(x, hadamard_size=hsize, rounding="stochastic", seed=123, wide=True, row_flags=True)
+    x_pad = torch.cat([x, x.new_zeros(56, 256)])
+    b = fused_quantize(x_pad, k_dim=0, hadamard_size=hsize, rounding="stochastic", seed=456, wide=True,
+                       write_packed=False)
+    for key in ("fp8", "gscale", "packed", "scales", "row_flags"):
+        assert torch.equal(out[key].view(torch.uint8) if key == "fp8" else out[key], a[key].view(torch.uint8)
+                           if key == "fp8" else a[key]), key
+    assert torch.equal(out["fp8_t"].view(torch.uint8), b["fp8"].view(torch.uint8))
+    assert torch.equal(out["gscale_t"], b["gscale"])
+    assert int(out["count_t"].item()) == int(b["count"].item())
+    nearest = fused_quantize_dual(x, **kw)
+    assert not torch.equal(out["packed"], nearest["packed"])
+    assert not torch.equal(out["fp8_t"].view(torch.uint8), nearest["fp8_t"].view(torch.uint8))
+
+
 def test_dual_quantize_refuses_what_it_cannot_do():
     x = torch.randn(64, 256).to(DEV)
     with pytest.raises(ValueError, match="contiguous last axis"):
@@ -556,3 +618,7 @@ def test_dual_quantize_refuses_what_it_cannot_do():
         fused_quantize_dual(x, hadamard_size_t=32, signs_t=torch.ones(50))
     with pytest.raises(ValueError, match="belong to a Hadamard"):
         fused_quantize_dual(x, signs=torch.ones(256))
+    with pytest.raises(ValueError, match="128 \\(fp8_t"):
+        fused_quantize_dual(x, rows_multiple=64, fp8_t=True)
+    with pytest.raises(ValueError, match="rounding='up'"):
+        fused_quantize_dual(x, rounding="up")
