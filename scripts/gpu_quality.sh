@@ -5,6 +5,8 @@
 #                                                    docs/quality/runs/
 #   bash scripts/gpu_quality.sh wait SECONDS         follow it for up to SECONDS; results so far go to $OUT
 #   bash scripts/gpu_quality.sh collect              write the report from the finished recipes into $OUT
+#   bash scripts/gpu_quality.sh stop RECIPES...      end those recipes' training (the others go on), e.g. when
+#                                                    the lease cannot hold them all; their results are lost
 # The machine is held only while calls follow each other (it goes back after 30 s idle), so call `wait`
 # again at once after each return. Every call leaves in $OUT: status.txt and results.tar.gz (done.json and
 # the log of each recipe); commit the done.json files as docs/quality/runs/<recipe>.json so that a later
@@ -60,5 +62,13 @@ case "${1:-}" in
     python3 scripts/quality_experiment.py --report-only --out "$RUN" --report "$RUN/quality.md" \
       $RUN_ARGS >> "$RUN/driver.log" 2>&1
     snapshot ;;
-  *) echo "usage: bash scripts/gpu_quality.sh start [RECIPES...] | wait SECONDS | collect" >&2; exit 2 ;;
+  stop)
+    shift
+    [ $# -gt 0 ] || { echo "stop needs the recipes to end, of: ${ALL[*]}" >&2; exit 2; }
+    for r in "$@"; do
+      # the training's own command line (a pattern on the recipe name alone would also match this shell's)
+      pkill -f -- "--job.dump_folder $RUN/$r --" && echo "stopped $r" || echo "$r: no training running"
+    done
+    sleep 5; snapshot ;;
+  *) echo "usage: bash scripts/gpu_quality.sh start [RECIPES...] | wait SECONDS | collect | stop RECIPES..." >&2; exit 2 ;;
 esac
