@@ -272,33 +272,25 @@ def quantize_g_both_axes(
     """From one read of the output gradient g [T, N]: the left operand of the input-gradient GEMM g @ W,
     as `quantize(g, hadamard_size=, signs=, rounding=)` with its rows flagged for the exact row fix, and
     the left operand of the weight gradient g^T x, as `quantize(g zero-padded to a multiple of
-    rows_multiple rows, k_dim=0, hadamard_size_t, signs_t, rounding)`. The stochastic seeds are drawn in
-    that order, as the two calls would draw them. None where ADAHOP_DUAL_QUANT is off or either would not
-    take the fast path (the weight gradient's K, the padded tokens, a multiple of 128)."""
-    r_pad = _both_axes_rows(g, hadamard_size, hadamard_size_t, rows_multiple)
-    if r_pad is None:  # (the fast path's K % 128 == 0 holds the padded tokens to whole fp8 groups)
+    rows_multiple rows, k_dim=0, hadamard_size_t, signs_t, rounding)` (packed here, re-encoded to fp8 by
+    `matmul`). The stochastic seeds are drawn in that order, as the two calls would draw them. None where
+    ADAHOP_DUAL_QUANT is off or either would not take the fast path."""
+    if _both_axes_rows(g, hadamard_size, hadamard_size_t, rows_multiple) is None:
         return None
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
     from .kernels.gemm import FastOperand
-    from .kernels.quantize import fused_quantize, fused_quantize_dual
+    from .kernels.quantize import fused_quantize_dual
 
     sr = rounding == "stochastic"
     seed, seed_t = (_sr_seed(generator), _sr_seed(generator)) if sr else (0, 0)
-    # rows_multiple 128 pads to the same r_pad (a multiple of 128 already) and gives the kernel whole fp8 groups
     out = fused_quantize_dual(g, hadamard_size=hadamard_size, signs=signs, hadamard_size_t=hadamard_size_t,
-                              signs_t=signs_t, rows_multiple=128, rounding=rounding, seed=seed, seed_t=seed_t,
-                              row_flags=True, fp8_t=True)
+                              signs_t=signs_t, rows_multiple=rows_multiple, rounding=rounding, seed=seed,
+                              seed_t=seed_t, row_flags=True)
     gx_left = FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"],
                           row_flags=out["row_flags"])
-
-    def repack_t():  # the packed form of g^T, only for the rare correction path (same seed: same bits)
-        g_pad = torch.cat((g, g.new_zeros(r_pad - g.shape[0], g.shape[1]))) if r_pad != g.shape[0] else g
-        return fused_quantize(g_pad, k_dim=0, hadamard_size=hadamard_size_t, signs=signs_t, rounding=rounding,
-                              seed=seed_t, write_packed=True, write_fp8=False)
-
-    gw_left = FastOperand(out["fp8_t"], out["gscale_t"], out["count_t"], meta={"repack": repack_t})
-    return Operand(fast=gx_left), Operand(fast=gw_left)
+    gw_left = MXFP4Tensor(out["packed_t"], out["scales_t"], axis=-1, dtype=g.dtype)
+    return Operand(fast=gx_left), Operand(packed_src=gw_left)
 
 
 def from_packed(saved: MXFP4Tensor) -> Operand:

@@ -180,16 +180,18 @@ def quantizer_bandwidth(rows, k, dev, rep):
     cases.append(("forward x, both axes, one read (fused_quantize_dual), H32",
                   lambda: fused_quantize_dual(x, hadamard_size=32, hadamard_size_t=32), dual_bytes))
     # what a linear's backward quantizes of g (x stands in): the left operands of both gradient GEMMs
-    g_bytes = 2 * n + n * (1 + 4 / 128) * 2 + n * (0.5 + 1 / 32) + rows
+    g_writes = n * (1 + 4 / 128) * 2 + n * (0.5 + 1 / 32) + rows
     cases.append(("backward g, both axes, two kernels (wide fp8 + packed + row flags along K, wide fp8 along "
                   "tokens), H32", lambda: (fused_quantize(x, hadamard_size=32, wide=True, row_flags=True),
                                            fused_quantize(x, k_dim=0, hadamard_size=32, write_packed=False, wide=True)),
-                  2 * n + g_bytes))
-    for warps in (4, 8, 16):
-        cases.append((f"backward g, both axes, one read (fused_quantize_dual, row_flags + fp8_t), H32, {warps} warps",
-                      lambda w=warps: _with_tuning(dict(dual_t_warps=w), lambda: fused_quantize_dual(
-                          x, hadamard_size=32, hadamard_size_t=32, rows_multiple=128, row_flags=True, fp8_t=True)),
-                      g_bytes))
+                  4 * n + g_writes))
+
+    def g_once():
+        out = fused_quantize_dual(x, hadamard_size=32, hadamard_size_t=32, row_flags=True)
+        return out, fused_reencode(out["packed_t"], out["scales_t"], wide=True)
+
+    cases.append(("backward g, both axes, one read (fused_quantize_dual with row flags, then re-encode of the "
+                  "packed g^T), H32", g_once, 2 * n + g_writes + 2 * n * (0.5 + 1 / 32)))
     saved = fused_quantize(x, hadamard_size=32, write_fp8=False)
     cases.append(("re-encode packed -> fp8", lambda: fused_reencode(saved["packed"], saved["scales"]),
                   n * (0.5 + 1 / 32) + n * (1 + 4 / 128)))
@@ -202,19 +204,6 @@ def quantizer_bandwidth(rows, k, dev, rep):
         except Exception as exc:
             res[name] = dict(error=f"{type(exc).__name__}: {exc}")
     return res
-
-
-def _with_tuning(changes: dict, fn):
-    """fn() with adahop.kernels.quantize.TUNING changed for the call (launch choices; same bits)."""
-    from adahop.kernels.quantize import TUNING
-
-    saved = dict(TUNING)
-    TUNING.update(changes)
-    try:
-        return fn()
-    finally:
-        TUNING.clear()
-        TUNING.update(saved)
 
 
 def tune_quantizer(rows, k, dev, rep):

@@ -2,7 +2,7 @@
 # One device call (carry .whl) on one read per operand (ADAHOP_DUAL_QUANT, docs/kernels.md):
 #   1. the GPU tests of fused_quantize_dual and of the linear with it (bit-identical y/gx/gw);
 #   2. the quantizer table at 16384 x 4096 (two kernels against one read, for x in forward and g in
-#      backward; the g form at 4/8/16 warps), $OUT/bench_quantizers.txt;
+#      backward), $OUT/bench_quantizers.txt;
 #   3. the 8B up/gate + down linear in hadamard mode with ADAHOP_DUAL_QUANT = 0 and 1, back to back,
 #      $OUT/bench_dual_<value>.txt (speedups over BF16 measured in the same run);
 #   4. with E2E=1, the 1B-shape model trained 60 steps under AdaHOP with ADAHOP_DUAL_QUANT = 0 and 1.

@@ -248,15 +248,15 @@ def _mx_exponents(y3, ROUNDING: tl.constexpr, AXIS: tl.constexpr):
 @triton.jit
 def _e2m1_nearest(mag):
     """Round half to even on the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}, saturating at 6: (magnitude, code
-    index). The grid step is 0.5 below 2, 1 in [2, 4), 2 from 4: q = rint(mag / step) * step, where
-    (t + 1.5 * 2^23) - 1.5 * 2^23 rounds t (< 2^22) to an integer, half to even; the index comes straight
-    from the step count (ranges start at indices 0, 4 (2.0) and 6 (4.0))."""
-    lt2 = mag < 2.0
-    lt4 = mag < 4.0
-    inv = tl.where(lt2, 2.0, tl.where(lt4, 1.0, 0.5))
-    r = (mag * inv + 12582912.0) - 12582912.0  # whole steps of this range
-    qabs = tl.minimum(r * tl.where(lt2, 0.5, tl.where(lt4, 1.0, 2.0)), 6.0)  # times the step: exact
-    idx = tl.minimum(r + tl.where(lt2, 0.0, tl.where(lt4, 2.0, 4.0)), 7.0).to(tl.int32)
+    index). The grid step is 0.5 below 2, 1 in [2, 4), 2 from 4. Adding a float whose ulp is that step
+    (2^22, 2^23, 2^24) rounds mag to whole steps, half to even, in one IEEE add; the subtraction is exact.
+    The added constants carry 0, 2 and 4 steps more than the power of two (the first index of each range),
+    so that the sum's low mantissa bits are the code index itself; the extra even step count leaves the
+    tie to even unchanged."""
+    magic = tl.where(mag < 2.0, 4194304.0, tl.where(mag < 4.0, 8388610.0, 16777224.0))  # 2^22, 2^23 + 2, 2^24 + 8
+    s = mag + magic
+    qabs = tl.minimum(s - magic, 6.0)
+    idx = tl.minimum(s.to(tl.int32, bitcast=True) & 0xF, 7)
     return qabs, idx
 
 
@@ -363,12 +363,12 @@ def _quantize_kernel(
 def _quantize_dual_kernel(
     x_ptr, stride_r, signs_a_ptr, signs_b_ptr,
     fp8_ptr, gscale_ptr, count_ptr, packed_a_ptr, scales_a_ptr, rowflag_ptr,
-    packed_b_ptr, scales_b_ptr, fp8_b_ptr, gscale_b_ptr, count_b_ptr,
+    packed_b_ptr, scales_b_ptr,
     R, K, R_PAD, seed_a, seed_b,
     BR: tl.constexpr,
     HSIZE_A: tl.constexpr, HSCALE_A: tl.constexpr, HAS_SIGNS_A: tl.constexpr,
     HSIZE_B: tl.constexpr, HSCALE_B: tl.constexpr, HAS_SIGNS_B: tl.constexpr,
-    ROUNDING: tl.constexpr, ROWFLAG_A: tl.constexpr, FP8_B: tl.constexpr,
+    ROUNDING: tl.constexpr, ROWFLAG_A: tl.constexpr,
     IN_BF16: tl.constexpr, HVARIANT: tl.constexpr, HW_CVT: tl.constexpr,
 ):
     """x [R, K] (K contiguous) read once, quantized along both axes (ROUNDING: 0 nearest, 1 stochastic
@@ -376,10 +376,10 @@ def _quantize_dual_kernel(
     (a) along K: the wide fp8 form of a GEMM's left operand, as _quantize_kernel writes it with WIDE;
         deficient blocks counted, or with ROWFLAG_A their rows flagged and the packed form written too
         (the input-gradient GEMM's exact row recomputation);
-    (b) along R, rows R..R_PAD-1 read as zeros (the token axis zero-padded): K-major [K, R_PAD] either the
-        packed MXFP4 form (x^T, the weight gradient's right operand, saved for backward) or, with FP8_B
-        (needs BR = 128: one fp8 group), the wide fp8 form with deficient blocks counted into count_b_ptr
-        (g^T, the weight gradient's left operand).
+    (b) along R, rows R..R_PAD-1 read as zeros (the token axis zero-padded): the packed MXFP4 form,
+        K-major [K, R_PAD] (x^T, the weight gradient's right operand saved for backward; or g^T, its left
+        operand, re-encoded to fp8 at the GEMM: an fp8 form here would need 128 tokens per tile, whose
+        [128, 128] fp32 tiles spill registers).
     Each axis has its own Hadamard size and signs (HSIZE_B <= BR)."""
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
@@ -418,20 +418,14 @@ def _quantize_dual_kernel(
     y3b, nonfinite_b, e_b = _mx_exponents(tl.reshape(yb, [BK, NB_B, 32]), ROUNDING, 2)
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
     offs_b = tl.reshape(cols64[:, None] * R_PAD + rows64[None, :], [BK, NB_B, 32])
-    qabs_b, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs_b, ROUNDING)
-    if FP8_B:
-        # the transposed tile is one [128 features, 128 tokens] tile of g^T: features as rows, this
-        # program's token group as the fp8 group along its K
-        _fp8_emit(tl.where(nonfinite_b[:, :, None], 0.0, qabs_b), scaled_b < 0, e_b, nonfinite_b, cols, pid_r,
-                  K, R_PAD, fp8_b_ptr, gscale_b_ptr, count_b_ptr, count_b_ptr, BK, False, HW_CVT, True, 0)
-    else:
-        idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
-        pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
-        tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :],
-                 _code_bytes(idx_b, scaled_b < 0, BK, BR), mask=(pcols < R_PAD // 2)[None, :])
-        scols = pid_r * NB_B + tl.arange(0, NB_B)
-        tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
-                 tl.where(nonfinite_b, 255, e_b + 127).to(tl.uint8), mask=(scols < R_PAD // 32)[None, :])
+    _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs_b, ROUNDING)
+    idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
+    pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
+    tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :],
+             _code_bytes(idx_b, scaled_b < 0, BK, BR), mask=(pcols < R_PAD // 2)[None, :])
+    scols = pid_r * NB_B + tl.arange(0, NB_B)
+    tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
+             tl.where(nonfinite_b, 255, e_b + 127).to(tl.uint8), mask=(scols < R_PAD // 32)[None, :])
 
 
 @triton.jit
@@ -615,8 +609,7 @@ def hadamard_scale(block: int) -> float:
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
 # axis 0 compile badly) and "t" without one.
 TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "hv_contig": 1, "hv_strided": 0, "reencode": (32, 4),
-          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8,
-          "dual_t_warps": 8}
+          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
@@ -769,29 +762,25 @@ def fused_quantize_dual(
     seed: int = 0,
     seed_t: int = 0,
     row_flags: bool = False,
-    fp8_t: bool = False,
 ) -> dict:
     """One read of x [R, K] (K contiguous), two outputs:
     - along K, as fused_quantize(x, hadamard_size, signs, rounding, seed, write_packed=row_flags, wide=True,
       row_flags=row_flags): fp8 (e5m2) [R, K], gscale [K/128, R], count; with `row_flags` also packed,
       scales and row_flags (count then stays as it was: the rows are flagged instead);
     - along R, as fused_quantize(x zero-padded to a multiple of `rows_multiple` rows, k_dim=0,
-      hadamard_size_t, signs_t, rounding, seed_t): by default write_fp8=False, i.e. packed_t [K, R_pad/2]
-      and scales_t [K, R_pad/32]; with `fp8_t` (rows_multiple a multiple of 128) write_packed=False,
-      wide=True, i.e. fp8_t [K, R_pad], gscale_t [R_pad/128, K] and count_t (its deficient blocks).
-    Each count is the step's shared counter inside adahop.kernels.deferred.deferred_check, else its own.
-    The forward of a linear needs the default of x (its GEMM operand and what backward keeps for the weight
-    gradient); its backward needs row_flags + fp8_t of the output gradient (the left operands of both
-    gradient GEMMs)."""
+      hadamard_size_t, signs_t, rounding, seed_t, write_fp8=False): packed_t [K, R_pad/2], scales_t
+      [K, R_pad/32].
+    A linear's forward needs this of x (its GEMM operand, and what backward keeps for the weight gradient);
+    its backward needs it of the output gradient with row_flags (the input gradient's left operand, and the
+    weight gradient's, re-encoded to fp8 by fused_reencode)."""
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"expected a 2-D tensor with a contiguous last axis, got {tuple(x.shape)} strides {x.stride()}")
     R, K = x.shape
     ha, hb = _hadamard_block(hadamard_size), _hadamard_block(hadamard_size_t)
-    br = 128 if fp8_t else max(32, hb)
+    br = max(32, hb)
     if K % GROUP != 0 or rows_multiple % br != 0:
         raise ValueError(f"fused_quantize_dual needs K % {GROUP} == 0 and rows_multiple a multiple of "
-                         f"{'128 (fp8_t: one fp8 group)' if fp8_t else f'max(32, hadamard_size_t) = {br}'}; "
-                         f"got K={K}, rows_multiple={rows_multiple}")
+                         f"max(32, hadamard_size_t) = {br}; got K={K}, rows_multiple={rows_multiple}")
     if (signs is not None and not ha) or (signs_t is not None and not hb):
         raise ValueError("random signs belong to a Hadamard transform (adahop.hadamard.block_hadamard): "
                          "give hadamard_size / hadamard_size_t with signs / signs_t")
@@ -802,37 +791,26 @@ def fused_quantize_dual(
     signs = _signs_on(signs, K, dev)
     signs_t = _signs_on(signs_t, r_pad, dev, "signs_t")  # r_pad: the padded rows
     u8 = lambda *shape: torch.empty(shape, dtype=torch.uint8, device=dev)  # noqa: E731
-    none = u8(1)  # the pointer of an output not written
     fp8, gscale = u8(R, K), torch.empty((K // GROUP, R), dtype=torch.float32, device=dev)
     count = _count_buffer(dev)
-    count_t = _count_buffer(dev) if fp8_t else count
-    packed, scales = (u8(R, K // 2), u8(R, K // 32)) if row_flags else (none, none)
-    flags = torch.zeros(R, dtype=torch.uint8, device=dev) if row_flags else none
-    if fp8_t:
-        packed_t = scales_t = none
-        fp8_t_out, gscale_t = u8(K, r_pad), torch.empty((r_pad // GROUP, K), dtype=torch.float32, device=dev)
-    else:
-        packed_t, scales_t = u8(K, r_pad // 2), u8(K, r_pad // 32)
-        fp8_t_out, gscale_t = none, gscale
+    packed, scales, flags = (u8(R, K // 2), u8(R, K // 32), torch.zeros(R, dtype=torch.uint8, device=dev)) \
+        if row_flags else (count, count, count)  # (the pointers of outputs not written)
+    packed_t, scales_t = u8(K, r_pad // 2), u8(K, r_pad // 32)
     _quantize_dual_kernel[(r_pad // br, K // GROUP)](
         x.view(torch.int16) if x.dtype == torch.bfloat16 else x, x.stride(0),
         signs if signs is not None else count, signs_t if signs_t is not None else count,
-        fp8, gscale, count, packed, scales, flags, packed_t, scales_t, fp8_t_out, gscale_t, count_t,
+        fp8, gscale, count, packed, scales, flags, packed_t, scales_t,
         R, K, r_pad, int(seed) & 0x7FFFFFFF, int(seed_t) & 0x7FFFFFFF,
         BR=br, HSIZE_A=ha, HSCALE_A=hadamard_scale(ha) if ha else 1.0, HAS_SIGNS_A=signs is not None,
         HSIZE_B=hb, HSCALE_B=hadamard_scale(hb) if hb else 1.0, HAS_SIGNS_B=signs_t is not None,
-        ROUNDING=ROUND_NEAREST if rounding == "nearest" else ROUND_SR_PHILOX, ROWFLAG_A=row_flags, FP8_B=fp8_t,
+        ROUNDING=ROUND_NEAREST if rounding == "nearest" else ROUND_SR_PHILOX, ROWFLAG_A=row_flags,
         IN_BF16=x.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig"], HW_CVT=_hw_cvt(x),
-        num_warps=TUNING["dual_t_warps" if fp8_t else "dual_warps"],  # fp8_t: [128, 128] tiles
+        num_warps=TUNING["dual_warps"],
     )
-    e5 = fp8_dtype(True)
-    out = {"fp8": fp8.view(e5), "gscale": gscale, "count": count}
+    out = {"fp8": fp8.view(fp8_dtype(True)), "gscale": gscale, "count": count, "packed_t": packed_t,
+           "scales_t": scales_t}
     if row_flags:
         out.update(packed=packed, scales=scales, row_flags=flags)
-    if fp8_t:
-        out.update(fp8_t=fp8_t_out.view(e5), gscale_t=gscale_t, count_t=count_t)
-    else:
-        out.update(packed_t=packed_t, scales_t=scales_t)
     return out
 
 

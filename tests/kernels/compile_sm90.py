@@ -13,8 +13,7 @@ from adahop.kernels import quantize as q
 
 TYPES = dict(x_ptr="*i16", signs_ptr="*fp32", zero_ptr="*i8", u_ptr="*fp32", packed_ptr="*u8", scales_ptr="*u8",
              fp8_ptr="*u8", gscale_ptr="*fp32", count_ptr="*i32", rowflag_ptr="*u8", signs_a_ptr="*fp32",
-             signs_b_ptr="*fp32", packed_b_ptr="*u8", scales_b_ptr="*u8", packed_a_ptr="*u8", scales_a_ptr="*u8",
-             fp8_b_ptr="*u8", gscale_b_ptr="*fp32", count_b_ptr="*i32", rows_ptr="*i64", hi_ptr="*u8",
+             signs_b_ptr="*fp32", packed_b_ptr="*u8", scales_b_ptr="*u8", packed_a_ptr="*u8", scales_a_ptr="*u8", rows_ptr="*i64", hi_ptr="*u8",
              hi_gscale_ptr="*fp32", lo_ptr="*u8", lo_gscale_ptr="*fp32")
 H32 = q.hadamard_scale(32)
 CASES = [
@@ -29,10 +28,10 @@ CASES = [
           IN_BF16=True, HW_CVT=True, WIDE=True)),
     ("dual (both axes of x)", q._quantize_dual_kernel,
      dict(BR=32, HSIZE_A=32, HSCALE_A=H32, HAS_SIGNS_A=True, HSIZE_B=32, HSCALE_B=H32, HAS_SIGNS_B=True, ROUNDING=0,
-          ROWFLAG_A=False, FP8_B=False, IN_BF16=True, HVARIANT=1, HW_CVT=True)),
+          ROWFLAG_A=False, IN_BF16=True, HVARIANT=1, HW_CVT=True)),
     ("dual (both axes of g), stochastic", q._quantize_dual_kernel,
-     dict(BR=128, HSIZE_A=32, HSCALE_A=H32, HAS_SIGNS_A=False, HSIZE_B=32, HSCALE_B=H32, HAS_SIGNS_B=False, ROUNDING=1,
-          ROWFLAG_A=True, FP8_B=True, IN_BF16=True, HVARIANT=1, HW_CVT=True)),
+     dict(BR=32, HSIZE_A=32, HSCALE_A=H32, HAS_SIGNS_A=False, HSIZE_B=32, HSCALE_B=H32, HAS_SIGNS_B=False, ROUNDING=1,
+          ROWFLAG_A=True, IN_BF16=True, HVARIANT=1, HW_CVT=True)),
     ("re-encode, wide", q._reencode_kernel, dict(BR=32, TILE=False, HW_CVT=True, WIDE=True)),
     ("row split", q._row_split_kernel, dict(BR=32, HW_CVT=True)),
 ]

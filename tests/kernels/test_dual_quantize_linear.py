@@ -42,7 +42,7 @@ def test_operands_quantized_once_equal_two_quantizations(modes, sr, fast_path, m
     kw = dict(zip(("forward_y", "backward_gx", "backward_gw"), modes), use_sr_grad=sr, randomized_hadamard=True)
     calls = []
     real = kq.fused_quantize_dual
-    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("fp8_t", False)) or real(*a, **k))
+    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("row_flags", False)) or real(*a, **k))
 
     def run(dual: str):
         monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)

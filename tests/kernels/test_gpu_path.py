@@ -226,7 +226,7 @@ def test_linear_with_operands_quantized_once_equals_two_quantizations(modes, ran
               use_sr_grad=sr, outlier_k=16)
     calls = []
     real = kq.fused_quantize_dual
-    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("fp8_t", False)) or real(*a, **k))
+    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("row_flags", False)) or real(*a, **k))
 
     def run(dual):
         monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)

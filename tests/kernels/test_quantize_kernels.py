@@ -66,6 +66,27 @@ def check_against_reference(t, *, uniforms_seed=None, tile=False, wide=False, ro
     return out
 
 
+@pytest.mark.parametrize("k_dim", [1, 0])
+def test_every_bf16_magnitude_and_the_neighbours_of_every_tie(k_dim):
+    """Nearest rounding of every bf16 magnitude below 8 and of the float32 values next to each E2M1 tie,
+    at block scale 1 (each 32-block led by +-6, so its exponent is 0 and the kernel rounds the value
+    itself), against the reference: all three ranges of the grid step, saturation above 6, subnormals."""
+    bits = torch.arange(0, 0x4100, dtype=torch.int32).to(torch.int16)  # bf16 bit patterns of 0 .. 8
+    mags = bits.view(torch.bfloat16).to(torch.float32)
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0])
+    near = torch.cat([ties, torch.nextafter(ties, ties + 1), torch.nextafter(ties, ties - 1), torch.tensor([6.0, 8.0])])
+    vals = torch.cat([mags, near])
+    vals = torch.cat([vals, -vals])
+    per_block = 31
+    n_blocks = -(-vals.numel() // per_block)
+    body = torch.cat([vals, torch.zeros(n_blocks * per_block - vals.numel())]).view(n_blocks, per_block)
+    lead = torch.where(torch.arange(n_blocks) % 2 == 0, 6.0, -6.0)[:, None]
+    blocks = torch.cat([lead, body], 1)
+    blocks = torch.cat([blocks, torch.full((-n_blocks % 4, 32), 6.0)])  # whole 128-groups
+    t = blocks.reshape(-1, 128)
+    check_against_reference(t if k_dim == 1 else t.t().contiguous(), k_dim=k_dim)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("k_dim", [1, 0])
 @pytest.mark.parametrize("hsize", [None, 32, 128])
@@ -550,22 +571,24 @@ def test_dual_quantize_matches_both_references(dtype, hsizes, with_signs):
 @pytest.mark.parametrize("hsizes", [(None, None), (32, 32), (128, 64)])
 @pytest.mark.parametrize("with_signs", [False, True])
 def test_dual_quantize_gradient_form_matches_both_references(tokens, hsizes, with_signs):
-    """The backward form (row_flags + fp8_t) of one read of g: along K the wide fp8 form with the packed
-    form and the flags of rows holding blocks beyond the wide window; along the tokens the wide fp8 form
-    of g^T (zero-padded tokens, its deficient blocks counted), each against the torch reference."""
+    """The backward form (row_flags) of one read of g: along K the wide fp8 form with the packed form and
+    the flags of rows holding blocks beyond the wide window; along the tokens the packed form of g^T
+    (zero-padded tokens), whose fp8 re-encoding holds what the quantizer's fp8 form would, each against
+    the torch reference."""
     ha, hb = hsizes
     g = torch.Generator().manual_seed(zlib.crc32(repr((tokens, hsizes, with_signs)).encode()))
     adv = adversarial_rows()
     x = torch.cat([adv, torch.randn(tokens - adv.shape[0], 256, generator=g) * 4])
     x[20:24, 0:32] *= 2.0 ** 40  # blocks far beyond the wide window along K: those rows flagged
     x[: adv.shape[0], 200] = 1.0  # (the adversarial rows' huge values there would make the block non-finite)
-    x[30:62, 200] *= 2.0 ** 45  # and along the tokens, in one feature: counted
+    x[30:62, 200] *= 2.0 ** 45  # and along the tokens, in one feature: deficient in the fp8 form of g^T
     x = x.to(torch.bfloat16)
-    r_pad = -(-tokens // 128) * 128
+    multiple = max(32, hb or 0)
+    r_pad = -(-tokens // multiple) * multiple
     sa = random_signs(256, 3) if with_signs and ha else None
     sb = random_signs(r_pad, 4) if with_signs and hb else None
     out = fused_quantize_dual(x.to(DEV), hadamard_size=ha, signs=sa, hadamard_size_t=hb, signs_t=sb,
-                              rows_multiple=128, row_flags=True, fp8_t=True)
+                              rows_multiple=multiple, row_flags=True)
     ref_packed, ref_scales = reference(x, k_dim=1, hadamard_size=ha, signs=sa)
     assert torch.equal(out["packed"].cpu(), ref_packed) and torch.equal(out["scales"].cpu(), ref_scales)
     bits, gscale = reference_fp8(ref_packed, ref_scales, wide=True)
@@ -574,15 +597,17 @@ def test_dual_quantize_gradient_form_matches_both_references(tokens, hsizes, wit
     flagged = deficient_blocks(ref_packed, ref_scales, False, True).any(1)
     assert flagged.any() or ha == 128  # a Hadamard over the whole group spreads the outlier block
     assert torch.equal(out["row_flags"].cpu().bool(), flagged), "row flags differ"
+    assert int(out["count"].item()) == 0  # along K the rows are flagged instead of counted
     x_pad = torch.cat([x, x.new_zeros(r_pad - tokens, x.shape[1])])
     ref_packed_t, ref_scales_t = reference(x_pad, k_dim=0, hadamard_size=hb, signs=sb)
-    bits_t, gscale_t = reference_fp8(ref_packed_t, ref_scales_t, wide=True)
-    assert out["fp8_t"].dtype == torch.float8_e5m2 and out["fp8_t"].shape == (256, r_pad)
-    assert torch.equal(out["fp8_t"].view(torch.uint8).cpu(), bits_t), "fp8 form along the tokens differs"
-    assert torch.equal(out["gscale_t"].cpu(), gscale_t), "group scales along the tokens differ"
-    defi_t = int(deficient_blocks(ref_packed_t, ref_scales_t, False, True).sum())
-    assert defi_t > 0 and int(out["count_t"].item()) == defi_t
-    assert int(out["count"].item()) == 0  # along K the rows are flagged instead of counted
+    assert torch.equal(out["scales_t"].cpu(), ref_scales_t), "E8M0 scales along the tokens differ"
+    assert torch.equal(out["packed_t"].cpu(), ref_packed_t), "packed codes along the tokens differ"
+    if r_pad % 128 == 0:  # the weight gradient's fp8 operand, as the GEMM re-encodes it
+        enc = fused_reencode(out["packed_t"], out["scales_t"], wide=True)
+        bits_t, gscale_t = reference_fp8(ref_packed_t, ref_scales_t, wide=True)
+        assert torch.equal(enc["fp8"].view(torch.uint8).cpu(), bits_t) and torch.equal(enc["gscale"].cpu(), gscale_t)
+        defi_t = int(deficient_blocks(ref_packed_t, ref_scales_t, False, True).sum())
+        assert defi_t > 0 and int(enc["count"].item()) == defi_t
 
 
 @pytest.mark.parametrize("hsize", [None, 32])
@@ -591,21 +616,18 @@ def test_dual_quantize_stochastic_draws_as_the_single_kernels(hsize):
     seeds on each axis (so training gives the same bits with either), and is not nearest rounding."""
     g = torch.Generator().manual_seed(11)
     x = (torch.randn(200, 256, generator=g) * 3).to(torch.bfloat16).to(DEV)
-    kw = dict(hadamard_size=hsize, hadamard_size_t=hsize, rows_multiple=128, row_flags=True, fp8_t=True)
+    kw = dict(hadamard_size=hsize, hadamard_size_t=hsize, rows_multiple=128, row_flags=True)  # 200 -> 256 tokens
     out = fused_quantize_dual(x, rounding="stochastic", seed=123, seed_t=456, **kw)
     a = fused_quantize(x, hadamard_size=hsize, rounding="stochastic", seed=123, wide=True, row_flags=True)
     x_pad = torch.cat([x, x.new_zeros(56, 256)])
-    b = fused_quantize(x_pad, k_dim=0, hadamard_size=hsize, rounding="stochastic", seed=456, wide=True,
-                       write_packed=False)
-    for key in ("fp8", "gscale", "packed", "scales", "row_flags"):
-        assert torch.equal(out[key].view(torch.uint8) if key == "fp8" else out[key], a[key].view(torch.uint8)
-                           if key == "fp8" else a[key]), key
-    assert torch.equal(out["fp8_t"].view(torch.uint8), b["fp8"].view(torch.uint8))
-    assert torch.equal(out["gscale_t"], b["gscale"])
-    assert int(out["count_t"].item()) == int(b["count"].item())
+    b = fused_quantize(x_pad, k_dim=0, hadamard_size=hsize, rounding="stochastic", seed=456, write_fp8=False)
+    assert torch.equal(out["fp8"].view(torch.uint8), a["fp8"].view(torch.uint8))
+    for key in ("gscale", "packed", "scales", "row_flags"):
+        assert torch.equal(out[key], a[key]), key
+    assert torch.equal(out["packed_t"], b["packed"]) and torch.equal(out["scales_t"], b["scales"])
     nearest = fused_quantize_dual(x, **kw)
     assert not torch.equal(out["packed"], nearest["packed"])
-    assert not torch.equal(out["fp8_t"].view(torch.uint8), nearest["fp8_t"].view(torch.uint8))
+    assert not torch.equal(out["packed_t"], nearest["packed_t"])
 
 
 def test_dual_quantize_refuses_what_it_cannot_do():
@@ -618,7 +640,5 @@ def test_dual_quantize_refuses_what_it_cannot_do():
         fused_quantize_dual(x, hadamard_size_t=32, signs_t=torch.ones(50))
     with pytest.raises(ValueError, match="belong to a Hadamard"):
         fused_quantize_dual(x, signs=torch.ones(256))
-    with pytest.raises(ValueError, match="128 \\(fp8_t"):
-        fused_quantize_dual(x, rows_multiple=64, fp8_t=True)
     with pytest.raises(ValueError, match="rounding='up'"):
         fused_quantize_dual(x, rounding="up")
