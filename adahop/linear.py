@@ -256,22 +256,21 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         tensors = list(ctx.saved_tensors)
         rounding = "stochastic" if recipe.use_sr_grad else "nearest"
         gx = gw = None
-        both = None
+        gx_left = gw_left = None  # g quantized once for both GEMMs, where quantize_g_once takes it
         if ctx.gx_right is not None and ctx.gw_right is not None:
-            both = quantize_g_once(gy, recipe, rounding)  # (left operand of gx, left operand of gw) or None
+            gx_left, gw_left = quantize_g_once(gy, recipe, rounding) or (None, None)
         if ctx.gx_right is not None:
             right = _unstash(ctx.gx_right, tensors)
             mode = recipe.mode("backward_gx")
             if mode in (HADAMARD, NONE):
                 right = prepare_right(right.full, 0, mode, recipe, "backward_gx", for_saving=False)
-            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype,
-                           a_operand=both[0] if both else None)
+            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype, a_operand=gx_left)
+            gx_left = None  # freed before the weight gradient's GEMM, as the two-pass path frees its operand
         if ctx.gw_right is not None:
             right = _unstash(ctx.gw_right, tensors)
             mode = recipe.mode("backward_gw")
-            g_padded = gy if both else _pad_rows(gy, _gw_row_multiple(recipe))  # padded in the kernel
-            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype,
-                           a_operand=both[1] if both else None)
+            g_padded = gy if gw_left is not None else _pad_rows(gy, _gw_row_multiple(recipe))  # kernel pads
+            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype, a_operand=gw_left)
         ctx.gx_right = ctx.gw_right = None
         return gx, gw, None
 

@@ -608,16 +608,16 @@ def hadamard_scale(block: int) -> float:
 # transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path),
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
 # axis 0 compile badly) and "t" without one.
-# "tile" (128 rows x 128 along K per program) at 32 warps with the split/join Hadamard ("hv_tile": 0): at 8
-# warps the sm_90 build of the tile quantizer spilled 456 B of registers per thread (tests/kernels/compile_sm90.py)
-TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 32), "hv_contig": 1, "hv_strided": 0, "hv_tile": 0,
-          "reencode": (32, 4),
+# 128x128 tiles transposed in the chip (W^T) run at 32 warps with the split/join Hadamard: at 8 warps with the
+# masked one their sm_90 build spilled 368 B of registers per thread (tests/kernels/compile_sm90.py)
+TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "tile_strided": (128, 32), "hv_contig": 1,
+          "hv_strided": 0, "reencode": (32, 4),
           "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
     if tile:
-        return TUNING["tile"]
+        return TUNING["tile" if k_contig else "tile_strided"]
     return TUNING["contig"] if k_contig else TUNING["strided"]
 
 
@@ -746,7 +746,7 @@ def fused_quantize(
         BR=br, K_CONTIG=k_contig, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
         HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
         WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, TILE=tile,
-        IN_BF16=t.dtype == torch.bfloat16, HVARIANT=TUNING["hv_tile" if tile else "hv_contig" if k_contig else "hv_strided"],
+        IN_BF16=t.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig" if k_contig else "hv_strided"],
         HW_CVT=_hw_cvt(t), WIDE=wide, ROWFLAG=1 if row_flags else 0, num_warps=warps,
     )
     return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)

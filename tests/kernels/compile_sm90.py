@@ -1,11 +1,18 @@
-"""Compile the hardware branches of the quantize kernels (HW_CVT: the fp8 conversions the interpreter
-never runs) for sm_90 without a GPU: a Triton error there would otherwise first show on a device call.
+"""Build the quantize kernels for sm_90 without a GPU, exactly as their wrappers launch them: a Triton error
+in the hardware branches (HW_CVT: the fp8 conversions the interpreter never runs) would otherwise first
+show on a device call, and so would register spills.
+
+Each case calls a real wrapper (fused_quantize, fused_quantize_dual, fused_reencode, fused_row_split) on
+CPU tensors with the kernel replaced by a recorder; the recorded arguments are specialized as a launch
+specializes them (integers equal to 1 become constants, pointers and integers divisible by 16 carry that
+fact, which is what lets Triton vectorize loads and stores), the fp8 conversion is switched to its hardware
+form, and the kernel is compiled for sm_90 with the launch's warps. Registers and spilled bytes come from
+the cubin (cuobjdump, bundled with Triton): a spill beyond the case's stated bound (0 unless noted) fails,
+since it would slow the kernel several times on the GPU where no CPU test sees it. SASS instructions per
+element are printed: a static measure of the quantizers' ALU work (they are ALU-bound).
+
 Run as a script (TRITON_INTERPRET unset: the interpreter's kernels cannot be compiled); prints one line per
-kernel and exits 1 on any failure. Each kernel is built with the warps it is launched with
-(kernels.quantize.TUNING), and its register use is read from the cubin (cuobjdump, bundled with Triton): a
-kernel that spills registers to local memory (a stack beyond the case's stated bound, 0 unless noted) fails
-too, since that would slow it several times on the GPU, where no CPU test would see it. Also prints SASS instructions per element, a static measure of
-the quantizers' ALU work (they are ALU-bound). Used by test_compile_sm90.py."""
+case and exits 1 on any failure. Used by test_compile_sm90.py."""
 
 import os
 import re
@@ -13,55 +20,83 @@ import subprocess
 import sys
 import tempfile
 
+import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from adahop.kernels import quantize as q
 
-TYPES = dict(x_ptr="*i16", signs_ptr="*fp32", zero_ptr="*i8", u_ptr="*fp32", packed_ptr="*u8", scales_ptr="*u8",
-             fp8_ptr="*u8", gscale_ptr="*fp32", count_ptr="*i32", rowflag_ptr="*u8", signs_a_ptr="*fp32",
-             signs_b_ptr="*fp32", packed_b_ptr="*u8", scales_b_ptr="*u8", packed_a_ptr="*u8", scales_a_ptr="*u8", rows_ptr="*i64", hi_ptr="*u8",
-             hi_gscale_ptr="*fp32", lo_ptr="*u8", lo_gscale_ptr="*fp32")
-H32 = q.hadamard_scale(32)
-T = q.TUNING  # the launch choices: each case is built as it is launched
+KERNELS = ("_quantize_kernel", "_quantize_kernel_t", "_quantize_dual_kernel", "_reencode_kernel", "_row_split_kernel")
+R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
 
 
-def quantize_case(launch: str, hvariant: str, **consts) -> tuple[dict, int]:
-    """(constexprs, warps) of a _quantize_kernel case launched as TUNING[launch]: a 32-point Hadamard on
-    bf16 input, both forms, e4m3, nearest rounding, unless `consts` says otherwise."""
-    base = dict(BR=T[launch][0], K_CONTIG=True, HSIZE=32, HSCALE=H32, HAS_SIGNS=False, HAS_ZERO=False, ROUNDING=0,
-                WRITE_PACKED=True, WRITE_FP8=True, TILE=False, IN_BF16=True, HVARIANT=T[hvariant], HW_CVT=True,
-                WIDE=False, ROWFLAG=0)
-    return dict(base, **consts), T[launch][1]
+class Recorder:
+    """Stands in for a JIT kernel: `kernel[grid](*args, **kwargs)` records the launch instead of running it."""
+
+    def __init__(self, jit):
+        self.jit, self.launches = jit, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
 
 
+def record(call):
+    """(jit function, positional args, keyword args) of the one kernel launch `call()` makes."""
+    recorders = {name: Recorder(getattr(q, name)) for name in KERNELS}
+    saved = {name: getattr(q, name) for name in KERNELS}
+    try:
+        for name, rec in recorders.items():
+            setattr(q, name, rec)
+        call()
+    finally:
+        for name, jit in saved.items():
+            setattr(q, name, jit)
+    launches = [(rec.jit, *launch) for rec in recorders.values() for launch in rec.launches]
+    assert len(launches) == 1, f"expected one kernel launch, got {len(launches)}"
+    return launches[0]
+
+
+def bf16(*shape):
+    return torch.randn(*shape).to(torch.bfloat16)
+
+
+SIGNS = torch.ones(K)
+# (name, the wrapper call, spilled bytes per thread tolerated)
 CASES = [
-    ("quantize, K contiguous, wide, row flags", q._quantize_kernel,
-     *quantize_case("contig", "hv_contig", HAS_SIGNS=True, HAS_ZERO=True, WIDE=True, ROWFLAG=1)),
-    ("quantize, transposed, e4m3, stochastic", q._quantize_kernel,
-     *quantize_case("strided", "hv_strided", K_CONTIG=False, ROUNDING=1)),
-    ("quantize in the loaded layout, wide", q._quantize_kernel_t,
-     dict(BR=T["strided_t"][0], HSIZE=0, HSCALE=1.0, HAS_SIGNS=False, HAS_ZERO=False, ROUNDING=0, WRITE_PACKED=True,
-          WRITE_FP8=True, IN_BF16=True, HW_CVT=True, WIDE=True), T["strided_t"][1]),
-    ("dual (both axes of x)", q._quantize_dual_kernel,
-     dict(BR=32, HSIZE_A=32, HSCALE_A=H32, HAS_SIGNS_A=True, HSIZE_B=32, HSCALE_B=H32, HAS_SIGNS_B=True, ROUNDING=0,
-          ROWFLAG_A=False, IN_BF16=True, HVARIANT=T["hv_contig"], HW_CVT=True), T["dual_warps"]),
-    ("dual (both axes of g), stochastic", q._quantize_dual_kernel,
-     dict(BR=32, HSIZE_A=32, HSCALE_A=H32, HAS_SIGNS_A=False, HSIZE_B=32, HSCALE_B=H32, HAS_SIGNS_B=False, ROUNDING=1,
-          ROWFLAG_A=True, IN_BF16=True, HVARIANT=T["hv_contig"], HW_CVT=True), T["dual_warps"]),
-    ("re-encode, wide", q._reencode_kernel, dict(BR=T["reencode"][0], TILE=False, HW_CVT=True, WIDE=True),
-     T["reencode"][1]),
-    ("re-encode, 128x128 tile", q._reencode_kernel, dict(BR=T["tile"][0], TILE=True, HW_CVT=True, WIDE=False),
-     T["tile"][1]),
-    ("quantize, 128x128 tile, fp8 form (W of the forward GEMM)", q._quantize_kernel,
-     *quantize_case("tile", "hv_tile", TILE=True, WRITE_PACKED=False)),
+    ("quantize x along K, H32, wide + packed + row flags (input-gradient g)",
+     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, signs=SIGNS, wide=True, row_flags=True), 0),
+    ("quantize along K, H32, fp8 only (deferred operand)",
+     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False), 0),
+    ("quantize along K, H32, stochastic",
+     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, rounding="stochastic", seed=1), 0),
+    ("quantize along dim 0, H32, packed only (x^T saved for backward)",
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_fp8=False), 0),
+    ("quantize along dim 0, H32, wide fp8 (g^T)",
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True), 0),
+    ("quantize along dim 0, no Hadamard (the loaded-layout kernel)",
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True), 0),
+    ("quantize, 128x128 tile, fp8 (W of the forward GEMM)",
+     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False, tile=True), 0),
     # known: the transposed tile (W^T, ADAHOP_TILE_B=weights or 1 only, measured slow) keeps a small spill
-    ("quantize, 128x128 tile, transposed (W^T)", q._quantize_kernel,
-     *quantize_case("tile", "hv_tile", TILE=True, WRITE_PACKED=False, K_CONTIG=False), 16),
-    ("row split", q._row_split_kernel, dict(BR=T["reencode"][0], HW_CVT=True), T["reencode"][1]),
+    ("quantize, 128x128 tile, along dim 0 (W^T)",
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True), 16),
+    ("dual, x (wide fp8 along K + packed x^T), H32",
+     lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32), 0),
+    ("dual, g (+ packed + row flags along K), H32, stochastic",
+     lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32, row_flags=True,
+                                   rounding="stochastic", seed=1, seed_t=2), 0),
+    ("re-encode, wide",
+     lambda: q.fused_reencode(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
+                              wide=True), 0),
+    ("re-encode, 128x128 tile",
+     lambda: q.fused_reencode(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
+                              tile=True), 0),
+    ("row split",
+     lambda: q.fused_row_split(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
+                               torch.arange(0, R, 7), torch.zeros(1, dtype=torch.int32)), 0),
 ]
-
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -81,24 +116,45 @@ def resource_use(cubin: bytes) -> tuple[int, int, int]:
     return regs, stack, n
 
 
+def build(jit, args, kwargs):
+    """Compile the recorded launch for sm_90 as the launcher would specialize it; returns (kernel, warps)."""
+    kwargs = dict(kwargs)
+    warps = kwargs.pop("num_warps", 4)
+    kwargs["HW_CVT"] = True  # the CPU tensors chose the integer form; the GPU runs the hardware conversion
+    runtime = [name for name in jit.arg_names if name not in kwargs]
+    assert len(runtime) == len(args), (jit.__name__, runtime, len(args))
+    signature, constexprs, attrs = {}, dict(kwargs), {}
+    for i, name in enumerate(jit.arg_names):
+        if name in kwargs:
+            signature[name] = "constexpr"
+            continue
+        kind, key = native_specialize_impl(BaseBackend, args[runtime.index(name)], False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = key
+        else:
+            attrs[(i,)] = BaseBackend.parse_attr(key)
+    src = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}), warps, kwargs
+
+
 def main() -> int:
-    target = GPUTarget("cuda", 90, 32)
     failed = 0
-    for name, fn, consts, warps, *allowed in CASES:
-        max_stack = allowed[0] if allowed else 0  # bytes of spilled registers per thread tolerated
-        sig = {a: "constexpr" if a in consts else TYPES.get(a, "i32") for a in fn.arg_names}
+    for name, call, max_stack in CASES:
         try:
-            k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
-                               options={"num_warps": warps})
-            regs, stack, n = resource_use(k.asm["cubin"])
-            per_elem = n / (consts["BR"] * 128 / (32 * warps))
-            line = f"{name}: {warps} warps, {regs} registers, stack {stack} B, {per_elem:.0f} SASS instructions per element"
+            jit, args, kwargs = record(call)
+            kernel, warps, consts = build(jit, args, kwargs)
+            regs, stack, n = resource_use(kernel.asm["cubin"])
+            rows = consts["BR"] if "BR" in consts else 32
+            per_elem = n / (rows * 128 / (32 * warps))
+            line = (f"{name}: {jit.__name__}, {warps} warps, {regs} registers, stack {stack} B, "
+                    f"{per_elem:.0f} SASS instructions per element")
             if stack > max_stack:
                 failed += 1
                 print(f"FAILED (spills registers) {line}")
             else:
                 print(f"ok {line}")
-        except Exception as e:  # report every kernel, then fail
+        except Exception as e:  # report every case, then fail
             failed += 1
             print(f"FAILED {name}: {type(e).__name__}: {str(e)[:2000]}")
     return 1 if failed else 0

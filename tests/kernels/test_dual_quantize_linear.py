@@ -7,11 +7,13 @@ the same fp8 operands. tests/kernels/test_gpu_path.py repeats it on the GPU over
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from adahop import backend
-from adahop.kernels import gemm
+from adahop.kernels import deferred, gemm
 from adahop.kernels import quantize as kq
 from adahop.linear import mxfp4_linear
 
@@ -26,39 +28,91 @@ def fast_path(monkeypatch):
         pytest.skip("the fast path needs sm90+")
 
 
-@pytest.mark.parametrize("sr", [False, True])
-@pytest.mark.parametrize("modes", [("hadamard", "hadamard", "hadamard"), ("none", "hadamard", "none")])
-def test_operands_quantized_once_equal_two_quantizations(modes, sr, fast_path, monkeypatch):
+def operands(tokens, fin, fout):
     torch.manual_seed(0)
-    tokens, fin, fout = 256, 256, 384
     x = torch.randn(tokens, fin, dtype=torch.bfloat16)
     x[:, 3] *= 30
     x[5] *= 2.0**20  # deficient blocks along the tokens of x^T: the weight gradient's correction
     w = (torch.randn(fout, fin) / fin**0.5).to(torch.bfloat16)
     gy = torch.randn(tokens, fout, dtype=torch.bfloat16)
     gy[7, :64] *= 2.0**36  # beyond the wide window along K: the input gradient's row fix; along the tokens:
-    # deficient blocks of g^T (the weight gradient's correction, from the packed form the dual path rewrites)
-    x, w, gy = x.to(DEV), w.to(DEV), gy.to(DEV)
-    kw = dict(zip(("forward_y", "backward_gx", "backward_gw"), modes), use_sr_grad=sr, randomized_hadamard=True)
-    calls = []
-    real = kq.fused_quantize_dual
-    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("row_flags", False)) or real(*a, **k))
+    # deficient blocks of g^T (the weight gradient's correction, from the packed form the dual path writes)
+    return x, w, gy
 
-    def run(dual: str):
+
+def compare(x, w, gy, monkeypatch, *, in_step=False, **kw):
+    """Run the linear with the switch off, then on; returns (outputs, STATS, step counter) of each, and
+    the calls of fused_quantize_dual (their row_flags) and of the packed-only re-runs of fused_quantize."""
+    x, w, gy = x.to(DEV), w.to(DEV), gy.to(DEV)
+    calls, repacks = [], []
+    real_dual, real_quantize = kq.fused_quantize_dual, kq.fused_quantize
+    monkeypatch.setattr(kq, "fused_quantize_dual",
+                        lambda *a, **k: calls.append(k.get("row_flags", False)) or real_dual(*a, **k))
+
+    def quantize(*a, **k):
+        if k.get("write_fp8") is False:
+            repacks.append(k.get("k_dim", 1))
+        return real_quantize(*a, **k)
+
+    monkeypatch.setattr(kq, "fused_quantize", quantize)
+    results = {}
+    for dual in ("0", "1"):
         monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)
+        repacks.clear()
         torch.manual_seed(1)  # the same stochastic-rounding seeds for both
         gemm.reset_stats()
-        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = mxfp4_linear(xx, ww, **kw)
-        y.backward(gy)
-        return (y, xx.grad, ww.grad), dict(gemm.STATS)
-
-    two, stats_two = run("0")
-    assert calls == []
-    once, stats_once = run("1")
-    assert calls == [False, True]  # x in forward, g in backward
-    assert stats_once["gemms"] == 3 and stats_once == stats_two, (stats_once, stats_two)
-    assert stats_once["corrected_gemms"] >= 1  # the rare path ran, so its inputs were checked too
-    for a, b, name in zip(once, two, ("y", "gx", "gw")):
+        with deferred.deferred_check(DEV) if in_step else contextlib.nullcontext() as counter:
+            xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = mxfp4_linear(xx, ww, **kw)
+            y.backward(gy)
+        results[dual] = ((y, xx.grad, ww.grad), dict(gemm.STATS), None if counter is None else int(counter.item()),
+                         list(repacks))
+        if dual == "0":
+            assert calls == []
+    for a, b, name in zip(results["1"][0], results["0"][0], ("y", "gx", "gw")):
         assert torch.equal(a, b), name
-    assert bool(torch.isfinite(once[2]).all())
+    assert results["1"][1] == results["0"][1] and results["1"][2] == results["0"][2]
+    return results, calls
+
+
+@pytest.mark.parametrize("sr", [False, True])
+@pytest.mark.parametrize("modes", [("hadamard", "hadamard", "hadamard"), ("none", "hadamard", "none")])
+def test_operands_quantized_once_equal_two_quantizations(modes, sr, fast_path, monkeypatch):
+    kw = dict(zip(("forward_y", "backward_gx", "backward_gw"), modes), use_sr_grad=sr, randomized_hadamard=True)
+    results, calls = compare(*operands(256, 256, 384), monkeypatch, **kw)
+    assert calls == [False, True]  # x in forward, g in backward
+    stats = results["1"][1]
+    assert stats["gemms"] == 3 and stats["corrected_gemms"] >= 1  # the rare path ran, so its inputs were checked
+    assert bool(torch.isfinite(results["1"][0][2]).all())
+
+
+def test_padded_tokens_and_a_128_hadamard_with_stochastic_rounding(fast_path, monkeypatch):
+    """1000 tokens: the weight gradient's K padded to 1024 by the dual kernel (its zero rows, the signs of
+    the padded length); Hadamard blocks of 128 on both axes."""
+    results, calls = compare(*operands(1000, 256, 384), monkeypatch, hadamard_size=128, use_sr_grad=True,
+                             randomized_hadamard=True)
+    assert calls == [False, True] and results["1"][1]["gemms"] == 3
+
+
+def test_token_padding_of_a_large_hadamard_size(fast_path, monkeypatch):
+    """hadamard_size 256 pads the tokens to 256 even in the modes without a transform (128 tokens here), and
+    the dual kernel must pad to the same length (a padding to 128 gave mismatched GEMM shapes)."""
+    modes = dict(forward_y="none", backward_gx="none", backward_gw="none")
+    results, calls = compare(*operands(128, 256, 256), monkeypatch, hadamard_size=256, **modes)
+    assert calls == [False, True]
+
+
+def test_forward_correction_rewrites_the_packed_x_with_the_same_signs(fast_path, monkeypatch):
+    """A block of x 2^40 above its group's others (and W's matching columns zero, so the others' share shows
+    in y): the forward GEMM is corrected from the packed x the dual path re-writes on demand."""
+    x, w, gy = operands(256, 256, 384)
+    x[9, :32] *= 2.0**40
+    w[:, :32] = 0
+    results, _ = compare(x, w, gy, monkeypatch, randomized_hadamard=True)
+    assert 1 in results["1"][3], "the forward operand's packed form was not re-written"
+
+
+def test_inside_a_training_step_the_shared_counter_agrees(fast_path, monkeypatch):
+    """Inside deferred_check (as in training) the counts go to the step's one counter: the same total."""
+    results, calls = compare(*operands(1000, 256, 384), monkeypatch, in_step=True, use_sr_grad=True)
+    assert calls == [False, True] and results["1"][2] > 0
