@@ -369,7 +369,7 @@ def _quantize_dual_kernel(
     HSIZE_A: tl.constexpr, HSCALE_A: tl.constexpr, HAS_SIGNS_A: tl.constexpr,
     HSIZE_B: tl.constexpr, HSCALE_B: tl.constexpr, HAS_SIGNS_B: tl.constexpr,
     ROUNDING: tl.constexpr, ROWFLAG_A: tl.constexpr,
-    IN_BF16: tl.constexpr, HVARIANT: tl.constexpr, HW_CVT: tl.constexpr,
+    IN_BF16: tl.constexpr, HVARIANT_A: tl.constexpr, HVARIANT_B: tl.constexpr, HW_CVT: tl.constexpr,
 ):
     """x [R, K] (K contiguous) read once, quantized along both axes (ROUNDING: 0 nearest, 1 stochastic
     from Philox with seed_a / seed_b, the draws fused_quantize makes with those seeds):
@@ -392,7 +392,7 @@ def _quantize_dual_kernel(
     y = y0
     if HAS_SIGNS_A:
         y = y * tl.load(signs_a_ptr + cols)[None, :]
-    y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT)
+    y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT_A)
     y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
     offs = tl.reshape(rows64[:, None] * K + cols64[None, :], [BR, NB, 32])
@@ -414,7 +414,7 @@ def _quantize_dual_kernel(
     pad_ok = rows < R_PAD
     if HAS_SIGNS_B:
         yb = yb * tl.load(signs_b_ptr + rows, mask=pad_ok, other=1.0)[None, :]
-    yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT)
+    yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT_B)
     y3b, nonfinite_b, e_b = _mx_exponents(tl.reshape(yb, [BK, NB_B, 32]), ROUNDING, 2)
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
     offs_b = tl.reshape(cols64[:, None] * R_PAD + rows64[None, :], [BK, NB_B, 32])
@@ -608,11 +608,13 @@ def hadamard_scale(block: int) -> float:
 # transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path),
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
 # axis 0 compile badly) and "t" without one.
+# The dual kernel's transposed half (along the tokens) takes the split/join Hadamard too ("hv_dual_t"): 114
+# instead of 161 SASS instructions per element for x in its sm_90 build (tests/kernels/compile_sm90.py).
 # 128x128 tiles transposed in the chip (W^T) run at 32 warps with the split/join Hadamard: at 8 warps with the
 # masked one their sm_90 build spilled 368 B of registers per thread (tests/kernels/compile_sm90.py)
 TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "tile_strided": (128, 32), "hv_contig": 1,
           "hv_strided": 0, "reencode": (32, 4),
-          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8}
+          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8, "hv_dual_t": 0}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
@@ -807,8 +809,8 @@ def fused_quantize_dual(
         BR=br, HSIZE_A=ha, HSCALE_A=hadamard_scale(ha) if ha else 1.0, HAS_SIGNS_A=signs is not None,
         HSIZE_B=hb, HSCALE_B=hadamard_scale(hb) if hb else 1.0, HAS_SIGNS_B=signs_t is not None,
         ROUNDING=ROUND_NEAREST if rounding == "nearest" else ROUND_SR_PHILOX, ROWFLAG_A=row_flags,
-        IN_BF16=x.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig"], HW_CVT=_hw_cvt(x),
-        num_warps=TUNING["dual_warps"],
+        IN_BF16=x.dtype == torch.bfloat16, HVARIANT_A=TUNING["hv_contig"], HVARIANT_B=TUNING["hv_dual_t"],
+        HW_CVT=_hw_cvt(x), num_warps=TUNING["dual_warps"],
     )
     out = {"fp8": fp8.view(fp8_dtype(True)), "gscale": gscale, "count": count, "packed_t": packed_t,
            "scales_t": scales_t}
