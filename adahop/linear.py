@@ -215,7 +215,9 @@ def quantize_x_once(x2d: torch.Tensor, recipe: LinearRecipe) -> tuple[backend.Op
     return x_operand, RightOperand(packed=packed_t)
 
 
-def quantize_g_once(gy: torch.Tensor, recipe: LinearRecipe, rounding: str) -> tuple | None:
+def quantize_g_once(
+    gy: torch.Tensor, recipe: LinearRecipe, rounding: str
+) -> tuple[backend.Operand, backend.Operand] | None:
     """The output gradient quantized for both gradient GEMMs (their left operands) from one read, where
     backend.quantize_g_both_axes takes it; else None."""
     args = _both_axes_args(gy, recipe, "backward_gx")
@@ -226,8 +228,10 @@ class _MXFP4LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe):
         _, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
-        both = quantize_x_once(x2d, recipe) if ctx.needs_input_grad[1] else None
-        y = forward_gemm(x2d, weight, recipe, x_operand=both[0] if both else None)
+        # x quantized once for the forward GEMM and the weight gradient, where quantize_x_once takes it
+        x_operand, x_for_gw = (quantize_x_once(x2d, recipe) if ctx.needs_input_grad[1] else None) or (None, None)
+        y = forward_gemm(x2d, weight, recipe, x_operand=x_operand)
+        x_operand = None
 
         ctx.recipe = recipe
         ctx.tokens = x2d.shape[0]
@@ -241,11 +245,10 @@ class _MXFP4LinearFunction(torch.autograd.Function):
                 ctx.gx_right = RightOperand(full=weight, full_k_dim=0)
             saved += _stash(ctx.gx_right)
         if ctx.needs_input_grad[1]:
-            if both is not None:
-                ctx.gw_right = both[1]
-            else:
+            if x_for_gw is None:
                 x_padded = _pad_rows(x2d, _gw_row_multiple(recipe))
-                ctx.gw_right = prepare_right(x_padded, 0, gw_mode, recipe, "backward_gw", for_saving=True)
+                x_for_gw = prepare_right(x_padded, 0, gw_mode, recipe, "backward_gw", for_saving=True)
+            ctx.gw_right = x_for_gw
             saved += _stash(ctx.gw_right)
         ctx.save_for_backward(*saved)
         return y
