@@ -84,6 +84,8 @@ CASES = [
      lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True), 16),
     ("dual, x (wide fp8 along K + packed x^T), H32",
      lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32), 0),
+    ("dual, g (+ packed + row flags along K), H32",
+     lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32, row_flags=True), 0),
     ("dual, g (+ packed + row flags along K), H32, stochastic",
      lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32, row_flags=True,
                                    rounding="stochastic", seed=1, seed_t=2), 0),
