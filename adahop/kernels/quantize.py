@@ -159,6 +159,20 @@ def _code_bytes(idx, neg, A: tl.constexpr, L: tl.constexpr):
 
 
 @triton.jit
+def _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid, KTOT, idx, neg, e, nonfinite,
+              A: tl.constexpr, L: tl.constexpr):
+    """Store the MXFP4 form of a tile of A rows x L along K (code indices idx and signs neg, reshaping to
+    [A, L]; block exponents e and non-finite flags [A, L/32]) into a K-major operand with KTOT along K, at
+    K offset pid * L: packed codes [., KTOT/2] and E8M0 bytes [., KTOT/32] (255 for a non-finite block)."""
+    pcols = pid * (L // 2) + tl.arange(0, L // 2)
+    tl.store(packed_ptr + rows64[:, None] * (KTOT // 2) + pcols[None, :], _code_bytes(idx, neg, A, L),
+             mask=row_ok[:, None])
+    scols = pid * (L // 32) + tl.arange(0, L // 32)
+    tl.store(scales_ptr + rows64[:, None] * (KTOT // 32) + scols[None, :],
+             tl.where(nonfinite, 255, e + 127).to(tl.uint8), mask=row_ok[:, None])
+
+
+@triton.jit
 def _widen(x, IN_BF16: tl.constexpr):
     """float32 values of a loaded tile; bf16 arrives as its int16 bits and is widened exactly (Triton's
     interpreter mis-converts bf16 subnormals through its own cast)."""
@@ -348,12 +362,7 @@ def _quantize_kernel(
     neg = scaled < 0
 
     if WRITE_PACKED:
-        byte = _code_bytes(idx, neg, BR, BK)
-        pcols = pid_k * (BK // 2) + tl.arange(0, BK // 2)
-        tl.store(packed_ptr + rows64[:, None] * (K // 2) + pcols[None, :], byte, mask=row_ok[:, None])
-        sbyte = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
-        scols = pid_k * NB + tl.arange(0, NB)
-        tl.store(scales_ptr + rows64[:, None] * (K // 32) + scols[None, :], sbyte, mask=row_ok[:, None])
+        _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid_k, K, idx, neg, e, nonfinite, BR, BK)
     if WRITE_FP8:
         _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
                   BR, TILE, HW_CVT, WIDE, ROWFLAG)
@@ -400,12 +409,7 @@ def _quantize_dual_kernel(
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
     if ROWFLAG_A:
         idx = tl.where(nonfinite[:, :, None], 0, idx)
-        pcols = pid_k * (BK // 2) + tl.arange(0, BK // 2)
-        tl.store(packed_a_ptr + rows64[:, None] * (K // 2) + pcols[None, :], _code_bytes(idx, scaled < 0, BR, BK),
-                 mask=row_ok[:, None])
-        scols = pid_k * NB + tl.arange(0, NB)
-        tl.store(scales_a_ptr + rows64[:, None] * (K // 32) + scols[None, :],
-                 tl.where(nonfinite, 255, e + 127).to(tl.uint8), mask=row_ok[:, None])
+        _store_mx(packed_a_ptr, scales_a_ptr, rows64, row_ok, pid_k, K, idx, scaled < 0, e, nonfinite, BR, BK)
     _fp8_emit(qabs, scaled < 0, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
               BR, False, HW_CVT, True, ROWFLAG_A)
 
@@ -420,12 +424,9 @@ def _quantize_dual_kernel(
     offs_b = tl.reshape(cols64[:, None] * R_PAD + rows64[None, :], [BK, NB_B, 32])
     _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs_b, ROUNDING)
     idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
-    pcols = pid_r * (BR // 2) + tl.arange(0, BR // 2)
-    tl.store(packed_b_ptr + cols64[:, None] * (R_PAD // 2) + pcols[None, :],
-             _code_bytes(idx_b, scaled_b < 0, BK, BR), mask=(pcols < R_PAD // 2)[None, :])
-    scols = pid_r * NB_B + tl.arange(0, NB_B)
-    tl.store(scales_b_ptr + cols64[:, None] * (R_PAD // 32) + scols[None, :],
-             tl.where(nonfinite_b, 255, e_b + 127).to(tl.uint8), mask=(scols < R_PAD // 32)[None, :])
+    # the grid covers R_PAD exactly (R_PAD % BR == 0) and every feature exists: nothing to mask
+    _store_mx(packed_b_ptr, scales_b_ptr, cols64, cols < K, pid_r, R_PAD, idx_b, scaled_b < 0, e_b, nonfinite_b,
+              BK, BR)
 
 
 @triton.jit
