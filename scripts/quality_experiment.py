@@ -249,18 +249,19 @@ def write_report(path: Path, results: dict[str, dict], commands: dict[str, str],
         "# Quality: BF16 vs MXFP4 recipes on real text", "",
         f"Written by `scripts/quality_experiment.py` on {time.strftime('%Y-%m-%d')} from the finished recipes "
         f"(this machine: {device}; each run's own device and date are in the table).", "",
-        "| recipe | steps | final train loss | final val loss | val perplexity | val gap to BF16 | best val loss (step) "
+        "| recipe | steps | final train loss | last val loss (step) | val perplexity | val gap to BF16 | best val loss (step) "
         "| tokens/s (last log) | device, date |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r, res in results.items():
         v = _last(res["validation"])
+        v_step = max((int(s) for s in res["validation"]), default="-")  # validation.freq need not divide steps
         gap = f"{100 * (v / base - 1):+.2f}%" if base == base and v == v else "-"
         steps = max((int(s) for s in res["train"]), default=0)
         finite = {int(s): x for s, x in res["validation"].items() if x == x}
         best = f"{min(finite.values()):.4f} ({min(finite, key=finite.get)})" if finite else "-"
         meta = res.get("meta", {})
-        lines.append(f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} | {math.exp(v) if v == v else math.nan:.2f} | "
+        lines.append(f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} ({v_step}) | {math.exp(v) if v == v else math.nan:.2f} | "
                      f"{gap} | {best} | {_last(res['tps']) if res['tps'] else '-'} | "
                      f"{meta.get('device', '?')}, {meta.get('date', '?')} |")
     if pending:
@@ -290,13 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: write the report from the recipes that have a done.json")
     args, extra = p.parse_known_args(argv)
     requested = list(args.recipes)
-    if "float8" in args.recipes:
+    out = Path(args.out)
+    # only training float8 needs the GPU; a finished float8 run is read like any other
+    if "float8" in args.recipes and not (args.report_only or (out / "float8" / "done.json").is_file()):
         import torch
 
         if not torch.cuda.is_available():
             print("[quality] float8 needs a CUDA GPU and torchao: left out of this run", file=sys.stderr)
             args.recipes = [r for r in args.recipes if r != "float8"]
-    out = Path(args.out)
     if args.parallel < 1:
         print(f"[quality] --parallel {args.parallel}: must be >= 1", file=sys.stderr)
         return 2

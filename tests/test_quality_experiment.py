@@ -40,6 +40,16 @@ def test_two_recipes_report_and_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| bf16 | 4 |" in again.read_text() and not (runs / "mxfp4").exists()
     assert "Not finished yet: mxfp4." in again.read_text()
+    # a float8 run finished on a GPU is reported on a CPU machine too (only training it needs CUDA)
+    f8 = json.loads((runs / "bf16" / "done.json").read_text())
+    f8["meta"]["signature"]["recipe"] = ["--model.converters", "quantize.linear.float8"]
+    (runs / "float8").mkdir()
+    (runs / "float8" / "done.json").write_text(json.dumps(f8))
+    r = subprocess.run([sys.executable, "scripts/quality_experiment.py", "--report-only", "--recipes", "bf16", "float8",
+                        "--out", str(runs), "--report", str(again), *SMALL],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| float8 | 4 |" in again.read_text() and "Not finished yet" not in again.read_text()
     meta = done["meta"]
     assert meta["device"] == "CPU" and meta["signature"]["recipe"] == [] and meta["command"].startswith("python -m")
     # a stored result of another experiment (here: other overrides) is refused before anything trains
