@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
 # One short device call (carry .whl) on 128x128 scales for the right operand (ADAHOP_TILE_B, docs/kernels.md):
 #   1. the GPU tests of the tile layout with the wide (e5m2) left operand, and of growing row slots;
-#   2. the 8B up/gate + down linear benchmark in hadamard mode with ADAHOP_TILE_B = 0, weights and 1, one
-#      run each (same machine, back to back), tables in $OUT/bench_tile_<value>.txt.
+#   2. the 8B up/gate + down linear benchmark in hadamard mode with ADAHOP_TILE_B = 0, forward, weights and 1, one
+#      run each (same machine, back to back), tables in $OUT/bench_tile_<value>.txt;
+#   3. with E2E=1, the 1B-shape model STEPS steps (default 80; calibration ends at 30) under BF16 and under
+#      AdaHOP with ADAHOP_TILE_B = 0, forward, weights and 1, same seed: tokens/s after step 45, peak memory,
+#      and the steps redone for blocks a tile could not hold ($OUT/summary.md).
+# The GEMM-only table (bench_linear.py's bandwidth part) says what a tile gains at most: docs/kernels.md,
+# "Where 1.3x has to come from".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
 python3 -m pytest -q tests/kernels -k "tile or 128x128 or row_slots or fix_rows" -p no:cacheprovider 2>&1 \
   | tail -15 | tee "$OUT/gpu_tests.txt"
-for t in 0 weights 1; do
+for t in 0 forward weights 1; do
   ADAHOP_TILE_B=$t timeout ${BENCH_LIMIT:-80} python3 scripts/bench_linear.py --models llama3-8b --tokens 16384 \
     --shapes up/gate down --modes hadamard --sr 0 --no-baselines --skip-bandwidth --rep 30 > "$OUT/bench_tile_$t.txt" 2>&1
   echo "== ADAHOP_TILE_B=$t (rc $?)"; grep -a "^| llama\|gemm stats\|Error" "$OUT/bench_tile_$t.txt" | head -8
 done
+if [ "${E2E:-0}" = 1 ]; then
+  STEPS=${STEPS:-80}
+  names=()
+  for t in bf16 0 forward weights 1; do
+    cfg=configs/llama1b_adahop.toml; [ "$t" = bf16 ] && cfg=configs/llama1b_bf16.toml
+    name=tile_$t; [ "$t" = bf16 ] && name=bf16
+    ADAHOP_TILE_B=$([ "$t" = bf16 ] && echo 0 || echo "$t") CONFIG_FILE=$cfg timeout 240 ./run_train.sh \
+      --job.dump_folder "/tmp/runs/$name" --training.steps "$STEPS" --debug.seed 1234 --metrics.log_freq 5 \
+      --validation.freq "$STEPS" --validation.steps 3 --checkpoint.no-enable --metrics.no-enable-tensorboard \
+      > "$OUT/train_$name.log" 2>&1
+    echo "$name exit $?, redone steps: $(grep -ac 'running the step again' "$OUT/train_$name.log")"
+    names+=("$name")
+  done
+  python3 scripts/summarize_runs.py "$OUT" "${names[@]}" --after 45 | tee "$OUT/summary.md"
+fi
