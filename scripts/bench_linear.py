@@ -215,17 +215,17 @@ def tune_quantizer(rows, k, dev, rep):
     n = x.numel()
     nbytes = 2 * n + n * (1 + 0.5 + 1 / 32) + n / 128 * 4
     saved = dict(TUNING)
-    # (strided hv1 = the in-layout kernel _quantize_kernel_t; strided hv0 = transpose-first kernel)
+    # (strided hv1 = the in-layout kernel _quantize_kernel_t; strided hv0 / hv2 = transpose-first kernel)
     res = {"contig": {}, "strided": {}}
     try:
-        for hv in (0, 1):
+        for hv in (0, 1, 2):
             for br, nw in ((16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
                 TUNING.update(contig=(br, nw), strided=(br, nw), strided_t=(br, nw), hv_contig=hv, hv_strided=hv,
                               strided_kernel="t" if hv == 1 else "trans")
                 key = f"hv{hv}_br{br}_w{nw}"
                 for case, fn in (("contig", lambda: fused_quantize(x, hadamard_size=32)),
                                  ("strided", lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32))):
-                    if case == "strided" and hv == 0 and (br, nw) not in ((32, 8), (16, 4)):
+                    if case == "strided" and hv != 1 and (br, nw) not in ((32, 8), (16, 4)):
                         continue
                     try:
                         res[case][key] = nbytes / bench(fn, rep) / 1e6

@@ -60,7 +60,7 @@ def fp8_dtype(wide: bool) -> torch.dtype:
     return torch.float8_e5m2 if wide else torch.float8_e4m3fn
 
 ROUND_NEAREST = 0
-ROUND_SR_PHILOX = 1  # uniforms from tl.rand(seed, r * K + k)
+ROUND_SR_PHILOX = 1  # uniforms from Philox: output i % 4 of tl.rand4x(seed, i // 4), i = r * K + k
 ROUND_SR_GIVEN = 2  # uniforms read from a float32 [R, K] tensor (tests: same draws as the reference)
 
 
@@ -94,11 +94,28 @@ def _butterfly_masked(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
 
 
 @triton.jit
+def _butterfly_flip(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
+    """The same stage as one multiply-add per element: (a, b) -> (a + b, a - b) is (1 * a + b, -1 * b + a),
+    whose products by +-1 are exact, so the sums round as a + b and a - b do. Each element's partner is
+    the pair's integer sum of bits less its own bits (exact: two's complement wraps both ways), a sum
+    over the pair axis that compiles to one shuffle or none (and that Triton's interpreter runs as one
+    numpy sum, where tl.flip runs element by element)."""
+    y4 = tl.reshape(y, [BR, BK // (2 * H), 2, H])
+    bits = y4.to(tl.int32, bitcast=True)
+    partner = (tl.sum(bits, axis=2)[:, :, None, :] - bits).to(tl.float32, bitcast=True)
+    i = tl.arange(0, 2)[None, None, :, None]
+    y4 = y4 * tl.where(i == 0, 1.0, -1.0) + partner
+    return tl.reshape(y4, [BR, BK])
+
+
+@triton.jit
 def _stage(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr, HVARIANT: tl.constexpr):
     if HVARIANT == 0:
         return _butterfly(y, BR, BK, H)
-    else:
+    elif HVARIANT == 1:
         return _butterfly_masked(y, BR, BK, H)
+    else:
+        return _butterfly_flip(y, BR, BK, H)
 
 
 @triton.jit
@@ -244,19 +261,20 @@ def _tile_coords(R, BR: tl.constexpr, BK: tl.constexpr):
 
 @triton.jit
 def _mx_exponents(y3, ROUNDING: tl.constexpr, AXIS: tl.constexpr):
-    """MXFP4 blocks of 32 along axis AXIS of y3 (adahop.mx.quantize_blocks), e.g. [A, NB, 32]: the values
-    with non-finite ones zeroed, non-finite flags and block exponents (y3's shape less AXIS): floor(log2 amax) - 2
-    from the float's exponent bits (zero / subnormal amax -> -127), +1 for stochastic rounding where
-    amax > 3 * 2^(e+1) (never clip: amax <= 6 * 2^e)."""
-    finite = (y3 == y3) & (tl.abs(y3) != float("inf"))
-    nonfinite = tl.max(tl.where(finite, 0, 1), axis=AXIS) > 0
-    y3 = tl.where(finite, y3, 0.0)
-    amax = tl.max(tl.abs(y3), axis=AXIS)
-    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    e = tl.maximum(biased - 129, -127)
+    """MXFP4 blocks of 32 along axis AXIS of y3 (adahop.mx.quantize_blocks), e.g. [A, NB, 32]: non-finite
+    flags and block exponents (y3's shape less AXIS): floor(log2 amax) - 2 from the float's exponent bits
+    (zero / subnormal amax -> -127), +1 for stochastic rounding where amax > 3 * 2^(e+1) (never clip:
+    amax <= 6 * 2^e). The magnitudes' bits are compared as integers: they order like the floats, with
+    every NaN above +inf above every finite value, so the block's largest bits say both its exponent and
+    whether it holds a NaN or an infinity (a float max would drop NaNs; no per-element test is needed).
+    The exponent of a non-finite block is meaningless: every caller replaces what it derives from it
+    (codes, scale byte, fp8 bits) by the non-finite encoding."""
+    amax_bits = tl.max(y3.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=AXIS)
+    nonfinite = amax_bits >= 0x7F800000
+    e = tl.maximum((amax_bits >> 23) - 129, -127)
     if ROUNDING != 0:
-        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)
-    return y3, nonfinite, e
+        e = e + (amax_bits.to(tl.float32, bitcast=True) > 3.0 * _pow2(e + 1)).to(tl.int32)
+    return nonfinite, e
 
 
 @triton.jit
@@ -286,13 +304,24 @@ def _e2m1_stochastic(mag, u):
 
 
 @triton.jit
-def _e2m1_round(mag, seed, offs, ROUNDING: tl.constexpr):
-    """(magnitude, code index) of mag rounded to E2M1: nearest, or stochastic with the uniforms
-    tl.rand(seed, offs) (offs: each element's index in its K-major operand, shaped like mag)."""
+def _uniforms(seed, offs4, A: tl.constexpr, L: tl.constexpr):
+    """Uniforms in [0, 1) for A rows x L consecutive elements along K of a K-major operand, [A, L], given
+    offs4 [A, L/4]: the element index // 4 of each run of 4. One Philox call (tl.rand4x) serves 4
+    neighbours, its output i to the element at index 4 * offs4 + i: a quarter of the Philox rounds of
+    tl.rand, which would spend a call on every element and keep one output of four."""
+    u0, u1, u2, u3 = tl.rand4x(seed, offs4.to(tl.uint32))
+    # join(join(u0, u2), join(u1, u3))[..., i, j] = u_(2i + j)
+    return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), [A, L])
+
+
+@triton.jit
+def _e2m1_round(mag, seed, offs4, A: tl.constexpr, L: tl.constexpr, ROUNDING: tl.constexpr):
+    """(magnitude, code index) of mag [A, L/32, 32] rounded to E2M1: nearest, or stochastic with the
+    uniforms _uniforms(seed, offs4, A, L)."""
     if ROUNDING == 0:
         qabs, idx = _e2m1_nearest(mag)
     else:
-        qabs = _e2m1_stochastic(mag, tl.rand(seed, offs.to(tl.uint32)))
+        qabs = _e2m1_stochastic(mag, tl.reshape(_uniforms(seed, offs4, A, L), [A, L // 32, 32]))
         idx = _e2m1_index(qabs)
     return qabs, idx
 
@@ -344,17 +373,18 @@ def _quantize_kernel(
     y = _hadamard(y, BR, BK, HSIZE, HSCALE, HVARIANT)
 
     # ---- MXFP4 along K, blocks of 32 (adahop.mx.quantize_blocks) ----
-    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), ROUNDING, 2)
+    y3 = tl.reshape(y, [BR, NB, 32])
+    nonfinite, e = _mx_exponents(y3, ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
         qabs, idx = _e2m1_nearest(mag)
     else:
-        offs = rows64[:, None] * K + cols64[None, :]
         if ROUNDING == 1:
-            u = tl.rand(seed, offs.to(tl.uint32))
+            u = _uniforms(seed, rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :],
+                          BR, BK)
         else:
-            u = tl.load(u_ptr + offs, mask=row_ok[:, None], other=0.0)
+            u = tl.load(u_ptr + rows64[:, None] * K + cols64[None, :], mask=row_ok[:, None], other=0.0)
         qabs = _e2m1_stochastic(mag, tl.reshape(u, [BR, NB, 32]))
         idx = _e2m1_index(qabs)
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
@@ -402,10 +432,11 @@ def _quantize_dual_kernel(
     if HAS_SIGNS_A:
         y = y * tl.load(signs_a_ptr + cols)[None, :]
     y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT_A)
-    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [BR, NB, 32]), ROUNDING, 2)
+    y3 = tl.reshape(y, [BR, NB, 32])
+    nonfinite, e = _mx_exponents(y3, ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
-    offs = tl.reshape(rows64[:, None] * K + cols64[None, :], [BR, NB, 32])
-    qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, offs, ROUNDING)
+    offs4 = rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :]
+    qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, offs4, BR, BK, ROUNDING)
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
     if ROWFLAG_A:
         idx = tl.where(nonfinite[:, :, None], 0, idx)
@@ -419,10 +450,11 @@ def _quantize_dual_kernel(
     if HAS_SIGNS_B:
         yb = yb * tl.load(signs_b_ptr + rows, mask=pad_ok, other=1.0)[None, :]
     yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT_B)
-    y3b, nonfinite_b, e_b = _mx_exponents(tl.reshape(yb, [BK, NB_B, 32]), ROUNDING, 2)
+    y3b = tl.reshape(yb, [BK, NB_B, 32])
+    nonfinite_b, e_b = _mx_exponents(y3b, ROUNDING, 2)
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
-    offs_b = tl.reshape(cols64[:, None] * R_PAD + rows64[None, :], [BK, NB_B, 32])
-    _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs_b, ROUNDING)
+    offs4_b = cols64[:, None] * (R_PAD // 4) + (pid_r * (BR // 4) + tl.arange(0, BR // 4))[None, :]
+    _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs4_b, BK, BR, ROUNDING)
     idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
     # the grid covers R_PAD exactly (R_PAD % BR == 0) and every feature exists: nothing to mask
     _store_mx(packed_b_ptr, scales_b_ptr, cols64, cols < K, pid_r, R_PAD, idx_b, scaled_b < 0, e_b, nonfinite_b,
@@ -489,17 +521,18 @@ def _quantize_kernel_t(
     if HSIZE >= 2:
         y = y * HSCALE
 
-    y3, nonfinite, e = _mx_exponents(tl.reshape(y, [NB, 32, BR]), ROUNDING, 1)  # nonfinite, e: [NB, BR]
+    y3 = tl.reshape(y, [NB, 32, BR])
+    nonfinite, e = _mx_exponents(y3, ROUNDING, 1)  # [NB, BR]
     scaled = y3 * _pow2(-e)[:, None, :]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
         qabs, _ = _e2m1_nearest(mag)
     else:
-        offs = rows64[None, :] * K + cols64[:, None]
-        if ROUNDING == 1:
-            u = tl.rand(seed, offs.to(tl.uint32))
+        if ROUNDING == 1:  # the draws of _quantize_kernel, made along K and transposed
+            u = tl.trans(_uniforms(seed, rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :],
+                                   BR, BK))
         else:
-            u = tl.load(u_ptr + offs, mask=row_ok[None, :], other=0.0)
+            u = tl.load(u_ptr + rows64[None, :] * K + cols64[:, None], mask=row_ok[None, :], other=0.0)
         qabs = _e2m1_stochastic(mag, tl.reshape(u, [NB, 32, BR]))
     qabs = tl.where(nonfinite[:, None, :], 0.0, qabs)
     neg = scaled < 0
@@ -602,9 +635,12 @@ def hadamard_scale(block: int) -> float:
 
 
 # Launch choices, overridable for tuning (scripts/bench_linear.py --tune): (rows per program, warps),
-# and which butterfly formulation (0: permute/split/join, 1: masked sums; same bits).
-# Measured on H100 (docs/benchmarks.md): the masked-sum butterfly is faster where K is contiguous, the
-# permute/split/join one where the tile is transposed in the chip. Tile mode needs 128 rows a program.
+# and which butterfly formulation (0: permute/split/join, 1: masked sums, 2: flip and multiply-add; same
+# bits). Measured on H100 (docs/benchmarks.md): the masked-sum butterfly is faster than permute/split/join
+# where K is contiguous, the permute/split/join one where the tile is transposed in the chip. The flip form
+# (2, contiguous K only) takes 7 SASS instructions per element fewer than the masked one in the sm_90 build
+# (tests/kernels/compile_sm90.py) with no shared-memory traffic added; it is the default there, not timed
+# yet (in the transposed kernels it costs more, 6-27 per element). Tile mode needs 128 rows a program.
 # "strided_kernel": "t" computes transposed inputs in their loaded layout (_quantize_kernel_t), "trans"
 # transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path),
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
@@ -613,7 +649,7 @@ def hadamard_scale(block: int) -> float:
 # instead of 161 SASS instructions per element for x in its sm_90 build (tests/kernels/compile_sm90.py).
 # 128x128 tiles transposed in the chip (W^T) run at 32 warps with the split/join Hadamard: at 8 warps with the
 # masked one their sm_90 build spilled 368 B of registers per thread (tests/kernels/compile_sm90.py)
-TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "tile_strided": (128, 32), "hv_contig": 1,
+TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "tile_strided": (128, 32), "hv_contig": 2,
           "hv_strided": 0, "reencode": (32, 4),
           "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8, "hv_dual_t": 0}
 

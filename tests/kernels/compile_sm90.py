@@ -75,13 +75,17 @@ CASES = [
      lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_fp8=False), 0),
     ("quantize along dim 0, H32, wide fp8 (g^T)",
      lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True), 0),
+    ("quantize along dim 0, H32, wide fp8, stochastic (g^T with SR)",
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True,
+                              rounding="stochastic", seed=1), 0),
+    ("quantize along dim 0, no Hadamard, stochastic (the loaded-layout kernel)",
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True, rounding="stochastic", seed=1), 0),
     ("quantize along dim 0, no Hadamard (the loaded-layout kernel)",
      lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True), 0),
     ("quantize, 128x128 tile, fp8 (W of the forward GEMM)",
      lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False, tile=True), 0),
-    # known: the transposed tile (W^T, ADAHOP_TILE_B=weights or 1 only, measured slow) keeps a small spill
     ("quantize, 128x128 tile, along dim 0 (W^T)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True), 16),
+     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True), 0),
     ("dual, x (wide fp8 along K + packed x^T), H32",
      lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32), 0),
     ("dual, g (+ packed + row flags along K), H32",
@@ -159,6 +163,7 @@ def main() -> int:
         except Exception as e:  # report every case, then fail
             failed += 1
             print(f"FAILED {name}: {type(e).__name__}: {str(e)[:2000]}")
+    print(f"cases: {len(CASES)}")
     return 1 if failed else 0
 
 
