@@ -202,12 +202,13 @@ def _widen(x, IN_BF16: tl.constexpr):
 
 @triton.jit
 def _fp8_emit(
-    qabs, neg, e, nonfinite, rows, pid_k, R, K,
+    qabs, neg, e, nonfinite, nonzero, rows, pid_k, R, K,
     fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
     BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr, ON_DEFICIENT: tl.constexpr,
 ):
     """Write the fp8 form of one [BR, 128] tile given E2M1 magnitudes qabs [BR, 4, 32] (float32), their
-    signs, block exponents e [BR, 4] (int32) and non-finite flags [BR, 4]. Deficient blocks (written as
+    signs, block exponents e [BR, 4] (int32), non-finite flags [BR, 4] and which blocks hold a nonzero
+    code (nonzero [BR, 4]; _block_nonzero for a freshly rounded tile). Deficient blocks (written as
     zero) are, by ON_DEFICIENT: 0 counted into count_ptr, 1 marked by row in rowflag_ptr (the GEMM then
     recomputes those rows exactly), 2 neither (the caller holds them elsewhere).
     WIDE writes e5m2 (exact offsets -15..13) instead of e4m3 (-8..6)."""
@@ -223,7 +224,6 @@ def _fp8_emit(
     else:
         G = tl.maximum(tl.max(e_fin, axis=1) - HEAD, -126)  # [BR]
     o = e_fin - G[:, None]  # [BR, NB]
-    nonzero = tl.max(qabs, axis=2) > 0
     deficient = nonzero & (o < LOW) & (~nonfinite)
     o_c = tl.minimum(tl.maximum(o, LOW), HEAD)
     v = qabs * _pow2(o_c)[:, :, None]  # exact: |v| <= 6 * 2^HEAD, v a multiple of 2^(LOW - 1)
@@ -271,10 +271,24 @@ def _mx_exponents(y3, ROUNDING: tl.constexpr, AXIS: tl.constexpr):
     (codes, scale byte, fp8 bits) by the non-finite encoding."""
     amax_bits = tl.max(y3.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=AXIS)
     nonfinite = amax_bits >= 0x7F800000
+    amax = amax_bits.to(tl.float32, bitcast=True)
     e = tl.maximum((amax_bits >> 23) - 129, -127)
     if ROUNDING != 0:
-        e = e + (amax_bits.to(tl.float32, bitcast=True) > 3.0 * _pow2(e + 1)).to(tl.int32)
-    return nonfinite, e
+        e = e + (amax > 3.0 * _pow2(e + 1)).to(tl.int32)
+    return nonfinite, e, amax
+
+
+@triton.jit
+def _block_nonzero(qabs, amax, e, ROUNDING: tl.constexpr, AXIS: tl.constexpr):
+    """Blocks holding a nonzero E2M1 code, given their rounded magnitudes qabs, amax and exponent e.
+    Rounding to nearest is monotonic, so a block has one exactly when its largest magnitude, amax * 2^-e
+    on the block's grid, rounds above zero, i.e. exceeds 0.25 (0.25 itself ties to 0): one test per
+    block instead of a reduction over its elements (that crosses lanes in the transposed launches).
+    Stochastic rounding can lift any element, so there the codes are reduced."""
+    if ROUNDING == 0:
+        return amax * _pow2(-e) > 0.25
+    else:
+        return tl.max(qabs, axis=AXIS) > 0
 
 
 @triton.jit
@@ -374,7 +388,7 @@ def _quantize_kernel(
 
     # ---- MXFP4 along K, blocks of 32 (adahop.mx.quantize_blocks) ----
     y3 = tl.reshape(y, [BR, NB, 32])
-    nonfinite, e = _mx_exponents(y3, ROUNDING, 2)
+    nonfinite, e, amax = _mx_exponents(y3, ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
@@ -394,8 +408,8 @@ def _quantize_kernel(
     if WRITE_PACKED:
         _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid_k, K, idx, neg, e, nonfinite, BR, BK)
     if WRITE_FP8:
-        _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
-                  BR, TILE, HW_CVT, WIDE, ROWFLAG)
+        _fp8_emit(qabs, neg, e, nonfinite, _block_nonzero(qabs, amax, e, ROUNDING, 2), rows, pid_k, R, K,
+                  fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, BR, TILE, HW_CVT, WIDE, ROWFLAG)
 
 
 @triton.jit
@@ -433,7 +447,7 @@ def _quantize_dual_kernel(
         y = y * tl.load(signs_a_ptr + cols)[None, :]
     y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT_A)
     y3 = tl.reshape(y, [BR, NB, 32])
-    nonfinite, e = _mx_exponents(y3, ROUNDING, 2)
+    nonfinite, e, amax = _mx_exponents(y3, ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
     offs4 = rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :]
     qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, offs4, BR, BK, ROUNDING)
@@ -441,8 +455,8 @@ def _quantize_dual_kernel(
     if ROWFLAG_A:
         idx = tl.where(nonfinite[:, :, None], 0, idx)
         _store_mx(packed_a_ptr, scales_a_ptr, rows64, row_ok, pid_k, K, idx, scaled < 0, e, nonfinite, BR, BK)
-    _fp8_emit(qabs, scaled < 0, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
-              BR, False, HW_CVT, True, ROWFLAG_A)
+    _fp8_emit(qabs, scaled < 0, e, nonfinite, _block_nonzero(qabs, amax, e, ROUNDING, 2), rows, pid_k, R, K,
+              fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, BR, False, HW_CVT, True, ROWFLAG_A)
 
     # (b) along R: the tile transposed in the chip, [BK features, BR tokens]
     yb = tl.trans(y0)
@@ -451,7 +465,7 @@ def _quantize_dual_kernel(
         yb = yb * tl.load(signs_b_ptr + rows, mask=pad_ok, other=1.0)[None, :]
     yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT_B)
     y3b = tl.reshape(yb, [BK, NB_B, 32])
-    nonfinite_b, e_b = _mx_exponents(y3b, ROUNDING, 2)
+    nonfinite_b, e_b, _ = _mx_exponents(y3b, ROUNDING, 2)
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
     offs4_b = cols64[:, None] * (R_PAD // 4) + (pid_r * (BR // 4) + tl.arange(0, BR // 4))[None, :]
     _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs4_b, BK, BR, ROUNDING)
@@ -522,7 +536,7 @@ def _quantize_kernel_t(
         y = y * HSCALE
 
     y3 = tl.reshape(y, [NB, 32, BR])
-    nonfinite, e = _mx_exponents(y3, ROUNDING, 1)  # [NB, BR]
+    nonfinite, e, amax = _mx_exponents(y3, ROUNDING, 1)  # [NB, BR]
     scaled = y3 * _pow2(-e)[:, None, :]
     mag = tl.abs(scaled)
     if ROUNDING == 0:
@@ -554,8 +568,7 @@ def _quantize_kernel_t(
         e_fin = tl.where(nonfinite, -127, e)
         G = tl.maximum(tl.max(e_fin, axis=0) - HEAD, -126)  # [BR]
         o = e_fin - G[None, :]
-        nonzero = tl.max(qabs, axis=1) > 0
-        deficient = nonzero & (o < LOW) & (~nonfinite)
+        deficient = _block_nonzero(qabs, amax, e, ROUNDING, 1) & (o < LOW) & (~nonfinite)
         o_c = tl.minimum(tl.maximum(o, LOW), HEAD)
         v = qabs * _pow2(o_c)[:, None, :]
         v = tl.where(deficient[:, None, :], 0.0, v)
@@ -594,8 +607,8 @@ def _reencode_kernel(
     rows = pid_r * BR + tl.arange(0, BR)
     row_ok = rows < R
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, rows.to(tl.int64), row_ok, pid_k, K, BR)
-    _fp8_emit(qabs, neg, e, nonfinite, rows, pid_k, R, K, fp8_ptr, gscale_ptr, count_ptr, count_ptr,
-              BR, TILE, HW_CVT, WIDE, 0)
+    _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, rows, pid_k, R, K, fp8_ptr, gscale_ptr,
+              count_ptr, count_ptr, BR, TILE, HW_CVT, WIDE, 0)
 
 
 @triton.jit
@@ -614,15 +627,15 @@ def _row_split_kernel(
     sel_ok = sel < NSEL
     src = tl.load(rows_ptr + sel, mask=sel_ok, other=0).to(tl.int64)
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, src, sel_ok, pid_k, K, BR)
-    _fp8_emit(qabs, neg, e, nonfinite, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr, count_ptr, count_ptr,
-              BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
+    _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr,
+              count_ptr, count_ptr, BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
     e_fin = tl.where(nonfinite, -127, e)
     G = tl.maximum(tl.max(e_fin, axis=1) - 13, -126)
     deficient = (tl.max(qabs, axis=2) > 0) & (e_fin - G[:, None] < -15) & (~nonfinite)
     qlo = tl.where(deficient[:, :, None], qabs, 0.0)
     elo = tl.where(deficient, e, -127)
-    _fp8_emit(qlo, neg, elo, deficient & nonfinite, sel, pid_k, NSEL, K, lo_ptr, lo_gscale_ptr, count_ptr, count_ptr,
-              BR, False, HW_CVT, True, 0)
+    _fp8_emit(qlo, neg, elo, deficient & nonfinite, tl.max(qlo, axis=2) > 0, sel, pid_k, NSEL, K, lo_ptr,
+              lo_gscale_ptr, count_ptr, count_ptr, BR, False, HW_CVT, True, 0)
 
 
 # ----------------------------------------------------------------------------------------------------
