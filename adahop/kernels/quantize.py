@@ -94,7 +94,7 @@ def _butterfly_masked(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
 
 
 @triton.jit
-def _butterfly_flip(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
+def _butterfly_fma(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
     """The same stage as one multiply-add per element: (a, b) -> (a + b, a - b) is (1 * a + b, -1 * b + a),
     whose products by +-1 are exact, so the sums round as a + b and a - b do. Each element's partner is
     the pair's integer sum of bits less its own bits (exact: two's complement wraps both ways), a sum
@@ -115,7 +115,7 @@ def _stage(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr, HVARIANT: tl.
     elif HVARIANT == 1:
         return _butterfly_masked(y, BR, BK, H)
     else:
-        return _butterfly_flip(y, BR, BK, H)
+        return _butterfly_fma(y, BR, BK, H)
 
 
 @triton.jit
@@ -648,12 +648,13 @@ def hadamard_scale(block: int) -> float:
 
 
 # Launch choices, overridable for tuning (scripts/bench_linear.py --tune): (rows per program, warps),
-# and which butterfly formulation (0: permute/split/join, 1: masked sums, 2: flip and multiply-add; same
-# bits). Measured on H100 (docs/benchmarks.md): the masked-sum butterfly is faster than permute/split/join
-# where K is contiguous, the permute/split/join one where the tile is transposed in the chip. The flip form
-# (2, contiguous K only) takes 7 SASS instructions per element fewer than the masked one in the sm_90 build
-# (tests/kernels/compile_sm90.py) with no shared-memory traffic added; it is the default there, not timed
-# yet (in the transposed kernels it costs more, 6-27 per element). Tile mode needs 128 rows a program.
+# and which butterfly formulation (0: permute/split/join, 1: masked sums, 2: multiply-add with the partner
+# from an integer bit sum; same bits). Measured on H100 (docs/benchmarks.md): the masked-sum butterfly is
+# faster than permute/split/join where K is contiguous, the permute/split/join one where the tile is
+# transposed in the chip. The multiply-add form (2, contiguous K only) takes 7 SASS instructions per
+# element fewer than the masked one in the sm_90 build (tests/kernels/compile_sm90.py) with no
+# shared-memory traffic added; it is the default there, not timed yet (in the transposed kernels it costs
+# more, 6-27 per element). Tile mode needs 128 rows a program.
 # "strided_kernel": "t" computes transposed inputs in their loaded layout (_quantize_kernel_t), "trans"
 # transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path),
 # "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
