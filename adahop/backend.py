@@ -180,6 +180,12 @@ def _sr_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
 
 
+def _check_rounding(rounding: str) -> None:
+    """The rounding modes of the fast path, refused by name before any kernel runs."""
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
+
+
 def quantize(
     t: torch.Tensor,
     *,
@@ -197,8 +203,7 @@ def quantize(
     (two E2M1 codes per byte + E8M0 scales), which is what a layer saves for its backward pass.
     """
     if t.dim() == 2 and k_dim in (0, 1) and _fast_ok(t, t.shape[k_dim], hadamard_size):
-        if rounding not in ("nearest", "stochastic"):
-            raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
+        _check_rounding(rounding)
         args = dict(
             t=t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs, rounding=rounding, zero_rows=zero_rows,
             seed=_sr_seed(generator) if rounding == "stochastic" else 0,
@@ -277,8 +282,7 @@ def quantize_g_both_axes(
     ADAHOP_DUAL_QUANT is off or either would not take the fast path."""
     if _both_axes_rows(g, hadamard_size, hadamard_size_t, rows_multiple) is None:
         return None
-    if rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
+    _check_rounding(rounding)
     from .kernels.gemm import FastOperand
     from .kernels.quantize import fused_quantize_dual
 

@@ -318,24 +318,26 @@ def _e2m1_stochastic(mag, u):
 
 
 @triton.jit
-def _uniforms(seed, offs4, A: tl.constexpr, L: tl.constexpr):
-    """Uniforms in [0, 1) for A rows x L consecutive elements along K of a K-major operand, [A, L], given
-    offs4 [A, L/4]: the element index // 4 of each run of 4. One Philox call (tl.rand4x) serves 4
-    neighbours, its output i to the element at index 4 * offs4 + i: a quarter of the Philox rounds of
-    tl.rand, which would spend a call on every element and keep one output of four."""
+def _uniforms(seed, rows64, pid, KTOT, A: tl.constexpr, L: tl.constexpr):
+    """Uniforms in [0, 1) [A, L] for a tile of a K-major operand with KTOT along K: the rows rows64 (int64,
+    [A]), the L elements along K from pid * L. Element i = row * KTOT + k takes output i % 4 of Philox
+    called at i // 4 (tl.rand4x): one call serves 4 neighbours, a quarter of the Philox rounds of
+    tl.rand, which would spend a call on every element and keep one output of four. Every kernel draws
+    through here, so the same element gets the same uniform whichever kernel quantizes it."""
+    offs4 = rows64[:, None] * (KTOT // 4) + (pid * (L // 4) + tl.arange(0, L // 4))[None, :]
     u0, u1, u2, u3 = tl.rand4x(seed, offs4.to(tl.uint32))
     # join(join(u0, u2), join(u1, u3))[..., i, j] = u_(2i + j)
     return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), [A, L])
 
 
 @triton.jit
-def _e2m1_round(mag, seed, offs4, A: tl.constexpr, L: tl.constexpr, ROUNDING: tl.constexpr):
+def _e2m1_round(mag, seed, rows64, pid, KTOT, A: tl.constexpr, L: tl.constexpr, ROUNDING: tl.constexpr):
     """(magnitude, code index) of mag [A, L/32, 32] rounded to E2M1: nearest, or stochastic with the
-    uniforms _uniforms(seed, offs4, A, L)."""
+    uniforms _uniforms(seed, rows64, pid, KTOT, A, L)."""
     if ROUNDING == 0:
         qabs, idx = _e2m1_nearest(mag)
     else:
-        qabs = _e2m1_stochastic(mag, tl.reshape(_uniforms(seed, offs4, A, L), [A, L // 32, 32]))
+        qabs = _e2m1_stochastic(mag, tl.reshape(_uniforms(seed, rows64, pid, KTOT, A, L), [A, L // 32, 32]))
         idx = _e2m1_index(qabs)
     return qabs, idx
 
@@ -395,8 +397,7 @@ def _quantize_kernel(
         qabs, idx = _e2m1_nearest(mag)
     else:
         if ROUNDING == 1:
-            u = _uniforms(seed, rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :],
-                          BR, BK)
+            u = _uniforms(seed, rows64, pid_k, K, BR, BK)
         else:
             u = tl.load(u_ptr + rows64[:, None] * K + cols64[None, :], mask=row_ok[:, None], other=0.0)
         qabs = _e2m1_stochastic(mag, tl.reshape(u, [BR, NB, 32]))
@@ -449,8 +450,7 @@ def _quantize_dual_kernel(
     y3 = tl.reshape(y, [BR, NB, 32])
     nonfinite, e, amax = _mx_exponents(y3, ROUNDING, 2)
     scaled = y3 * _pow2(-e)[:, :, None]
-    offs4 = rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :]
-    qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, offs4, BR, BK, ROUNDING)
+    qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, rows64, pid_k, K, BR, BK, ROUNDING)
     qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
     if ROWFLAG_A:
         idx = tl.where(nonfinite[:, :, None], 0, idx)
@@ -467,8 +467,7 @@ def _quantize_dual_kernel(
     y3b = tl.reshape(yb, [BK, NB_B, 32])
     nonfinite_b, e_b, _ = _mx_exponents(y3b, ROUNDING, 2)
     scaled_b = y3b * _pow2(-e_b)[:, :, None]
-    offs4_b = cols64[:, None] * (R_PAD // 4) + (pid_r * (BR // 4) + tl.arange(0, BR // 4))[None, :]
-    _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, offs4_b, BK, BR, ROUNDING)
+    _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, cols64, pid_r, R_PAD, BK, BR, ROUNDING)
     idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
     # the grid covers R_PAD exactly (R_PAD % BR == 0) and every feature exists: nothing to mask
     _store_mx(packed_b_ptr, scales_b_ptr, cols64, cols < K, pid_r, R_PAD, idx_b, scaled_b < 0, e_b, nonfinite_b,
@@ -543,8 +542,7 @@ def _quantize_kernel_t(
         qabs, _ = _e2m1_nearest(mag)
     else:
         if ROUNDING == 1:  # the draws of _quantize_kernel, made along K and transposed
-            u = tl.trans(_uniforms(seed, rows64[:, None] * (K // 4) + (pid_k * (BK // 4) + tl.arange(0, BK // 4))[None, :],
-                                   BR, BK))
+            u = tl.trans(_uniforms(seed, rows64, pid_k, K, BR, BK))
         else:
             u = tl.load(u_ptr + rows64[None, :] * K + cols64[:, None], mask=row_ok[None, :], other=0.0)
         qabs = _e2m1_stochastic(mag, tl.reshape(u, [NB, 32, BR]))
