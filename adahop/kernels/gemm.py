@@ -240,29 +240,27 @@ def reset_row_slots() -> None:
 
 
 def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
-    """Overwrite out's rows that `a` flags with their exact values, hi + lo parts (fused_row_split), with
-    no host sync: a fixed number of row slots (unused ones recompute row 0, which is harmless: exact);
-    flagged rows beyond them, and blocks neither part holds, go to a.count."""
+    """Overwrite out's rows that `a` flags with their exact values, hi + lo parts (fused_row_split) in one
+    GEMM, with no host sync: a fixed number of row slots (unused ones recompute row 0, which is harmless:
+    exact); flagged rows beyond them, and blocks neither part holds, go to a.count. The slots and
+    counters come from one launch (adahop.kernels.row_fix)."""
     from .quantize import fused_row_split
+    from .row_fix import row_fix_index
 
     m = a.fp8.shape[0]
     cap = row_fix_capacity(m)
     if cap == 0:  # an empty operand (e.g. an MoE expert that got no tokens)
         return
     flags = a.row_flags
-    rows = torch.nonzero_static(flags, size=cap, fill_value=0).squeeze(1)
-    n = flags.sum(dtype=torch.int64)
-    _device_counter(_ROWS_FIXED, flags.device).add_(n)
-    a.count.add_((n - cap).clamp_(min=0).to(a.count.dtype))
-    if a.count is counter_for(flags.device) and m * ROW_FIX_MAX_FRACTION > ROW_FIX_MIN:
-        # only what redoes a step (the deferred check's counter) and only GEMMs that more slots can help
-        # (below 256 rows the bound is under the 16 default) may grow the slots
-        peak = _device_counter(_OVERFLOW_RATIO, flags.device)
-        torch.maximum(peak, torch.where(n > cap, n * _RATIO_ONE // m, 0), out=peak)
+    # only what redoes a step (the deferred check's counter) and only GEMMs that more slots can help
+    # (below 256 rows the bound is under the 16 default) may grow the slots
+    grows = a.count is counter_for(flags.device) and m * ROW_FIX_MAX_FRACTION > ROW_FIX_MIN
+    peak = _device_counter(_OVERFLOW_RATIO, flags.device) if grows else None
+    rows = row_fix_index(flags, cap, _device_counter(_ROWS_FIXED, flags.device), a.count, peak, _RATIO_ONE)
     parts = fused_row_split(a.packed, a.scales, rows, a.count)
     try:
-        exact = _scaled_mm_parts(parts["hi"], parts["hi_gscale"], b, torch.float32)
-        exact += _scaled_mm_parts(parts["lo"], parts["lo_gscale"], b, torch.float32)
+        both = _scaled_mm_parts(parts["both"], parts["both_gscale"], b, torch.float32)  # [2 cap, N]
+        exact = both[:cap] + both[cap:]
     except RuntimeError:  # a shape or dtype cuBLAS refuses: the same exact parts in float32
         STATS["fallback_gemms"] += 1
         hi_lo = _dequantize_part(parts["hi"], parts["hi_gscale"]) + _dequantize_part(parts["lo"], parts["lo_gscale"])

@@ -203,7 +203,7 @@ def _widen(x, IN_BF16: tl.constexpr):
 @triton.jit
 def _fp8_emit(
     qabs, neg, e, nonfinite, nonzero, rows, pid_k, R, K,
-    fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
+    fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, GS_STRIDE,
     BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr, ON_DEFICIENT: tl.constexpr,
 ):
     """Write the fp8 form of one [BR, 128] tile given E2M1 magnitudes qabs [BR, 4, 32] (float32), their
@@ -211,7 +211,8 @@ def _fp8_emit(
     code (nonzero [BR, 4]; _block_nonzero for a freshly rounded tile). Deficient blocks (written as
     zero) are, by ON_DEFICIENT: 0 counted into count_ptr, 1 marked by row in rowflag_ptr (the GEMM then
     recomputes those rows exactly), 2 neither (the caller holds them elsewhere).
-    WIDE writes e5m2 (exact offsets -15..13) instead of e4m3 (-8..6)."""
+    WIDE writes e5m2 (exact offsets -15..13) instead of e4m3 (-8..6). 1x128 scales go to
+    gscale_ptr[k_group * GS_STRIDE + row] (GS_STRIDE = R, except where two parts share one scale tensor)."""
     NB: tl.constexpr = 4
     HEAD: tl.constexpr = 13 if WIDE else 6  # largest exact offset
     LOW: tl.constexpr = -15 if WIDE else -8  # smallest exact offset
@@ -237,7 +238,7 @@ def _fp8_emit(
     if TILE:
         tl.store(gscale_ptr + (tl.program_id(0) * (K // 128) + pid_k), tl.max(_pow2(G), axis=0))
     else:
-        tl.store(gscale_ptr + pid_k.to(tl.int64) * R + rows, _pow2(G), mask=row_ok)
+        tl.store(gscale_ptr + pid_k.to(tl.int64) * GS_STRIDE + rows, _pow2(G), mask=row_ok)
     ndef = tl.sum(tl.sum(tl.where(row_ok[:, None], deficient.to(tl.int32), 0), axis=1), axis=0)
     if ON_DEFICIENT == 0:
         if ndef > 0:  # rare: no atomic traffic in the common case
@@ -410,7 +411,7 @@ def _quantize_kernel(
         _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid_k, K, idx, neg, e, nonfinite, BR, BK)
     if WRITE_FP8:
         _fp8_emit(qabs, neg, e, nonfinite, _block_nonzero(qabs, amax, e, ROUNDING, 2), rows, pid_k, R, K,
-                  fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, BR, TILE, HW_CVT, WIDE, ROWFLAG)
+                  fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, R, BR, TILE, HW_CVT, WIDE, ROWFLAG)
 
 
 @triton.jit
@@ -456,7 +457,7 @@ def _quantize_dual_kernel(
         idx = tl.where(nonfinite[:, :, None], 0, idx)
         _store_mx(packed_a_ptr, scales_a_ptr, rows64, row_ok, pid_k, K, idx, scaled < 0, e, nonfinite, BR, BK)
     _fp8_emit(qabs, scaled < 0, e, nonfinite, _block_nonzero(qabs, amax, e, ROUNDING, 2), rows, pid_k, R, K,
-              fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, BR, False, HW_CVT, True, ROWFLAG_A)
+              fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, R, BR, False, HW_CVT, True, ROWFLAG_A)
 
     # (b) along R: the tile transposed in the chip, [BK features, BR tokens]
     yb = tl.trans(y0)
@@ -606,34 +607,35 @@ def _reencode_kernel(
     row_ok = rows < R
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, rows.to(tl.int64), row_ok, pid_k, K, BR)
     _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, rows, pid_k, R, K, fp8_ptr, gscale_ptr,
-              count_ptr, count_ptr, BR, TILE, HW_CVT, WIDE, 0)
+              count_ptr, count_ptr, R, BR, TILE, HW_CVT, WIDE, 0)
 
 
 @triton.jit
 def _row_split_kernel(
     packed_ptr, scales_ptr, rows_ptr, NSEL, K,
-    hi_ptr, hi_gscale_ptr, lo_ptr, lo_gscale_ptr, count_ptr,
+    hi_ptr, gscale_ptr, count_ptr,
     BR: tl.constexpr, HW_CVT: tl.constexpr,
 ):
-    """For the selected rows of a packed K-major operand, the wide (e5m2) fp8 form in two exact parts:
-    hi = the blocks the ordinary wide form holds (deficient ones zero), lo = only those deficient blocks,
-    with group scales of their own. hi + lo is every value of the rows; blocks the lo part cannot hold
-    either (more than 28 below the lo part's own maximum) are counted."""
+    """For the NSEL selected rows of a packed K-major operand, the wide (e5m2) fp8 form in two exact parts,
+    stacked in one [2 NSEL, K] operand (hi rows first) with its [K/128, 2 NSEL] scales, so that one GEMM
+    multiplies both: hi = the blocks the ordinary wide form holds (deficient ones zero), lo = only those
+    deficient blocks, with group scales of their own. hi + lo is every value of the rows; blocks the lo
+    part cannot hold either (more than 28 below the lo part's own maximum) are counted."""
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     sel = pid_r * BR + tl.arange(0, BR)
     sel_ok = sel < NSEL
     src = tl.load(rows_ptr + sel, mask=sel_ok, other=0).to(tl.int64)
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, src, sel_ok, pid_k, K, BR)
-    _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr,
-              count_ptr, count_ptr, BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
+    _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, sel, pid_k, NSEL, K, hi_ptr, gscale_ptr,
+              count_ptr, count_ptr, 2 * NSEL, BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
     e_fin = tl.where(nonfinite, -127, e)
     G = tl.maximum(tl.max(e_fin, axis=1) - 13, -126)
     deficient = (tl.max(qabs, axis=2) > 0) & (e_fin - G[:, None] < -15) & (~nonfinite)
     qlo = tl.where(deficient[:, :, None], qabs, 0.0)
     elo = tl.where(deficient, e, -127)
-    _fp8_emit(qlo, neg, elo, deficient & nonfinite, tl.max(qlo, axis=2) > 0, sel, pid_k, NSEL, K, lo_ptr,
-              lo_gscale_ptr, count_ptr, count_ptr, BR, False, HW_CVT, True, 0)
+    _fp8_emit(qlo, neg, elo, deficient & nonfinite, tl.max(qlo, axis=2) > 0, sel, pid_k, NSEL, K,
+              hi_ptr + NSEL * K, gscale_ptr + NSEL, count_ptr, count_ptr, 2 * NSEL, BR, False, HW_CVT, True, 0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -672,8 +674,13 @@ def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
     return TUNING["contig"] if k_contig else TUNING["strided"]
 
 
+# Read once: triton.jit decides at decoration (import) whether the kernels are interpreted, and a lookup
+# per launch was a measurable part of the host's time per GEMM.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _hw_cvt(t: torch.Tensor) -> bool:
-    return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    return t.is_cuda and not _INTERPRETED
 
 
 def _hadamard_block(hadamard_size: int | None) -> int:
@@ -744,15 +751,14 @@ def fused_quantize(
     k_contig = k_dim == 1
     stride_r = t.stride(1 - k_dim)
     stride_k = t.stride(k_dim)
-    packed = torch.empty((R, K // 2), dtype=torch.uint8, device=dev) if write_packed else torch.empty(1, dtype=torch.uint8, device=dev)
-    scales = torch.empty((R, K // 32), dtype=torch.uint8, device=dev) if write_packed else torch.empty(1, dtype=torch.uint8, device=dev)
+    count = _count_buffer(dev)
+    packed = scales = fp8 = gscale = count  # the pointers of outputs not written (no allocation for them)
+    if write_packed:
+        packed = torch.empty((R, K // 2), dtype=torch.uint8, device=dev)
+        scales = torch.empty((R, K // 32), dtype=torch.uint8, device=dev)
     if write_fp8:
         fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
         gscale = torch.empty((R // 128, K // GROUP) if tile else (K // GROUP, R), dtype=torch.float32, device=dev)
-    else:
-        fp8 = torch.empty(1, dtype=torch.uint8, device=dev)
-        gscale = torch.empty(1, dtype=torch.float32, device=dev)
-    count = _count_buffer(dev)
     flags = torch.zeros(R, dtype=torch.uint8, device=dev) if row_flags else count
     if rounding == "nearest":
         mode = ROUND_NEAREST
@@ -901,20 +907,20 @@ def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = F
 @torch.compiler.disable
 def fused_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> dict:
     """The wide fp8 form of `rows` (int64 [n]) of a packed K-major operand in two exact parts (see
-    _row_split_kernel): hi / lo fp8 e5m2 [n, K] with gscale [K/128, n] each; blocks neither part holds
-    are added to `count`."""
+    _row_split_kernel): both = hi rows then lo rows, fp8 e5m2 [2n, K] with both_gscale [K/128, 2n] (one
+    GEMM operand), and hi / lo / hi_gscale / lo_gscale, their views; blocks neither part holds are added
+    to `count`."""
     R, K = packed.shape[0], packed.shape[1] * 2
     n = rows.numel()
     dev = packed.device
-    hi = torch.empty((n, K), dtype=torch.uint8, device=dev)
-    lo = torch.empty((n, K), dtype=torch.uint8, device=dev)
-    hi_gs = torch.empty((K // GROUP, n), dtype=torch.float32, device=dev)
-    lo_gs = torch.empty((K // GROUP, n), dtype=torch.float32, device=dev)
+    both = torch.empty((2 * n, K), dtype=torch.uint8, device=dev)
+    both_gs = torch.empty((K // GROUP, 2 * n), dtype=torch.float32, device=dev)
     br, warps = TUNING["reencode"]
     _row_split_kernel[(triton.cdiv(n, br), K // GROUP)](
-        packed, scales, rows, n, K, hi, hi_gs, lo, lo_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps)
-    e5 = fp8_dtype(True)
-    return {"hi": hi.view(e5), "hi_gscale": hi_gs, "lo": lo.view(e5), "lo_gscale": lo_gs}
+        packed, scales, rows, n, K, both, both_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps)
+    both = both.view(fp8_dtype(True))
+    return {"both": both, "both_gscale": both_gs, "hi": both[:n], "hi_gscale": both_gs[:, :n], "lo": both[n:],
+            "lo_gscale": both_gs[:, n:]}
 
 
 # ----------------------------------------------------------------------------------------------------

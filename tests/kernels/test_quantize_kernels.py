@@ -384,6 +384,9 @@ def test_row_split_is_exact_and_matches_reference():
     for k in ("hi", "lo"):
         assert torch.equal(out[k].view(torch.uint8).cpu(), ref[k]), k
         assert torch.equal(out[f"{k}_gscale"].cpu(), ref[f"{k}_gscale"]), k
+    # the one GEMM operand: hi rows then lo rows, scales side by side ([K/128, 2n])
+    assert torch.equal(out["both"].view(torch.uint8).cpu(), torch.cat([ref["hi"], ref["lo"]]))
+    assert torch.equal(out["both_gscale"].cpu(), torch.cat([ref["hi_gscale"], ref["lo_gscale"]], dim=1))
     assert int(count.item()) == ref["beyond"]
     # independent check: hi + lo dequantized == the MXFP4 values of the rows, except blocks counted beyond
     mx = dequantize_mxfp4(ref_packed[rows], ref_scales[rows], axis=-1, dtype=torch.float32).double()
