@@ -14,16 +14,9 @@ timeout ${TEST_LIMIT:-270} python3 -m pytest -q -x tests/kernels -p no:cacheprov
 timeout 100 python3 scripts/profile_step.py --job.config_file configs/llama1b_adahop.toml --batch 4 --seq 2048 \
   --steps 5 --rows 45 > "$OUT/profile_b4.txt" 2>&1
 echo "== profile batch 4 (rc $?)"; grep -a "^| \|profiled" "$OUT/profile_b4.txt" | head -14
-STEPS=${STEPS:-80}
+source scripts/gpu_e2e_runs.sh
 names=()
 for t in bf16 ${TILES:-0 weights}; do
-  cfg=configs/llama1b_adahop.toml; [ "$t" = bf16 ] && cfg=configs/llama1b_bf16.toml
-  name=tile_$t; [ "$t" = bf16 ] && name=bf16
-  ADAHOP_TILE_B=$([ "$t" = bf16 ] && echo 0 || echo "$t") CONFIG_FILE=$cfg timeout 150 ./run_train.sh \
-    --job.dump_folder "/tmp/runs/$name" --training.steps "$STEPS" --debug.seed 1234 --metrics.log_freq 5 \
-    --validation.freq "$STEPS" --validation.steps 3 --checkpoint.no-enable --metrics.no-enable-tensorboard \
-    > "$OUT/train_$name.log" 2>&1
-  echo "$name exit $?, redone steps: $(grep -ac 'running the step again' "$OUT/train_$name.log")"
-  names+=("$name")
+  RUN_LIMIT=150 run_1b "$([ "$t" = bf16 ] && echo bf16 || echo "tile_$t")" "$t"
 done
 python3 scripts/summarize_runs.py "$OUT" "${names[@]}" --after 45 | tee "$OUT/summary.md"
