@@ -70,6 +70,52 @@ def dual_quantize_on() -> bool | None:
     return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_DUAL_QUANT", "0").strip())
 
 
+def side_stream_on() -> bool | None:
+    """ADAHOP_SIDE_STREAM=1: a linear quantizes what it saves for the weight gradient (the packed x^T) on a
+    second CUDA stream, beside its forward GEMM: the quantizer is bound by the CUDA cores, the GEMM by the
+    tensor cores, so the two may overlap. Same bits; off by default until measured faster on the GPU
+    (docs/kernels.md). None for a value other than 0 / 1."""
+    return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_SIDE_STREAM", "0").strip())
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def side_stream(device: torch.device) -> Optional["torch.cuda.Stream"]:
+    """The second stream of `device` where ADAHOP_SIDE_STREAM=1 and the fast path runs there, else None."""
+    if not side_stream_on() or not fast_device(device):
+        return None
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _SIDE_STREAMS.get(key)
+    if stream is None:
+        stream = _SIDE_STREAMS[key] = torch.cuda.Stream(device=key)
+    return stream
+
+
+def on_side_stream(stream: "torch.cuda.Stream", fn, inputs: tuple, outputs_of) -> object:
+    """Run `fn()` on `stream` after the work queued so far on the current stream (which produced
+    `inputs`), and return its result without waiting for it: the caller lets the current stream wait
+    (`join_side_stream`) once it has queued what should overlap. The caching allocator is told about the
+    cross-stream uses: `inputs` are read on `stream`, the tensors `outputs_of(result)` lists are used
+    later on the current stream."""
+    main = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(main)
+    with torch.cuda.stream(stream):
+        result = fn()
+    for t in inputs:
+        t.record_stream(stream)
+    for t in outputs_of(result):
+        if t is not None:
+            t.record_stream(main)
+    return result
+
+
+def join_side_stream(stream: Optional["torch.cuda.Stream"]) -> None:
+    """Let the current stream wait for what was queued on `stream` (nothing for None)."""
+    if stream is not None:
+        torch.cuda.current_stream(stream.device).wait_stream(stream)
+
+
 _CAPABILITY: dict = {}
 
 

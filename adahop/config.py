@@ -259,12 +259,14 @@ def validate_model(job_config) -> None:
 
 def validate_environment() -> None:
     """The environment switches of the GPU path (docs/config.md), checked before any step."""
-    from adahop.backend import TILE_B_ALLOWED, dual_quantize_on, tile_b_choice
+    from adahop.backend import TILE_B_ALLOWED, dual_quantize_on, side_stream_on, tile_b_choice
 
     if tile_b_choice() is None:
         raise ConfigError("ADAHOP_TILE_B (environment)", os.environ["ADAHOP_TILE_B"], TILE_B_ALLOWED)
     if dual_quantize_on() is None:
         raise ConfigError("ADAHOP_DUAL_QUANT (environment)", os.environ["ADAHOP_DUAL_QUANT"], "0 (default), 1")
+    if side_stream_on() is None:
+        raise ConfigError("ADAHOP_SIDE_STREAM (environment)", os.environ["ADAHOP_SIDE_STREAM"], "0 (default), 1")
 
 
 def validate_job_config(job_config, *, check_model: bool = True) -> None:

@@ -230,7 +230,13 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         _, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
         # x quantized once for the forward GEMM and the weight gradient, where quantize_x_once takes it
         x_operand, x_for_gw = (quantize_x_once(x2d, recipe) if ctx.needs_input_grad[1] else None) or (None, None)
+        side = None  # ADAHOP_SIDE_STREAM=1: x^T for the weight gradient quantized beside the forward GEMM
+        if ctx.needs_input_grad[1] and x_for_gw is None and gw_mode != FULL_PRECISION:
+            side = backend.side_stream(x2d.device)
+            if side is not None:
+                x_for_gw = backend.on_side_stream(side, lambda: _x_for_gw(x2d, recipe), (x2d,), _tensors_of)
         y = forward_gemm(x2d, weight, recipe, x_operand=x_operand)
+        backend.join_side_stream(side)
         x_operand = None
 
         ctx.recipe = recipe
@@ -245,10 +251,7 @@ class _MXFP4LinearFunction(torch.autograd.Function):
                 ctx.gx_right = RightOperand(full=weight, full_k_dim=0)
             saved += _stash(ctx.gx_right)
         if ctx.needs_input_grad[1]:
-            if x_for_gw is None:
-                x_padded = _pad_rows(x2d, _gw_row_multiple(recipe))
-                x_for_gw = prepare_right(x_padded, 0, gw_mode, recipe, "backward_gw", for_saving=True)
-            ctx.gw_right = x_for_gw
+            ctx.gw_right = x_for_gw if x_for_gw is not None else _x_for_gw(x2d, recipe)
             saved += _stash(ctx.gw_right)
         ctx.save_for_backward(*saved)
         return y
@@ -276,6 +279,18 @@ class _MXFP4LinearFunction(torch.autograd.Function):
             gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype, a_operand=gw_left)
         ctx.gx_right = ctx.gw_right = None
         return gx, gw, None
+
+
+def _x_for_gw(x2d: torch.Tensor, recipe: LinearRecipe) -> RightOperand:
+    """x as the right operand of the weight gradient (K = tokens, zero-padded), kept for backward."""
+    x_padded = _pad_rows(x2d, _gw_row_multiple(recipe))
+    return prepare_right(x_padded, 0, recipe.mode("backward_gw"), recipe, "backward_gw", for_saving=True)
+
+
+def _tensors_of(right: RightOperand) -> list:
+    """The tensors a RightOperand holds (for the allocator's cross-stream bookkeeping)."""
+    packed = [right.packed.data, right.packed.scales] if right.packed is not None else []
+    return packed + [right.rows, right.extracted, right.full]
 
 
 def _gw_row_multiple(recipe: LinearRecipe) -> int:

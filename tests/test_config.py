@@ -202,18 +202,36 @@ def test_tile_b_environment_switch_checked_before_training(seed_config, monkeypa
         assert tuple(backend._tile_b(slot) for slot in ("forward_y", "backward_gx", "backward_gw")) == want, raw
 
 
-def test_dual_quantize_environment_switch_checked_before_training(seed_config, monkeypatch):
+def _no_fast_path_dual():
     from adahop import backend
 
-    monkeypatch.setenv("ADAHOP_DUAL_QUANT", "on")
+    x = torch.randn(64, 128)
+    return backend.quantize_x_both_axes(x, hadamard_size=32, signs=None, hadamard_size_t=32, signs_t=None,
+                                        rows_multiple=32)
+
+
+def _no_fast_path_side():
+    from adahop import backend
+
+    return backend.side_stream(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("var,reader,without_fast_path", [
+    ("ADAHOP_DUAL_QUANT", "dual_quantize_on", _no_fast_path_dual),
+    ("ADAHOP_SIDE_STREAM", "side_stream_on", _no_fast_path_side),
+])
+def test_on_off_environment_switches_checked_before_training(seed_config, monkeypatch, var, reader,
+                                                             without_fast_path):
+    from adahop import backend
+
+    monkeypatch.setenv(var, "on")
     with pytest.raises(ConfigError) as e:
         validate_job_config(seed_config, check_model=False)
-    assert "ADAHOP_DUAL_QUANT" in str(e.value) and "'on'" in str(e.value) and "0 (default), 1" in str(e.value)
-    for raw, want in (("0", False), ("1", True), (" 1 ", True)):
-        monkeypatch.setenv("ADAHOP_DUAL_QUANT", raw)
+    assert var in str(e.value) and "'on'" in str(e.value) and "0 (default), 1" in str(e.value)
+    for raw, want in (("0", False), ("1", True), (" 1 ", True), ("", False)):
+        monkeypatch.setenv(var, raw)
         validate_job_config(seed_config, check_model=False)
-        assert backend.dual_quantize_on() is want, raw
-    # on a device without the fast path the switch changes nothing: the two quantizations run as before
-    x = torch.randn(64, 128)
-    assert backend.quantize_x_both_axes(x, hadamard_size=32, signs=None, hadamard_size_t=32, signs_t=None,
-                                        rows_multiple=32) is None
+        assert getattr(backend, reader)() is want, raw
+    # on a device without the fast path the switch changes nothing: the layer runs as before
+    monkeypatch.setenv(var, "1")
+    assert without_fast_path() is None

@@ -116,3 +116,45 @@ def test_inside_a_training_step_the_shared_counter_agrees(fast_path, monkeypatch
     """Inside deferred_check (as in training) the counts go to the step's one counter: the same total."""
     results, calls = compare(*operands(1000, 256, 384), monkeypatch, in_step=True, use_sr_grad=True)
     assert calls == [False, True] and results["1"][2] > 0
+
+
+@pytest.mark.parametrize("gw_mode", ["hadamard", "inner_outlier_extract_right", "full_precision"])
+def test_side_stream_wiring_gives_the_same_bits(fast_path, monkeypatch, gw_mode):
+    """ADAHOP_SIDE_STREAM=1 in the linear: what the side stream computes (x^T kept for the weight gradient)
+    and what the allocator is told about are the right tensors, and y, gx, gw are unchanged. On the CPU the
+    stream itself is a stand-in that runs the work at once (tests/kernels/test_gpu_path.py runs real
+    streams on the GPU)."""
+    x, w, gy = (t.to(DEV) for t in operands(256, 256, 128))
+    kw = dict(forward_y="hadamard", backward_gx="hadamard", backward_gw=gw_mode, outlier_k=16)
+    seen = []
+    if DEV == "cpu":
+        monkeypatch.setattr(backend, "side_stream", lambda device: "side" if backend.side_stream_on() else None)
+        monkeypatch.setattr(backend, "join_side_stream", lambda stream: None)
+
+        def on_side(stream, fn, inputs, outputs_of):
+            result = fn()
+            seen.append(([t for t in outputs_of(result) if t is not None], inputs))
+            return result
+
+        monkeypatch.setattr(backend, "on_side_stream", on_side)
+
+    def run(side):
+        monkeypatch.setenv("ADAHOP_SIDE_STREAM", side)
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = mxfp4_linear(xx, ww, **kw)
+        y.backward(gy)
+        return y, xx.grad, ww.grad
+
+    ref = run("0")
+    got = run("1")
+    for u, v, name in zip(got, ref, ("y", "gx", "gw")):
+        assert torch.equal(u, v), name
+    if DEV == "cpu":
+        if gw_mode == "full_precision":  # x is kept as it is: nothing to quantize beside the GEMM
+            assert seen == []
+        else:
+            (outputs, inputs), = seen
+            # the packed x^T (codes [in, tokens/2], scales [in, tokens/32]) and, for OE-right, its rows
+            assert [tuple(t.shape) for t in outputs[:2]] == [(256, 128), (256, 8)]
+            assert len(outputs) == (4 if gw_mode == "inner_outlier_extract_right" else 2)
+            assert len(inputs) == 1 and inputs[0].shape == (256, 256)
