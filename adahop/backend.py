@@ -71,10 +71,11 @@ def dual_quantize_on() -> bool | None:
 
 
 def side_stream_on() -> bool | None:
-    """ADAHOP_SIDE_STREAM=1: a linear quantizes what it saves for the weight gradient (the packed x^T) on a
-    second CUDA stream, beside its forward GEMM: the quantizer is bound by the CUDA cores, the GEMM by the
-    tensor cores, so the two may overlap. Same bits; off by default until measured faster on the GPU
-    (docs/kernels.md). None for a value other than 0 / 1."""
+    """ADAHOP_SIDE_STREAM=1: a linear writes the weight gradient's operands on a second CUDA stream: the
+    packed x^T it keeps beside its forward GEMM, and in backward g^T and x^T in fp8 beside the input
+    gradient's GEMM. The quantizers are bound by the CUDA cores, the GEMMs by the tensor cores, so they may
+    overlap. Same bits; off by default until measured faster on the GPU (docs/kernels.md). None for a value
+    other than 0 / 1."""
     return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_SIDE_STREAM", "0").strip())
 
 
@@ -97,13 +98,14 @@ def on_side_stream(stream: "torch.cuda.Stream", fn, inputs: tuple, outputs_of) -
     `inputs`), and return its result without waiting for it: the caller lets the current stream wait
     (`join_side_stream`) once it has queued what should overlap. The caching allocator is told about the
     cross-stream uses: `inputs` are read on `stream`, the tensors `outputs_of(result)` lists are used
-    later on the current stream."""
+    later on the current stream (None entries are skipped in both)."""
     main = torch.cuda.current_stream(stream.device)
     stream.wait_stream(main)
     with torch.cuda.stream(stream):
         result = fn()
     for t in inputs:
-        t.record_stream(stream)
+        if t is not None:
+            t.record_stream(stream)
     for t in outputs_of(result):
         if t is not None:
             t.record_stream(main)
@@ -355,6 +357,20 @@ def from_packed(saved: MXFP4Tensor) -> Operand:
     return Operand(saved.dequantize(torch.float32))
 
 
+def materialize_for_gemm(a: Operand, bt: Operand, tag: str | None = None,
+                         fix_rows: bool = False) -> tuple[Operand, Operand]:
+    """Both operands of a fast-path GEMM in the fp8 form it takes (the left one wide, the right one with
+    128x128 scales where ADAHOP_TILE_B asks for them), as `matmul` would write them; operands off the
+    fast path are returned as they are. Lets a caller write them ahead, e.g. on a side stream."""
+    if not (a.is_fast() and bt.is_fast()):
+        return a, bt
+    # 128x128 B scales only where K / 128 is a multiple of 4: the H100 runs saw wrong results with
+    # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
+    k = a.k_dim_size()
+    tile = _tile_b(tag) and k is not None and (k // 128) % 4 == 0
+    return Operand(fast=a.materialize(left=True, fix_rows=fix_rows)), Operand(fast=bt.materialize(tile=tile))
+
+
 def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype, tag: str | None = None,
            fix_rows: bool = False) -> torch.Tensor:
     """a @ bt^T for two quantized K-major operands, accumulated in float32. `tag` names the GEMM (its
@@ -363,11 +379,8 @@ def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype, tag: str | None = No
     if a.is_fast() and bt.is_fast():
         from .kernels.gemm import fp8_matmul
 
-        # 128x128 B scales only where K / 128 is a multiple of 4: the H100 runs saw wrong results with
-        # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
-        k = a.k_dim_size()
-        tile = _tile_b(tag) and k is not None and (k // 128) % 4 == 0
-        return fp8_matmul(a.materialize(left=True, fix_rows=fix_rows), bt.materialize(tile=tile), out_dtype, tag=tag)
+        a, bt = materialize_for_gemm(a, bt, tag, fix_rows)
+        return fp8_matmul(a.fast, bt.fast, out_dtype, tag=tag)
     return (a.reference_values() @ bt.reference_values().t()).to(out_dtype)
 
 

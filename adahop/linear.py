@@ -260,25 +260,75 @@ class _MXFP4LinearFunction(torch.autograd.Function):
     def backward(ctx, gy: torch.Tensor):
         recipe = ctx.recipe
         tensors = list(ctx.saved_tensors)
+        gx_saved = _unstash(ctx.gx_right, tensors) if ctx.gx_right is not None else None
+        gw_saved = _unstash(ctx.gw_right, tensors) if ctx.gw_right is not None else None
         rounding = "stochastic" if recipe.use_sr_grad else "nearest"
         gx = gw = None
         gx_left = gw_left = None  # g quantized once for both GEMMs, where quantize_g_once takes it
-        if ctx.gx_right is not None and ctx.gw_right is not None:
+        if gx_saved is not None and gw_saved is not None:
             gx_left, gw_left = quantize_g_once(gy, recipe, rounding) or (None, None)
-        if ctx.gx_right is not None:
-            right = _unstash(ctx.gx_right, tensors)
+        gw_ready = side = None  # ADAHOP_SIDE_STREAM=1: the weight gradient's operands written beside the gx GEMM
+        if gx_left is None and gx_saved is not None and gw_saved is not None and _quantizes_whole(recipe):
+            side = backend.side_stream(gy.device)
+            if side is not None:
+                # the left operands in the order of the two-GEMM path, so stochastic rounding draws its seeds
+                # in the same order
+                gx_left = quantize_left(gy, 1, recipe, "backward_gx", rounding)
+                gw_ready = backend.on_side_stream(
+                    side, lambda: _gw_operands(gy, gw_saved, recipe, rounding), (gy, *_tensors_of(gw_saved)),
+                    _operand_tensors)
+        if gx_saved is not None:
             mode = recipe.mode("backward_gx")
+            right = gx_saved
             if mode in (HADAMARD, NONE):
                 right = prepare_right(right.full, 0, mode, recipe, "backward_gx", for_saving=False)
             gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype, a_operand=gx_left)
             gx_left = None  # freed before the weight gradient's GEMM, as the two-pass path frees its operand
-        if ctx.gw_right is not None:
-            right = _unstash(ctx.gw_right, tensors)
+        backend.join_side_stream(side)
+        if gw_saved is not None:
             mode = recipe.mode("backward_gw")
+            right = gw_saved
+            if gw_ready is not None:
+                gw_left, right = gw_ready[0], RightOperand(operand=gw_ready[1])
             g_padded = gy if gw_left is not None else _pad_rows(gy, _gw_row_multiple(recipe))  # kernel pads
             gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype, a_operand=gw_left)
         ctx.gx_right = ctx.gw_right = None
         return gx, gw, None
+
+
+def _quantizes_whole(recipe: LinearRecipe) -> bool:
+    """Both gradient GEMMs quantize their whole left operand g the same way (hadamard / none)."""
+    return recipe.mode("backward_gx") in (HADAMARD, NONE) and recipe.mode("backward_gw") in (HADAMARD, NONE)
+
+
+def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str, rounding: str) -> backend.Operand:
+    """The left operand of a hadamard / none slot, quantized as slot_gemm quantizes it."""
+    k = a.shape[a_k_dim]
+    operand, _ = backend.quantize(a, k_dim=a_k_dim, hadamard_size=recipe.hadamard_size_for(slot),
+                                  signs=recipe.signs_for(slot, k, a.device), rounding=rounding)
+    return operand
+
+
+def _gw_operands(gy: torch.Tensor, x_saved: RightOperand, recipe: LinearRecipe,
+                 rounding: str) -> tuple[backend.Operand, backend.Operand]:
+    """The weight gradient's two operands (g^T along the tokens, the saved x^T), in the form its GEMM takes."""
+    g_left = quantize_left(_pad_rows(gy, _gw_row_multiple(recipe)), 0, recipe, "backward_gw", rounding)
+    return backend.materialize_for_gemm(g_left, x_saved.gemm_operand(), "backward_gw")
+
+
+def _operand_tensors(operands: tuple) -> list:
+    """The tensors the GEMM operands hold (for the allocator's cross-stream bookkeeping)."""
+    out = []
+    for op in operands:
+        if op.fast is not None:
+            f = op.fast
+            out += [f.fp8, f.gscale, f.count, f.packed, f.scales, f.row_flags]
+        if op.deferred is not None:  # quantized later, from tensors written on the side stream
+            out += [op.deferred["t"], op.deferred["signs"], op.deferred["zero_rows"]]
+        if op.packed_src is not None:
+            out += [op.packed_src.data, op.packed_src.scales]
+        out.append(op.values)
+    return out
 
 
 def _x_for_gw(x2d: torch.Tensor, recipe: LinearRecipe) -> RightOperand:

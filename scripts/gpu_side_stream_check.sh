@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device call (carry .whl), ~3 minutes: ADAHOP_SIDE_STREAM=1 (x^T for the weight gradient quantized on a
-# second stream beside the forward GEMM, docs/kernels.md).
+# One device call (carry .whl), ~3 minutes: ADAHOP_SIDE_STREAM=1 (the weight gradient's operands written on a
+# second stream beside the forward and the input-gradient GEMMs, docs/kernels.md).
 #   1. its GPU tests (same bits with and without, real streams) -> $OUT/gpu_tests.txt;
 #   2. the 8B up/gate + down linear in hadamard mode, ADAHOP_TILE_B = 0 and 1, each with ADAHOP_SIDE_STREAM =
 #      0 and 1, back to back -> $OUT/bench_tile<t>_side<s>.txt (BF16 measured in each run).

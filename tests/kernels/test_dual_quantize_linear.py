@@ -118,14 +118,15 @@ def test_inside_a_training_step_the_shared_counter_agrees(fast_path, monkeypatch
     assert calls == [False, True] and results["1"][2] > 0
 
 
+@pytest.mark.parametrize("sr", [False, True])
 @pytest.mark.parametrize("gw_mode", ["hadamard", "inner_outlier_extract_right", "full_precision"])
-def test_side_stream_wiring_gives_the_same_bits(fast_path, monkeypatch, gw_mode):
+def test_side_stream_wiring_gives_the_same_bits(fast_path, monkeypatch, gw_mode, sr):
     """ADAHOP_SIDE_STREAM=1 in the linear: what the side stream computes (x^T kept for the weight gradient)
     and what the allocator is told about are the right tensors, and y, gx, gw are unchanged. On the CPU the
     stream itself is a stand-in that runs the work at once (tests/kernels/test_gpu_path.py runs real
     streams on the GPU)."""
     x, w, gy = (t.to(DEV) for t in operands(256, 256, 128))
-    kw = dict(forward_y="hadamard", backward_gx="hadamard", backward_gw=gw_mode, outlier_k=16)
+    kw = dict(forward_y="hadamard", backward_gx="hadamard", backward_gw=gw_mode, outlier_k=16, use_sr_grad=sr)
     seen = []
     if DEV == "cpu":
         monkeypatch.setattr(backend, "side_stream", lambda device: "side" if backend.side_stream_on() else None)
@@ -140,6 +141,7 @@ def test_side_stream_wiring_gives_the_same_bits(fast_path, monkeypatch, gw_mode)
 
     def run(side):
         monkeypatch.setenv("ADAHOP_SIDE_STREAM", side)
+        torch.manual_seed(6)  # the same stochastic-rounding seeds for both
         xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
         y = mxfp4_linear(xx, ww, **kw)
         y.backward(gy)
@@ -150,11 +152,20 @@ def test_side_stream_wiring_gives_the_same_bits(fast_path, monkeypatch, gw_mode)
     for u, v, name in zip(got, ref, ("y", "gx", "gw")):
         assert torch.equal(u, v), name
     if DEV == "cpu":
-        if gw_mode == "full_precision":  # x is kept as it is: nothing to quantize beside the GEMM
-            assert seen == []
-        else:
-            (outputs, inputs), = seen
+        forward = [] if gw_mode == "full_precision" else seen[:1]  # full precision keeps x as it is
+        if forward:
+            (outputs, inputs), = forward
             # the packed x^T (codes [in, tokens/2], scales [in, tokens/32]) and, for OE-right, its rows
             assert [tuple(t.shape) for t in outputs[:2]] == [(256, 128), (256, 8)]
             assert len(outputs) == (4 if gw_mode == "inner_outlier_extract_right" else 2)
             assert len(inputs) == 1 and inputs[0].shape == (256, 256)
+        backward = seen[len(forward):]
+        if gw_mode != "hadamard":  # the side stream in backward needs both gradient GEMMs to quantize all of g
+            assert backward == []
+        else:
+            (outputs, inputs), = backward
+            # g^T (wide fp8 [out, tokens] + scales [tokens/128, out]) and x^T in fp8 ([in, tokens] + scales)
+            shapes = [tuple(t.shape) for t in outputs if t.dim() == 2]
+            assert (128, 256) in shapes and (256, 256) in shapes, shapes
+            assert inputs[0] is not None and inputs[0].shape == (256, 128)  # g, then the saved x^T
+            assert [tuple(t.shape) for t in inputs[1:3]] == [(256, 128), (256, 8)]

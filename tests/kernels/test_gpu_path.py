@@ -369,14 +369,17 @@ def test_grouped_gemm_with_empty_and_tiny_groups_on_the_fast_path():
     assert rel(gx, gx_r) < 8e-3 and rel(gw, gw_r) < 8e-3
 
 
+@pytest.mark.parametrize("sr", [False, True])
 @pytest.mark.parametrize("tile", ["0", "1"])
 @pytest.mark.parametrize("modes", [("hadamard", "hadamard"), ("none", "none"), ("hadamard", "inner_outlier_extract_right"),
                                    ("inner_outlier_extract_left", "full_precision")])
 @pytest.mark.parametrize("tokens", [512, 1000])
-def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, monkeypatch):
+def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, sr, monkeypatch):
     """ADAHOP_SIDE_STREAM=1 (x^T for the weight gradient quantized on a second stream beside the forward
-    GEMM) changes only where the kernel runs: y, gx and gw are the same bits, the side stream is taken
-    exactly where the weight gradient quantizes x, and a layer stack's later kernels see finished operands."""
+    GEMM; in backward, the weight gradient's operands beside the input gradient's GEMM) changes only where
+    the kernels run: y, gx and gw are the same bits (stochastic rounding included: the seeds are drawn in
+    the same order), the side stream is taken exactly where it applies, and a layer stack's later kernels
+    see finished operands."""
     from adahop import backend
 
     monkeypatch.setenv("ADAHOP_TILE_B", tile)
@@ -387,13 +390,14 @@ def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, mo
     w1 = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
     w2 = (torch.randn(fin, fout, device="cuda") / fout**0.5).to(torch.bfloat16)
     gy = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
-    kw = dict(forward_y=modes[0], backward_gx="hadamard", backward_gw=modes[1], outlier_k=16)
+    kw = dict(forward_y=modes[0], backward_gx="hadamard", backward_gw=modes[1], outlier_k=16, use_sr_grad=sr)
     used = []
     real = backend.on_side_stream
     monkeypatch.setattr(backend, "on_side_stream", lambda *a: used.append(1) or real(*a))
 
     def run(side):
         monkeypatch.setenv("ADAHOP_SIDE_STREAM", side)
+        torch.manual_seed(5)  # the same stochastic-rounding seeds for both
         xx, a, b = x.clone().requires_grad_(), w1.clone().requires_grad_(), w2.clone().requires_grad_()
         y = mxfp4_linear(mxfp4_linear(xx, a, **kw), b, **kw)  # the second layer reads the first one's output
         y.backward(gy)
@@ -402,6 +406,8 @@ def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, mo
     ref = run("0")
     assert used == []
     got = run("1")
-    assert len(used) == (2 if modes[1] != "full_precision" else 0)
+    forward = modes[1] != "full_precision"  # x^T to quantize for the weight gradient
+    backward = modes[1] in ("hadamard", "none")  # both gradient GEMMs quantize the whole g
+    assert len(used) == 2 * forward + 2 * backward
     for u, v, name in zip(got, ref, ("y", "gx", "gw1", "gw2")):
         assert torch.equal(u, v), (name, rel(u, v))
