@@ -23,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 1024  # flags read per iteration of the single program
+# flags read per iteration of the single program: a 16k-token operand takes 4 iterations
+CHUNK = 4096
+NUM_WARPS = 8
 
 
 @triton.jit
@@ -63,7 +65,7 @@ def row_fix_index(flags: torch.Tensor, cap: int, rows_fixed: torch.Tensor, count
     rows = torch.empty(cap, dtype=torch.int64, device=flags.device)
     _row_fix_index_kernel[(1,)](
         flags, R, rows, cap, rows_fixed, count, peak if peak is not None else rows_fixed, ratio_one,
-        HAS_PEAK=peak is not None, CHUNK=CHUNK, num_warps=4,
+        HAS_PEAK=peak is not None, CHUNK=CHUNK, num_warps=NUM_WARPS,
     )
     return rows
 

@@ -27,8 +27,10 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from adahop.kernels import quantize as q
+from adahop.kernels import row_fix
 
-KERNELS = ("_quantize_kernel", "_quantize_kernel_t", "_quantize_dual_kernel", "_reencode_kernel", "_row_split_kernel")
+KERNELS = ((q, "_quantize_kernel"), (q, "_quantize_kernel_t"), (q, "_quantize_dual_kernel"), (q, "_reencode_kernel"),
+           (q, "_row_split_kernel"), (row_fix, "_row_fix_index_kernel"))
 R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
 
 
@@ -44,15 +46,15 @@ class Recorder:
 
 def record(call):
     """(jit function, positional args, keyword args) of the one kernel launch `call()` makes."""
-    recorders = {name: Recorder(getattr(q, name)) for name in KERNELS}
-    saved = {name: getattr(q, name) for name in KERNELS}
+    recorders = {(mod, name): Recorder(getattr(mod, name)) for mod, name in KERNELS}
+    saved = {(mod, name): getattr(mod, name) for mod, name in KERNELS}
     try:
-        for name, rec in recorders.items():
-            setattr(q, name, rec)
+        for (mod, name), rec in recorders.items():
+            setattr(mod, name, rec)
         call()
     finally:
-        for name, jit in saved.items():
-            setattr(q, name, jit)
+        for (mod, name), jit in saved.items():
+            setattr(mod, name, jit)
     launches = [(rec.jit, *launch) for rec in recorders.values() for launch in rec.launches]
     assert len(launches) == 1, f"expected one kernel launch, got {len(launches)}"
     return launches[0]
@@ -102,6 +104,9 @@ CASES = [
     ("row split",
      lambda: q.fused_row_split(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
                                torch.arange(0, R, 7), torch.zeros(1, dtype=torch.int32)), 0),
+    ("row slots and counters (one program; per element: per flag of a chunk)",
+     lambda: row_fix.row_fix_index(torch.zeros(R, dtype=torch.uint8), 16, torch.zeros(1, dtype=torch.int64),
+                                   torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64), 1 << 20), 0),
 ]
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -126,7 +131,8 @@ def build(jit, args, kwargs):
     """Compile the recorded launch for sm_90 as the launcher would specialize it; returns (kernel, warps)."""
     kwargs = dict(kwargs)
     warps = kwargs.pop("num_warps", 4)
-    kwargs["HW_CVT"] = True  # the CPU tensors chose the integer form; the GPU runs the hardware conversion
+    if "HW_CVT" in kwargs:
+        kwargs["HW_CVT"] = True  # the CPU tensors chose the integer form; the GPU runs the hardware conversion
     runtime = [name for name in jit.arg_names if name not in kwargs]
     assert len(runtime) == len(args), (jit.__name__, runtime, len(args))
     signature, constexprs, attrs = {}, dict(kwargs), {}
@@ -151,8 +157,8 @@ def main() -> int:
             jit, args, kwargs = record(call)
             kernel, warps, consts = build(jit, args, kwargs)
             regs, stack, n = resource_use(kernel.asm["cubin"])
-            rows = consts["BR"] if "BR" in consts else 32
-            per_elem = n / (rows * 128 / (32 * warps))
+            elems = consts["BR"] * 128 if "BR" in consts else consts["CHUNK"]  # what one program handles at once
+            per_elem = n / (elems / (32 * warps))
             line = (f"{name}: {jit.__name__}, {warps} warps, {regs} registers, stack {stack} B, "
                     f"{per_elem:.0f} SASS instructions per element")
             if stack > max_stack:
