@@ -98,7 +98,12 @@ def on_side_stream(stream: "torch.cuda.Stream", fn, inputs: tuple, outputs_of) -
     `inputs`), and return its result without waiting for it: the caller lets the current stream wait
     (`join_side_stream`) once it has queued what should overlap. The caching allocator is told about the
     cross-stream uses: `inputs` are read on `stream`, the tensors `outputs_of(result)` lists are used
-    later on the current stream (None entries are skipped in both)."""
+    later on the current stream (None entries are skipped in both).
+
+    What keeps the allocator safe beyond these records: every allocation on `stream` comes after its
+    `wait_stream` on the current stream, so memory `stream` reuses was last read by current-stream work
+    that has finished (a tensor made on `stream` and read later on the current stream without a record,
+    such as the padded g a correction may quantize again, is covered by this)."""
     main = torch.cuda.current_stream(stream.device)
     stream.wait_stream(main)
     with torch.cuda.stream(stream):
