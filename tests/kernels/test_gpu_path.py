@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adahop import backend
-from adahop.kernels import gemm
+from adahop.kernels import deferred, gemm
 from adahop.linear import mxfp4_linear
 from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
 
@@ -399,8 +399,12 @@ def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, sr
         monkeypatch.setenv("ADAHOP_SIDE_STREAM", side)
         torch.manual_seed(5)  # the same stochastic-rounding seeds for both
         xx, a, b = x.clone().requires_grad_(), w1.clone().requires_grad_(), w2.clone().requires_grad_()
-        y = mxfp4_linear(mxfp4_linear(xx, a, **kw), b, **kw)  # the second layer reads the first one's output
-        y.backward(gy)
+        # as the trainer runs a step: the counts of both streams' kernels go to the step's counter
+        with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())) as counter:
+            y = mxfp4_linear(mxfp4_linear(xx, a, **kw), b, **kw)  # the second layer reads the first one's output
+            y.backward(gy)
+            deferred.raise_if_deficient()
+            assert int(counter.item()) == 0
         return y, xx.grad, a.grad, b.grad
 
     ref = run("0")
