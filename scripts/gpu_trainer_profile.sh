@@ -2,7 +2,7 @@
 # One device call (carry .whl): why the trainer's 1B AdaHOP step (~0.36 s at batch 4) is slower than
 # scripts/profile_step.py's (0.21 s; docs/benchmarks.md, session 7). torchtitan's profiler inside the real step:
 #   1. the 1B config, BF16 and AdaHOP, STEPS (default 60) steps each with --profiling.enable_profiling (steps
-#      STEPS-1 and STEPS traced); scripts/trace_summary.py of each trace -> $OUT/trace_<name>.txt;
+#      STEPS-11 and STEPS-10 traced); scripts/trace_summary.py of each trace -> $OUT/trace_<name>.txt;
 #   2. AdaHOP without activation checkpointing (same steps, not traced) -> tokens/s in $OUT/summary.md;
 #   3. scripts/profile_step.py at batch 4 with the calibrated plan of run 1 (no AMP, no checkpointing)
 #      -> $OUT/profile_plan_b4.txt.
@@ -12,7 +12,8 @@ source scripts/gpu_env.sh
 source scripts/gpu_e2e_runs.sh
 { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
 STEPS=${STEPS:-60}
-prof=(--profiling.enable_profiling --profiling.profile_freq "$STEPS" --profiling.profiler_warmup 2
+# steps STEPS-11 and STEPS-10 traced: after calibration (30 steps), before the run's one validation (at STEPS)
+prof=(--profiling.enable_profiling --profiling.profile_freq "$((STEPS - 10))" --profiling.profiler_warmup 2
       --profiling.profiler_active 2)
 names=()
 for t in bf16 0; do
