@@ -27,5 +27,5 @@ def top_rows(k_major: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, k_major.shape[0])
     # float32 accumulation without a float32 copy of the operand (it is as large as x or g)
     norms = torch.linalg.vector_norm(k_major, dim=-1, dtype=torch.promote_types(k_major.dtype, torch.float32))
-    norms = torch.where(torch.isfinite(norms), norms, torch.inf)
+    norms = torch.nan_to_num(norms, nan=torch.inf, posinf=torch.inf)  # one op (norms are never -inf)
     return torch.topk(norms, k, largest=True, sorted=False).indices.sort().values
