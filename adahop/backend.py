@@ -67,7 +67,7 @@ def dual_quantize_on() -> bool | None:
     """ADAHOP_DUAL_QUANT=1: a linear quantizes x (forward) and g (backward) for both of their GEMMs from one
     read (fused_quantize_dual) where both slots run hadamard or none. Off by default until measured
     faster on the GPU (docs/kernels.md). None for a value other than 0 / 1."""
-    return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_DUAL_QUANT", "0").strip())
+    return _on_off("ADAHOP_DUAL_QUANT")
 
 
 def side_stream_on() -> bool | None:
@@ -76,7 +76,12 @@ def side_stream_on() -> bool | None:
     gradient's GEMM. The quantizers are bound by the CUDA cores, the GEMMs by the tensor cores, so they may
     overlap. Same bits; off by default until measured faster on the GPU (docs/kernels.md). None for a value
     other than 0 / 1."""
-    return {"0": False, "": False, "1": True}.get(os.environ.get("ADAHOP_SIDE_STREAM", "0").strip())
+    return _on_off("ADAHOP_SIDE_STREAM")
+
+
+def _on_off(var: str) -> bool | None:
+    """An on/off environment switch: 0 (or unset / empty) and 1; None for any other value."""
+    return {"0": False, "": False, "1": True}.get(os.environ.get(var, "0").strip())
 
 
 _SIDE_STREAMS: dict = {}

@@ -142,19 +142,15 @@ def slot_gemm(
         return backend.matmul(a_operand, right.gemm_operand(), out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     if mode == FULL_PRECISION:
         return backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.full_k_major(), out_dtype=out_dtype)
-    k = a.shape[a_k_dim]
-    hsize = recipe.hadamard_size_for(slot)
-    signs = recipe.signs_for(slot, k, a.device)
     left_rows = None
     if mode == OE_LEFT:
         left_rows = top_rows(backend.to_k_major(a, a_k_dim), recipe.outlier_k)
         bt_hp = right.full_k_major()
-        right_operand, _ = backend.quantize(bt_hp, hadamard_size=hsize, signs=signs)
+        signs = recipe.signs_for(slot, a.shape[a_k_dim], a.device)
+        right_operand, _ = backend.quantize(bt_hp, hadamard_size=recipe.hadamard_size_for(slot), signs=signs)
     else:
         right_operand = right.gemm_operand()
-    a_operand, _ = backend.quantize(
-        a, k_dim=a_k_dim, hadamard_size=hsize, signs=signs, rounding=rounding, zero_rows=left_rows
-    )
+    a_operand = quantize_left(a, a_k_dim, recipe, slot, rounding, zero_rows=left_rows)
     out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
@@ -301,11 +297,12 @@ def _quantizes_whole(recipe: LinearRecipe) -> bool:
     return recipe.mode("backward_gx") in (HADAMARD, NONE) and recipe.mode("backward_gw") in (HADAMARD, NONE)
 
 
-def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str, rounding: str) -> backend.Operand:
-    """The left operand of a hadamard / none slot, quantized as slot_gemm quantizes it."""
+def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str, rounding: str,
+                  zero_rows: Optional[torch.Tensor] = None) -> backend.Operand:
+    """The left operand of a quantized slot (`zero_rows`: the rows OE-left takes out)."""
     k = a.shape[a_k_dim]
     operand, _ = backend.quantize(a, k_dim=a_k_dim, hadamard_size=recipe.hadamard_size_for(slot),
-                                  signs=recipe.signs_for(slot, k, a.device), rounding=rounding)
+                                  signs=recipe.signs_for(slot, k, a.device), rounding=rounding, zero_rows=zero_rows)
     return operand
 
 
@@ -337,12 +334,6 @@ def _x_for_gw(x2d: torch.Tensor, recipe: LinearRecipe) -> RightOperand:
     return prepare_right(x_padded, 0, recipe.mode("backward_gw"), recipe, "backward_gw", for_saving=True)
 
 
-def _tensors_of(right: RightOperand) -> list:
-    """The tensors a RightOperand holds (for the allocator's cross-stream bookkeeping)."""
-    packed = [right.packed.data, right.packed.scales] if right.packed is not None else []
-    return packed + [right.rows, right.extracted, right.full]
-
-
 def _gw_row_multiple(recipe: LinearRecipe) -> int:
     # The token axis is K of the weight-gradient GEMM: zero rows pad it to whole MX / Hadamard blocks,
     # which adds nothing to g^T x.
@@ -352,22 +343,28 @@ def _gw_row_multiple(recipe: LinearRecipe) -> int:
 _STASHED = ("full", "rows", "extracted")
 
 
+def _tensors_of(right: RightOperand) -> list:
+    """The tensors a RightOperand holds (None where absent), in the order _stash saves them: the packed
+    codes and scales first, then _STASHED."""
+    packed = [right.packed.data, right.packed.scales] if right.packed is not None else []
+    return packed + [getattr(right, name) for name in _STASHED]
+
+
 def _stash(right: RightOperand) -> list:
     """Move the tensors of `right` into the list given to save_for_backward (None where absent)."""
-    tensors = [getattr(right, name) for name in _STASHED]
+    tensors = _tensors_of(right)
     for name in _STASHED:
         setattr(right, name, None)
     if right.packed is not None:
-        tensors += [right.packed.data, right.packed.scales]
         right.packed = MXFP4Tensor(None, None, right.packed.axis, right.packed.dtype)
     return tensors
 
 
 def _unstash(right: RightOperand, tensors: list) -> RightOperand:
-    full, rows, extracted = (tensors.pop(0) for _ in _STASHED)
     packed = None
     if right.packed is not None:
         packed = MXFP4Tensor(tensors.pop(0), tensors.pop(0), right.packed.axis, right.packed.dtype)
+    full, rows, extracted = (tensors.pop(0) for _ in _STASHED)
     return RightOperand(packed=packed, rows=rows, extracted=extracted, full=full, full_k_dim=right.full_k_dim)
 
 

@@ -619,20 +619,21 @@ def _row_split_kernel(
     """For the NSEL selected rows of a packed K-major operand, the wide (e5m2) fp8 form in two exact parts,
     stacked in one [2 NSEL, K] operand (hi rows first) with its [K/128, 2 NSEL] scales, so that one GEMM
     multiplies both (lo_ptr / lo_gscale_ptr point into the same tensors, offset on the host, where the
-    offset NSEL * K may pass 2^31): hi = the blocks the ordinary wide form holds (deficient ones zero), lo = only those
-    deficient blocks, with group scales of their own. hi + lo is every value of the rows; blocks the lo
-    part cannot hold either (more than 28 below the lo part's own maximum) are counted."""
+    offset NSEL * K may pass 2^31): hi = the blocks the ordinary wide form holds (deficient ones zero),
+    lo = only those deficient blocks, with group scales of their own. hi + lo is every value of the rows;
+    blocks the lo part cannot hold either (more than 28 below the lo part's own maximum) are counted."""
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     sel = pid_r * BR + tl.arange(0, BR)
     sel_ok = sel < NSEL
     src = tl.load(rows_ptr + sel, mask=sel_ok, other=0).to(tl.int64)
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, src, sel_ok, pid_k, K, BR)
-    _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr,
+    nonzero = tl.max(qabs, axis=2) > 0
+    _fp8_emit(qabs, neg, e, nonfinite, nonzero, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr,
               count_ptr, count_ptr, 2 * NSEL, BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
     e_fin = tl.where(nonfinite, -127, e)
     G = tl.maximum(tl.max(e_fin, axis=1) - 13, -126)
-    deficient = (tl.max(qabs, axis=2) > 0) & (e_fin - G[:, None] < -15) & (~nonfinite)
+    deficient = nonzero & (e_fin - G[:, None] < -15) & (~nonfinite)
     qlo = tl.where(deficient[:, :, None], qabs, 0.0)
     elo = tl.where(deficient, e, -127)
     _fp8_emit(qlo, neg, elo, deficient & nonfinite, tl.max(qlo, axis=2) > 0, sel, pid_k, NSEL, K, lo_ptr,
@@ -916,13 +917,14 @@ def fused_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tens
     dev = packed.device
     both = torch.empty((2 * n, K), dtype=torch.uint8, device=dev)
     both_gs = torch.empty((K // GROUP, 2 * n), dtype=torch.float32, device=dev)
+    lo, lo_gs = both[n:], both_gs[:, n:]
     br, warps = TUNING["reencode"]
     _row_split_kernel[(triton.cdiv(n, br), K // GROUP)](
-        packed, scales, rows, n, K, both, both_gs, both[n:], both_gs[:, n:], count, BR=br, HW_CVT=_hw_cvt(packed),
-        num_warps=warps)
-    both = both.view(fp8_dtype(True))
-    return {"both": both, "both_gscale": both_gs, "hi": both[:n], "hi_gscale": both_gs[:, :n], "lo": both[n:],
-            "lo_gscale": both_gs[:, n:]}
+        packed, scales, rows, n, K, both, both_gs, lo, lo_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps)
+    e5 = fp8_dtype(True)
+    both = both.view(e5)
+    return {"both": both, "both_gscale": both_gs, "hi": both[:n], "hi_gscale": both_gs[:, :n], "lo": lo.view(e5),
+            "lo_gscale": lo_gs}
 
 
 # ----------------------------------------------------------------------------------------------------
