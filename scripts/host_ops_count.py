@@ -12,6 +12,7 @@ Environment switches (ADAHOP_DUAL_QUANT, ADAHOP_SIDE_STREAM, ADAHOP_TILE_B) appl
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -23,11 +24,10 @@ if not torch.cuda.is_available():
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from adahop import backend  # noqa: E402
-from adahop.kernels import deferred, gemm, quantize, row_fix  # noqa: E402
+from adahop.kernels import JIT_KERNELS, deferred, gemm  # noqa: E402
 from adahop.linear import mxfp4_linear  # noqa: E402
 
-KERNELS = ((quantize, "_quantize_kernel"), (quantize, "_quantize_kernel_t"), (quantize, "_quantize_dual_kernel"),
-           (quantize, "_reencode_kernel"), (quantize, "_row_split_kernel"), (row_fix, "_row_fix_index_kernel"))
+KERNELS = tuple((importlib.import_module(mod), name) for mod, name in JIT_KERNELS)
 ALLOCATING = ("empty", "empty_strided", "zeros", "new_zeros", "new_empty", "full", "zeros_like", "empty_like")
 MODES = ("hadamard", "inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision", "none")
 

@@ -14,6 +14,7 @@ element are printed: a static measure of the quantizers' ALU work (they are ALU-
 Run as a script (TRITON_INTERPRET unset: the interpreter's kernels cannot be compiled); prints one line per
 case and exits 1 on any failure. Used by test_compile_sm90.py."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -26,11 +27,11 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
+from adahop.kernels import JIT_KERNELS
 from adahop.kernels import quantize as q
 from adahop.kernels import row_fix
 
-KERNELS = ((q, "_quantize_kernel"), (q, "_quantize_kernel_t"), (q, "_quantize_dual_kernel"), (q, "_reencode_kernel"),
-           (q, "_row_split_kernel"), (row_fix, "_row_fix_index_kernel"))
+KERNELS = tuple((importlib.import_module(mod), name) for mod, name in JIT_KERNELS)
 R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
 
 

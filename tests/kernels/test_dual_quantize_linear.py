@@ -15,7 +15,7 @@ import torch
 from adahop import backend
 from adahop.kernels import deferred, gemm
 from adahop.kernels import quantize as kq
-from adahop.linear import mxfp4_linear
+from linear_runs import linear_grads
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -59,14 +59,10 @@ def compare(x, w, gy, monkeypatch, *, in_step=False, **kw):
     for dual in ("0", "1"):
         monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)
         repacks.clear()
-        torch.manual_seed(1)  # the same stochastic-rounding seeds for both
         gemm.reset_stats()
         with deferred.deferred_check(DEV) if in_step else contextlib.nullcontext() as counter:
-            xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
-            y = mxfp4_linear(xx, ww, **kw)
-            y.backward(gy)
-        results[dual] = ((y, xx.grad, ww.grad), dict(gemm.STATS), None if counter is None else int(counter.item()),
-                         list(repacks))
+            outputs = linear_grads(x, w, gy, 1, **kw)
+        results[dual] = (outputs, dict(gemm.STATS), None if counter is None else int(counter.item()), list(repacks))
         if dual == "0":
             assert calls == []
     for a, b, name in zip(results["1"][0], results["0"][0], ("y", "gx", "gw")):
@@ -141,11 +137,7 @@ def test_side_stream_wiring_gives_the_same_bits(fast_path, monkeypatch, gw_mode,
 
     def run(side):
         monkeypatch.setenv("ADAHOP_SIDE_STREAM", side)
-        torch.manual_seed(6)  # the same stochastic-rounding seeds for both
-        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = mxfp4_linear(xx, ww, **kw)
-        y.backward(gy)
-        return y, xx.grad, ww.grad
+        return linear_grads(x, w, gy, 6, **kw)
 
     ref = run("0")
     got = run("1")

@@ -12,6 +12,7 @@ from adahop import backend
 from adahop.kernels import deferred, gemm
 from adahop.linear import mxfp4_linear
 from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
+from linear_runs import linear_grads
 
 cuda_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0), reason="needs CUDA sm90+"
@@ -230,11 +231,7 @@ def test_linear_with_operands_quantized_once_equals_two_quantizations(modes, ran
 
     def run(dual):
         monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)
-        torch.manual_seed(3)  # the same stochastic-rounding seeds for both
-        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = mxfp4_linear(xx, ww, **kw)
-        y.backward(gy)
-        return y, xx.grad, ww.grad
+        return linear_grads(x, w, gy, 3, **kw)
 
     two = run("0")
     assert calls == []
