@@ -44,7 +44,10 @@ def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
 
 def summarize(trace: dict, rows: int = 30) -> str:
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
-    steps = sorted((e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")), key=lambda e: e["ts"])
+    # a CUDA trace holds each ProfilerStep#N twice: the host span and its copy on the GPU timeline
+    # ("gpu_user_annotation"); counting both halves every per-step figure
+    steps = sorted((e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")
+                    and e.get("cat") != "gpu_user_annotation"), key=lambda e: e["ts"])
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     cpu_ops = [e for e in events if e.get("cat") == "cpu_op"]
     if not steps:

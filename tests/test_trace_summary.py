@@ -23,6 +23,8 @@ def test_summary_of_a_hand_made_trace():
     ev = lambda name, cat, ts, dur: {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur}  # noqa: E731
     trace = {"traceEvents": [
         ev("ProfilerStep#7", "user_annotation", 0, 1000), ev("ProfilerStep#8", "user_annotation", 1000, 1000),
+        # a CUDA trace's GPU-timeline copies of the step spans: not steps of their own
+        ev("ProfilerStep#7", "gpu_user_annotation", 100, 500), ev("ProfilerStep#8", "gpu_user_annotation", 1500, 400),
         ev("_quantize_kernel", "kernel", 100, 200), ev("nvjet_sm90_qqtst_Avec128_Bvec128", "kernel", 200, 400),
         ev("sm90_xmma_gemm_bf16", "kernel", 1500, 400),  # ends at 1900: span 0..2000
         ev("aten::_scaled_mm", "cpu_op", 150, 50), ev("aten::_scaled_mm", "cpu_op", 1100, 30),
