@@ -3,8 +3,9 @@
 #   configs/llama1b_adahop.toml with ADAHOP_TILE_B=TILE; STEPS steps (default 80), --debug.seed 1234, log every 5,
 #   one validation at the end, no checkpoint; log in $OUT/train_NAME.log, the run's folder /tmp/runs/NAME
 #   (its adahop_plan.json copied to $OUT/plan_NAME.json). Appends NAME to the array `names`.
+#   RUN_CONFIG=<toml> replaces the AdaHOP config (e.g. configs/llama1b_hadamard.toml).
 run_1b() {
-  local name=$1 tile=$2 cfg=configs/llama1b_adahop.toml
+  local name=$1 tile=$2 cfg=${RUN_CONFIG:-configs/llama1b_adahop.toml}
   shift 2
   [ "$tile" = bf16 ] && cfg=configs/llama1b_bf16.toml
   ADAHOP_TILE_B=$([ "$tile" = bf16 ] && echo 0 || echo "$tile") CONFIG_FILE=$cfg timeout ${RUN_LIMIT:-240} \
