@@ -198,3 +198,24 @@ def test_no_grad_forward_equals_training_forward_and_saves_nothing():
         y_eval = mxfp4_linear(x.requires_grad_(True), w, forward_y="inner_outlier_extract_right", outlier_k=K_OUT)
     y_train = mxfp4_linear(x, w.requires_grad_(True), forward_y="inner_outlier_extract_right", outlier_k=K_OUT)
     assert torch.equal(y_eval, y_train.detach()) and not saved and y_train.requires_grad
+
+
+@pytest.mark.parametrize("mode", ["inner_outlier_extract_left", "inner_outlier_extract_right"])
+def test_extraction_takes_its_rows_as_a_set(mode, monkeypatch):
+    """top_rows imposes no order on its indices (adahop/outliers.py): the same rows in any order give the
+    same bits in every slot (zeroed rows, gather and index_add_ of distinct rows)."""
+    import adahop.linear as linear
+
+    x, w, gy = operands(seed=3)
+    modes = {slot: mode for slot in SLOTS}
+    want = run(x, w, gy, **modes)
+    real = linear.top_rows
+    monkeypatch.setattr(linear, "top_rows", lambda t, k: real(t, k).sort(descending=True).values)
+    got_desc = run(x, w, gy, **modes)
+    perm = torch.Generator().manual_seed(1)
+    monkeypatch.setattr(linear, "top_rows",
+                        lambda t, k: (lambda r: r[torch.randperm(r.numel(), generator=perm)])(real(t, k)))
+    got_shuffled = run(x, w, gy, **modes)
+    for got in (got_desc, got_shuffled):
+        for a, b in zip(want, got):
+            assert torch.equal(a, b)
