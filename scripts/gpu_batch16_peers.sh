@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
 source scripts/gpu_e2e_runs.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 export STEPS=${STEPS:-30}
 batch=(--training.local_batch_size "${BATCH:-16}" --quantize.linear.mx.calibration.calibration_steps 10)
 names=()

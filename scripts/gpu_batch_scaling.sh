@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
 source scripts/gpu_e2e_runs.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 timeout ${TEST_LIMIT:-120} python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_gpu_path.py 2>&1 | tail -3 \
   | tee "$OUT/gpu_tests.txt"
 export STEPS=${STEPS:-40}

@@ -7,8 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
 STEPS=${STEPS:-60}
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } | tee "$OUT/env.txt"
+device_header versions
 
 for name in bf16 adahop; do
   CONFIG_FILE=configs/llama1b_$name.toml timeout 200 ./run_train.sh \

@@ -9,8 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } | tee "$OUT/env.txt"
+device_header versions
 timeout 300 python3 -m pytest -q tests/kernels -k "dual or quantized_once" -p no:cacheprovider 2>&1 \
   | tail -15 | tee "$OUT/gpu_tests.txt"
 B="python3 scripts/bench_linear.py --models llama3-8b --tokens 16384 --shapes up/gate down --modes hadamard --sr 0 --no-baselines --rep 30"

@@ -10,3 +10,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # Multi-GPU kinds: NVLink multicast stays off (it can take a shared host's GPUs out of service)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# The call's first lines, on stdout and in $OUT/env.txt: the date and the GPU; `device_header versions` adds
+# the torch and triton versions of the image.
+device_header() {
+  { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    if [ "${1:-}" = versions ]; then
+      python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+    fi; } | tee "$OUT/env.txt"
+}

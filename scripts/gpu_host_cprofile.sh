@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 timeout 150 python3 scripts/host_profile.py --job.config_file configs/llama1b_adahop.toml --batch 1 --steps 3 \
   --rows 70 > "$OUT/host_profile.txt" 2>&1
 echo "host_profile rc $?"; grep -a "ms / step" "$OUT/host_profile.txt"

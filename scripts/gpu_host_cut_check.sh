@@ -8,8 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } | tee "$OUT/env.txt"
+device_header versions
 timeout ${TEST_LIMIT:-270} python3 -m pytest -q -x tests/kernels -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 timeout 100 python3 scripts/profile_step.py --job.config_file configs/llama1b_adahop.toml --batch 4 --seq 2048 \
   --steps 5 --rows 45 > "$OUT/profile_b4.txt" 2>&1

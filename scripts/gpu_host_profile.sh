@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 for b in ${BATCHES:-8 4 1}; do
   timeout 200 python3 scripts/profile_step.py --job.config_file configs/llama1b_adahop.toml --batch "$b" \
     --seq 2048 --steps 5 --rows 45 > "$OUT/profile_b$b.txt" 2>&1

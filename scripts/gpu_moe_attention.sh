@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 COMMON=(--metrics.log_freq 5 --checkpoint.no-enable --metrics.no-enable-tensorboard)
 run() {  # name config seconds args...
   local name=$1 config=$2 limit=$3; shift 3

@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 # every kernel test (the side-stream tests among them; the row-slot kernel changed its launch since its last GPU run)
 timeout ${TEST_LIMIT:-280} python3 -m pytest -q -x -p no:cacheprovider tests/kernels 2>&1 | tail -8 | tee "$OUT/gpu_tests.txt"
 for t in 0 1; do

@@ -12,8 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } | tee "$OUT/env.txt"
+device_header versions
 if [ "${E2E:-0}" != only ]; then
 timeout 300 python3 -m pytest -q tests/kernels -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 # the quantizer table (kernels changed since the last timing: docs/kernels.md) and the GEMM-only table

@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
 source scripts/gpu_e2e_runs.sh
-{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee "$OUT/env.txt"
+device_header
 STEPS=${STEPS:-60}
 # steps STEPS-11 and STEPS-10 traced: after calibration (30 steps), before the run's one validation (at STEPS)
 prof=(--profiling.enable_profiling --profiling.profile_freq "$((STEPS - 10))" --profiling.profiler_warmup 2
