@@ -377,7 +377,6 @@ def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, sr
     the kernels run: y, gx and gw are the same bits (stochastic rounding included: the seeds are drawn in
     the same order), the side stream is taken exactly where it applies, and a layer stack's later kernels
     see finished operands."""
-    from adahop import backend
 
     monkeypatch.setenv("ADAHOP_TILE_B", tile)
     torch.manual_seed(4)
