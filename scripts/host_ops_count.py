@@ -12,7 +12,6 @@ Environment switches (ADAHOP_DUAL_QUANT, ADAHOP_SIDE_STREAM, ADAHOP_TILE_B) appl
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -24,10 +23,9 @@ if not torch.cuda.is_available():
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from adahop import backend  # noqa: E402
-from adahop.kernels import JIT_KERNELS, deferred, gemm  # noqa: E402
+from adahop.kernels import deferred, gemm, kernels_replaced  # noqa: E402
 from adahop.linear import mxfp4_linear  # noqa: E402
 
-KERNELS = tuple((importlib.import_module(mod), name) for mod, name in JIT_KERNELS)
 ALLOCATING = ("empty", "empty_strided", "zeros", "new_zeros", "new_empty", "full", "zeros_like", "empty_like")
 MODES = ("hadamard", "inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision", "none")
 
@@ -76,7 +74,6 @@ def count_linear(mode: str, tokens: int, features: int, by_op: dict | None = Non
     with every slot in `mode` (OE-left runs hadamard for the weight gradient, as in training); `by_op`, if
     given, receives the aten op counts of the forward ("fwd") and the whole step ("all")."""
     counts = Counts()
-    saved = {(mod, name): getattr(mod, name) for mod, name in KERNELS}
     real_parts, real_fast = gemm._scaled_mm_parts, backend.fast_device
 
     def parts(*args, **kwargs):
@@ -93,12 +90,11 @@ def count_linear(mode: str, tokens: int, features: int, by_op: dict | None = Non
     w = (torch.randn(features, features, device=dev) / features**0.5).to(torch.bfloat16).requires_grad_()
     gy = torch.randn(tokens, features, dtype=torch.bfloat16, device=dev)
     try:
-        for (mod, name), jit in saved.items():
-            setattr(mod, name, _CountedKernel(jit, counts))
         gemm._scaled_mm_parts = parts
         if dev == "cpu":
             backend.fast_device = lambda device: True
-        with deferred.deferred_check(torch.device(dev)), counts:
+        with kernels_replaced(lambda jit: _CountedKernel(jit, counts)), deferred.deferred_check(torch.device(dev)), \
+                counts:
             y = mxfp4_linear(x, w, forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=16)
             fwd = counts.snapshot()
             if by_op is not None:
@@ -108,8 +104,6 @@ def count_linear(mode: str, tokens: int, features: int, by_op: dict | None = Non
             if by_op is not None:
                 by_op["all"] = dict(counts.ops)
     finally:
-        for (mod, name), jit in saved.items():
-            setattr(mod, name, jit)
         gemm._scaled_mm_parts, backend.fast_device = real_parts, real_fast
     return fwd, tuple(t - f for t, f in zip(total, fwd))
 

@@ -14,7 +14,6 @@ element are printed: a static measure of the quantizers' ALU work (they are ALU-
 Run as a script (TRITON_INTERPRET unset: the interpreter's kernels cannot be compiled); prints one line per
 case and exits 1 on any failure. Used by test_compile_sm90.py."""
 
-import importlib
 import os
 import re
 import subprocess
@@ -27,11 +26,10 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from adahop.kernels import JIT_KERNELS
+from adahop.kernels import kernels_replaced
 from adahop.kernels import quantize as q
 from adahop.kernels import row_fix
 
-KERNELS = tuple((importlib.import_module(mod), name) for mod, name in JIT_KERNELS)
 R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
 
 
@@ -47,15 +45,8 @@ class Recorder:
 
 def record(call):
     """(jit function, positional args, keyword args) of the one kernel launch `call()` makes."""
-    recorders = {(mod, name): Recorder(getattr(mod, name)) for mod, name in KERNELS}
-    saved = {(mod, name): getattr(mod, name) for mod, name in KERNELS}
-    try:
-        for (mod, name), rec in recorders.items():
-            setattr(mod, name, rec)
+    with kernels_replaced(Recorder) as recorders:
         call()
-    finally:
-        for (mod, name), jit in saved.items():
-            setattr(mod, name, jit)
     launches = [(rec.jit, *launch) for rec in recorders.values() for launch in rec.launches]
     assert len(launches) == 1, f"expected one kernel launch, got {len(launches)}"
     return launches[0]
