@@ -14,8 +14,8 @@ ADAHOP_FORCE_REFERENCE=1): one fused Triton pass (adahop.kernels.quantize) write
 form and/or its exact fp8 e4m3 re-encoding with per-128 scales, and the GEMM runs on cuBLAS's
 blockwise-scaled fp8 `torch._scaled_mm` (adahop.kernels.gemm), with an exact correction for the rare
 blocks fp8 cannot hold. The left operand of a GEMM is quantized when `matmul` sees it (deferred), so
-the right operand can take one scale per 128x128 tile (ADAHOP_TILE_B=forward, weights or
-1; off by default, see docs/kernels.md). Stochastic
+the right operand can take one scale per 128x128 tile (`[quantize.linear.mx.kernels] tile_b`, see
+docs/kernels.md). Stochastic
 rounding on the fast path draws its uniforms from Philox (seeded from torch's CPU generator or the
 given one): same distribution as the reference, not the same draws.
 """
@@ -41,91 +41,17 @@ def reference_forced() -> bool:
 # little across 128 rows, so one fp8 scale per 128x128 tile rarely leaves a block beyond fp8's window.
 # The weight gradient's right operand is x^T, whose channel outliers would.
 WEIGHT_RIGHT_SLOTS = ("forward_y", "backward_gx")
-TILE_B_CHOICES = {"0": "none", "": "none", "false": "none", "forward": "forward", "weights": "weights",
-                  "1": "all", "true": "all", "all": "all"}
-TILE_B_ALLOWED = "0 (default), forward, weights, 1 (= all)"
+#: [quantize.linear.mx.kernels] tile_b: which GEMMs give their right operand one fp8 scale per 128x128 tile
+TILE_B_CHOICES = ("none", "forward", "weights", "all")
 
 
-def tile_b_choice() -> str | None:
-    """ADAHOP_TILE_B as one of TILE_B_CHOICES' values, or None for a value it does not allow."""
-    return TILE_B_CHOICES.get(os.environ.get("ADAHOP_TILE_B", "0").strip().lower())
-
-
-def _tile_b(tag: str | None = None) -> bool:
-    """ADAHOP_TILE_B: 128x128 scales for the right operand of `tag`'s GEMM. 0: none (the default);
-    forward: W of the forward GEMM only (the one measured faster: docs/benchmarks.md, 2026-12-01);
-    weights: the slots of WEIGHT_RIGHT_SLOTS; 1/all: every GEMM. Off by default until a training run shows
-    how often a 128x128 tile of W leaves a block beyond fp8's window (each such block redoes a step)."""
-    choice = tile_b_choice()
-    if choice is None:
-        raise ValueError(f"ADAHOP_TILE_B={os.environ['ADAHOP_TILE_B']!r}: expected one of {TILE_B_ALLOWED}")
-    return (choice == "all" or (choice == "weights" and tag in WEIGHT_RIGHT_SLOTS)
-            or (choice == "forward" and tag == "forward_y"))
-
-
-def dual_quantize_on() -> bool | None:
-    """ADAHOP_DUAL_QUANT=1: a linear quantizes x (forward) and g (backward) for both of their GEMMs from one
-    read (fused_quantize_dual) where both slots run hadamard or none. Off by default until measured
-    faster on the GPU (docs/kernels.md). None for a value other than 0 / 1."""
-    return _on_off("ADAHOP_DUAL_QUANT")
-
-
-def side_stream_on() -> bool | None:
-    """ADAHOP_SIDE_STREAM=1: a linear writes the weight gradient's operands on a second CUDA stream: the
-    packed x^T it keeps beside its forward GEMM, and in backward g^T and x^T in fp8 beside the input
-    gradient's GEMM. The quantizers are bound by the CUDA cores, the GEMMs by the tensor cores, so they may
-    overlap. Same bits; off by default until measured faster on the GPU (docs/kernels.md). None for a value
-    other than 0 / 1."""
-    return _on_off("ADAHOP_SIDE_STREAM")
-
-
-def _on_off(var: str) -> bool | None:
-    """An on/off environment switch: 0 (or unset / empty) and 1; None for any other value."""
-    return {"0": False, "": False, "1": True}.get(os.environ.get(var, "0").strip())
-
-
-_SIDE_STREAMS: dict = {}
-
-
-def side_stream(device: torch.device) -> Optional["torch.cuda.Stream"]:
-    """The second stream of `device` where ADAHOP_SIDE_STREAM=1 and the fast path runs there, else None."""
-    if not side_stream_on() or not fast_device(device):
-        return None
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    stream = _SIDE_STREAMS.get(key)
-    if stream is None:
-        stream = _SIDE_STREAMS[key] = torch.cuda.Stream(device=key)
-    return stream
-
-
-def on_side_stream(stream: "torch.cuda.Stream", fn, inputs: tuple, outputs_of) -> object:
-    """Run `fn()` on `stream` after the work queued so far on the current stream (which produced
-    `inputs`), and return its result without waiting for it: the caller lets the current stream wait
-    (`join_side_stream`) once it has queued what should overlap. The caching allocator is told about the
-    cross-stream uses: `inputs` are read on `stream`, the tensors `outputs_of(result)` lists are used
-    later on the current stream (None entries are skipped in both).
-
-    What keeps the allocator safe beyond these records: every allocation on `stream` comes after its
-    `wait_stream` on the current stream, so memory `stream` reuses was last read by current-stream work
-    that has finished (a tensor made on `stream` and read later on the current stream without a record,
-    such as the padded g a correction may quantize again, is covered by this)."""
-    main = torch.cuda.current_stream(stream.device)
-    stream.wait_stream(main)
-    with torch.cuda.stream(stream):
-        result = fn()
-    for t in inputs:
-        if t is not None:
-            t.record_stream(stream)
-    for t in outputs_of(result):
-        if t is not None:
-            t.record_stream(main)
-    return result
-
-
-def join_side_stream(stream: Optional["torch.cuda.Stream"]) -> None:
-    """Let the current stream wait for what was queued on `stream` (nothing for None)."""
-    if stream is not None:
-        torch.cuda.current_stream(stream.device).wait_stream(stream)
+def tile_b_slot(tile_b: str, slot: str | None) -> bool:
+    """Whether `slot`'s GEMM takes 128x128 scales for its right operand under `tile_b` (TILE_B_CHOICES):
+    none; forward: W of the forward GEMM; weights: the slots of WEIGHT_RIGHT_SLOTS; all: every GEMM."""
+    if tile_b not in TILE_B_CHOICES:
+        raise ValueError(f"tile_b={tile_b!r}: expected one of {', '.join(TILE_B_CHOICES)}")
+    return (tile_b == "all" or (tile_b == "weights" and slot in WEIGHT_RIGHT_SLOTS)
+            or (tile_b == "forward" and slot == "forward_y"))
 
 
 _CAPABILITY: dict = {}
@@ -283,78 +209,6 @@ def quantize(
     return Operand(values), saved
 
 
-def _both_axes_rows(t: torch.Tensor, hadamard_size: int | None, hadamard_size_t: int | None,
-                    rows_multiple: int) -> int | None:
-    """The zero-padded row count where one read may serve both quantizations of `t` (ADAHOP_DUAL_QUANT=1,
-    a 2-D operand with a contiguous last axis, both quantizations on the fast path), else None."""
-    if t.dim() != 2 or t.stride(1) != 1 or not dual_quantize_on():
-        return None
-    r_pad = -(-t.shape[0] // rows_multiple) * rows_multiple
-    ok = _fast_ok(t, t.shape[1], hadamard_size) and _fast_ok(t, r_pad, hadamard_size_t)
-    return r_pad if ok else None
-
-
-def quantize_x_both_axes(
-    x: torch.Tensor,
-    *,
-    hadamard_size: int | None,
-    signs: torch.Tensor | None,
-    hadamard_size_t: int | None,
-    signs_t: torch.Tensor | None,
-    rows_multiple: int,
-) -> tuple[Operand, MXFP4Tensor] | None:
-    """From one read of x [R, K] (nearest rounding): the left operand of x @ W^T, as
-    `quantize(x, hadamard_size=, signs=)`, and the packed right operand of the weight gradient, as
-    `quantize(x zero-padded to a multiple of rows_multiple rows, k_dim=0, hadamard_size_t, signs_t,
-    packed=True)`. None where ADAHOP_DUAL_QUANT is off or either would not take the fast path."""
-    if _both_axes_rows(x, hadamard_size, hadamard_size_t, rows_multiple) is None:
-        return None
-    from .kernels.gemm import FastOperand
-    from .kernels.quantize import fused_quantize, fused_quantize_dual
-
-    out = fused_quantize_dual(x, hadamard_size=hadamard_size, signs=signs, hadamard_size_t=hadamard_size_t,
-                              signs_t=signs_t, rows_multiple=rows_multiple)
-    # the packed form along K is only needed on the rare correction path: written then, by a rerun
-    repack = lambda: fused_quantize(x, hadamard_size=hadamard_size, signs=signs,  # noqa: E731
-                                    write_packed=True, write_fp8=False)
-    left = FastOperand(out["fp8"], out["gscale"], out["count"], meta={"repack": repack})
-    return Operand(fast=left), MXFP4Tensor(out["packed_t"], out["scales_t"], axis=-1, dtype=x.dtype)
-
-
-def quantize_g_both_axes(
-    g: torch.Tensor,
-    *,
-    hadamard_size: int | None,
-    signs: torch.Tensor | None,
-    hadamard_size_t: int | None,
-    signs_t: torch.Tensor | None,
-    rows_multiple: int,
-    rounding: str = "nearest",
-    generator: torch.Generator | None = None,
-) -> tuple[Operand, Operand] | None:
-    """From one read of the output gradient g [T, N]: the left operand of the input-gradient GEMM g @ W,
-    as `quantize(g, hadamard_size=, signs=, rounding=)` with its rows flagged for the exact row fix, and
-    the left operand of the weight gradient g^T x, as `quantize(g zero-padded to a multiple of
-    rows_multiple rows, k_dim=0, hadamard_size_t, signs_t, rounding)` (packed here, re-encoded to fp8 by
-    `matmul`). The stochastic seeds are drawn in that order, as the two calls would draw them. None where
-    ADAHOP_DUAL_QUANT is off or either would not take the fast path."""
-    if _both_axes_rows(g, hadamard_size, hadamard_size_t, rows_multiple) is None:
-        return None
-    _check_rounding(rounding)
-    from .kernels.gemm import FastOperand
-    from .kernels.quantize import fused_quantize_dual
-
-    sr = rounding == "stochastic"
-    seed, seed_t = (_sr_seed(generator), _sr_seed(generator)) if sr else (0, 0)
-    out = fused_quantize_dual(g, hadamard_size=hadamard_size, signs=signs, hadamard_size_t=hadamard_size_t,
-                              signs_t=signs_t, rows_multiple=rows_multiple, rounding=rounding, seed=seed,
-                              seed_t=seed_t, row_flags=True)
-    gx_left = FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"],
-                          row_flags=out["row_flags"])
-    gw_left = MXFP4Tensor(out["packed_t"], out["scales_t"], axis=-1, dtype=g.dtype)
-    return Operand(fast=gx_left), Operand(packed_src=gw_left)
-
-
 def from_packed(saved: MXFP4Tensor) -> Operand:
     """The GEMM operand of a packed tensor saved by `quantize(..., packed=True)`."""
     if (
@@ -367,29 +221,30 @@ def from_packed(saved: MXFP4Tensor) -> Operand:
     return Operand(saved.dequantize(torch.float32))
 
 
-def materialize_for_gemm(a: Operand, bt: Operand, tag: str | None = None,
+def materialize_for_gemm(a: Operand, bt: Operand, tile_b: bool = False,
                          fix_rows: bool = False) -> tuple[Operand, Operand]:
     """Both operands of a fast-path GEMM in the fp8 form it takes (the left one wide, the right one with
-    128x128 scales where ADAHOP_TILE_B asks for them), as `matmul` would write them; operands off the
-    fast path are returned as they are. Lets a caller write them ahead, e.g. on a side stream."""
+    128x128 scales where `tile_b` asks for them), as `matmul` would write them; operands off the
+    fast path are returned as they are."""
     if not (a.is_fast() and bt.is_fast()):
         return a, bt
     # 128x128 B scales only where K / 128 is a multiple of 4: the H100 runs saw wrong results with
     # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
     k = a.k_dim_size()
-    tile = _tile_b(tag) and k is not None and (k // 128) % 4 == 0
+    tile = tile_b and k is not None and (k // 128) % 4 == 0
     return Operand(fast=a.materialize(left=True, fix_rows=fix_rows)), Operand(fast=bt.materialize(tile=tile))
 
 
 def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype, tag: str | None = None,
-           fix_rows: bool = False) -> torch.Tensor:
+           fix_rows: bool = False, tile_b: bool = False) -> torch.Tensor:
     """a @ bt^T for two quantized K-major operands, accumulated in float32. `tag` names the GEMM (its
     slot) in the fp8 path's diagnostics; `fix_rows` lets the fp8 path recompute rows of `a` whose blocks
-    lie too far apart for fp8 exactly, without a host sync (adahop.kernels.gemm)."""
+    lie too far apart for fp8 exactly, without a host sync (adahop.kernels.gemm); `tile_b` gives the right
+    operand one fp8 scale per 128x128 tile where K allows (docs/kernels.md)."""
     if a.is_fast() and bt.is_fast():
         from .kernels.gemm import fp8_matmul
 
-        a, bt = materialize_for_gemm(a, bt, tag, fix_rows)
+        a, bt = materialize_for_gemm(a, bt, tile_b, fix_rows)
         return fp8_matmul(a.fast, bt.fast, out_dtype, tag=tag)
     return (a.reference_values() @ bt.reference_values().t()).to(out_dtype)
 

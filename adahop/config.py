@@ -67,6 +67,15 @@ class Calibration:
 
 
 @dataclass
+class Kernels:
+    tile_b: str = "none"
+    """(adahop) GPU fast path: which GEMMs give their right operand one fp8 scale per 128x128 tile instead
+    of one per 1x128 row group: "none", "forward" (W of y = x W^T), "weights" (W in y and in the input
+    gradient) or "all" (also x^T of the weight gradient). Same results; speed and how often a step is redone
+    differ (docs/kernels.md)."""
+
+
+@dataclass
 class MXLinear:
     recipe_name: str = "mxfp4_1d1d"
     """MX recipe. Only "mxfp4_1d1d" (1x32 blocks along K for both operands) is implemented."""
@@ -109,6 +118,8 @@ class MXLinear:
     """(adahop) tokens (rows of x and g) used for the quantization-error metric."""
 
     calibration: Calibration = field(default_factory=Calibration)
+
+    kernels: Kernels = field(default_factory=Kernels)
 
 
 @dataclass
@@ -186,6 +197,10 @@ def validate_mx(job_config) -> None:
         )
     if int(mx.outlier_k) < 0:
         raise ConfigError(f"{_P}.outlier_k", mx.outlier_k, "an integer >= 0")
+    from adahop.backend import TILE_B_CHOICES
+
+    if mx.kernels.tile_b not in TILE_B_CHOICES:
+        raise ConfigError(f"{_P}.kernels.tile_b", mx.kernels.tile_b, " | ".join(map(repr, TILE_B_CHOICES)))
     hs = int(mx.hadamard_size)
     if hs < 2 or hs & (hs - 1) or MX_BLOCK % hs:
         raise ConfigError(f"{_P}.hadamard_size", mx.hadamard_size, "a power of two dividing 32 (2..32)")
@@ -257,21 +272,8 @@ def validate_model(job_config) -> None:
         select_attention(model, mx.filter_fqns)
 
 
-def validate_environment() -> None:
-    """The environment switches of the GPU path (docs/config.md), checked before any step."""
-    from adahop.backend import TILE_B_ALLOWED, dual_quantize_on, side_stream_on, tile_b_choice
-
-    if tile_b_choice() is None:
-        raise ConfigError("ADAHOP_TILE_B (environment)", os.environ["ADAHOP_TILE_B"], TILE_B_ALLOWED)
-    if dual_quantize_on() is None:
-        raise ConfigError("ADAHOP_DUAL_QUANT (environment)", os.environ["ADAHOP_DUAL_QUANT"], "0 (default), 1")
-    if side_stream_on() is None:
-        raise ConfigError("ADAHOP_SIDE_STREAM (environment)", os.environ["ADAHOP_SIDE_STREAM"], "0 (default), 1")
-
-
 def validate_job_config(job_config, *, check_model: bool = True) -> None:
     """All adahop checks; raises ConfigError naming the key, the bad value and what is allowed."""
-    validate_environment()
     validate_mx(job_config)
     if check_model:
         validate_model(job_config)

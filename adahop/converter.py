@@ -157,6 +157,7 @@ class AdaHOPConverter:
             hadamard_size=int(self.mx.hadamard_size),
             outlier_k=int(self.mx.outlier_k),
             hadamard_seed=hadamard_seed(fqn),
+            tile_b=str(self.mx.kernels.tile_b),
         )
 
     # ------------------------------------------------------------------ ModelConverter protocol

@@ -52,16 +52,21 @@ class LinearRecipe:
     hadamard_size: int = 32
     outlier_k: int = DEFAULT_OUTLIER_K
     hadamard_seed: int = 0
+    tile_b: str = "none"  # backend.TILE_B_CHOICES: GEMMs whose right operand takes 128x128 fp8 scales
 
     def __post_init__(self):
         for slot in SLOTS:
             check_mode(getattr(self, slot), slot)
         check_hadamard_size(self.hadamard_size)
         check_outlier_k(self.outlier_k)
+        backend.tile_b_slot(self.tile_b, None)  # refuses a value it does not know
 
     def mode(self, slot: str) -> str:
         mode = getattr(self, slot)
         return GW_EFFECTIVE_MODE.get(mode, mode) if slot == "backward_gw" else mode
+
+    def tile_b_for(self, slot: str) -> bool:
+        return backend.tile_b_slot(self.tile_b, slot)
 
     def hadamard_size_for(self, slot: str) -> int | None:
         return self.hadamard_size if self.mode(slot) in (HADAMARD, OE_LEFT, OE_RIGHT) else None
@@ -129,17 +134,12 @@ ROW_FIX_SLOTS = ("backward_gx",)
 
 def slot_gemm(
     a: torch.Tensor, a_k_dim: int, right: RightOperand, mode: str, recipe: LinearRecipe, slot: str, rounding: str,
-    out_dtype: torch.dtype = torch.float32, a_operand: Optional[backend.Operand] = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored;
-    `a_operand`, if given, is `a` already quantized for this slot (hadamard / none modes; `a` is then unused).
+    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored.
 
     The extracted rows/columns of OE modes are exact zeros in the MXFP4 GEMM, so adding their BF16 part
     after the rounding to `out_dtype` is the same single rounding."""
-    if a_operand is not None:
-        if mode not in (HADAMARD, NONE):
-            raise ValueError(f"a quantized left operand is for the hadamard / none modes, not {mode!r} ({slot})")
-        return backend.matmul(a_operand, right.gemm_operand(), out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
     if mode == FULL_PRECISION:
         return backend.bf16_matmul(backend.to_k_major(a, a_k_dim), right.full_k_major(), out_dtype=out_dtype)
     left_rows = None
@@ -151,7 +151,8 @@ def slot_gemm(
     else:
         right_operand = right.gemm_operand()
     a_operand = quantize_left(a, a_k_dim, recipe, slot, rounding, zero_rows=left_rows)
-    out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS)
+    out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS,
+                         tile_b=recipe.tile_b_for(slot))
     # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
         a_rows = backend.to_k_major(a, a_k_dim).index_select(0, left_rows)
@@ -176,64 +177,19 @@ def _check_dims(in_features: int, out_features: int, recipe: LinearRecipe) -> No
 
 
 def forward_gemm(
-    x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe, x_operand: Optional[backend.Operand] = None
+    x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe
 ) -> torch.Tensor:
     """The forward GEMM y = x W^T of `recipe` (no autograd bookkeeping)."""
     mode = recipe.mode("forward_y")
     w_right = prepare_right(weight, 1, mode, recipe, "forward_y", for_saving=False)
-    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype, a_operand=x_operand)
-
-
-def _both_axes_args(t2d: torch.Tensor, recipe: LinearRecipe, slot: str) -> dict | None:
-    """The arguments of backend.quantize_*_both_axes for the 2-D operand `t2d` of a linear (x or g):
-    quantized along its last axis for `slot` and along the tokens for the weight gradient. None unless
-    both slots run hadamard or none (the modes that quantize the whole operand the same way)."""
-    if recipe.mode(slot) not in (HADAMARD, NONE) or recipe.mode("backward_gw") not in (HADAMARD, NONE):
-        return None
-    multiple = _gw_row_multiple(recipe)
-    return dict(
-        hadamard_size=recipe.hadamard_size_for(slot),
-        signs=recipe.signs_for(slot, t2d.shape[1], t2d.device),
-        hadamard_size_t=recipe.hadamard_size_for("backward_gw"),
-        signs_t=recipe.signs_for("backward_gw", -(-t2d.shape[0] // multiple) * multiple, t2d.device),
-        rows_multiple=multiple,
-    )
-
-
-def quantize_x_once(x2d: torch.Tensor, recipe: LinearRecipe) -> tuple[backend.Operand, RightOperand] | None:
-    """x quantized for the forward GEMM and for the weight gradient from one read, where
-    backend.quantize_x_both_axes takes it (ADAHOP_DUAL_QUANT=1, fast path); else None."""
-    args = _both_axes_args(x2d, recipe, "forward_y")
-    both = backend.quantize_x_both_axes(x2d, **args) if args is not None else None
-    if both is None:
-        return None
-    x_operand, packed_t = both
-    return x_operand, RightOperand(packed=packed_t)
-
-
-def quantize_g_once(
-    gy: torch.Tensor, recipe: LinearRecipe, rounding: str
-) -> tuple[backend.Operand, backend.Operand] | None:
-    """The output gradient quantized for both gradient GEMMs (their left operands) from one read, where
-    backend.quantize_g_both_axes takes it; else None."""
-    args = _both_axes_args(gy, recipe, "backward_gx")
-    return backend.quantize_g_both_axes(gy, **args, rounding=rounding) if args is not None else None
+    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype)
 
 
 class _MXFP4LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe):
         _, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
-        # x quantized once for the forward GEMM and the weight gradient, where quantize_x_once takes it
-        x_operand, x_for_gw = (quantize_x_once(x2d, recipe) if ctx.needs_input_grad[1] else None) or (None, None)
-        side = None  # ADAHOP_SIDE_STREAM=1: x^T for the weight gradient quantized beside the forward GEMM
-        if ctx.needs_input_grad[1] and x_for_gw is None and gw_mode != FULL_PRECISION:
-            side = backend.side_stream(x2d.device)
-            if side is not None:
-                x_for_gw = backend.on_side_stream(side, lambda: _x_for_gw(x2d, recipe), (x2d,), _tensors_of)
-        y = forward_gemm(x2d, weight, recipe, x_operand=x_operand)
-        backend.join_side_stream(side)
-        x_operand = None
+        y = forward_gemm(x2d, weight, recipe)
 
         ctx.recipe = recipe
         ctx.tokens = x2d.shape[0]
@@ -247,7 +203,7 @@ class _MXFP4LinearFunction(torch.autograd.Function):
                 ctx.gx_right = RightOperand(full=weight, full_k_dim=0)
             saved += _stash(ctx.gx_right)
         if ctx.needs_input_grad[1]:
-            ctx.gw_right = x_for_gw if x_for_gw is not None else _x_for_gw(x2d, recipe)
+            ctx.gw_right = _x_for_gw(x2d, recipe)
             saved += _stash(ctx.gw_right)
         ctx.save_for_backward(*saved)
         return y
@@ -260,41 +216,18 @@ class _MXFP4LinearFunction(torch.autograd.Function):
         gw_saved = _unstash(ctx.gw_right, tensors) if ctx.gw_right is not None else None
         rounding = "stochastic" if recipe.use_sr_grad else "nearest"
         gx = gw = None
-        gx_left = gw_left = None  # g quantized once for both GEMMs, where quantize_g_once takes it
-        if gx_saved is not None and gw_saved is not None:
-            gx_left, gw_left = quantize_g_once(gy, recipe, rounding) or (None, None)
-        gw_ready = side = None  # ADAHOP_SIDE_STREAM=1: the weight gradient's operands written beside the gx GEMM
-        if gx_left is None and gx_saved is not None and gw_saved is not None and _quantizes_whole(recipe):
-            side = backend.side_stream(gy.device)
-            if side is not None:
-                # the left operands in the order of the two-GEMM path, so stochastic rounding draws its seeds
-                # in the same order
-                gx_left = quantize_left(gy, 1, recipe, "backward_gx", rounding)
-                gw_ready = backend.on_side_stream(
-                    side, lambda: _gw_operands(gy, gw_saved, recipe, rounding), (gy, *_tensors_of(gw_saved)),
-                    _operand_tensors)
         if gx_saved is not None:
             mode = recipe.mode("backward_gx")
             right = gx_saved
             if mode in (HADAMARD, NONE):
                 right = prepare_right(right.full, 0, mode, recipe, "backward_gx", for_saving=False)
-            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype, a_operand=gx_left)
-            gx_left = None  # freed before the weight gradient's GEMM, as the two-pass path frees its operand
-        backend.join_side_stream(side)
+            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype)
         if gw_saved is not None:
             mode = recipe.mode("backward_gw")
-            right = gw_saved
-            if gw_ready is not None:
-                gw_left, right = gw_ready[0], RightOperand(operand=gw_ready[1])
-            g_padded = gy if gw_left is not None else _pad_rows(gy, _gw_row_multiple(recipe))  # kernel pads
-            gw = slot_gemm(g_padded, 0, right, mode, recipe, "backward_gw", rounding, ctx.w_dtype, a_operand=gw_left)
+            g_padded = _pad_rows(gy, _gw_row_multiple(recipe))
+            gw = slot_gemm(g_padded, 0, gw_saved, mode, recipe, "backward_gw", rounding, ctx.w_dtype)
         ctx.gx_right = ctx.gw_right = None
         return gx, gw, None
-
-
-def _quantizes_whole(recipe: LinearRecipe) -> bool:
-    """Both gradient GEMMs quantize their whole left operand g the same way (hadamard / none)."""
-    return recipe.mode("backward_gx") in (HADAMARD, NONE) and recipe.mode("backward_gw") in (HADAMARD, NONE)
 
 
 def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str, rounding: str,
@@ -304,28 +237,6 @@ def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str
     operand, _ = backend.quantize(a, k_dim=a_k_dim, hadamard_size=recipe.hadamard_size_for(slot),
                                   signs=recipe.signs_for(slot, k, a.device), rounding=rounding, zero_rows=zero_rows)
     return operand
-
-
-def _gw_operands(gy: torch.Tensor, x_saved: RightOperand, recipe: LinearRecipe,
-                 rounding: str) -> tuple[backend.Operand, backend.Operand]:
-    """The weight gradient's two operands (g^T along the tokens, the saved x^T), in the form its GEMM takes."""
-    g_left = quantize_left(_pad_rows(gy, _gw_row_multiple(recipe)), 0, recipe, "backward_gw", rounding)
-    return backend.materialize_for_gemm(g_left, x_saved.gemm_operand(), "backward_gw")
-
-
-def _operand_tensors(operands: tuple) -> list:
-    """The tensors the GEMM operands hold (for the allocator's cross-stream bookkeeping)."""
-    out = []
-    for op in operands:
-        if op.fast is not None:
-            f = op.fast
-            out += [f.fp8, f.gscale, f.count, f.packed, f.scales, f.row_flags]
-        if op.deferred is not None:  # quantized later, from tensors written on the side stream
-            out += [op.deferred["t"], op.deferred["signs"], op.deferred["zero_rows"]]
-        if op.packed_src is not None:
-            out += [op.packed_src.data, op.packed_src.scales]
-        out.append(op.values)
-    return out
 
 
 def _x_for_gw(x2d: torch.Tensor, recipe: LinearRecipe) -> RightOperand:
@@ -380,13 +291,16 @@ def mxfp4_linear(
     hadamard_size: int = 32,
     outlier_k: int = DEFAULT_OUTLIER_K,
     hadamard_seed: int = 0,
+    tile_b: str = "none",
 ) -> torch.Tensor:
     """y = x @ weight^T with every GEMM (forward and both backward) in MXFP4 under the given modes.
 
-    x: [..., in], weight: [out, in]; in and out multiples of 32 (and of hadamard_size).
+    x: [..., in], weight: [out, in]; in and out multiples of 32 (and of hadamard_size). `tile_b` only
+    changes how the GPU fast path scales its fp8 operands (adahop.backend.TILE_B_CHOICES), not the result.
     """
     recipe = LinearRecipe(
-        forward_y, backward_gx, backward_gw, use_sr_grad, randomized_hadamard, hadamard_size, outlier_k, hadamard_seed
+        forward_y, backward_gx, backward_gw, use_sr_grad, randomized_hadamard, hadamard_size, outlier_k, hadamard_seed,
+        tile_b,
     )
     return _apply(x, weight, recipe)
 
@@ -443,10 +357,12 @@ class AdaHOPLinear(AdaHOPModes, nn.Linear):
         hadamard_size: int = 32,
         outlier_k: int = DEFAULT_OUTLIER_K,
         hadamard_seed: int = 0,
+        tile_b: str = "none",
     ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.recipe = LinearRecipe(
-            forward_y, backward_gx, backward_gw, use_sr_grad, randomized_hadamard, hadamard_size, outlier_k, hadamard_seed
+            forward_y, backward_gx, backward_gw, use_sr_grad, randomized_hadamard, hadamard_size, outlier_k, hadamard_seed,
+            tile_b,
         )
         _check_dims(in_features, out_features, self.recipe)
         self.observer: Optional[Callable[[str, torch.Tensor], None]] = None

@@ -152,7 +152,7 @@ def saved_bytes(fn, x, params):
 
 
 def quantizer_bandwidth(rows, k, dev, rep):
-    from adahop.kernels.quantize import fused_quantize, fused_quantize_dual, fused_reencode
+    from adahop.kernels.quantize import fused_quantize, fused_reencode
 
     x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
     xt = x.t().contiguous().t()  # K along dim 0 of the storage: exercises the transposing load
@@ -177,8 +177,6 @@ def quantizer_bandwidth(rows, k, dev, rep):
     cases.append(("forward x, both axes, two kernels (fp8 wide along K + packed along tokens), H32",
                   lambda: (fused_quantize(x, hadamard_size=32, write_packed=False, wide=True),
                            fused_quantize(x, k_dim=0, hadamard_size=32, write_fp8=False)), 2 * n + dual_bytes))
-    cases.append(("forward x, both axes, one read (fused_quantize_dual), H32",
-                  lambda: fused_quantize_dual(x, hadamard_size=32, hadamard_size_t=32), dual_bytes))
     # what a linear's backward quantizes of g (x stands in): the left operands of both gradient GEMMs
     g_writes = n * (1 + 4 / 128) * 2 + n * (0.5 + 1 / 32) + rows
     cases.append(("backward g, both axes, two kernels (wide fp8 + packed + row flags along K, wide fp8 along "
@@ -186,12 +184,6 @@ def quantizer_bandwidth(rows, k, dev, rep):
                                            fused_quantize(x, k_dim=0, hadamard_size=32, write_packed=False, wide=True)),
                   4 * n + g_writes))
 
-    def g_once():
-        out = fused_quantize_dual(x, hadamard_size=32, hadamard_size_t=32, row_flags=True)
-        return out, fused_reencode(out["packed_t"], out["scales_t"], wide=True)
-
-    cases.append(("backward g, both axes, one read (fused_quantize_dual with row flags, then re-encode of the "
-                  "packed g^T), H32", g_once, 2 * n + g_writes + 2 * n * (0.5 + 1 / 32)))
     saved = fused_quantize(x, hadamard_size=32, write_fp8=False)
     cases.append(("re-encode packed -> fp8", lambda: fused_reencode(saved["packed"], saved["scales"]),
                   n * (0.5 + 1 / 32) + n * (1 + 4 / 128)))
@@ -215,17 +207,17 @@ def tune_quantizer(rows, k, dev, rep):
     n = x.numel()
     nbytes = 2 * n + n * (1 + 0.5 + 1 / 32) + n / 128 * 4
     saved = dict(TUNING)
-    # (strided hv1 = the in-layout kernel _quantize_kernel_t; strided hv0 / hv2 = transpose-first kernel)
+    # (strided "t" = the in-layout kernel _quantize_kernel_t; hv0 / hv2 = the transpose-first kernel)
     res = {"contig": {}, "strided": {}}
     try:
-        for hv in (0, 1, 2):
+        for hv in ("t", 0, 2):
             for br, nw in ((16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
-                TUNING.update(contig=(br, nw), strided=(br, nw), strided_t=(br, nw), hv_contig=hv, hv_strided=hv,
-                              strided_kernel="t" if hv == 1 else "trans")
+                TUNING.update(contig=(br, nw), strided=(br, nw), strided_t=(br, nw), hv_contig=hv if hv != "t" else 0,
+                              hv_strided=hv if hv != "t" else 0, strided_kernel="t" if hv == "t" else "trans")
                 key = f"hv{hv}_br{br}_w{nw}"
                 for case, fn in (("contig", lambda: fused_quantize(x, hadamard_size=32)),
                                  ("strided", lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32))):
-                    if case == "strided" and hv != 1 and (br, nw) not in ((32, 8), (16, 4)):
+                    if case == "strided" and hv != "t" and (br, nw) not in ((32, 8), (16, 4)):
                         continue
                     try:
                         res[case][key] = nbytes / bench(fn, rep) / 1e6

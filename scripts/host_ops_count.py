@@ -1,12 +1,9 @@
 """What one AdaHOP linear asks of the host per forward+backward on the fast path: Triton launches, fp8 GEMM
 calls and aten ops (allocations among them), counted per mode. The counts do not depend on the device, so
-this runs anywhere (without a GPU the Triton kernels run on the interpreter and the fast path is forced on,
-as tests/kernels/test_dual_quantize_linear.py does); on the 1B model the step is bound by this host work
-(docs/benchmarks.md, session 7), so fewer is faster there.
+this runs anywhere (without a GPU the Triton kernels run on the interpreter and the fast path is forced on).
+Where a training step waits on the host (small batches), fewer is faster.
 
     python scripts/host_ops_count.py [--tokens 256] [--features 256] [--modes hadamard none ...]
-
-Environment switches (ADAHOP_DUAL_QUANT, ADAHOP_SIDE_STREAM, ADAHOP_TILE_B) apply as in training.
 """
 
 from __future__ import annotations
@@ -115,10 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--ops", action="store_true", help="also list the aten ops of each mode by name")
     args = p.parse_args(argv)
-    switches = ", ".join(f"{k}={os.environ.get(k, '0')}" for k in ("ADAHOP_DUAL_QUANT", "ADAHOP_SIDE_STREAM",
-                                                                   "ADAHOP_TILE_B"))
-    print(f"one linear [{args.tokens} x {args.features}] x [{args.features} x {args.features}], forward / backward; "
-          f"{switches}")
+    print(f"one linear [{args.tokens} x {args.features}] x [{args.features} x {args.features}], forward / backward")
     print("| mode | Triton launches | fp8 GEMMs | aten ops | of them allocations |\n| --- | --- | --- | --- | --- |")
     listed = []
     for mode in args.modes:

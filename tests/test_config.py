@@ -186,52 +186,22 @@ def test_all_shipped_configs_parse_and_validate():
         assert c.model.name in ("adahop_llama3", "adahop_qwen3"), p
 
 
-def test_tile_b_environment_switch_checked_before_training(seed_config, monkeypatch):
-    from adahop import backend
+def test_kernels_tile_b_is_typed_config_checked_before_training(seed_config):
+    """[quantize.linear.mx.kernels] tile_b: a value outside TILE_B_CHOICES is refused by name before training;
+    each allowed one reaches the converted layers' recipes, which pick the GEMMs it names."""
+    from adahop.converter import AdaHOPConverter
 
-    monkeypatch.setenv("ADAHOP_TILE_B", "yes")
+    seed_config.quantize.linear.mx.kernels.tile_b = "1"
     with pytest.raises(ConfigError) as e:
         validate_job_config(seed_config, check_model=False)
-    assert "ADAHOP_TILE_B" in str(e.value) and "'yes'" in str(e.value) and "weights" in str(e.value)
-    expected = {"0": (False, False, False), "forward": (True, False, False), "weights": (True, True, False),
-                "1": (True, True, True),
-                "ALL": (True, True, True)}
-    for raw, want in expected.items():
-        monkeypatch.setenv("ADAHOP_TILE_B", raw)
+    assert "quantize.linear.mx.kernels.tile_b" in str(e.value) and "'1'" in str(e.value) and "weights" in str(e.value)
+    want = {"none": (False, False, False), "forward": (True, False, False), "weights": (True, True, False),
+            "all": (True, True, True)}
+    for choice, slots in want.items():
+        seed_config.quantize.linear.mx.kernels.tile_b = choice
         validate_job_config(seed_config, check_model=False)
-        assert tuple(backend._tile_b(slot) for slot in ("forward_y", "backward_gx", "backward_gw")) == want, raw
+        kwargs = AdaHOPConverter(seed_config, None).layer_kwargs("layers.0.attention.wq")
+        from adahop.linear import LinearRecipe
 
-
-def _no_fast_path_dual():
-    from adahop import backend
-
-    x = torch.randn(64, 128)
-    return backend.quantize_x_both_axes(x, hadamard_size=32, signs=None, hadamard_size_t=32, signs_t=None,
-                                        rows_multiple=32)
-
-
-def _no_fast_path_side():
-    from adahop import backend
-
-    return backend.side_stream(torch.device("cpu"))
-
-
-@pytest.mark.parametrize("var,reader,without_fast_path", [
-    ("ADAHOP_DUAL_QUANT", "dual_quantize_on", _no_fast_path_dual),
-    ("ADAHOP_SIDE_STREAM", "side_stream_on", _no_fast_path_side),
-])
-def test_on_off_environment_switches_checked_before_training(seed_config, monkeypatch, var, reader,
-                                                             without_fast_path):
-    from adahop import backend
-
-    monkeypatch.setenv(var, "on")
-    with pytest.raises(ConfigError) as e:
-        validate_job_config(seed_config, check_model=False)
-    assert var in str(e.value) and "'on'" in str(e.value) and "0 (default), 1" in str(e.value)
-    for raw, want in (("0", False), ("1", True), (" 1 ", True), ("", False)):
-        monkeypatch.setenv(var, raw)
-        validate_job_config(seed_config, check_model=False)
-        assert getattr(backend, reader)() is want, raw
-    # on a device without the fast path the switch changes nothing: the layer runs as before
-    monkeypatch.setenv(var, "1")
-    assert without_fast_path() is None
+        recipe = LinearRecipe(**kwargs)
+        assert tuple(recipe.tile_b_for(s) for s in ("forward_y", "backward_gx", "backward_gw")) == slots, choice

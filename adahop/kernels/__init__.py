@@ -10,7 +10,6 @@ import importlib
 JIT_KERNELS = (
     ("adahop.kernels.quantize", "_quantize_kernel"),
     ("adahop.kernels.quantize", "_quantize_kernel_t"),
-    ("adahop.kernels.quantize", "_quantize_dual_kernel"),
     ("adahop.kernels.quantize", "_reencode_kernel"),
     ("adahop.kernels.quantize", "_row_split_kernel"),
     ("adahop.kernels.row_fix", "_row_fix_index_kernel"),

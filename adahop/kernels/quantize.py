@@ -82,18 +82,6 @@ def _butterfly(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
 
 
 @triton.jit
-def _butterfly_masked(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
-    """The same stage without permute/split/join: a and b picked out by masked sums over the pair axis
-    (x + 0 is exact; only the sign of an exact zero can change, which no code or scale sees)."""
-    y4 = tl.reshape(y, [BR, BK // (2 * H), 2, H])
-    i = tl.arange(0, 2)[None, None, :, None]
-    a = tl.sum(tl.where(i == 0, y4, 0.0), axis=2)[:, :, None, :]
-    b = tl.sum(tl.where(i == 1, y4, 0.0), axis=2)[:, :, None, :]
-    y4 = tl.where(i == 0, a + b, a - b)
-    return tl.reshape(y4, [BR, BK])
-
-
-@triton.jit
 def _butterfly_fma(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
     """The same stage as one multiply-add per element: (a, b) -> (a + b, a - b) is (1 * a + b, -1 * b + a),
     whose products by +-1 are exact, so the sums round as a + b and a - b do. Each element's partner is
@@ -112,8 +100,6 @@ def _butterfly_fma(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr):
 def _stage(y, BR: tl.constexpr, BK: tl.constexpr, H: tl.constexpr, HVARIANT: tl.constexpr):
     if HVARIANT == 0:
         return _butterfly(y, BR, BK, H)
-    elif HVARIANT == 1:
-        return _butterfly_masked(y, BR, BK, H)
     else:
         return _butterfly_fma(y, BR, BK, H)
 
@@ -415,67 +401,6 @@ def _quantize_kernel(
 
 
 @triton.jit
-def _quantize_dual_kernel(
-    x_ptr, stride_r, signs_a_ptr, signs_b_ptr,
-    fp8_ptr, gscale_ptr, count_ptr, packed_a_ptr, scales_a_ptr, rowflag_ptr,
-    packed_b_ptr, scales_b_ptr,
-    R, K, R_PAD, seed_a, seed_b,
-    BR: tl.constexpr,
-    HSIZE_A: tl.constexpr, HSCALE_A: tl.constexpr, HAS_SIGNS_A: tl.constexpr,
-    HSIZE_B: tl.constexpr, HSCALE_B: tl.constexpr, HAS_SIGNS_B: tl.constexpr,
-    ROUNDING: tl.constexpr, ROWFLAG_A: tl.constexpr,
-    IN_BF16: tl.constexpr, HVARIANT_A: tl.constexpr, HVARIANT_B: tl.constexpr, HW_CVT: tl.constexpr,
-):
-    """x [R, K] (K contiguous) read once, quantized along both axes (ROUNDING: 0 nearest, 1 stochastic
-    from Philox with seed_a / seed_b, the draws fused_quantize makes with those seeds):
-    (a) along K: the wide fp8 form of a GEMM's left operand, as _quantize_kernel writes it with WIDE;
-        deficient blocks counted, or with ROWFLAG_A their rows flagged and the packed form written too
-        (the input-gradient GEMM's exact row recomputation);
-    (b) along R, rows R..R_PAD-1 read as zeros (the token axis zero-padded): the packed MXFP4 form,
-        K-major [K, R_PAD] (x^T, the weight gradient's right operand saved for backward; or g^T, its left
-        operand, re-encoded to fp8 at the GEMM: an fp8 form here would need 128 tokens per tile, whose
-        [128, 128] fp32 tiles spill registers).
-    Each axis has its own Hadamard size and signs (HSIZE_B <= BR)."""
-    BK: tl.constexpr = 128
-    NB: tl.constexpr = 4
-    NB_B: tl.constexpr = BR // 32
-    pid_r, pid_k, rows, cols, row_ok, rows64, cols64 = _tile_coords(R, BR, BK)
-    x = tl.load(x_ptr + rows64[:, None] * stride_r + cols64[None, :], mask=row_ok[:, None], other=0.0)
-    y0 = _widen(x, IN_BF16)
-
-    # (a) along K
-    y = y0
-    if HAS_SIGNS_A:
-        y = y * tl.load(signs_a_ptr + cols)[None, :]
-    y = _hadamard(y, BR, BK, HSIZE_A, HSCALE_A, HVARIANT_A)
-    y3 = tl.reshape(y, [BR, NB, 32])
-    nonfinite, e, amax = _mx_exponents(y3, ROUNDING, 2)
-    scaled = y3 * _pow2(-e)[:, :, None]
-    qabs, idx = _e2m1_round(tl.abs(scaled), seed_a, rows64, pid_k, K, BR, BK, ROUNDING)
-    qabs = tl.where(nonfinite[:, :, None], 0.0, qabs)
-    if ROWFLAG_A:
-        idx = tl.where(nonfinite[:, :, None], 0, idx)
-        _store_mx(packed_a_ptr, scales_a_ptr, rows64, row_ok, pid_k, K, idx, scaled < 0, e, nonfinite, BR, BK)
-    _fp8_emit(qabs, scaled < 0, e, nonfinite, _block_nonzero(qabs, amax, e, ROUNDING, 2), rows, pid_k, R, K,
-              fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, R, BR, False, HW_CVT, True, ROWFLAG_A)
-
-    # (b) along R: the tile transposed in the chip, [BK features, BR tokens]
-    yb = tl.trans(y0)
-    pad_ok = rows < R_PAD
-    if HAS_SIGNS_B:
-        yb = yb * tl.load(signs_b_ptr + rows, mask=pad_ok, other=1.0)[None, :]
-    yb = _hadamard(yb, BK, BR, HSIZE_B, HSCALE_B, HVARIANT_B)
-    y3b = tl.reshape(yb, [BK, NB_B, 32])
-    nonfinite_b, e_b, _ = _mx_exponents(y3b, ROUNDING, 2)
-    scaled_b = y3b * _pow2(-e_b)[:, :, None]
-    _, idx_b = _e2m1_round(tl.abs(scaled_b), seed_b, cols64, pid_r, R_PAD, BK, BR, ROUNDING)
-    idx_b = tl.where(nonfinite_b[:, :, None], 0, idx_b)
-    # the grid covers R_PAD exactly (R_PAD % BR == 0) and every feature exists: nothing to mask
-    _store_mx(packed_b_ptr, scales_b_ptr, cols64, cols < K, pid_r, R_PAD, idx_b, scaled_b < 0, e_b, nonfinite_b,
-              BK, BR)
-
-
-@triton.jit
 def _butterfly_t(y, BK: tl.constexpr, BR: tl.constexpr, H: tl.constexpr):
     """The FWHT stage along axis 0 of a [BK, BR] tile (masked-sum form, same bits)."""
     y4 = tl.reshape(y, [BK // (2 * H), 2, H, BR])
@@ -649,25 +574,17 @@ def hadamard_scale(block: int) -> float:
     return struct.unpack("f", struct.pack("f", 1.0 / math.sqrt(block)))[0]
 
 
-# Launch choices, overridable for tuning (scripts/bench_linear.py --tune): (rows per program, warps),
-# and which butterfly formulation (0: permute/split/join, 1: masked sums, 2: multiply-add with the partner
-# from an integer bit sum; same bits). Measured on H100 (docs/benchmarks.md): the masked-sum butterfly is
-# faster than permute/split/join where K is contiguous, the permute/split/join one where the tile is
-# transposed in the chip. The multiply-add form (2, contiguous K only) takes 7 SASS instructions per
-# element fewer than the masked one in the sm_90 build (tests/kernels/compile_sm90.py) with no
-# shared-memory traffic added; it is the default there, not timed yet (in the transposed kernels it costs
-# more, 6-27 per element). Tile mode needs 128 rows a program.
+# Launch choices: (rows per program, warps), and the butterfly formulation of the Hadamard (0:
+# permute/split/join, 2: multiply-add with the partner from an integer bit sum; same bits). Where K is
+# contiguous the multiply-add form builds to the fewest SASS instructions per element on sm_90
+# (tests/kernels/compile_sm90.py); where the tile is transposed in the chip the permute/split/join form does.
 # "strided_kernel": "t" computes transposed inputs in their loaded layout (_quantize_kernel_t), "trans"
-# transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path),
-# "auto" takes "trans" with a Hadamard (H100: 628 GB/s against 142-247 for "t", whose butterflies along
-# axis 0 compile badly) and "t" without one.
-# The dual kernel's transposed half (along the tokens) takes the split/join Hadamard too ("hv_dual_t"): 114
-# instead of 161 SASS instructions per element for x in its sm_90 build (tests/kernels/compile_sm90.py).
-# 128x128 tiles transposed in the chip (W^T) run at 32 warps with the split/join Hadamard: at 8 warps with the
-# masked one their sm_90 build spilled 368 B of registers per thread (tests/kernels/compile_sm90.py)
+# transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path), "auto"
+# takes "trans" with a Hadamard (faster on the H100: its butterflies along axis 0 compile badly in "t") and
+# "t" without one. 128x128 tiles transposed in the chip (W^T) run at 32 warps: at 8 their sm_90 build spills
+# registers. scripts/bench_linear.py --tune overrides these entries to time alternatives.
 TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "tile_strided": (128, 32), "hv_contig": 2,
-          "hv_strided": 0, "reencode": (32, 4),
-          "strided_kernel": "auto", "strided_t": (32, 4), "dual_warps": 8, "hv_dual_t": 0}
+          "hv_strided": 0, "reencode": (32, 4), "strided_kernel": "auto", "strided_t": (32, 4)}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
@@ -809,71 +726,6 @@ def fused_quantize(
         HW_CVT=_hw_cvt(t), WIDE=wide, ROWFLAG=1 if row_flags else 0, num_warps=warps,
     )
     return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)
-
-
-@torch.compiler.disable
-def fused_quantize_dual(
-    x: torch.Tensor,
-    *,
-    hadamard_size: int | None = None,
-    signs: torch.Tensor | None = None,
-    hadamard_size_t: int | None = None,
-    signs_t: torch.Tensor | None = None,
-    rows_multiple: int = 32,
-    rounding: str = "nearest",
-    seed: int = 0,
-    seed_t: int = 0,
-    row_flags: bool = False,
-) -> dict:
-    """One read of x [R, K] (K contiguous), two outputs:
-    - along K, as fused_quantize(x, hadamard_size, signs, rounding, seed, write_packed=row_flags, wide=True,
-      row_flags=row_flags): fp8 (e5m2) [R, K], gscale [K/128, R], count; with `row_flags` also packed,
-      scales and row_flags (count then stays as it was: the rows are flagged instead);
-    - along R, as fused_quantize(x zero-padded to a multiple of `rows_multiple` rows, k_dim=0,
-      hadamard_size_t, signs_t, rounding, seed_t, write_fp8=False): packed_t [K, R_pad/2], scales_t
-      [K, R_pad/32].
-    A linear's forward needs this of x (its GEMM operand, and what backward keeps for the weight gradient);
-    its backward needs it of the output gradient with row_flags (the input gradient's left operand, and the
-    weight gradient's, re-encoded to fp8 by fused_reencode)."""
-    if x.dim() != 2 or x.stride(1) != 1:
-        raise ValueError(f"expected a 2-D tensor with a contiguous last axis, got {tuple(x.shape)} strides {x.stride()}")
-    R, K = x.shape
-    ha, hb = _hadamard_block(hadamard_size), _hadamard_block(hadamard_size_t)
-    br = max(32, hb)
-    if K % GROUP != 0 or rows_multiple % br != 0:
-        raise ValueError(f"fused_quantize_dual needs K % {GROUP} == 0 and rows_multiple a multiple of "
-                         f"max(32, hadamard_size_t) = {br}; got K={K}, rows_multiple={rows_multiple}")
-    if (signs is not None and not ha) or (signs_t is not None and not hb):
-        raise ValueError("random signs belong to a Hadamard transform (adahop.hadamard.block_hadamard): "
-                         "give hadamard_size / hadamard_size_t with signs / signs_t")
-    if rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"rounding={rounding!r} is not supported; allowed: nearest, stochastic")
-    r_pad = -(-R // rows_multiple) * rows_multiple
-    dev = x.device
-    signs = _signs_on(signs, K, dev)
-    signs_t = _signs_on(signs_t, r_pad, dev, "signs_t")  # r_pad: the padded rows
-    u8 = lambda *shape: torch.empty(shape, dtype=torch.uint8, device=dev)  # noqa: E731
-    fp8, gscale = u8(R, K), torch.empty((K // GROUP, R), dtype=torch.float32, device=dev)
-    count = _count_buffer(dev)
-    packed, scales, flags = (u8(R, K // 2), u8(R, K // 32), torch.zeros(R, dtype=torch.uint8, device=dev)) \
-        if row_flags else (count, count, count)  # (the pointers of outputs not written)
-    packed_t, scales_t = u8(K, r_pad // 2), u8(K, r_pad // 32)
-    _quantize_dual_kernel[(r_pad // br, K // GROUP)](
-        x.view(torch.int16) if x.dtype == torch.bfloat16 else x, x.stride(0),
-        signs if signs is not None else count, signs_t if signs_t is not None else count,
-        fp8, gscale, count, packed, scales, flags, packed_t, scales_t,
-        R, K, r_pad, int(seed) & 0x7FFFFFFF, int(seed_t) & 0x7FFFFFFF,
-        BR=br, HSIZE_A=ha, HSCALE_A=hadamard_scale(ha) if ha else 1.0, HAS_SIGNS_A=signs is not None,
-        HSIZE_B=hb, HSCALE_B=hadamard_scale(hb) if hb else 1.0, HAS_SIGNS_B=signs_t is not None,
-        ROUNDING=ROUND_NEAREST if rounding == "nearest" else ROUND_SR_PHILOX, ROWFLAG_A=row_flags,
-        IN_BF16=x.dtype == torch.bfloat16, HVARIANT_A=TUNING["hv_contig"], HVARIANT_B=TUNING["hv_dual_t"],
-        HW_CVT=_hw_cvt(x), num_warps=TUNING["dual_warps"],
-    )
-    out = {"fp8": fp8.view(fp8_dtype(True)), "gscale": gscale, "count": count, "packed_t": packed_t,
-           "scales_t": scales_t}
-    if row_flags:
-        out.update(packed=packed, scales=scales, row_flags=flags)
-    return out
 
 
 def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags) -> dict:

@@ -2,7 +2,7 @@
 in the hardware branches (HW_CVT: the fp8 conversions the interpreter never runs) would otherwise first
 show on a device call, and so would register spills.
 
-Each case calls a real wrapper (fused_quantize, fused_quantize_dual, fused_reencode, fused_row_split) on
+Each case calls a real wrapper (fused_quantize, fused_reencode, fused_row_split) on
 CPU tensors with the kernel replaced by a recorder; the recorded arguments are specialized as a launch
 specializes them (integers equal to 1 become constants, pointers and integers divisible by 16 carry that
 fact, which is what lets Triton vectorize loads and stores), the fp8 conversion is switched to its hardware
@@ -80,13 +80,6 @@ CASES = [
      lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False, tile=True), 0),
     ("quantize, 128x128 tile, along dim 0 (W^T)",
      lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True), 0),
-    ("dual, x (wide fp8 along K + packed x^T), H32",
-     lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32), 0),
-    ("dual, g (+ packed + row flags along K), H32",
-     lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32, row_flags=True), 0),
-    ("dual, g (+ packed + row flags along K), H32, stochastic",
-     lambda: q.fused_quantize_dual(bf16(R, K), hadamard_size=32, hadamard_size_t=32, row_flags=True,
-                                   rounding="stochastic", seed=1, seed_t=2), 0),
     ("re-encode, wide",
      lambda: q.fused_reencode(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
                               wide=True), 0),

@@ -12,7 +12,6 @@ from adahop import backend
 from adahop.kernels import deferred, gemm
 from adahop.linear import mxfp4_linear
 from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
-from linear_runs import linear_grads
 
 cuda_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0), reason="needs CUDA sm90+"
@@ -49,12 +48,12 @@ def row_err(out, exact):
     return ((out.double() - exact).abs() / exact.abs().amax(1, keepdim=True)).max()
 
 
-def fast_and_reference(a, b, hsize):
+def fast_and_reference(a, b, hsize, tile_b=False):
     """a @ b^T through the fast path and through the reference: (fast out, reference out, fast left
     operand, reference operands)."""
     fa, _ = backend.quantize(a, hadamard_size=hsize)
     fb, _ = backend.quantize(b, hadamard_size=hsize)
-    out = backend.matmul(fa, fb, torch.float32)
+    out = backend.matmul(fa, fb, torch.float32, tile_b=tile_b)
     with forced_reference():
         ra, _ = backend.quantize(a, hadamard_size=hsize)
         rb, _ = backend.quantize(b, hadamard_size=hsize)
@@ -74,15 +73,14 @@ def test_backend_quantize_packed_matches_reference(k_dim, hsize):
     assert torch.equal(saved.data, saved_r.data) and torch.equal(saved.scales, saved_r.scales)
 
 
-@pytest.mark.parametrize("tile", ["0", "1"])
+@pytest.mark.parametrize("tile", [False, True])
 @pytest.mark.parametrize("shape", [(256, 512, 384), (1000, 640, 256), (4096, 4096, 4096)])
-def test_fp8_gemm_matches_reference_gemm(shape, tile, monkeypatch):
-    monkeypatch.setenv("ADAHOP_TILE_B", tile)
+def test_fp8_gemm_matches_reference_gemm(shape, tile):
     M, N, K = shape
     a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     a[:, 7] *= 40  # channel outlier
-    out, ref, fa, ra, rb = fast_and_reference(a, b, 32)
+    out, ref, fa, ra, rb = fast_and_reference(a, b, 32, tile_b=tile)
     exact = ra.values.double() @ rb.values.double().t()
     assert rel(ref, exact) < 1e-6
     assert rel(out, exact) < FP8_ACC_TOL, rel(out, exact)
@@ -166,18 +164,17 @@ def test_linear_fast_path_matches_reference(mode, dtype, randomized):
         assert rel(got, ref) < tol, (name, rel(got, ref))
 
 
-@pytest.mark.parametrize("tile", ["forward", "weights", "1"])
+@pytest.mark.parametrize("tile", ["forward", "weights", "all"])
 @pytest.mark.parametrize("mode", ["hadamard", "inner_outlier_extract_left", "inner_outlier_extract_right", "none"])
 def test_linear_with_128x128_right_scales_matches_reference(mode, tile, monkeypatch):
-    """ADAHOP_TILE_B: every K / 128 here a multiple of 4 (512, 1024, 512), so the tile layout is taken."""
-    monkeypatch.setenv("ADAHOP_TILE_B", tile)
+    """kernels.tile_b: every K / 128 here a multiple of 4 (512, 1024, 512), so the tile layout is taken."""
     torch.manual_seed(1)
     tokens, fin, fout = 512, 512, 1024
     x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
     x[:, 3] *= 30
     w = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
     gy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
-    kw = dict(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=16)
+    kw = dict(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=16, tile_b=tile)
 
     def run():
         xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -200,45 +197,7 @@ def test_linear_with_128x128_right_scales_matches_reference(mode, tile, monkeypa
     for g, r, name in zip(got, want, ("y", "gx", "gw")):
         assert rel(g, r) < 8e-3, (name, rel(g, r))
     assert gemm.STATS["fallback_gemms"] == 0
-    assert tiled == {"forward_y": True, "backward_gx": tile != "forward", "backward_gw": tile == "1"}, tiled
-
-
-@pytest.mark.parametrize("sr", [False, True])
-@pytest.mark.parametrize("randomized", [False, True])
-@pytest.mark.parametrize("modes", [("hadamard", "hadamard"), ("none", "none"), ("hadamard", "none"),
-                                   ("inner_outlier_extract_left", "hadamard")])
-@pytest.mark.parametrize("tokens", [512, 1000])
-def test_linear_with_operands_quantized_once_equals_two_quantizations(modes, randomized, sr, tokens, monkeypatch):
-    """ADAHOP_DUAL_QUANT=1 (fused_quantize_dual for x in forward and for g in backward) gives the same y, gx
-    and gw bit for bit as the two separate quantizations of each, stochastic rounding included (same
-    seeds), and is taken exactly where both slots of the operand run hadamard / none (1000 tokens: the
-    weight gradient's K padded to 1024 inside the kernel)."""
-    from adahop.kernels import quantize as kq
-
-    torch.manual_seed(2)
-    fin, fout = 256, 384
-    x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
-    x[:, 3] *= 30
-    x[5] *= 2.0**20  # a row far above the rest: deficient blocks along the token axis (corrected in both)
-    w = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
-    gy = torch.randn(tokens, fout, device="cuda", dtype=torch.bfloat16)
-    gy[7, :64] *= 2.0**36  # blocks beyond the wide window along K: the input-gradient GEMM's row fix
-    kw = dict(forward_y=modes[0], backward_gx="hadamard", backward_gw=modes[1], randomized_hadamard=randomized,
-              use_sr_grad=sr, outlier_k=16)
-    calls = []
-    real = kq.fused_quantize_dual
-    monkeypatch.setattr(kq, "fused_quantize_dual", lambda *a, **k: calls.append(k.get("row_flags", False)) or real(*a, **k))
-
-    def run(dual):
-        monkeypatch.setenv("ADAHOP_DUAL_QUANT", dual)
-        return linear_grads(x, w, gy, 3, **kw)
-
-    two = run("0")
-    assert calls == []
-    once = run("1")
-    assert calls == [False] * (modes[0] != "inner_outlier_extract_left") + [True], calls  # x in forward, g in backward
-    for a, b, name in zip(once, two, ("y", "gx", "gw")):
-        assert torch.equal(a, b), (name, rel(a, b))
+    assert tiled == {"forward_y": True, "backward_gx": tile != "forward", "backward_gw": tile == "all"}, tiled
 
 
 def test_linear_stochastic_rounding_runs_and_is_unbiased_in_the_mean():
@@ -364,50 +323,3 @@ def test_grouped_gemm_with_empty_and_tiny_groups_on_the_fast_path():
     with forced_reference():
         gx_r, gw_r = run()
     assert rel(gx, gx_r) < 8e-3 and rel(gw, gw_r) < 8e-3
-
-
-@pytest.mark.parametrize("sr", [False, True])
-@pytest.mark.parametrize("tile", ["0", "1"])
-@pytest.mark.parametrize("modes", [("hadamard", "hadamard"), ("none", "none"), ("hadamard", "inner_outlier_extract_right"),
-                                   ("inner_outlier_extract_left", "full_precision")])
-@pytest.mark.parametrize("tokens", [512, 1000])
-def test_linear_with_the_side_stream_gives_the_same_bits(modes, tokens, tile, sr, monkeypatch):
-    """ADAHOP_SIDE_STREAM=1 (x^T for the weight gradient quantized on a second stream beside the forward
-    GEMM; in backward, the weight gradient's operands beside the input gradient's GEMM) changes only where
-    the kernels run: y, gx and gw are the same bits (stochastic rounding included: the seeds are drawn in
-    the same order), the side stream is taken exactly where it applies, and a layer stack's later kernels
-    see finished operands."""
-
-    monkeypatch.setenv("ADAHOP_TILE_B", tile)
-    torch.manual_seed(4)
-    fin, fout = 512, 384
-    x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
-    x[:, 3] *= 30
-    w1 = (torch.randn(fout, fin, device="cuda") / fin**0.5).to(torch.bfloat16)
-    w2 = (torch.randn(fin, fout, device="cuda") / fout**0.5).to(torch.bfloat16)
-    gy = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
-    kw = dict(forward_y=modes[0], backward_gx="hadamard", backward_gw=modes[1], outlier_k=16, use_sr_grad=sr)
-    used = []
-    real = backend.on_side_stream
-    monkeypatch.setattr(backend, "on_side_stream", lambda *a: used.append(1) or real(*a))
-
-    def run(side):
-        monkeypatch.setenv("ADAHOP_SIDE_STREAM", side)
-        torch.manual_seed(5)  # the same stochastic-rounding seeds for both
-        xx, a, b = x.clone().requires_grad_(), w1.clone().requires_grad_(), w2.clone().requires_grad_()
-        # as the trainer runs a step: the counts of both streams' kernels go to the step's counter
-        with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())) as counter:
-            y = mxfp4_linear(mxfp4_linear(xx, a, **kw), b, **kw)  # the second layer reads the first one's output
-            y.backward(gy)
-            deferred.raise_if_deficient()
-            assert int(counter.item()) == 0
-        return y, xx.grad, a.grad, b.grad
-
-    ref = run("0")
-    assert used == []
-    got = run("1")
-    forward = modes[1] != "full_precision"  # x^T to quantize for the weight gradient
-    backward = modes[1] in ("hadamard", "none")  # both gradient GEMMs quantize the whole g
-    assert len(used) == 2 * forward + 2 * backward
-    for u, v, name in zip(got, ref, ("y", "gx", "gw1", "gw2")):
-        assert torch.equal(u, v), (name, rel(u, v))

@@ -19,7 +19,6 @@ from adahop.kernels.gemm import FastOperand, _correction
 from adahop.kernels.quantize import (
     deficient_blocks,
     fused_quantize,
-    fused_quantize_dual,
     fused_reencode,
     reference_fp8,
 )
@@ -262,14 +261,14 @@ def test_philox_draws_of_neighbours_are_independent(k_dim):
     assert off.abs().max() < 0.2, corr  # independent: std ~ 1/32
 
 
-@pytest.mark.parametrize("hvariant", [0, 1, 2])
+@pytest.mark.parametrize("hvariant,strided_kernel", [(0, "trans"), (0, "t"), (2, "trans")])
 @pytest.mark.parametrize("rows_warps", [(16, 4), (64, 8)])
-def test_launch_variants_give_the_same_bits(hvariant, rows_warps):
+def test_launch_variants_give_the_same_bits(hvariant, strided_kernel, rows_warps):
     from adahop.kernels.quantize import TUNING
 
     saved = dict(TUNING)
     TUNING.update(contig=rows_warps, strided=rows_warps, reencode=rows_warps, hv_contig=hvariant, hv_strided=hvariant,
-                  strided_t=rows_warps, strided_kernel="t" if hvariant == 1 else "trans")
+                  strided_t=rows_warps, strided_kernel=strided_kernel)
     try:
         t = torch.cat([adversarial_rows(), torch.randn(70, 256)]).to(torch.bfloat16)
         check_against_reference(t, k_dim=1, hadamard_size=32)
@@ -570,107 +569,3 @@ def test_row_flags_need_the_packed_form():
         fused_quantize(torch.randn(32, 128).to(DEV), row_flags=True, write_packed=False)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("hsizes", [(None, None), (32, 32), (128, 64), (32, 128)])
-@pytest.mark.parametrize("with_signs", [False, True])
-def test_dual_quantize_matches_both_references(dtype, hsizes, with_signs):
-    """One read of x, both quantizations of a linear's forward: along K the wide fp8 GEMM operand, along
-    the tokens the packed form of x^T (zero-padded tokens), each against the torch reference bit for bit."""
-    ha, hb = hsizes
-    g = torch.Generator().manual_seed(zlib.crc32(repr((str(dtype), hsizes, with_signs)).encode()))
-    x = torch.cat([adversarial_rows(), torch.randn(60, 256, generator=g) * 4]).to(dtype)  # 71 tokens
-    x[20:24, 0:32] *= 2.0 ** 24  # blocks beyond the wide window in those rows' first group: counted
-    multiple = max(32, hb or 0)
-    r_pad = -(-x.shape[0] // multiple) * multiple
-    sa = random_signs(256, 1) if with_signs and ha else None  # signs only come with a Hadamard
-    sb = random_signs(r_pad, 2) if with_signs and hb else None
-    out = fused_quantize_dual(x.to(DEV), hadamard_size=ha, signs=sa, hadamard_size_t=hb, signs_t=sb,
-                              rows_multiple=multiple)
-    ref_packed, ref_scales = reference(x, k_dim=1, hadamard_size=ha, signs=sa)
-    bits, gscale = reference_fp8(ref_packed, ref_scales, wide=True)
-    assert out["fp8"].dtype == torch.float8_e5m2
-    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits), "fp8 form along K differs"
-    assert torch.equal(out["gscale"].cpu(), gscale), "group scales differ"
-    defi = int(deficient_blocks(ref_packed, ref_scales, False, True).sum())
-    assert int(out["count"].item()) == defi and (defi > 0 or ha is not None)
-    x_pad = torch.cat([x, x.new_zeros(r_pad - x.shape[0], x.shape[1])])
-    ref_packed_t, ref_scales_t = reference(x_pad, k_dim=0, hadamard_size=hb, signs=sb)
-    assert torch.equal(out["scales_t"].cpu(), ref_scales_t), "E8M0 scales along the tokens differ"
-    assert torch.equal(out["packed_t"].cpu(), ref_packed_t), "packed codes along the tokens differ"
-
-
-@pytest.mark.parametrize("tokens", [71, 200])
-@pytest.mark.parametrize("hsizes", [(None, None), (32, 32), (128, 64)])
-@pytest.mark.parametrize("with_signs", [False, True])
-def test_dual_quantize_gradient_form_matches_both_references(tokens, hsizes, with_signs):
-    """The backward form (row_flags) of one read of g: along K the wide fp8 form with the packed form and
-    the flags of rows holding blocks beyond the wide window; along the tokens the packed form of g^T
-    (zero-padded tokens), whose fp8 re-encoding holds what the quantizer's fp8 form would, each against
-    the torch reference."""
-    ha, hb = hsizes
-    g = torch.Generator().manual_seed(zlib.crc32(repr((tokens, hsizes, with_signs)).encode()))
-    adv = adversarial_rows()
-    x = torch.cat([adv, torch.randn(tokens - adv.shape[0], 256, generator=g) * 4])
-    x[20:24, 0:32] *= 2.0 ** 40  # blocks far beyond the wide window along K: those rows flagged
-    x[: adv.shape[0], 200] = 1.0  # (the adversarial rows' huge values there would make the block non-finite)
-    x[30:62, 200] *= 2.0 ** 45  # and along the tokens, in one feature: deficient in the fp8 form of g^T
-    x = x.to(torch.bfloat16)
-    multiple = max(32, hb or 0)
-    r_pad = -(-tokens // multiple) * multiple
-    sa = random_signs(256, 3) if with_signs and ha else None
-    sb = random_signs(r_pad, 4) if with_signs and hb else None
-    out = fused_quantize_dual(x.to(DEV), hadamard_size=ha, signs=sa, hadamard_size_t=hb, signs_t=sb,
-                              rows_multiple=multiple, row_flags=True)
-    ref_packed, ref_scales = reference(x, k_dim=1, hadamard_size=ha, signs=sa)
-    assert torch.equal(out["packed"].cpu(), ref_packed) and torch.equal(out["scales"].cpu(), ref_scales)
-    bits, gscale = reference_fp8(ref_packed, ref_scales, wide=True)
-    assert torch.equal(out["fp8"].view(torch.uint8).cpu(), bits), "fp8 form along K differs"
-    assert torch.equal(out["gscale"].cpu(), gscale), "group scales along K differ"
-    flagged = deficient_blocks(ref_packed, ref_scales, False, True).any(1)
-    assert flagged.any() or ha == 128  # a Hadamard over the whole group spreads the outlier block
-    assert torch.equal(out["row_flags"].cpu().bool(), flagged), "row flags differ"
-    assert int(out["count"].item()) == 0  # along K the rows are flagged instead of counted
-    x_pad = torch.cat([x, x.new_zeros(r_pad - tokens, x.shape[1])])
-    ref_packed_t, ref_scales_t = reference(x_pad, k_dim=0, hadamard_size=hb, signs=sb)
-    assert torch.equal(out["scales_t"].cpu(), ref_scales_t), "E8M0 scales along the tokens differ"
-    assert torch.equal(out["packed_t"].cpu(), ref_packed_t), "packed codes along the tokens differ"
-    if r_pad % 128 == 0:  # the weight gradient's fp8 operand, as the GEMM re-encodes it
-        enc = fused_reencode(out["packed_t"], out["scales_t"], wide=True)
-        bits_t, gscale_t = reference_fp8(ref_packed_t, ref_scales_t, wide=True)
-        assert torch.equal(enc["fp8"].view(torch.uint8).cpu(), bits_t) and torch.equal(enc["gscale"].cpu(), gscale_t)
-        defi_t = int(deficient_blocks(ref_packed_t, ref_scales_t, False, True).sum())
-        assert defi_t > 0 and int(enc["count"].item()) == defi_t
-
-
-@pytest.mark.parametrize("hsize", [None, 32])
-def test_dual_quantize_stochastic_draws_as_the_single_kernels(hsize):
-    """Stochastic rounding in the dual kernel uses the Philox draws fused_quantize makes with the same
-    seeds on each axis (so training gives the same bits with either), and is not nearest rounding."""
-    g = torch.Generator().manual_seed(11)
-    x = (torch.randn(200, 256, generator=g) * 3).to(torch.bfloat16).to(DEV)
-    kw = dict(hadamard_size=hsize, hadamard_size_t=hsize, rows_multiple=128, row_flags=True)  # 200 -> 256 tokens
-    out = fused_quantize_dual(x, rounding="stochastic", seed=123, seed_t=456, **kw)
-    a = fused_quantize(x, hadamard_size=hsize, rounding="stochastic", seed=123, wide=True, row_flags=True)
-    x_pad = torch.cat([x, x.new_zeros(56, 256)])
-    b = fused_quantize(x_pad, k_dim=0, hadamard_size=hsize, rounding="stochastic", seed=456, write_fp8=False)
-    assert torch.equal(out["fp8"].view(torch.uint8), a["fp8"].view(torch.uint8))
-    for key in ("gscale", "packed", "scales", "row_flags"):
-        assert torch.equal(out[key], a[key]), key
-    assert torch.equal(out["packed_t"], b["packed"]) and torch.equal(out["scales_t"], b["scales"])
-    nearest = fused_quantize_dual(x, **kw)
-    assert not torch.equal(out["packed"], nearest["packed"])
-    assert not torch.equal(out["packed_t"], nearest["packed_t"])
-
-
-def test_dual_quantize_refuses_what_it_cannot_do():
-    x = torch.randn(64, 256).to(DEV)
-    with pytest.raises(ValueError, match="contiguous last axis"):
-        fused_quantize_dual(x.t())
-    with pytest.raises(ValueError, match="rows_multiple"):
-        fused_quantize_dual(x, hadamard_size_t=64, rows_multiple=32)
-    with pytest.raises(ValueError, match="signs_t must have shape"):
-        fused_quantize_dual(x, hadamard_size_t=32, signs_t=torch.ones(50))
-    with pytest.raises(ValueError, match="belong to a Hadamard"):
-        fused_quantize_dual(x, signs=torch.ones(256))
-    with pytest.raises(ValueError, match="rounding='up'"):
-        fused_quantize_dual(x, rounding="up")
