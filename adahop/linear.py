@@ -21,6 +21,8 @@ only the k extracted columns are kept in BF16.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import zlib
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -60,6 +62,13 @@ class LinearRecipe:
         check_hadamard_size(self.hadamard_size)
         check_outlier_k(self.outlier_k)
         backend.tile_b_slot(self.tile_b, None)  # refuses a value it does not know
+        # the recipe as the custom ops take it (a string; read as a constant where torch.compile traces)
+        object.__setattr__(self, "key", json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+    @staticmethod
+    @lru_cache(maxsize=None)
+    def from_key(key: str) -> "LinearRecipe":
+        return LinearRecipe(**json.loads(key))
 
     def mode(self, slot: str) -> str:
         mode = getattr(self, slot)
@@ -185,51 +194,6 @@ def forward_gemm(
     return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype)
 
 
-class _MXFP4LinearFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe):
-        _, gx_mode, gw_mode = (recipe.mode(s) for s in SLOTS)
-        y = forward_gemm(x2d, weight, recipe)
-
-        ctx.recipe = recipe
-        ctx.tokens = x2d.shape[0]
-        ctx.x_dtype, ctx.w_dtype = x2d.dtype, weight.dtype
-        ctx.gx_right = ctx.gw_right = None
-        saved = []
-        if ctx.needs_input_grad[0]:
-            if gx_mode == OE_RIGHT:
-                ctx.gx_right = prepare_right(weight, 0, gx_mode, recipe, "backward_gx", for_saving=True)
-            else:  # W itself, quantized in backward when the mode wants it (module docstring)
-                ctx.gx_right = RightOperand(full=weight, full_k_dim=0)
-            saved += _stash(ctx.gx_right)
-        if ctx.needs_input_grad[1]:
-            ctx.gw_right = _x_for_gw(x2d, recipe)
-            saved += _stash(ctx.gw_right)
-        ctx.save_for_backward(*saved)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor):
-        recipe = ctx.recipe
-        tensors = list(ctx.saved_tensors)
-        gx_saved = _unstash(ctx.gx_right, tensors) if ctx.gx_right is not None else None
-        gw_saved = _unstash(ctx.gw_right, tensors) if ctx.gw_right is not None else None
-        rounding = "stochastic" if recipe.use_sr_grad else "nearest"
-        gx = gw = None
-        if gx_saved is not None:
-            mode = recipe.mode("backward_gx")
-            right = gx_saved
-            if mode in (HADAMARD, NONE):
-                right = prepare_right(right.full, 0, mode, recipe, "backward_gx", for_saving=False)
-            gx = slot_gemm(gy, 1, right, mode, recipe, "backward_gx", rounding, ctx.x_dtype)
-        if gw_saved is not None:
-            mode = recipe.mode("backward_gw")
-            g_padded = _pad_rows(gy, _gw_row_multiple(recipe))
-            gw = slot_gemm(g_padded, 0, gw_saved, mode, recipe, "backward_gw", rounding, ctx.w_dtype)
-        ctx.gx_right = ctx.gw_right = None
-        return gx, gw, None
-
-
 def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str, rounding: str,
                   zero_rows: Optional[torch.Tensor] = None) -> backend.Operand:
     """The left operand of a quantized slot (`zero_rows`: the rows OE-left takes out)."""
@@ -251,32 +215,141 @@ def _gw_row_multiple(recipe: LinearRecipe) -> int:
     return max(BLOCK_SIZE, recipe.hadamard_size)
 
 
-_STASHED = ("full", "rows", "extracted")
+# ----------------------------------------------------------------------------------------------------
+# The linear's forward and backward as two torch custom ops, so that torch.compile traces a converted model
+# whole (fullgraph): each op is opaque to the compiler, its fake implementation gives the shapes. The
+# forward op returns y and what backward keeps of the modes' operands, in a fixed order of eight tensors
+# (empty where a mode keeps nothing there):
+#   [0:4] the input gradient's right operand W^T, for OE-right only: packed codes, scales, extracted rows
+#         (indices) and those rows in BF16; other modes keep W itself (the parameter, no copy);
+#   [4:8] the weight gradient's right operand x^T (tokens zero-padded): the same four, the last two for
+#         OE-right only; full_precision keeps x itself instead.
+# Every part a mode does not keep is an empty uint8 tensor.
+_SAVED = 8
 
 
-def _tensors_of(right: RightOperand) -> list:
-    """The tensors a RightOperand holds (None where absent), in the order _stash saves them: the packed
-    codes and scales first, then _STASHED."""
-    packed = [right.packed.data, right.packed.scales] if right.packed is not None else []
-    return packed + [getattr(right, name) for name in _STASHED]
+def _empty(like: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    return like.new_empty(0, dtype=dtype)
 
 
-def _stash(right: RightOperand) -> list:
-    """Move the tensors of `right` into the list given to save_for_backward (None where absent)."""
-    tensors = _tensors_of(right)
-    for name in _STASHED:
-        setattr(right, name, None)
-    if right.packed is not None:
-        right.packed = MXFP4Tensor(None, None, right.packed.axis, right.packed.dtype)
-    return tensors
+def _keeps_x(recipe: LinearRecipe) -> bool:
+    """Backward needs x itself (the weight gradient's right operand in BF16)."""
+    return recipe.mode("backward_gw") == FULL_PRECISION
 
 
-def _unstash(right: RightOperand, tensors: list) -> RightOperand:
-    packed = None
-    if right.packed is not None:
-        packed = MXFP4Tensor(tensors.pop(0), tensors.pop(0), right.packed.axis, right.packed.dtype)
-    full, rows, extracted = (tensors.pop(0) for _ in _STASHED)
-    return RightOperand(packed=packed, rows=rows, extracted=extracted, full=full, full_k_dim=right.full_k_dim)
+def _keeps_w(recipe: LinearRecipe) -> bool:
+    """Backward needs W itself (every input-gradient mode but OE-right, which keeps its own packed copy)."""
+    return recipe.mode("backward_gx") != OE_RIGHT
+
+
+def _right_parts(right: Optional[RightOperand], like: torch.Tensor) -> list[torch.Tensor]:
+    if right is None:  # four distinct tensors: a custom op's outputs may not alias each other
+        return [_empty(like) for _ in range(4)]
+    return [right.packed.data, right.packed.scales,
+            right.rows if right.rows is not None else _empty(like),
+            right.extracted if right.extracted is not None else _empty(like)]
+
+
+@torch.library.custom_op("adahop::linear_forward", mutates_args=())
+def linear_forward(x2d: torch.Tensor, weight: torch.Tensor, recipe: str, save_gx: bool,
+                   save_gw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y = x2d @ weight^T under `recipe` (LinearRecipe.key), and what backward keeps (see above) for the
+    input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
+    r = LinearRecipe.from_key(recipe)
+    y = forward_gemm(x2d, weight, r)
+    gx_right = gw_right = None
+    if save_gx and not _keeps_w(r):
+        gx_right = prepare_right(weight, 0, OE_RIGHT, r, "backward_gx", for_saving=True)
+    if save_gw and not _keeps_x(r):
+        gw_right = _x_for_gw(x2d, r)
+    return (y, *_right_parts(gx_right, x2d), *_right_parts(gw_right, x2d))
+
+
+@linear_forward.register_fake
+def _(x2d, weight, recipe, save_gx, save_gw):
+    r = LinearRecipe.from_key(recipe)
+    tokens, k = x2d.shape
+    n = weight.shape[0]
+    parts = [_empty(x2d) for _ in range(_SAVED)]
+
+    def kept(rows: int, k_inner, oe_right: bool) -> list:
+        u8 = x2d.new_empty((rows, k_inner // 2), dtype=torch.uint8), x2d.new_empty((rows, k_inner // 32),
+                                                                                       dtype=torch.uint8)
+        if not oe_right:
+            return [*u8, _empty(x2d), _empty(x2d)]
+        kk = min(r.outlier_k, rows)
+        return [*u8, x2d.new_empty(kk, dtype=torch.int64), x2d.new_empty((kk, k_inner), dtype=torch.bfloat16)]
+
+    if save_gx and not _keeps_w(r):
+        parts[0:4] = kept(k, n, True)
+    if save_gw and not _keeps_x(r):
+        multiple = _gw_row_multiple(r)
+        parts[4:8] = kept(k, -(-tokens // multiple) * multiple, r.mode("backward_gw") == OE_RIGHT)
+    return (x2d.new_empty((tokens, n)), *parts)
+
+
+@torch.library.custom_op("adahop::linear_backward", mutates_args=())
+def linear_backward(gy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, saved: list[torch.Tensor], recipe: str,
+                    need_gx: bool, need_gw: bool, in_features: int, x_dtype: torch.dtype,
+                    w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gx, gw) of the linear from the output gradient gy [T, N] and what linear_forward kept (`x2d` / `weight`
+    empty where the recipe does not keep them); an empty tensor for a gradient not asked for."""
+    r = LinearRecipe.from_key(recipe)
+    rounding = "stochastic" if r.use_sr_grad else "nearest"
+    gx = gw = _empty(gy, x_dtype)
+    if need_gx:
+        mode = r.mode("backward_gx")
+        if mode == OE_RIGHT:
+            right = _right_operand(saved[0:4], w_dtype, oe_right=True)
+        elif mode in (HADAMARD, NONE):
+            right = prepare_right(weight, 0, mode, r, "backward_gx", for_saving=False)
+        else:
+            right = RightOperand(full=weight, full_k_dim=0)
+        gx = slot_gemm(gy, 1, right, mode, r, "backward_gx", rounding, x_dtype)
+    if need_gw:
+        mode = r.mode("backward_gw")
+        multiple = _gw_row_multiple(r)
+        if mode == FULL_PRECISION:
+            right = RightOperand(full=_pad_rows(x2d, multiple), full_k_dim=0)
+        else:
+            right = _right_operand(saved[4:8], x_dtype, oe_right=mode == OE_RIGHT)
+        gw = slot_gemm(_pad_rows(gy, multiple), 0, right, mode, r, "backward_gw", rounding, w_dtype)
+    return gx, gw
+
+
+@linear_backward.register_fake
+def _(gy, x2d, weight, saved, recipe, need_gx, need_gw, in_features, x_dtype, w_dtype):
+    gx = gy.new_empty((gy.shape[0], in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
+    gw = gy.new_empty((gy.shape[1], in_features), dtype=w_dtype) if need_gw else _empty(gy, x_dtype)
+    return gx, gw
+
+
+def _right_operand(parts: list[torch.Tensor], dtype: torch.dtype, oe_right: bool) -> RightOperand:
+    packed = MXFP4Tensor(parts[0], parts[1], axis=-1, dtype=dtype)
+    return RightOperand(packed=packed, rows=parts[2] if oe_right else None, extracted=parts[3] if oe_right else None)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x2d, weight, recipe, save_gx, save_gw = inputs
+    r = LinearRecipe.from_key(recipe)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(x2d if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None,
+                          *output[1:])
+    ctx.recipe, ctx.save_gx, ctx.save_gw = recipe, save_gx, save_gw
+    ctx.in_features, ctx.x_dtype, ctx.w_dtype = x2d.shape[1], x2d.dtype, weight.dtype
+
+
+def _backward(ctx, gy, *unused):
+    x2d, weight, *saved = ctx.saved_tensors
+    need_gx, need_gw = ctx.needs_input_grad[0] and ctx.save_gx, ctx.needs_input_grad[1] and ctx.save_gw
+    gx, gw = linear_backward(gy, x2d if x2d is not None else _empty(gy, ctx.x_dtype),
+                             weight if weight is not None else _empty(gy, ctx.w_dtype), saved, ctx.recipe,
+                             need_gx, need_gw, ctx.in_features, ctx.x_dtype, ctx.w_dtype)
+    return gx if need_gx else None, gw if need_gw else None, None, None, None
+
+
+linear_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mxfp4_linear(
@@ -311,11 +384,9 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     _check_dims(weight.shape[1], weight.shape[0], recipe)
     (x, weight), amp_off = autocast_inputs(x, weight)  # the dtype F.linear would compute in
     x2d = x.reshape(-1, x.shape[-1])
-    with amp_off:
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            y2d = _MXFP4LinearFunction.apply(x2d, weight, recipe)
-        else:  # inference / validation: no backward, so nothing is quantized for it
-            y2d = forward_gemm(x2d, weight, recipe)
+    grad = torch.is_grad_enabled()
+    with amp_off:  # validation / inference (no gradient wanted) quantizes nothing for backward
+        y2d = linear_forward(x2d, weight, recipe.key, grad and x.requires_grad, grad and weight.requires_grad)[0]
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -376,11 +447,14 @@ class AdaHOPLinear(AdaHOPModes, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer is not None:
+        # observers (calibration, the quant-error probe) see eager steps only: the trainer runs the steps
+        # that need them eagerly (adahop.train), a compiled graph leaves them out
+        observe = self.observer is not None and not torch.compiler.is_compiling()
+        if observe:
             self.observer("x", x.detach().reshape(-1, x.shape[-1]))
             self.observer("w", self.weight.detach())
         y = _apply(x, self.weight, self.recipe)
-        if self.observer is not None and y.requires_grad:
+        if observe and y.requires_grad:
             observer = self.observer
 
             def observe_grad(g: torch.Tensor) -> None:
