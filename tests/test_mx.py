@@ -93,6 +93,39 @@ def test_length_not_multiple_of_32_refused():
         fake_quantize_mxfp4(torch.randn(40, 64), axis=0)
 
 
+@pytest.mark.parametrize("axis", [2, -3, 5])
+def test_axis_out_of_range_refused_not_wrapped(axis):
+    """axis=2 of a 2-d tensor used to wrap onto axis 0 and quantize the wrong axis."""
+    x = torch.randn(64, 64)
+    for quantize in (quantize_mxfp4, fake_quantize_mxfp4):
+        with pytest.raises(IndexError, match=f"axis {axis} is out of range for a 2-d tensor"):
+            quantize(x, axis=axis)
+    data, scales = quantize_mxfp4(x)
+    with pytest.raises(IndexError, match="out of range"):
+        dequantize_mxfp4(data, scales, axis=axis)
+
+
+def test_zero_dim_and_complex_refused():
+    for quantize in (quantize_mxfp4, fake_quantize_mxfp4):
+        with pytest.raises(IndexError, match="0-d tensor"):
+            quantize(torch.tensor(1.5))
+        with pytest.raises(TypeError, match="complex64.*x.real and x.imag"):
+            quantize(torch.randn(2, 32, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("shape, axis", [((0, 64), -1), ((0, 64), 0), ((64, 0), 0), ((2, 0, 64), -1)])
+def test_empty_tensors_give_empty_results(shape, axis):
+    x = torch.zeros(shape)
+    data, scales = quantize_mxfp4(x, axis)
+    want = list(shape)
+    want[axis] //= 2
+    assert list(data.shape) == want and data.dtype == torch.uint8
+    want[axis] = shape[axis] // 32
+    assert list(scales.shape) == want
+    assert dequantize_mxfp4(data, scales, axis).shape == x.shape
+    assert fake_quantize_mxfp4(x, axis).shape == x.shape
+
+
 def test_packing_low_nibble_is_first_element():
     x = torch.zeros(1, 32)
     x[0, 0], x[0, 1] = 6.0, -0.5  # scale 1: codes 0b0111 and 0b1001

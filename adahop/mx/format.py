@@ -9,6 +9,8 @@ Conventions that are ours (the OCP spec leaves them open):
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 BLOCK_SIZE = 32
@@ -38,9 +40,28 @@ def check_block_axis(length: int, axis: int, block: int = BLOCK_SIZE) -> None:
         )
 
 
+def check_axis(ndim: int, axis: int) -> int:
+    """`axis` of a tensor of `ndim` dims as a non-negative index; IndexError if there is no such axis
+    (torch's own indexing would wrap an out-of-range axis onto another one)."""
+    axis = operator.index(axis)  # TypeError for a float
+    if ndim == 0:
+        raise IndexError("MXFP4 quantizes along an axis, and a 0-d tensor has none: pass a tensor of at least 1 dim")
+    if not -ndim <= axis < ndim:
+        raise IndexError(f"axis {axis} is out of range for a {ndim}-d tensor (allowed: {-ndim}..{ndim - 1})")
+    return axis % ndim
+
+
+def check_real(x: torch.Tensor) -> None:
+    if x.is_complex():
+        raise TypeError(
+            f"MXFP4 quantizes real numbers, got a {x.dtype} tensor: quantize x.real and x.imag separately"
+        )
+
+
 def to_blocks(x: torch.Tensor, axis: int) -> torch.Tensor:
     """View `x` (as float32) with `axis` moved last and split into [..., n / 32, 32] blocks."""
-    axis = axis % x.dim()
+    check_real(x)
+    axis = check_axis(x.dim(), axis)
     length = x.shape[axis]
     check_block_axis(length, axis)
     moved = x.movedim(axis, -1).to(torch.float32)
@@ -50,7 +71,7 @@ def to_blocks(x: torch.Tensor, axis: int) -> torch.Tensor:
 def from_blocks(blocks: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
     """Inverse of `to_blocks` (without the dtype change)."""
     flat = blocks.reshape(*blocks.shape[:-2], blocks.shape[-2] * blocks.shape[-1])
-    return flat.movedim(-1, axis % ndim)
+    return flat.movedim(-1, check_axis(ndim, axis))
 
 
 def shared_exponents(amax: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:

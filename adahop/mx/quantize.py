@@ -10,6 +10,7 @@ from .format import (
     BLOCK_SIZE,
     E8M0_BIAS,
     E8M0_NAN,
+    check_axis,
     e2m1_codes,
     e2m1_values,
     from_blocks,
@@ -39,7 +40,7 @@ class QuantizedBlocks:
 
     def packed_codes(self) -> torch.Tensor:
         codes = e2m1_codes(self.values)
-        flat = codes.reshape(*codes.shape[:-2], -1)
+        flat = codes.reshape(*codes.shape[:-2], codes.shape[-2] * codes.shape[-1])  # explicit: may hold 0 rows
         return pack_nibbles(flat)
 
 
@@ -67,10 +68,10 @@ def quantize_mxfp4(
     `scales` uint8 E8M0 biased exponents, one per 32 elements (the axis length divided by 32).
     Both keep `axis` at its position.
     """
-    ndim = x.dim()
-    q = quantize_blocks(x, axis, rounding, generator)
-    data = q.packed_codes().movedim(-1, axis % ndim)
-    scales = q.scale_bytes().movedim(-1, axis % ndim)
+    q = quantize_blocks(x, axis, rounding, generator)  # checks x and axis
+    axis = check_axis(x.dim(), axis)
+    data = q.packed_codes().movedim(-1, axis)
+    scales = q.scale_bytes().movedim(-1, axis)
     return data.contiguous(), scales.contiguous()
 
 
@@ -81,7 +82,9 @@ def dequantize_mxfp4(
     if data.dtype != torch.uint8 or scales.dtype != torch.uint8:
         raise TypeError(f"data and scales must be uint8, got {data.dtype} and {scales.dtype}")
     ndim = data.dim()
-    axis = axis % ndim
+    axis = check_axis(ndim, axis)
+    if scales.dim() != ndim:
+        raise ValueError(f"data and scales must have the same number of dims, got {ndim} and {scales.dim()}")
     codes = unpack_nibbles(data.movedim(axis, -1))
     n = codes.shape[-1]
     nb = scales.shape[axis]
