@@ -1,12 +1,15 @@
 """Export a torchtitan Llama checkpoint to a Hugging Face folder that `transformers` loads.
 
     python -m adahop.export_hf --checkpoint_path outputs/default/checkpoint/step-150 --out hf/default \
-        [--dtype bfloat16] [--job.config_file configs/default.toml ...]
+        [--dtype bfloat16] [--overwrite] [--job.config_file configs/default.toml ...]
 
 Writes model.safetensors, config.json, generation_config.json and the tokenizer files, so that
 `AutoModelForCausalLM.from_pretrained(out)` and lm-eval-harness work on it (see docs/evaluation.md).
 The weights are the BF16/FP32 master weights: the MXFP4 numerics are a training-time transform.
 Name mapping and the rotary-embedding permutation come from torchtitan's Llama3StateDictAdapter.
+
+--out must be a new or empty folder; with --overwrite, an existing one gets the files above replaced and
+keeps every other entry (nothing is deleted). A DCP checkpoint folder is never written into.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_io import CheckpointError, atomic_dir_write, build_model, load_job_config, load_model_state
+from .checkpoint_io import build_model, check_checkpoint, load_job_config, load_model_state
+from .cli import UsageError, run_cli
+from .files import atomic_dir_write, check_out_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+#: every file an export may write into --out (the tokenizer files when the config's tokenizer has them)
+EXPORT_FILES = ("model.safetensors", "config.json", "generation_config.json", *TOKENIZER_FILES)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -69,12 +76,15 @@ def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
     }
 
 
-def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bfloat16") -> Path:
+def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bfloat16",
+           overwrite: bool = False) -> Path:
     from safetensors.torch import save_file
     from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: allowed {', '.join(DTYPES)}")
+        raise UsageError(f"--dtype {dtype!r}: allowed {', '.join(DTYPES)}")
+    check_out_folder(out, overwrite, EXPORT_FILES)  # before anything is read or built
+    check_checkpoint(checkpoint_path)
     job_config = load_job_config(checkpoint_path, cli_args)
     model, args = build_model(job_config)
     load_model_state(model, checkpoint_path)
@@ -84,7 +94,7 @@ def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bf
     hf_sd = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in hf_sd.items()}
     config = hf_config(args, hf_sd, tokenizer_dir)
     config["torch_dtype"] = dtype
-    with atomic_dir_write(Path(out)) as tmp:
+    with atomic_dir_write(out, overwrite, EXPORT_FILES) as tmp:
         save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
@@ -96,20 +106,22 @@ def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bf
     return Path(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m adahop.export_hf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint_path", required=True, help="a DCP step-N folder written by training")
-    p.add_argument("--out", required=True, help="output folder (written whole or not at all)")
+    p.add_argument("--out", required=True, help="a new or empty output folder (written whole or not at all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out: replace only the export's files, keep every other entry")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     args, rest = p.parse_known_args(argv)
-    try:
-        out = export(args.checkpoint_path, args.out, rest, args.dtype)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = export(args.checkpoint_path, args.out, rest, args.dtype, args.overwrite)
     print(f"[adahop] wrote a Hugging Face Llama checkpoint to {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

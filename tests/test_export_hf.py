@@ -60,3 +60,66 @@ def test_missing_and_mismatching_checkpoints_refused(checkpoint, tmp_path, capsy
     (tmp_path / "broken").mkdir()
     assert main(["--checkpoint_path", str(tmp_path / "broken"), "--out", str(tmp_path / "o"), "--job.config_file", CONFIG]) == 2
     assert "not a readable DCP checkpoint" in capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_export_into_a_run_folder_keeps_its_checkpoint(checkpoint, tmp_path, capsys):
+    import shutil
+
+    from adahop.export_hf import main
+
+    path, _ = checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(path.parent.parent, run)  # <run>/checkpoint/step-3
+    (run / "adahop_job.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    step = run / "checkpoint" / "step-3"
+    args = ["--checkpoint_path", str(step), "--out", str(run), "--dtype", "float32", "--job.config_file", CONFIG]
+    assert main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(run) in line and "not empty" in line and "--overwrite" in line
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing touched
+    # --overwrite writes the export's files into the run folder and keeps every other entry
+    assert main(args + ["--overwrite"]) == 0
+    after = {p.relative_to(run) for p in run.rglob("*")}
+    assert set(before) <= after and (step / ".metadata").is_file() and (run / "notes.txt").read_text() == "mine"
+    assert {"model.safetensors", "config.json", "generation_config.json"} <= {p.name for p in run.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left beside it
+
+
+def test_bad_out_folders_refused_in_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    from adahop.export_hf import main
+
+    path, _ = checkpoint
+
+    def export(out, *more):
+        return main(["--checkpoint_path", str(path), "--out", str(out), "--job.config_file", CONFIG, *more])
+
+    afile = tmp_path / "afile"
+    afile.write_text("data")
+    assert export(afile) == 2
+    assert "is a file" in _one_error_line(capsys.readouterr().err)
+    assert afile.read_text() == "data" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    monkeypatch.chdir(tmp_path)  # "." holds afile
+    assert export(".") == 2
+    assert "not empty" in _one_error_line(capsys.readouterr().err)
+    assert export(path, "--overwrite") == 2  # a DCP checkpoint folder, even with --overwrite
+    assert "DCP checkpoint folder" in _one_error_line(capsys.readouterr().err)
+    # a new folder is written whole; a user's <out>.tmp beside it is not the export's to delete
+    (tmp_path / "hf.tmp").mkdir()
+    (tmp_path / "hf.tmp" / "keep").write_text("mine")
+    assert export(tmp_path / "hf") == 0
+    assert (tmp_path / "hf.tmp" / "keep").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "hf.tmp"]
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    # an empty folder is written into; a second export into it needs --overwrite
+    (tmp_path / "empty").mkdir()
+    assert export(tmp_path / "empty") == 0 and (tmp_path / "empty" / "config.json").is_file()
+    assert export(tmp_path / "hf") == 2
+    assert "--overwrite" in _one_error_line(capsys.readouterr().err)
