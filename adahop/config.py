@@ -201,9 +201,12 @@ def validate_mx(job_config) -> None:
 
     if mx.kernels.tile_b not in TILE_B_CHOICES:
         raise ConfigError(f"{_P}.kernels.tile_b", mx.kernels.tile_b, " | ".join(map(repr, TILE_B_CHOICES)))
-    hs = int(mx.hadamard_size)
-    if hs < 2 or hs & (hs - 1) or MX_BLOCK % hs:
-        raise ConfigError(f"{_P}.hadamard_size", mx.hadamard_size, "a power of two dividing 32 (2..32)")
+    from adahop.hadamard import HADAMARD_SIZES_TEXT, check_hadamard_size
+
+    try:
+        check_hadamard_size(mx.hadamard_size)  # the layers' own check: both accept the same sizes
+    except ValueError:
+        raise ConfigError(f"{_P}.hadamard_size", mx.hadamard_size, HADAMARD_SIZES_TEXT) from None
     if int(mx.quant_error_freq) < 0:
         raise ConfigError(f"{_P}.quant_error_freq", mx.quant_error_freq, "0 (off) or a positive integer")
     if int(mx.quant_error_tokens) < 1:
@@ -262,7 +265,7 @@ def validate_model(job_config) -> None:
     args.update_from_config(job_config)
     with torch.device("meta"):
         model = spec.model_cls(args)
-    from adahop.converter import select_attention, select_grouped_experts, select_linears
+    from adahop.converter import check_hadamard_dims, select_attention, select_grouped_experts, select_linears
 
     if mx.enable_mxfp4_linear:
         select_linears(model, mx.filter_fqns)
@@ -270,6 +273,7 @@ def validate_model(job_config) -> None:
         select_grouped_experts(model, mx.filter_fqns)
     if mx.enable_mxfp4_fa:
         select_attention(model, mx.filter_fqns)
+    check_hadamard_dims(model, mx)
 
 
 def validate_job_config(job_config, *, check_model: bool = True) -> None:

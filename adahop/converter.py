@@ -102,6 +102,34 @@ def select_attention(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.M
     return out
 
 
+def check_hadamard_dims(model: nn.Module, mx) -> None:
+    """A hadamard_size above the MX block (64, 128) must divide the inner dims of every GEMM `mx` converts,
+    which the MX block already divides: both dims of a Linear or expert stack, the head_dim of an attention
+    core. Raises ConfigError naming hadamard_size (the layers would refuse the dims at their first step)."""
+    size = int(mx.hadamard_size)
+    if size <= MX_BLOCK:
+        return
+    dims = {}
+    if mx.enable_mxfp4_linear:
+        dims.update({fqn: list(lin.weight.shape) for fqn, lin in select_linears(model, mx.filter_fqns).items()})
+    if mx.enable_mxfp4_gmm:
+        for fqn, experts in select_grouped_experts(model, mx.filter_fqns).items():
+            dims.update({f"{fqn}.{w}": list(getattr(experts, w).shape[1:]) for w in ("w1", "w2", "w3")})
+    if mx.enable_mxfp4_fa:
+        for fqn in select_attention(model, mx.filter_fqns):
+            head_dim = getattr(model.get_submodule(fqn.rpartition(".")[0]), "head_dim", None)
+            if head_dim is not None:
+                dims[f"{fqn} head_dim"] = [int(head_dim)]
+    bad = [(fqn, d) for fqn, d in dims.items() if any(n % size for n in d)]
+    if bad:
+        fqn, d = bad[0]
+        raise ConfigError(
+            "quantize.linear.mx.hadamard_size", size,
+            f"a size that divides every converted GEMM's dims ({MX_BLOCK} or less always does)",
+            f"{len(bad)} converted modules have a dim that {size} does not divide, e.g. {fqn!r} with dims {d}",
+        )
+
+
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

@@ -14,9 +14,19 @@ import math
 import torch
 
 
+#: The Hadamard block sizes of every part of adahop: the transform, the layers (adahop.linear, attention)
+#: and the training config (quantize.linear.mx.hadamard_size). Powers of two up to 128, the largest block
+#: the fused GPU quantizer implements (adahop.kernels.quantize.MAX_HADAMARD), so that no accepted size
+#: falls back to the slower reference path on a GPU.
+MAX_HADAMARD_SIZE = 128
+HADAMARD_SIZES = tuple(2**i for i in range(1, MAX_HADAMARD_SIZE.bit_length()))
+HADAMARD_SIZES_TEXT = f"a power of two from 2 to {MAX_HADAMARD_SIZE} (" + ", ".join(map(str, HADAMARD_SIZES)) + ")"
+
+
 def check_hadamard_size(block: int) -> int:
-    if not isinstance(block, int) or isinstance(block, bool) or block < 2 or block & (block - 1):
-        raise ValueError(f"hadamard_size must be a power of two >= 2, got {block!r}")
+    """`block` if it is one of HADAMARD_SIZES, else ValueError (the one check of a Hadamard size)."""
+    if not isinstance(block, int) or isinstance(block, bool) or block not in HADAMARD_SIZES:
+        raise ValueError(f"hadamard_size must be {HADAMARD_SIZES_TEXT}, got {block!r}")
     return block
 
 
