@@ -223,3 +223,26 @@ def test_shipped_tables_file_loads():
     assert set(tables) == {"seed", "plain_mxfp4", "hadamard", "seed_all_mxfp4"}
     assert all(set(t) == set(PAIR_KEYS) for t in tables.values())
     assert set(tables["plain_mxfp4"].values()) == {"none"} and set(tables["hadamard"].values()) == {"hadamard"}
+
+
+@pytest.mark.parametrize("name", ["../../escaped_sweep", "a/b", ".hidden", "..", "tab le", "x" * 101])
+def test_table_names_that_are_not_folder_names_refused_before_any_run(tmp_path, capsys, monkeypatch, name):
+    from adahop.sweep.__main__ import main
+    from adahop.sweep.online import run_tables
+
+    calls = fake_launcher(monkeypatch, {})
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    cfg = work / "run.toml"
+    cfg.write_text("# not read: the launcher is fake\n")
+    tables = work / "tables.toml"
+    tables.write_text(tables_toml({"ok": SEED_TABLE, f'"{name}"': SEED_TABLE}))
+    for more in (["--online"], []):
+        assert main([*more, "--tables", str(tables), "--out", str(work / "out"), "--job.config_file", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"table name {name!r}" in err and "letters, digits" in err and str(tables) in err, err
+    assert calls == [] and sorted(p.name for p in work.iterdir()) == ["run.toml", "tables.toml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # nothing written outside --out either
+    with pytest.raises(ValueError, match="table name"):  # the Python entry point checks them too
+        run_tables({name: SEED_TABLE}, str(cfg), work / "out", [])
+    assert calls == []

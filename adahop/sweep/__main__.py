@@ -6,7 +6,8 @@
         [--out sweep_out] [--nproc N] [--gpus 0,1,2,3 | --parallel N] [--section.key value ...]
         (the --section.key overrides go to every training run)
 
-tables.toml holds named pattern-pair -> mode tables, each complete (all nine keys):
+tables.toml holds named pattern-pair -> mode tables, each complete (all nine keys); a name is a folder name
+(letters, digits, '_', '-', '.'; starting with a letter or digit):
 
     [tables.seed]
     "row-row" = "hadamard"
@@ -31,11 +32,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..checkpoint_io import CheckpointError, load_job_config
+from ..checkpoint_io import check_checkpoint, load_job_config
+from ..cli import UsageError, run_cli
 from ..modes import MODES
 from ..patterns import DEFAULT_THRESHOLD
 from .capture import capture_from_config
 from .offline import DEFAULT_ALLOWED, best_table, check_table, measure_layers
+from .online import TablesFailed, check_table_name
 from .report import write_offline_report
 
 
@@ -47,12 +50,17 @@ def load_tables(path: str) -> dict[str, dict[str, str]]:
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"--tables {path}: no such file")
-    with p.open("rb") as f:
-        data = tomllib.load(f)
+        raise UsageError(f"--tables {path}: no such file")
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--tables {path}: not a valid TOML file ({e})") from None
     tables = data.get("tables")
     if not isinstance(tables, dict) or not tables:
-        raise ValueError(f"--tables {path}: expected one or more [tables.<name>] sections")
+        raise UsageError(f"--tables {path}: expected one or more [tables.<name>] sections")
+    for name in tables:
+        check_table_name(name, f"--tables {path}")
     return {name: check_table(t, name=f"{path}: tables.{name}") for name, t in tables.items()}
 
 
@@ -64,7 +72,7 @@ def online(args, tables: dict[str, dict[str, str]], rest: list[str], slots: list
     i = rest.index("--job.config_file") if "--job.config_file" in rest[:-1] else -1
     config = rest[i + 1] if i >= 0 else None
     if config is None or not Path(config).is_file():
-        raise ValueError(f"--online needs --job.config_file of an existing TOML, got {config!r}")
+        raise UsageError(f"--online needs --job.config_file of an existing TOML, got {config!r}")
     extra = rest[:i] + rest[i + 2 :]  # every other override goes to each training run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +84,7 @@ def online(args, tables: dict[str, dict[str, str]], rest: list[str], slots: list
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m adahop.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tables", required=True, help="TOML file with [tables.<name>] sections")
@@ -92,45 +100,51 @@ def main(argv: list[str] | None = None) -> int:
                    "table per group at once (default: one run after another)")
     p.add_argument("--parallel", type=int, default=1, help="online: training runs at once without GPU pinning")
     args, rest = p.parse_known_args(argv)
-    try:
-        if args.online:
-            from .online import gpu_slots
+    if args.online:
+        from .online import gpu_slots
 
-            slots = gpu_slots(args.gpus, args.nproc, args.parallel)  # checked before anything is trained
-        elif args.gpus or args.parallel != 1:
-            raise ValueError("--gpus and --parallel only apply to --online")
-        tables = load_tables(args.tables)
-        if args.online:
-            return online(args, tables, rest, slots)
-        if args.steps < 1 or args.max_tokens < 1:
-            raise ValueError("--steps and --max_tokens must be >= 1")
-        job_config = load_job_config(args.checkpoint_path, rest)
-        from ..config import mx_config, resolved_table
+        slots = gpu_slots(args.gpus, args.nproc, args.parallel)  # checked before anything is trained
+    elif args.gpus or args.parallel != 1:
+        raise UsageError("--gpus and --parallel only apply to --online")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder: give a folder for the sweep's report and runs")
+    tables = load_tables(args.tables)
+    if args.online:
+        return online(args, tables, rest, slots)
+    if args.steps < 1 or args.max_tokens < 1:
+        raise UsageError(f"--steps {args.steps} / --max_tokens {args.max_tokens}: both must be >= 1")
+    if not 0 <= args.min_gain < 1:
+        raise UsageError(f"--min_gain {args.min_gain}: must be in [0, 1) (a fraction of a key's summed error)")
+    if args.checkpoint_path:
+        check_checkpoint(args.checkpoint_path)  # before anything is built: missing, damaged or crafted
+    job_config = load_job_config(args.checkpoint_path, rest)
+    from ..config import mx_config, resolved_table
 
-        mx = mx_config(job_config)
-        captured = capture_from_config(job_config, args.checkpoint_path, args.steps, args.max_tokens)
-        from tqdm import tqdm
+    mx = mx_config(job_config)
+    captured = capture_from_config(job_config, args.checkpoint_path, args.steps, args.max_tokens)
+    from tqdm import tqdm
 
-        measured = measure_layers(
-            captured, threshold=mx.calibration.pattern_threshold or DEFAULT_THRESHOLD,
-            recipe_kwargs={"outlier_k": int(mx.outlier_k), "hadamard_size": int(mx.hadamard_size)},
-            progress=lambda it: tqdm(it, desc="layers x modes", file=sys.stderr),
-        )
-        allowed = MODES if args.allow_full_precision else DEFAULT_ALLOWED
-        best, unseen = best_table(measured, resolved_table(mx), allowed, args.min_gain)
-        source = f"checkpoint {args.checkpoint_path}" if args.checkpoint_path else "a fresh initialization"
-        report = write_offline_report(
-            args.out, measured, tables, best, unseen,
-            context=f"Model {job_config.model.name}/{job_config.model.flavor} from {source}; operands of "
-            f"{args.steps} training step(s), up to {args.max_tokens} tokens per layer.",
-            allowed=tuple(allowed),
-        )
-    except (CheckpointError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    measured = measure_layers(
+        captured, threshold=mx.calibration.pattern_threshold or DEFAULT_THRESHOLD,
+        recipe_kwargs={"outlier_k": int(mx.outlier_k), "hadamard_size": int(mx.hadamard_size)},
+        progress=lambda it: tqdm(it, desc="layers x modes", file=sys.stderr),
+    )
+    allowed = MODES if args.allow_full_precision else DEFAULT_ALLOWED
+    best, unseen = best_table(measured, resolved_table(mx), allowed, args.min_gain)
+    source = f"checkpoint {args.checkpoint_path}" if args.checkpoint_path else "a fresh initialization"
+    report = write_offline_report(
+        args.out, measured, tables, best, unseen,
+        context=f"Model {job_config.model.name}/{job_config.model.flavor} from {source}; operands of "
+        f"{args.steps} training step(s), up to {args.max_tokens} tokens per layer.",
+        allowed=tuple(allowed),
+    )
     print(report.read_text().split("## Best table found")[0])
     print(f"[adahop] sweep report: {report}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, errors=(TablesFailed,))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checkpoint_io import build_model, load_model_state
+from ..checkpoint_io import build_model, check_dataset, load_model_state
 from .offline import CapturedLayer, capture_operands
 
 
@@ -35,6 +35,7 @@ def capture_from_config(job_config, checkpoint_path: str | None, steps: int, max
     from ..converter import AdaHOPConverter
 
     validate_job_config(job_config)
+    check_dataset(job_config, "training")
     torch.manual_seed(job_config.debug.seed or 0)
     model, _ = build_model(job_config, device="cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint_path:

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..cli import UsageError
 from ..linear import AdaHOPLinear, AdaHOPModes, LinearRecipe, mxfp4_linear
 from ..modes import MODES, PAIR_KEYS, SLOTS, check_mode
 from ..patterns import DEFAULT_THRESHOLD, classify, slot_pair_keys
@@ -45,7 +46,9 @@ def capture_operands(
         print(f"[adahop] offline sweep scores linears only; {len(grouped)} MoE expert stacks left out "
               f"(e.g. {grouped[0]})", file=sys.stderr)
     if not layers:
-        raise ValueError("the model has no AdaHOP linear layers to capture (was the converter applied?)")
+        raise UsageError("the model has no AdaHOP linear layers to capture: the config must list "
+                         "\"quantize.linear.mx\" in model.converters, and quantize.linear.mx.filter_fqns must leave "
+                         "some Linear layers to convert")
     captured = {fqn: CapturedLayer() for fqn in layers}
     saved = {fqn: m.observer for fqn, m in layers.items()}
 
@@ -121,15 +124,20 @@ def measure_layers(
 
 
 def check_table(table: dict[str, str], name: str = "table") -> dict[str, str]:
-    """A complete pattern-pair -> mode table, or ValueError naming the bad key/value."""
+    """A complete pattern-pair -> mode table, or UsageError naming the bad key/value."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{name}: expected a table of pair key -> mode, got {table!r}")
     unknown = sorted(set(table) - set(PAIR_KEYS))
     if unknown:
-        raise ValueError(f"{name}: unknown pair key(s) {unknown}; allowed: {', '.join(PAIR_KEYS)}")
+        raise UsageError(f"{name}: unknown pair key(s) {unknown}; allowed: {', '.join(PAIR_KEYS)}")
     missing = [k for k in PAIR_KEYS if k not in table]
     if missing:
-        raise ValueError(f"{name}: missing pair key(s) {missing}; a table gives a mode for all of {', '.join(PAIR_KEYS)}")
+        raise UsageError(f"{name}: missing pair key(s) {missing}; a table gives a mode for all of {', '.join(PAIR_KEYS)}")
     for key, mode in table.items():
-        check_mode(mode, f"{name}[{key!r}]")
+        try:
+            check_mode(mode, f"{name}[{key!r}]")
+        except ValueError as e:  # check_mode's message names the key, the mode and the allowed ones
+            raise UsageError(str(e)) from None
     return dict(table)
 
 

@@ -26,12 +26,30 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..cli import UsageError
+from ..files import write_text_atomic
 from ..modes import PAIR_KEYS
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN_LINE = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 VAL_LINE = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 KEY = "--quantize.linear.mx.calibration.layer_transform_config"
+#: a table's name is the folder of its run (<out>/runs/<name>): no separators, no "..", no leading dot
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class TablesFailed(RuntimeError):
+    """Some training runs of an online sweep failed; the message names each table and its log."""
+
+
+def check_table_name(name: str, where: str = "table") -> str:
+    """`name` if it is a safe folder name, else UsageError naming it (checked before any run starts)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise UsageError(
+            f"{where}: table name {name!r} cannot be a folder name (each table trains in <out>/runs/<name>): use "
+            "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    return name
 
 
 def table_args(table: dict[str, str]) -> list[str]:
@@ -52,20 +70,20 @@ LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_
 
 def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
     """The runs that may go at once: one CUDA_VISIBLE_DEVICES value per group of `nproc` GPUs of `gpus`
-    ("0,1,2,3"), or, without `gpus`, `parallel` slots without GPU pinning (None). Raises ValueError."""
+    ("0,1,2,3"), or, without `gpus`, `parallel` slots without GPU pinning (None). Raises UsageError."""
     if nproc < 1:
-        raise ValueError(f"--nproc {nproc}: must be >= 1 (ranks per training run)")
+        raise UsageError(f"--nproc {nproc}: must be >= 1 (ranks per training run)")
     if parallel < 1:
-        raise ValueError(f"--parallel {parallel}: must be >= 1 (training runs at once)")
+        raise UsageError(f"--parallel {parallel}: must be >= 1 (training runs at once)")
     if not gpus:
         if parallel > 1 and nproc > 1:
-            raise ValueError(
+            raise UsageError(
                 f"--parallel {parallel} with --nproc {nproc}: runs of several ranks each would all start on the same "
                 "devices; place them with --gpus (e.g. --gpus 0,1,2,3 --nproc 2)"
             )
         return [None] * parallel
     if parallel != 1:
-        raise ValueError(
+        raise UsageError(
             f"--gpus {gpus} and --parallel {parallel} exclude each other: --gpus runs one table per group of "
             "--nproc GPUs at once; --parallel N runs N tables at once without GPU pinning (e.g. on CPU)"
         )
@@ -74,12 +92,12 @@ def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
     except ValueError:
         ids = [-1]
     if any(i < 0 for i in ids):
-        raise ValueError(f"--gpus {gpus!r}: expected non-negative GPU ids separated by commas, e.g. --gpus 0,1,2,3")
+        raise UsageError(f"--gpus {gpus!r}: expected non-negative GPU ids separated by commas, e.g. --gpus 0,1,2,3")
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
-        raise ValueError(f"--gpus {gpus}: GPU {', '.join(map(str, twice))} given more than once; the ids must be distinct")
+        raise UsageError(f"--gpus {gpus}: GPU {', '.join(map(str, twice))} given more than once; the ids must be distinct")
     if len(ids) % nproc:
-        raise ValueError(
+        raise UsageError(
             f"--gpus {gpus} ({len(ids)} GPUs) cannot be split into groups of --nproc {nproc}: give a multiple of "
             f"{nproc} GPUs (each group of --nproc trains one table at a time)"
         )
@@ -87,15 +105,19 @@ def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
 
 
 def cached_result(name: str, table: dict[str, str], out: Path, extra: list[str]) -> dict | None:
-    """The stored result of table `name`, None if it has none; ValueError if it was made with another table
+    """The stored result of table `name`, None if it has none; UsageError if it was made with another table
     or other overrides."""
     run_dir = out / "runs" / name
     result_file = run_dir / "result.json"
     if not result_file.is_file():
         return None
-    cached = json.loads(result_file.read_text())
+    try:
+        cached = json.loads(result_file.read_text())
+    except ValueError as e:
+        raise UsageError(f"{result_file} is not a result this sweep wrote ({e}): delete {run_dir} to train "
+                         f"table {name!r} again, or use another --out") from None
     if cached.get("table") != table or cached.get("overrides") != extra:
-        raise ValueError(
+        raise UsageError(
             f"{run_dir} holds the result of a different table or different overrides than table {name!r} "
             "now has: use another --out, or delete that folder to train it again"
         )
@@ -121,8 +143,6 @@ def launch(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
 def finish_table(name: str, table: dict[str, str], out: Path, extra: list[str], returncode: int) -> dict:
     """Read the log of a run that ended, store its result.json (atomically) and return it; RuntimeError if
     the run failed or logged no validation loss."""
-    from .report import _atomic_write
-
     run_dir = out / "runs" / name
     log_path = run_dir / "train.log"
     parsed = parse_log(log_path.read_text(errors="replace"))
@@ -137,7 +157,7 @@ def finish_table(name: str, table: dict[str, str], out: Path, extra: list[str], 
         "final_step": max(parsed["train"]),
         **{k: {str(s): v for s, v in d.items()} for k, d in parsed.items()},
     }
-    _atomic_write(run_dir / "result.json", json.dumps(result, indent=2))
+    write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2))
     return result
 
 
@@ -147,8 +167,11 @@ def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra:
     """Train every table without a stored result, one run per slot at a time (a slot: the CUDA_VISIBLE_DEVICES
     of its runs, or None to leave the environment as it is); returns the results in the order of `tables`.
     `on_finish(name)` is called for each table as its stored result is found or its run ends. A failed run
-    does not stop the others; the failures are raised together (RuntimeError naming their logs) once every
-    run has ended. Stored results are all checked (ValueError if stale) before any run starts."""
+    does not stop the others; the failures are raised together (TablesFailed naming their logs) once every
+    run has ended. Table names (check_table_name) and stored results (UsageError if stale) are all checked
+    before any run starts."""
+    for name in tables:
+        check_table_name(name)
     results = {name: r for name, t in tables.items() if (r := cached_result(name, t, out, extra)) is not None}
     todo = [name for name in tables if name not in results]
     if on_finish is not None:
@@ -186,7 +209,7 @@ def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra:
         for proc, _ in running.values():
             proc.wait()
     if failed:
-        raise RuntimeError(
+        raise TablesFailed(
             f"{len(failed)} of {len(tables)} table(s) failed; the results of the others are stored, and the same "
             "command trains only the failed ones again:\n" + "\n".join(failed)
         )
@@ -199,7 +222,7 @@ def run_table(name: str, table: dict[str, str], config: str, out: Path, extra: l
 
 
 def write_online_report(out: Path, results: dict[str, dict], context: str = "") -> Path:
-    from .report import _atomic_write, _plt, plot_ranking
+    from .report import _plt, plot_ranking
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -228,6 +251,6 @@ def write_online_report(out: Path, results: dict[str, dict], context: str = "") 
         lines.append(f"| {i} | {n} | {scores[n]:.4f} | {gap} | {results[n]['final_step']} |")
     lines += ["", "![loss curves](loss_curves.png)", "", "![ranking](ranking.png)", ""]
     report = out / "report.md"
-    _atomic_write(report, "\n".join(lines))
-    _atomic_write(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(report, "\n".join(lines))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     return report

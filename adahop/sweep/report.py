@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..files import write_text_atomic
 from ..modes import MODES, PAIR_KEYS, SLOTS
 from .offline import LayerMeasurement, score_table
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plt():
@@ -108,7 +102,7 @@ def write_offline_report(
         )
     lines += ["", "![errors per layer](layer_errors.png)", "", "![ranking](ranking.png)", ""]
     report = out / "report.md"
-    _atomic_write(report, "\n".join(lines))
+    write_text_atomic(report, "\n".join(lines))
     results = {
         "scores": scores,
         "best_table": best,
@@ -119,5 +113,5 @@ def write_offline_report(
         },
         "modes": list(MODES),
     }
-    _atomic_write(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     return report
