@@ -9,6 +9,7 @@ with ``dataclasses.is_dataclass``, which needs real types, not strings.
 """
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,6 +21,8 @@ RECIPES = ("mxfp4_1d1d",)
 #: MX block size: every converted Linear must have in/out features that are multiples of it
 MX_BLOCK = 32
 CONVERTER_NAME = "quantize.linear.mx"
+#: [quantize.linear.mx.kernels] exactness_check
+EXACTNESS_CHECKS = ("per_step", "per_gemm")
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,11 @@ class Kernels:
     of one per 1x128 row group: "none", "forward" (W of y = x W^T), "weights" (W in y and in the input
     gradient) or "all" (also x^T of the weight gradient). Same results; speed and how often a step is redone
     differ (docs/kernels.md)."""
+
+    exactness_check: str = "per_step"
+    """(adahop) GPU fast path: when training reads whether some MXFP4 block could not be held in fp8 (such a
+    step is redone exactly): "per_step" (once per optimizer step, no host sync inside forward / backward) or
+    "per_gemm" (after every GEMM, corrected in place: slower, for diagnostics)."""
 
 
 @dataclass
@@ -186,14 +194,24 @@ def validate_mx(job_config) -> None:
             f"{job_config.parallelism.expert_parallel_degree})",
         )
     compile_cfg = getattr(job_config, "compile", None)
-    converts_something = mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa
-    if compile_cfg is not None and compile_cfg.enable and "model" in compile_cfg.components and converts_something:
-        # torchtitan compiles each block with fullgraph=True; the AdaHOP layers graph-break (Triton kernels
-        # behind torch.compiler.disable, calibration's data-dependent decisions), which dynamo refuses there
+    not_traceable = [k for k in ("enable_mxfp4_gmm", "enable_mxfp4_fa") if getattr(mx, k)]
+    if compile_cfg is not None and compile_cfg.enable and "model" in compile_cfg.components and not_traceable:
+        # torchtitan compiles each block with fullgraph=True; the MXFP4 grouped GEMM (a Python loop over the
+        # expert groups, sized on the host) and the reference MXFP4 attention are not custom ops yet
         raise ConfigError(
             "compile.components", list(compile_cfg.components),
-            "a list without 'model' when quantize.linear.mx is converted (e.g. --compile.components loss)",
-            "AdaHOP layers cannot be traced whole-graph yet (docs/kernels.md)",
+            f"a list without 'model' when {_P}.{not_traceable[0]} is true (e.g. --compile.components loss)",
+            "AdaHOP linears compile; MXFP4 grouped GEMMs and MXFP4 attention do not yet (docs/kernels.md)",
+        )
+    converts_something = mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa
+    tp = job_config.parallelism.tensor_parallel_degree
+    if converts_something and tp > 1:
+        # the AdaHOP layers index and quantize their operands as plain tensors; TP hands them DTensors
+        raise ConfigError(
+            "parallelism.tensor_parallel_degree", tp, "1 while quantize.linear.mx converts layers",
+            "AdaHOP layers do not support tensor parallelism yet: use data parallelism "
+            "(parallelism.data_parallel_shard_degree), or remove quantize.linear.mx from model.converters "
+            "for a high-precision run",
         )
     if int(mx.outlier_k) < 0:
         raise ConfigError(f"{_P}.outlier_k", mx.outlier_k, "an integer >= 0")
@@ -201,6 +219,9 @@ def validate_mx(job_config) -> None:
 
     if mx.kernels.tile_b not in TILE_B_CHOICES:
         raise ConfigError(f"{_P}.kernels.tile_b", mx.kernels.tile_b, " | ".join(map(repr, TILE_B_CHOICES)))
+    if mx.kernels.exactness_check not in EXACTNESS_CHECKS:
+        raise ConfigError(f"{_P}.kernels.exactness_check", mx.kernels.exactness_check,
+                          " | ".join(map(repr, EXACTNESS_CHECKS)))
     from adahop.hadamard import HADAMARD_SIZES_TEXT, check_hadamard_size
 
     try:
@@ -239,6 +260,8 @@ def validate_mx(job_config) -> None:
         raise ConfigError(f"{_C}.pattern_threshold", cal.pattern_threshold, "a positive number or unset")
     if int(cal.max_observed_rows) < 0:
         raise ConfigError(f"{_C}.max_observed_rows", cal.max_observed_rows, "0 (all) or a positive integer")
+    if cal.visualization_max_pixels < 1:
+        raise ConfigError(f"{_C}.visualization_max_pixels", cal.visualization_max_pixels, "a positive integer")
     if cal.plan_file:
         import os
 
@@ -265,19 +288,102 @@ def validate_model(job_config) -> None:
     args.update_from_config(job_config)
     with torch.device("meta"):
         model = spec.model_cls(args)
-    from adahop.converter import check_hadamard_dims, select_attention, select_grouped_experts, select_linears
+    from adahop.converter import check_hadamard_dims, select_targets
 
-    if mx.enable_mxfp4_linear:
-        select_linears(model, mx.filter_fqns)
-    if mx.enable_mxfp4_gmm:
-        select_grouped_experts(model, mx.filter_fqns)
-    if mx.enable_mxfp4_fa:
-        select_attention(model, mx.filter_fqns)
+    select_targets(model, mx)
     check_hadamard_dims(model, mx)
 
 
+# upstream keys whose values below the minimum pass torchtitan's parsing and fail (or train nothing)
+# later: key -> (minimum, the bool key that must be on for it to matter, or None)
+_UPSTREAM_MINIMUM = {
+    "training.steps": (1, None),
+    "training.local_batch_size": (1, None),
+    "training.seq_len": (1, None),
+    "metrics.log_freq": (1, None),  # step % log_freq
+    "validation.freq": (1, "validation.enable"),
+    "validation.local_batch_size": (1, "validation.enable"),
+    "validation.seq_len": (1, "validation.enable"),
+    "checkpoint.interval": (1, "checkpoint.enable"),  # step % interval
+}
+
+
+def _get(job_config, key: str):
+    for name in key.split("."):
+        job_config = getattr(job_config, name)
+    return job_config
+
+
+def validate_upstream_values(job_config) -> None:
+    """Range checks of torchtitan's own keys (their types are checked by check_config_types)."""
+    for key, (minimum, when) in _UPSTREAM_MINIMUM.items():
+        value = _get(job_config, key)
+        if value < minimum and (when is None or _get(job_config, when)):
+            raise ConfigError(key, value, f"an integer >= {minimum}")
+
+
+def validate_data_files(job_config) -> None:
+    """The local data files and tokenizer files of the run: not empty, text where text is expected."""
+    from adahop.data.datasets import data_file_problem, local_data_files
+    from adahop.data.tokenizer import tokenizer_file_problem
+
+    sections = ["training"] + (["validation"] if job_config.validation.enable else [])
+    for section in sections:
+        cfg = getattr(job_config, section)
+        for path in local_data_files(cfg.dataset, cfg.dataset_path):
+            problem = data_file_problem(path)
+            if problem:
+                key = f"{section}.dataset_path" if cfg.dataset_path else f"{section}.dataset"
+                raise ConfigError(key, str(path), "a data file with at least one sample "
+                                  "(UTF-8 text for .txt / .json / .jsonl / .csv)", f"{path}: {problem}")
+    found = tokenizer_file_problem(job_config.model.hf_assets_path)
+    if found:
+        path, problem = found
+        raise ConfigError("model.hf_assets_path", job_config.model.hf_assets_path,
+                          "a tokenizer folder whose tokenizer files are valid JSON", f"{path}: {problem}")
+
+
+def check_config_file(args: list[str]) -> None:
+    """Load the TOML named by --job.config_file in `args` (if any) and check its keys and value types
+    against the JobConfig torchtitan will build from it, before torchtitan reads it (a missing file, a
+    TOML syntax error, an unknown key or a wrong type is a ConfigError)."""
+    import tomllib
+
+    from adahop.config_types import check_toml_values
+
+    path = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--job.config_file", "--job.config-file"):
+            path = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+            break
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("job.config_file", path, "a readable TOML file", e.strerror or str(e)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("job.config_file", path, "a TOML file", f"not valid TOML: {e}") from None
+    config_cls = _config_manager()._maybe_add_custom_config(args, values)
+    check_toml_values(values, config_cls, where=f"(in {path})")
+
+
+@functools.cache
+def _config_manager():
+    from torchtitan.config.manager import ConfigManager
+
+    return ConfigManager()  # one: each instance registers its tyro rules again, globally
+
+
 def validate_job_config(job_config, *, check_model: bool = True) -> None:
-    """All adahop checks; raises ConfigError naming the key, the bad value and what is allowed."""
+    """All checks of a parsed config; raises ConfigError naming the key, the bad value and what is allowed."""
+    from adahop.config_types import check_config_types
+
+    check_config_types(job_config)  # TOML values reach the dataclasses unchecked (adahop.config_types)
+    validate_upstream_values(job_config)
     validate_mx(job_config)
+    validate_data_files(job_config)
     if check_model:
         validate_model(job_config)

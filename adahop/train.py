@@ -16,10 +16,10 @@ Without torchrun (plain ``python -m adahop.train``) a single-process environment
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
-import signal
 import socket
 import sys
 
@@ -29,9 +29,11 @@ setup()  # before torchtitan.train is imported: CPU shims must precede torchtita
 
 import torch  # noqa: E402
 import torchtitan.train as titan_train  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
 from torchtitan.tools.logging import logger  # noqa: E402
 
-from adahop.config import validate_job_config  # noqa: E402
+from adahop.cli import run_cli  # noqa: E402
+from adahop.config import check_config_file, validate_job_config  # noqa: E402
 from adahop.kernels import deferred  # noqa: E402
 from adahop.resume import check_resume_ranks  # noqa: E402
 
@@ -136,6 +138,41 @@ def _set_rng_state(device, state: tuple) -> None:
         torch.cuda.set_rng_state(accel, torch.device(device))
 
 
+# Graphs torch.compile may keep per code object (a transformer block's forward) when the model is compiled:
+# AdaHOP layers trace their recipe (modes per slot) as a constant, so a calibrated plan can give every block a
+# graph of its own, and dynamo's default of 8 would send the blocks past it back to eager (or fail, under
+# fullgraph). One per block of any model trained here.
+BLOCK_GRAPHS = 256
+
+
+def allow_block_recompiles(job_config) -> None:
+    """Let a compiled model keep up to BLOCK_GRAPHS graphs per block code (see above)."""
+    if not (job_config.compile.enable and "model" in job_config.compile.components):
+        return
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, BLOCK_GRAPHS)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * BLOCK_GRAPHS)
+
+
+@contextlib.contextmanager
+def _checked_before_optimizer_step():
+    """Inside: the first optimizer step reads the deferred deficient-block counter (one host sync and, with
+    several ranks, one all-reduce per optimizer step, whatever the number of microbatches) and raises
+    DeficientBlocksInStep before any parameter changes (adahop.kernels.deferred)."""
+    checked = []
+
+    def check(optimizer, args, kwargs):
+        if not checked:
+            checked.append(True)
+            deferred.raise_if_deficient()
+
+    handle = register_optimizer_step_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class _RecordingIterator:
     """Passes batches through and keeps them, so that a step can be run again on the same data."""
 
@@ -166,6 +203,7 @@ class AdaHOPTrainer(titan_train.Trainer):
         from adahop.converter import active_converters
 
         before = set(map(id, active_converters()))
+        allow_block_recompiles(job_config)
         super().__init__(job_config)
         write_job_file(job_config)
         validate_same_batches(getattr(self, "validator", None))
@@ -180,57 +218,49 @@ class AdaHOPTrainer(titan_train.Trainer):
 
     def _deferred_check_device(self):
         """The device whose GEMMs may skip their per-GEMM sync this step (adahop.kernels.deferred), or
-        None: only on the fp8 fast path, and not while a converter observes the step's operands
-        (calibration, quant-error probe), whose observations a redone step would repeat."""
+        None: only on the fp8 fast path, unless `[quantize.linear.mx.kernels] exactness_check = "per_gemm"`,
+        and not while a converter observes the step's operands (calibration, a quant-error probe step),
+        whose observations a redone step would repeat."""
         from adahop.backend import fast_device
 
         device = getattr(self, "device", None)
         if (device is None or not self.adahop_converters or not fast_device(torch.device(device))
-                or os.environ.get("ADAHOP_SYNC_EVERY_GEMM") or self.step <= self._sync_until_step):
+                or self.step <= self._sync_until_step):
             return None
         for conv in self.adahop_converters:
-            if conv.calibrator.calibrating or conv.qerr is not None:
+            if conv.mx.kernels.exactness_check == "per_gemm" or self._observes(conv):
                 return None
         return device
 
-    def forward_backward_step(self, **kwargs):
-        loss = super().forward_backward_step(**kwargs)
-        # test hook (tests/test_train_cpu.py): "N" drops a block at step N, "N:rows" overflows the row slots
-        for event in filter(None, os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP", "").split(",")):
-            step, _, kind = event.partition(":")
-            if self.step == int(step):
-                if kind == "rows":
-                    from adahop.kernels.gemm import simulate_row_overflow
+    def _observes(self, conv) -> bool:
+        """Whether `conv`'s observers need this step's operands (they run in eager steps only)."""
+        return conv.calibrator.calibrating or (conv.qerr is not None and conv.qerr.due(self.step))
 
-                    simulate_row_overflow(self.device, 0.01)
-                else:
-                    deferred.simulate_dropped_blocks(1)
-        deferred.raise_if_deficient()
-        return loss
+    def _eager_step(self):
+        """A context for this step: compiled parts run eagerly (torch.compiler.set_stance) while an
+        observer needs the operands (calibration, a quant-error probe step); otherwise nothing."""
+        if any(self._observes(conv) for conv in self.adahop_converters):
+            return torch.compiler.set_stance("force_eager")
+        return contextlib.nullcontext()
 
     def train_step(self, data_iterator):
         device = self._deferred_check_device()
-        # the test hook defers on any device, except during a backoff (so that the tests can see it)
-        debug = os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP") and self.step > self._sync_until_step
-        if device is None and not debug:
-            super().train_step(data_iterator)
-        else:
-            self._train_step_deferred(data_iterator, device or self.device)
-        # crash simulation for tests: SIGKILL this rank right after the optimizer step of step N
-        kill_at = os.environ.get("ADAHOP_DEBUG_KILL_AT_STEP")
-        if kill_at and self.step == int(kill_at):
-            logger.warning(f"[adahop] ADAHOP_DEBUG_KILL_AT_STEP={kill_at}: killing rank now")
-            os.kill(os.getpid(), signal.SIGKILL)
+        with self._eager_step():
+            if device is None:
+                super().train_step(data_iterator)
+            else:
+                self._train_step_deferred(data_iterator, device)
 
     def _train_step_deferred(self, data_iterator, device):
-        """One step with the per-GEMM deficient-block sync deferred to one check per forward+backward;
-        if a block was left out, the step is run again on the exact path from the same batches."""
+        """One step with the per-GEMM deficient-block sync deferred to one check per optimizer step (after
+        every microbatch's backward, before the optimizer); if a block was left out, the step is run again
+        on the exact path from the same batches."""
         batches = _RecordingIterator(data_iterator)
         moe_counts = [(b, b.clone()) for part in self.model_parts for name, b in part.named_buffers()
                       if name.endswith("tokens_per_expert")]
         rng = _rng_state(device)  # stochastic rounding draws: the redo must draw the same
         try:
-            with deferred.deferred_check(device):
+            with deferred.deferred_check(device), _checked_before_optimizer_step():
                 super().train_step(batches)
         except deferred.DeficientBlocksInStep as e:
             # every rank gets here together (the count is all-reduced), so the ranks stay in step
@@ -271,12 +301,19 @@ def _set_cli_args(args: list[str]) -> None:
         defaults[0][:] = list(args)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str] | None, trainer: type = None) -> None:
     args = with_custom_config_module(sys.argv[1:] if argv is None else argv)
+    check_config_file(args)  # before torchtitan reads it: it takes TOML values without a type check
     ensure_single_process_env()
     _set_cli_args(args)
-    titan_train.main(AdaHOPTrainer)
+    titan_train.main(trainer or AdaHOPTrainer)
+
+
+def main(argv: list[str] | None = None, trainer: type = None) -> int:
+    """Exit code: 0, or 2 with one line on stderr for bad input (a ConfigError, ...: adahop.cli). `trainer`:
+    an AdaHOPTrainer subclass to run instead (the tests' hooks: tests/debug_train.py)."""
+    return run_cli(lambda a: _main(a, trainer), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,6 +42,30 @@ class Counts(TorchDispatchMode):
             self.ops[name] = self.ops.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
 
+    # Tensor methods that read a value back on the host: on a GPU each waits for the device (on a CPU
+    # tensor some skip the dispatcher, so they are counted here, by name, as "host_read:<method>")
+    HOST_READS = ("item", "tolist", "cpu", "__bool__", "__int__", "__float__")
+
+    def __enter__(self):
+        self._methods = {name: getattr(torch.Tensor, name) for name in self.HOST_READS}
+        for name, method in self._methods.items():
+            setattr(torch.Tensor, name, self._recording(name, method))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, method in self._methods.items():
+            setattr(torch.Tensor, name, method)
+        return super().__exit__(*exc)
+
+    def _recording(self, name, method):
+        def read(tensor, *args, **kwargs):
+            if not self.paused:
+                key = f"host_read:{name}"
+                self.ops[key] = self.ops.get(key, 0) + 1
+            return method(tensor, *args, **kwargs)
+
+        return read
+
     def snapshot(self) -> tuple[int, int, int, int]:
         ops = sum(self.ops.values())
         allocs = sum(n for name, n in self.ops.items() if name in ALLOCATING)

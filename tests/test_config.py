@@ -117,10 +117,10 @@ def test_custom_config_module_added_once():
          "calibration_steps", "31", "training.steps = 30"),
         (lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True) or setattr(c.parallelism, "expert_parallel_degree", 2),
          "enable_mxfp4_gmm", "True", "expert_parallel_degree"),
-        (lambda mx, c: setattr(c.compile, "enable", True) or setattr(c.compile, "components", ["model", "loss"]),
-         "compile.components", "['model', 'loss']", "without 'model'"),
+        (lambda mx, c: setattr(c.compile, "enable", True) or setattr(c.compile, "components", ["model", "loss"])
+         or setattr(mx, "enable_mxfp4_fa", True), "compile.components", "['model', 'loss']", "without 'model'"),
     ],
-    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "compile-model"],
+    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "compile-model-attention"],
 )
 def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
     c = copy.deepcopy(seed_config)
@@ -136,6 +136,20 @@ def test_compile_of_the_loss_alone_is_allowed(seed_config):
     c = copy.deepcopy(seed_config)
     c.compile.enable, c.compile.components = True, ["loss"]
     validate_mx(c)
+
+
+def test_compile_of_a_model_with_adahop_linears_is_allowed(seed_config):
+    c = copy.deepcopy(seed_config)
+    c.compile.enable, c.compile.components = True, ["model", "loss"]
+    validate_mx(c)
+
+
+@pytest.mark.parametrize("value", ["per_batch", "", "PER_STEP"])
+def test_exactness_check_refused_outside_its_choices(seed_config, value):
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.kernels.exactness_check = value
+    with pytest.raises(ConfigError, match=r"kernels\.exactness_check.*'per_step' \| 'per_gemm'"):
+        validate_mx(c)
 
 
 def test_unknown_mode_message_lists_all_modes(seed_config):

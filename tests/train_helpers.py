@@ -79,14 +79,16 @@ def env(extra: dict | None = None) -> dict:
     return e
 
 
-def command(config: Path, args: list[str] = (), nproc: int = 1, log_dir: Path | None = None) -> list[str]:
+def command(config: Path, args: list[str] = (), nproc: int = 1, log_dir: Path | None = None,
+            module: str = "adahop.train") -> list[str]:
+    """The training command; `module` debug_train runs the trainer with the tests' hooks (tests/debug_train.py)."""
     if nproc == 1:
-        return [sys.executable, "-m", "adahop.train", "--job.config_file", str(config), *args]
+        return [sys.executable, "-m", module, "--job.config_file", str(config), *args]
     logs = ["--log-dir", str(log_dir), "--redirects", "3"] if log_dir is not None else []
     return [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
         "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--tee", "3", *logs,
-        "-m", "adahop.train", "--job.config_file", str(config), *args,
+        "-m", module, "--job.config_file", str(config), *args,
     ]
 
 
@@ -106,8 +108,9 @@ def run_train(config: Path, args: list[str] = (), nproc: int = 1, timeout: float
     log_dir = None
     if nproc > 1:
         log_dir = Path(tempfile.mkdtemp(prefix="adahop_ranklogs_"))
+    module = "debug_train" if any(k.startswith("ADAHOP_DEBUG_") for k in extra_env or {}) else "adahop.train"
     r = subprocess.run(
-        command(config, args, nproc, log_dir), cwd=REPO, env=env(extra_env), stdout=subprocess.PIPE,
+        command(config, args, nproc, log_dir, module), cwd=REPO, env=env(extra_env), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )
     if log_dir is not None:

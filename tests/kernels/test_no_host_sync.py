@@ -1,0 +1,55 @@
+"""No host synchronization inside a training step's forward and backward on the fast path: inside the deferred
+check (adahop.kernels.deferred, how the trainer runs a step) no op of any mode reads a device value on the host
+(`.item()`, `.tolist()`, `.cpu()`, a data-dependent `nonzero`). Counted with the host-work counter of
+scripts/host_ops_count.py: the fast path forced on, the kernels on the interpreter without a GPU."""
+
+import importlib.util
+
+import pytest
+
+from adahop.modes import MODES
+
+SYNCING = ("_local_scalar_dense", "nonzero")
+
+
+def _host_ops_count():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "host_ops_count.py"
+    spec = importlib.util.spec_from_file_location("host_ops_count", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_and_backward_read_nothing_back_from_the_device(mode):
+    by_op: dict = {}
+    _host_ops_count().count_linear(mode, 256, 256, by_op)
+    ops = by_op["all"]
+    assert ops, "the counter saw no op: it would not see a sync either"
+    syncing = {name: n for name, n in ops.items() if name in SYNCING or name.startswith("host_read:")}
+    assert not syncing, syncing
+
+
+def test_the_counter_sees_a_host_read():
+    """The same counter flags a GEMM whose deficient-block count is read per GEMM (outside the deferred check)."""
+    import torch
+
+    from adahop import backend
+    from adahop.kernels import deferred
+
+    module = _host_ops_count()
+    counts = module.Counts()
+    real = backend.fast_device
+    try:
+        backend.fast_device = lambda device: True
+        x = torch.randn(128, 256, dtype=torch.bfloat16)
+        with counts:
+            a, _ = backend.quantize(x, hadamard_size=32)
+            b, _ = backend.quantize(x, hadamard_size=32)
+            assert deferred.counter_for(x.device) is None
+            backend.matmul(a, b, torch.float32)
+    finally:
+        backend.fast_device = real
+    assert counts.ops.get("host_read:tolist", 0) > 0, counts.ops
