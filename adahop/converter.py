@@ -130,6 +130,36 @@ def check_hadamard_dims(model: nn.Module, mx) -> None:
         )
 
 
+def select_targets(model: nn.Module, mx) -> dict[str, dict[str, nn.Module]]:
+    """The modules the converter replaces, by kind ("linear", "experts", "attention") and fqn, for the
+    kinds `mx` ([quantize.linear.mx]) enables. An enabled kind of which nothing would be converted is a
+    ConfigError: the run would train in high precision while the config says MXFP4."""
+    filters = mx.filter_fqns
+    targets = {
+        "linear": select_linears(model, filters) if mx.enable_mxfp4_linear else {},
+        "experts": select_grouped_experts(model, filters) if mx.enable_mxfp4_gmm else {},
+        "attention": select_attention(model, filters) if mx.enable_mxfp4_fa else {},
+    }
+    if mx.enable_mxfp4_linear and not targets["linear"]:
+        raise ConfigError(
+            "quantize.linear.mx.filter_fqns", list(filters or []),
+            "a list that leaves at least one nn.Linear of the model to convert",
+            "it keeps every Linear in high precision; to train them in high precision on purpose, set "
+            "quantize.linear.mx.enable_mxfp4_linear = false",
+        )
+    return targets
+
+
+def unmatched_filters(model: nn.Module, filter_fqns: list[str]) -> list[str]:
+    """The entries of `filter_fqns` found in no fqn of a module the converter could convert (an
+    nn.Linear, MoE experts, an attention core): they keep nothing in high precision."""
+    from torchtitan.models.moe.moe import GroupedExperts
+
+    fqns = [fqn for fqn, mod in model.named_modules()
+            if isinstance(mod, (nn.Linear, GroupedExperts)) or fqn.endswith("inner_attention")]
+    return [f for f in filter_fqns or [] if not any(f and f in fqn for fqn in fqns)]
+
+
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -197,17 +227,21 @@ class AdaHOPConverter:
         from adahop.calibration import Calibrator
         from adahop.linear import AdaHOPLinear
 
-        targets = select_linears(model, self.mx.filter_fqns) if self.mx.enable_mxfp4_linear else {}
-        for fqn, lin in targets.items():
+        targets = select_targets(model, self.mx)
+        for entry in unmatched_filters(model, self.mx.filter_fqns):
+            logger.warning(
+                f"[adahop] quantize.linear.mx.filter_fqns entry {entry!r} matches no Linear, MoE expert or "
+                "attention module of the model: it keeps nothing in high precision"
+            )
+        for fqn, lin in targets["linear"].items():
             new = AdaHOPLinear.from_linear(lin, **self.layer_kwargs(fqn))
             _set_submodule(model, fqn, new)
             self.layers[fqn] = new
-        if self.mx.enable_mxfp4_gmm:
-            self._convert_experts(model)
-        if self.mx.enable_mxfp4_fa:
+        self._convert_experts(targets["experts"])
+        if targets["attention"]:
             from adahop.attention import MXFP4Attention
 
-            for fqn in select_attention(model, self.mx.filter_fqns):
+            for fqn in targets["attention"]:
                 _set_submodule(model, fqn, MXFP4Attention(int(self.mx.hadamard_size), bool(self.mx.use_sr_grad)))
         cal = self.mx.calibration
         self.calibrator = Calibrator(
@@ -242,12 +276,12 @@ class AdaHOPConverter:
             f"(filter_fqns={list(self.mx.filter_fqns)})"
         )
 
-    def _convert_experts(self, model: nn.Module) -> None:
+    def _convert_experts(self, targets: dict[str, nn.Module]) -> None:
         """MoE experts: each stack (w1, w2, w3) becomes an AdaHOP layer of the plan, "<fqn>.mx_w1" etc."""
         from adahop.linear import LinearRecipe
         from adahop.moe import EXPERT_WEIGHTS, AdaHOPGroupedExperts
 
-        for fqn, experts in select_grouped_experts(model, self.mx.filter_fqns).items():
+        for fqn, experts in targets.items():
             recipes = {w: LinearRecipe(**self.layer_kwargs(f"{fqn}.mx_{w}")) for w in EXPERT_WEIGHTS}
             AdaHOPGroupedExperts.from_experts(experts, recipes)
             for w, layer in experts.grouped_layers().items():

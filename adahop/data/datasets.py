@@ -20,7 +20,11 @@ see load_text_dataset() and docs/data.md.
 
 from __future__ import annotations
 
+import bz2
+import codecs
+import gzip
 import json
+import lzma
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +45,7 @@ _LOCAL_FORMATS = {  # file suffix -> datasets builder name
     ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text",
     ".csv": "csv", ".arrow": "arrow",
 }
+_BINARY_FORMATS = ("parquet", "arrow")
 
 
 def default_assets_path() -> str:
@@ -55,6 +60,61 @@ def default_assets_path() -> str:
 def _format_of(path: Path) -> str | None:
     suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
     return _LOCAL_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes | None:
+    """The first `size` bytes of the file's (decompressed) content; None for a compression we cannot read."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": None}.get(path.suffix, open)
+    if opener is None:
+        return None
+    with opener(path, "rb") as f:
+        return f.read(size)
+
+
+def data_file_problem(path: Path) -> str | None:
+    """Why the local data file `path` cannot give samples (unsupported type, empty, not UTF-8 text),
+    or None. Checked before loading: `datasets` reports these cases without naming the file."""
+    fmt = _format_of(path)
+    if fmt is None:
+        return f"unsupported data file type (use one of {sorted(_LOCAL_FORMATS)})"
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if fmt in _BINARY_FORMATS:
+        return None
+    try:
+        head = _head(path)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        return f"cannot be read as {''.join(path.suffixes)} ({e})"
+    if head is None:
+        return None
+    if not head.strip():
+        return "the file holds no text (empty or only whitespace)"
+    if b"\0" in head:
+        return f"binary data, not UTF-8 text (a NUL byte at {head.index(bytes(1))})"
+    try:  # incremental: the head may end inside a character
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        return f"binary data, not UTF-8 text (byte {e.start}: {e.reason})"
+    return None
+
+
+def local_data_files(dataset: str, dataset_path: str | None) -> list[Path]:
+    """The local data files torchtitan's dataset `dataset` (path replaced by `dataset_path`) reads;
+    [] for a hub dataset or an unregistered name (torchtitan refuses the latter itself)."""
+    if dataset_path:
+        path = dataset_path
+    else:
+        entry = _registry().get(dataset.lower())
+        if entry is None:
+            return []
+        path = entry.path
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return [f for f in sorted(p.rglob("*")) if f.is_file() and _format_of(f)
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+    return []
 
 
 def load_text_dataset(path: str, split: str = "train", streaming: bool | None = None,
@@ -75,12 +135,10 @@ def load_text_dataset(path: str, split: str = "train", streaming: bool | None = 
 
     p = Path(path).expanduser()
     if p.is_file():
-        fmt = _format_of(p)
-        if fmt is None:
-            raise ValueError(
-                f"unsupported data file type: {p} (use one of {sorted(_LOCAL_FORMATS)})"
-            )
-        return load_dataset(fmt, data_files=str(p.resolve()), split="train",
+        problem = data_file_problem(p)
+        if problem:
+            raise ValueError(f"data file {p}: {problem}")
+        return load_dataset(_format_of(p), data_files=str(p.resolve()), split="train",
                             streaming=bool(streaming))
     if p.is_dir():
         return load_dataset(str(p.resolve()), name=name, split=split, streaming=bool(streaming))

@@ -20,6 +20,8 @@ EOS_TOKEN = "<|end_of_text|>"
 # test models cheap while still compressing English to ~4 characters per token.
 SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN]
 DEFAULT_VOCAB_SIZE = 8192
+#: the files torchtitan's HuggingFaceTokenizer reads from model.hf_assets_path
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def train_bpe_tokenizer(
@@ -55,6 +57,25 @@ def train_bpe_tokenizer(
     tok.train_from_iterator(texts, trainer=trainer)
     save_tokenizer(tok, out_dir)
     return tok
+
+
+def tokenizer_file_problem(folder: str | Path) -> tuple[Path, str] | None:
+    """(file, what is wrong with it) for the first tokenizer file in `folder` that is empty or not
+    UTF-8 JSON, or None. Checked before training: the tokenizers library's errors name no file."""
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if not data.strip():
+            return path, "the file is empty"
+        try:
+            json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return path, f"binary data, not UTF-8 JSON (byte {e.start})"
+        except ValueError as e:
+            return path, f"not valid JSON ({e})"
+    return None
 
 
 def save_tokenizer(tok, out_dir: str | Path) -> None:
