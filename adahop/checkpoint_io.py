@@ -181,6 +181,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise _ForbiddenGlobal(f"{module}.{name}")
 
 
+def _reason(exc: BaseException) -> str:
+    """The informative line of `exc`'s message (torch wraps a weights_only failure in advice to load with
+    weights_only=False: exactly what must not be done with a checkpoint that fails this check)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else (
+            text.split("trusted source.", 1)[-1])
+        text = text.split("Check the documentation", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
 class _Damage(Exception):
     """A file of a step folder that cannot be read: `file` (relative to the folder) and what is wrong."""
 
@@ -204,7 +216,7 @@ def _read_metadata(step_dir: Path):
     except _ForbiddenGlobal as e:
         raise _refuse(step_dir, f"its .metadata references {e}") from None
     except Exception as e:  # noqa: BLE001  (a damaged pickle raises many types)
-        raise _Damage(".metadata", f"cannot be read ({type(e).__name__}: {e})") from None
+        raise _Damage(".metadata", f"cannot be read ({_reason(e)})") from None
     if not isinstance(metadata, Metadata):
         raise _Damage(".metadata", f"holds a {type(metadata).__name__}, not DCP metadata")
     return metadata
@@ -239,12 +251,11 @@ def _load_entry(step_dir: Path, rel: str, fqn: str, data: bytes):
     it unpickles with weights_only=False."""
     try:
         return torch.load(io.BytesIO(data), weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            raise _refuse(step_dir, f"its entry {fqn!r} unpickles objects other than plain data") from None
-        raise _Damage(rel, f"entry {fqn!r} cannot be read ({e})") from None
-    except Exception as e:  # noqa: BLE001
-        raise _Damage(rel, f"entry {fqn!r} cannot be read ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001  (a damaged entry raises many types)
+        reason = _reason(e)
+        if isinstance(e, pickle.UnpicklingError) and re.search(r"\bglobal\b", reason, re.IGNORECASE):
+            raise _refuse(step_dir, f"its entry {fqn!r} unpickles more than plain data ({reason})") from None
+        raise _Damage(rel, f"entry {fqn!r} cannot be read ({reason})") from None
 
 
 def _check_entries(step_dir: Path, metadata) -> None:
@@ -265,7 +276,7 @@ def _check_entries(step_dir: Path, metadata) -> None:
                     except _ForbiddenGlobal as e:
                         raise _refuse(step_dir, f"its entry {index.fqn!r} references {e}") from None
                     except Exception as e:  # noqa: BLE001
-                        raise _Damage(rel, f"entry {index.fqn!r} cannot be read ({type(e).__name__}: {e})") from None
+                        raise _Damage(rel, f"entry {index.fqn!r} cannot be read ({_reason(e)})") from None
 
 
 def _checked(step_dir: Path, all_entries: bool):
@@ -385,9 +396,7 @@ def load_checkpoint_entries(state: dict, step_dir: str | Path, metadata=None) ->
         wanted = {k.split(".", 1)[0] for k in state}
         files = sorted(rel for rel, records in _entry_files(step_dir, metadata).items()
                        if any(index.fqn.split(".", 1)[0] in wanted for index, _ in records))
-        first = errors[0]
-        detail = f"{type(first).__name__}: {str(first).strip().splitlines()[-1] if str(first).strip() else ''}"
-        raise _damaged(step_dir, ", ".join(files) or ".metadata", f"could not be read ({detail})") from None
+        raise _damaged(step_dir, ", ".join(files) or ".metadata", f"could not be read ({_reason(errors[0])})") from None
 
 
 def load_model_state(model: nn.Module, checkpoint_path: str | Path) -> None:

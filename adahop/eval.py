@@ -16,23 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint_io import CheckpointError, build_model, load_job_config, load_model_state
+from .checkpoint_io import (CheckpointError, build_model, check_checkpoint, check_dataset, load_checkpoint_entries,
+                            load_job_config, load_model_state)
+from .cli import UsageError, run_cli
+from .files import write_text_atomic
 
 
 def load_plan_into(converter, checkpoint_path: str) -> None:
     """Restore the AdaHOP plan stored in the checkpoint into `converter`'s layers."""
-    import torch.distributed.checkpoint as dcp
-
-    metadata = dcp.FileSystemReader(str(checkpoint_path)).read_metadata()
+    metadata = check_checkpoint(checkpoint_path)
     if not any(k.startswith("adahop.") for k in metadata.state_dict_metadata):
         raise CheckpointError(f"checkpoint {checkpoint_path} holds no AdaHOP plan: it was not trained with the converter")
-    dcp.load({"adahop": converter.state()}, checkpoint_id=str(checkpoint_path))
+    load_checkpoint_entries({"adahop": converter.state()}, checkpoint_path, metadata)
     if converter.calibrator.calibrating:
         raise CheckpointError(f"checkpoint {checkpoint_path} was saved during calibration: its plan is not final yet")
 
@@ -58,13 +58,15 @@ def dataset_loss(model, job_config, dataset: str, steps: int, desc: str) -> dict
             tokens += int(valid)
             bar.update(1)
     if not losses:
-        raise ValueError(f"validation dataset {dataset!r} gave no batch of {job_config.validation.seq_len} tokens")
+        raise UsageError(f"validation dataset {dataset!r} gave no batch of {job_config.validation.seq_len} tokens")
     loss = sum(losses) / len(losses)
     return {"loss": loss, "perplexity": math.exp(loss), "steps": len(losses), "tokens": tokens}
 
 
 def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None, quantized: bool = False) -> dict:
+    check_checkpoint(checkpoint_path)  # before anything is built: missing, damaged or crafted
     job_config = load_job_config(checkpoint_path, cli_args)
+    check_dataset(job_config, "validation")
     model, _ = build_model(job_config, device="cuda" if torch.cuda.is_available() else "cpu")
     load_model_state(model, checkpoint_path)
     if quantized:
@@ -99,7 +101,7 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m adahop.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint_path", required=True)
@@ -107,20 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantized", action="store_true", help="forward through the checkpoint's MXFP4 plan")
     p.add_argument("--out", default=None, help="folder for eval.json / eval.md (default: the checkpoint folder's parent)")
     args, rest = p.parse_known_args(argv)
-    try:
-        results = evaluate(args.checkpoint_path, rest, args.steps, args.quantized)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.steps is not None and args.steps < 1 and args.steps != -1:
+        raise UsageError(f"--steps {args.steps}: give a number of batches >= 1, or -1 for the whole validation set")
     out = Path(args.out) if args.out else Path(args.checkpoint_path).resolve().parent
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: give a folder for eval.json / eval.md")
+    results = evaluate(args.checkpoint_path, rest, args.steps, args.quantized)
     out.mkdir(parents=True, exist_ok=True)
     stem = "eval_quantized" if args.quantized else "eval"
     for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", table(results))):
-        tmp = out / f"{stem}{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / f"{stem}{suffix}")
+        write_text_atomic(out / f"{stem}{suffix}", text)
     print(table(results))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
