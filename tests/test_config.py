@@ -119,8 +119,13 @@ def test_custom_config_module_added_once():
          "enable_mxfp4_gmm", "True", "expert_parallel_degree"),
         (lambda mx, c: setattr(c.compile, "enable", True) or setattr(c.compile, "components", ["model", "loss"])
          or setattr(mx, "enable_mxfp4_fa", True), "compile.components", "['model', 'loss']", "without 'model'"),
+        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2),
+         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx converts layers"),
+        (lambda mx, c: setattr(mx.calibration, "visualization_max_pixels", -1),
+         "calibration.visualization_max_pixels", "-1", "a positive integer"),
     ],
-    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "compile-model-attention"],
+    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "compile-model-attention",
+         "tensor-parallel", "visualization-max-pixels"],
 )
 def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
     c = copy.deepcopy(seed_config)
@@ -130,6 +135,35 @@ def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key,
     msg = str(e.value)
     assert key in msg and value in msg and allowed in msg, msg
     assert isinstance(e.value, ValueError)
+
+
+def test_tensor_parallel_allowed_when_nothing_is_converted(seed_config):
+    c = copy.deepcopy(seed_config)
+    c.parallelism.tensor_parallel_degree = 2
+    c.model.converters = []  # the high-precision baseline: torchtitan's own tensor parallelism
+    validate_mx(c)
+    c.model.converters = ["quantize.linear.mx"]
+    mx = c.quantize.linear.mx
+    mx.enable_mxfp4_linear = mx.enable_mxfp4_gmm = mx.enable_mxfp4_fa = False
+    validate_mx(c)
+
+
+@pytest.mark.parametrize("key, value, enable", [
+    ("training.steps", -1, None), ("training.steps", 0, None), ("training.local_batch_size", 0, None),
+    ("training.seq_len", 0, None), ("metrics.log_freq", 0, None),
+    ("validation.freq", 0, "validation.enable"), ("checkpoint.interval", 0, "checkpoint.enable"),
+])
+def test_upstream_values_below_their_minimum_refused_up_front(seed_config, key, value, enable):
+    c = copy.deepcopy(seed_config)
+    section, name = key.split(".")
+    setattr(getattr(c, section), name, value)
+    c.quantize.linear.mx.calibration.use_HT_calibration = False  # (calibration_steps <= training.steps)
+    if enable:  # only checked when it matters
+        validate_job_config(c, check_model=False)
+        setattr(getattr(c, section), "enable", True)
+    with pytest.raises(ConfigError) as e:
+        validate_job_config(c, check_model=False)
+    assert e.value.key == key and f"{key} = {value}" in str(e.value) and "an integer >= 1" in str(e.value)
 
 
 def test_compile_of_the_loss_alone_is_allowed(seed_config):

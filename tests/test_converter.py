@@ -103,6 +103,34 @@ def test_disabled_linear_converts_nothing():
     assert not any(isinstance(m, AdaHOPLinear) for m in model.modules())
 
 
+@pytest.mark.parametrize("filters", [["layers", "output"], ["o"]], ids=["every-layer", "one-letter"])
+def test_filter_fqns_leaving_no_linear_refused_before_the_model_is_built(filters):
+    """A filter_fqns that keeps every Linear in high precision would train the baseline while the config
+    says MXFP4 (e.g. filter_fqns = "output" read as letters); enable_mxfp4_linear = false says it on purpose."""
+    from adahop.config import validate_job_config
+
+    c = _job_config(filter_fqns=filters)
+    with pytest.raises(ConfigError) as e:
+        validate_job_config(c, check_model=True)  # on the meta model, before anything is built
+    msg = str(e.value)
+    assert e.value.key == "quantize.linear.mx.filter_fqns" and repr(filters) in msg, msg
+    assert "at least one nn.Linear" in msg and "enable_mxfp4_linear = false" in msg, msg
+    with pytest.raises(ConfigError):
+        AdaHOPConverter(c, None).convert(_nano())  # also through torchtitan's own entry
+    c.quantize.linear.mx.enable_mxfp4_linear = False
+    validate_job_config(c, check_model=True)
+
+
+def test_filter_fqns_entry_matching_no_module_is_warned(caplog):
+    model = _nano()
+    conv = AdaHOPConverter(_job_config(filter_fqns=["output", "router.gate", "layers.1.attention.wq"]), None)
+    with caplog.at_level("WARNING"):
+        conv.convert(model)
+    warned = [r.getMessage() for r in caplog.records if "filter_fqns entry" in r.getMessage()]
+    assert len(warned) == 1 and "'router.gate'" in warned[0] and "keeps nothing" in warned[0], warned
+    assert "layers.1.attention.wq" not in conv.layers and "layers.0.attention.wq" in conv.layers
+
+
 def test_gmm_on_a_model_without_experts_refused():
     conv = AdaHOPConverter(_job_config(enable_mxfp4_gmm=True), None)
     with pytest.raises(ConfigError, match="enable_mxfp4_gmm = True.*without MoE experts"):
