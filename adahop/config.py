@@ -347,9 +347,7 @@ def check_config_file(args: list[str]) -> None:
     """Load the TOML named by --job.config_file in `args` (if any) and check its keys and value types
     against the JobConfig torchtitan will build from it, before torchtitan reads it (a missing file, a
     TOML syntax error, an unknown key or a wrong type is a ConfigError)."""
-    import tomllib
-
-    from adahop.config_types import check_toml_values
+    from adahop.config_types import check_toml_values, tomllib
 
     path = None
     for i, arg in enumerate(args):
@@ -366,7 +364,11 @@ def check_config_file(args: list[str]) -> None:
         raise ConfigError("job.config_file", path, "a readable TOML file", e.strerror or str(e)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("job.config_file", path, "a TOML file", f"not valid TOML: {e}") from None
-    config_cls = _config_manager()._maybe_add_custom_config(args, values)
+    try:
+        config_cls = _config_manager()._maybe_add_custom_config(args, values)
+    except ImportError as e:
+        raise ConfigError("job.custom_config_module", e.name, "an importable module that defines JobConfig",
+                          str(e)) from None
     check_toml_values(values, config_cls, where=f"(in {path})")
 
 

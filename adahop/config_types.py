@@ -8,11 +8,15 @@ values are not; so every value is checked here, in the TOML file before torchtit
 """
 
 import dataclasses
-import tomllib
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
 from adahop.config import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package (torchtitan does the same)
+    import tomli as tomllib
 
 _NOUNS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 

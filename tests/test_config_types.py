@@ -206,3 +206,7 @@ def test_missing_or_broken_config_file_is_a_config_error(tmp_path):
         check_config_file([f"--job.config_file={p}"])
     assert "not valid TOML" in str(e.value) and "broken.toml" in str(e.value)
     check_config_file(["--training.steps", "4"])  # no file: nothing to check
+    p.write_text("[training]\nsteps = 4\n")
+    with pytest.raises(ConfigError) as e:
+        check_config_file(["--job.config_file", str(p), "--job.custom_config_module", "no_such_module"])
+    assert e.value.key == "job.custom_config_module" and "no_such_module" in str(e.value)
