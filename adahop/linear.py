@@ -62,8 +62,13 @@ class LinearRecipe:
         check_hadamard_size(self.hadamard_size)
         check_outlier_k(self.outlier_k)
         backend.tile_b_slot(self.tile_b, None)  # refuses a value it does not know
-        # the recipe as the custom ops take it (a string; read as a constant where torch.compile traces)
-        object.__setattr__(self, "key", json.dumps(dataclasses.asdict(self), sort_keys=True))
+        # The recipe as the custom ops take it: a string, which torch.compile traces as a constant, so each
+        # distinct key is a graph of its own. The signs' seed only matters with random signs: left out
+        # otherwise, so that layers of the same modes share their compiled graph.
+        fields = dataclasses.asdict(self)
+        if not self.randomized_hadamard:
+            fields["hadamard_seed"] = 0
+        object.__setattr__(self, "key", json.dumps(fields, sort_keys=True))
 
     @staticmethod
     @lru_cache(maxsize=None)

@@ -96,3 +96,14 @@ def test_custom_ops_pass_opcheck(modes):
     gy = torch.randn(80, 96)
     torch.library.opcheck(linear_backward, (gy, keep_x, keep_w, saved, recipe.key, True, True, 64, torch.float32,
                                             torch.float32), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_layers_of_the_same_modes_share_one_key():
+    """The custom ops' recipe key is a compile-time constant: layers that differ only in their (unused)
+    random-signs seed must share it, or every block would compile a graph of its own."""
+    a, b = LinearRecipe(hadamard_seed=1), LinearRecipe(hadamard_seed=2)
+    assert a.key == b.key and LinearRecipe.from_key(a.key).forward_y == HADAMARD
+    ra, rb = LinearRecipe(randomized_hadamard=True, hadamard_seed=1), LinearRecipe(randomized_hadamard=True,
+                                                                                   hadamard_seed=2)
+    assert ra.key != rb.key and LinearRecipe.from_key(ra.key).hadamard_seed == 1
+    assert LinearRecipe(forward_y=NONE).key != a.key

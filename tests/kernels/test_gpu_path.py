@@ -323,3 +323,36 @@ def test_grouped_gemm_with_empty_and_tiny_groups_on_the_fast_path():
     with forced_reference():
         gx_r, gw_r = run()
     assert rel(gx, gx_r) < 8e-3 and rel(gw, gw_r) < 8e-3
+
+
+@pytest.mark.parametrize("sr", [False, True])
+@pytest.mark.parametrize("modes", [("hadamard",) * 3, ("none",) * 3, ("inner_outlier_extract_left",) * 3,
+                                   ("inner_outlier_extract_right",) * 3, ("full_precision",) * 3,
+                                   ("inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision")])
+def test_linear_compiled_with_inductor_gives_the_eager_bits(modes, sr):
+    """torch.compile (inductor, fullgraph) of an AdaHOP linear on the fast path: y, gx and gw are the eager bits,
+    stochastic rounding included (the same torch seed draws the same Philox seeds)."""
+    from adahop.linear import AdaHOPLinear
+
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    layer = AdaHOPLinear(512, 384, bias=False, device="cuda", dtype=torch.bfloat16, forward_y=modes[0],
+                         backward_gx=modes[1], backward_gw=modes[2], use_sr_grad=sr, outlier_k=16)
+    x = torch.randn(1000, 512, device="cuda", dtype=torch.bfloat16)
+    x[:, 3] *= 30
+    gy = torch.randn(1000, 384, device="cuda", dtype=torch.bfloat16)
+
+    def run(fn):
+        torch.manual_seed(11)
+        xx = x.clone().requires_grad_()
+        y = fn(xx)
+        y.backward(gy)
+        out = (y.detach(), xx.grad, layer.weight.grad.clone())
+        layer.weight.grad = None
+        return out
+
+    eager = run(layer)
+    compiled = run(torch.compile(layer, fullgraph=True))
+    for e, c, name in zip(eager, compiled, ("y", "gx", "gw")):
+        assert torch.equal(e, c), (name, rel(c, e))
+    torch._dynamo.reset()

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Tokens/s and peak memory of the 1B config (configs/llama1b_*.toml) against its peers, back to back on one GPU,
+# with ratios to BF16 eager from the same call -> $OUT/peers.md (OUT defaults to /tmp/out).
+#
+#   bash scripts/bench_1b_peers.sh                     # on a GPU machine with adahop installed
+#   RUNS="bf16 adahop_c" BATCH=4 bash scripts/bench_1b_peers.sh
+#
+# Runs (RUNS, default all, in this order):
+#   bf16       BF16, eager                          bf16_c     BF16, compiled (torch.compile of the model)
+#   float8_c   torchtitan's float8 converter (tensorwise), compiled, as float8 is meant to run
+#   adahop     AdaHOP (calibrated plan, seed table), eager
+#   adahop_c   AdaHOP, compiled (calibration steps run eagerly, then the model is compiled)
+#   hadamard_c every GEMM slot in hadamard mode (configs/llama1b_hadamard.toml), compiled
+# BATCH (16) x 2048 tokens per step, STEPS (30) steps, CAL (10) calibration steps, TILE ([quantize.linear.mx.kernels]
+# tile_b, default none), seed 1234; tokens/s is the mean of the logged steps after step AFTER (15), which leaves
+# out the compilation. RUN_LIMIT (seconds per run, default 300) bounds each run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/gpu_env.sh
+source scripts/gpu_e2e_runs.sh
+device_header versions
+export STEPS=${STEPS:-30}
+B=${BATCH:-16}
+adahop=(--training.local_batch_size "$B" --quantize.linear.mx.calibration.calibration_steps "${CAL:-10}")
+compiled=(--compile.enable --compile.components model,loss)
+names=()
+for run in ${RUNS:-bf16 bf16_c float8_c adahop adahop_c hadamard_c}; do
+  case $run in
+    bf16) run_1b bf16 bf16 --training.local_batch_size "$B" ;;
+    bf16_c) run_1b bf16_c bf16 --training.local_batch_size "$B" "${compiled[@]}" ;;
+    float8_c) run_1b float8_c bf16 --training.local_batch_size "$B" --model.converters quantize.linear.float8 \
+                --quantize.linear.float8.filter_fqns output "${compiled[@]}" ;;
+    adahop) run_1b adahop "${TILE:-none}" "${adahop[@]}" ;;
+    adahop_c) run_1b adahop_c "${TILE:-none}" "${adahop[@]}" "${compiled[@]}" ;;
+    hadamard_c) RUN_CONFIG=configs/llama1b_hadamard.toml run_1b hadamard_c "${TILE:-none}" "${adahop[@]}" \
+                  "${compiled[@]}" ;;
+    *) echo "unknown run '$run' (allowed: bf16 bf16_c float8_c adahop adahop_c hadamard_c)" >&2; exit 2 ;;
+  esac
+done
+python3 scripts/summarize_runs.py "$OUT" "${names[@]}" --after "${AFTER:-15}" | tee "$OUT/peers.md"
