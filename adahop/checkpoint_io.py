@@ -343,8 +343,9 @@ def check_checkpoint(step_dir: str | Path, *, all_entries: bool = False):
         raise _damaged(step_dir, d.file, d.what) from None
 
 
-def _reader(step_dir: Path, metadata):
-    """A FileSystemReader that hands DCP the already checked `metadata` instead of unpickling the file."""
+def checked_reader(step_dir: str | Path, metadata):
+    """A FileSystemReader for `step_dir` that hands DCP `metadata` (from check_checkpoint) instead of
+    unpickling the .metadata file: pass it to dcp.load as storage_reader."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -385,7 +386,7 @@ def load_checkpoint_entries(state: dict, step_dir: str | Path, metadata=None) ->
     try:
         with warnings.catch_warnings():  # a tool reads a checkpoint in one process: that is the intent
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, storage_reader=_reader(step_dir, metadata), planner=_planner(step_dir, metadata))
+            dcp.load(state, storage_reader=checked_reader(step_dir, metadata), planner=_planner(step_dir, metadata))
     except (Exception, CheckpointException) as e:  # noqa: BLE001
         errors = [exc for exc, _ in e.failures.values()] if isinstance(e, CheckpointException) else [e]
         for exc in errors:
