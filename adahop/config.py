@@ -324,12 +324,15 @@ def validate_upstream_values(job_config) -> None:
 
 def validate_data_files(job_config) -> None:
     """The local data files and tokenizer files of the run: not empty, text where text is expected."""
-    from adahop.data.datasets import data_file_problem, local_data_files
+    from adahop.data.datasets import data_file_problem, local_data_files, registered_datasets
     from adahop.data.tokenizer import tokenizer_file_problem
 
     sections = ["training"] + (["validation"] if job_config.validation.enable else [])
     for section in sections:
         cfg = getattr(job_config, section)
+        if cfg.dataset.lower() not in registered_datasets():  # torchtitan lower-cases the name
+            raise ConfigError(f"{section}.dataset", cfg.dataset, "a registered dataset: " + ", ".join(
+                registered_datasets()), "register another with adahop.data.register_local_dataset (docs/data.md)")
         for path in local_data_files(cfg.dataset, cfg.dataset_path):
             problem = data_file_problem(path)
             if problem:

@@ -71,6 +71,13 @@ def test_bad_file_in_a_dataset_folder_refused(tmp_path):
     assert "b.jsonl" in str(e.value) and "the file is empty" in str(e.value)
 
 
+def test_unregistered_dataset_name_refused(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        validate_job_config(parse(["--training.dataset", "adahop_txt"]), check_model=False)
+    assert e.value.key == "training.dataset" and "adahop_text_val" in str(e.value) and "register_local_dataset" in str(e.value)
+    validate_job_config(parse(["--training.dataset", "AdaHOP_Text"]), check_model=False)  # as torchtitan: any case
+
+
 def test_good_files_pass(tmp_path):
     for name, data in [("t.txt", "ünïcode text\n".encode()), ("t.jsonl.gz", b'{"text": "a"}\n')]:
         validate_job_config(parse(["--training.dataset_path", str(write(tmp_path / name, data))]),

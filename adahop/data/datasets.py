@@ -98,17 +98,15 @@ def data_file_problem(path: Path) -> str | None:
     return None
 
 
+def registered_datasets() -> list[str]:
+    """The names torchtitan's `training.dataset` / `validation.dataset` may take (lower case)."""
+    return list(_registry())
+
+
 def local_data_files(dataset: str, dataset_path: str | None) -> list[Path]:
-    """The local data files torchtitan's dataset `dataset` (path replaced by `dataset_path`) reads;
-    [] for a hub dataset or an unregistered name (torchtitan refuses the latter itself)."""
-    if dataset_path:
-        path = dataset_path
-    else:
-        entry = _registry().get(dataset.lower())
-        if entry is None:
-            return []
-        path = entry.path
-    p = Path(path).expanduser()
+    """The local data files the registered dataset `dataset` (its path replaced by `dataset_path`)
+    reads; [] for a hub dataset."""
+    p = Path(dataset_path or _registry()[dataset.lower()].path).expanduser()
     if p.is_file():
         return [p]
     if p.is_dir():
