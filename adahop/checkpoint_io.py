@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import ConfigError
+from .config import ConfigError, check_config_file
 from .files import atomic_dir_write  # noqa: F401  (a public name of this module)
 
 JOB_FILE = "adahop_job.json"
@@ -76,14 +76,9 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     from torchtitan.config.manager import ConfigManager
 
     args = list(cli_args)
-    for i, a in enumerate(args):  # torchtitan would log a missing file's traceback and raise it again
-        key, _, value = a.partition("=")
-        if key in ("--job.config_file", "--job.config-file"):
-            path = value or (args[i + 1] if i + 1 < len(args) else "")
-            if not Path(path).is_file():
-                raise ConfigError("job.config_file", path, "the path of an existing TOML file")
     if not any(a.split("=", 1)[0] == "--job.custom_config_module" for a in args):
         args += ["--job.custom_config_module", "adahop.config"]
+    check_config_file(args)  # a missing or broken TOML, an unknown key, a wrong type: before torchtitan reads it
     config = ConfigManager().parse_args(args)
     if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
         return config
