@@ -78,10 +78,9 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     args = list(cli_args)
     if not any(a.split("=", 1)[0] == "--job.custom_config_module" for a in args):
         args += ["--job.custom_config_module", "adahop.config"]
-    check_config_file(args)  # a missing or broken TOML, an unknown key, a wrong type: before torchtitan reads it
-    config = ConfigManager().parse_args(args)
     if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
-        return config
+        check_config_file(args)  # a missing or broken TOML, an unknown key, a wrong type: before torchtitan reads it
+        return ConfigManager().parse_args(args)
     job_file = find_job_file(checkpoint_path) if checkpoint_path is not None else None
     if job_file is None:
         where = f"in {checkpoint_path} or its parents" if checkpoint_path is not None else "(no --checkpoint_path)"
@@ -89,7 +88,19 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
             f"no --job.config_file given and no {JOB_FILE} found {where}: "
             "pass the TOML the checkpoint was trained with"
         )
-    _overlay(config, json.loads(job_file.read_text()), _cli_keys(args))
+    try:
+        job = json.loads(job_file.read_text())
+        if not isinstance(job, dict):
+            raise ValueError(f"holds a {type(job).__name__}, not a job config")
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{job_file} cannot be read ({e}): pass the TOML the checkpoint was trained with "
+                              "as --job.config_file") from None
+    model = job.get("model")
+    assets = model.get("hf_assets_path") if isinstance(model, dict) else None
+    if assets and "model.hf_assets_path" not in _cli_keys(args):
+        args += ["--model.hf_assets_path", str(assets)]  # else torchtitan warns that its default path is missing
+    config = ConfigManager().parse_args(args)
+    _overlay(config, job, _cli_keys(args))
     return config
 
 

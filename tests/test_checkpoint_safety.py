@@ -124,3 +124,14 @@ def test_missing_config_file_is_one_line(tmp_path, capsys, cli):
     assert main([*more, "--job.config_file", str(tmp_path / "missing.toml")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "job.config_file" in lines[0] and "missing.toml" in lines[0], lines
+
+
+def test_unreadable_job_file_is_named(tmp_path, capsys):
+    from adahop.eval import main
+
+    step = small_checkpoint(tmp_path / "run" / "checkpoint" / "step-1")
+    (tmp_path / "run" / "adahop_job.json").write_text("{broken")
+    assert main(["--checkpoint_path", str(step)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{tmp_path / 'run' / 'adahop_job.json'} cannot be read" in lines[0], lines
+    assert "--job.config_file" in lines[0]
