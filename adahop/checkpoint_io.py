@@ -294,6 +294,7 @@ def _checked(step_dir: Path, all_entries: bool):
 
 
 def step_number(step_dir: str | Path) -> int | None:
+    """N of a folder named step-N (torchtitan's checkpoint folders), else None."""
     m = _STEP_DIR.match(Path(step_dir).name)
     return int(m.group(1)) if m else None
 
