@@ -101,6 +101,109 @@ def load_plan_file(path: str) -> dict:
     return plan
 
 
+#: plan_settings' keys as config keys
+SETTING_KEYS = {
+    "plan_file": "quantize.linear.mx.calibration.plan_file",
+    "use_HT_calibration": "quantize.linear.mx.calibration.use_HT_calibration",
+    "calibration_steps": "quantize.linear.mx.calibration.calibration_steps",
+    "pattern_threshold": "quantize.linear.mx.calibration.pattern_threshold",
+    "layer_transform_config": "quantize.linear.mx.calibration.layer_transform_config",
+    "use_hadamard": "quantize.linear.mx.use_hadamard",
+    "outlier_k": "quantize.linear.mx.outlier_k",
+}
+# the settings that shaped a checkpointed plan state, by its kind (see plan_kind)
+_SHAPED_BY = {
+    "calibrating": ("plan_file", "use_HT_calibration", "calibration_steps", "pattern_threshold", "use_hadamard"),
+    "calibration": ("plan_file", "use_HT_calibration", "calibration_steps", "pattern_threshold",
+                    "layer_transform_config", "outlier_k"),
+    "uniform": ("plan_file", "use_HT_calibration", "use_hadamard"),
+    "plan_file": ("plan_file",),
+}
+
+
+def plan_settings(mx) -> dict[str, Any]:
+    """The [quantize.linear.mx] values that decide a run's plan (and the outlier_k its outlier-extraction
+    modes run with), saved with the plan in every checkpoint so that a resumed run is checked against them."""
+    from adahop.config import resolved_table
+    from adahop.patterns import DEFAULT_THRESHOLD
+
+    cal = mx.calibration
+    threshold = cal.pattern_threshold if cal.pattern_threshold is not None else DEFAULT_THRESHOLD
+    return {
+        "plan_file": str(cal.plan_file or ""),
+        "use_HT_calibration": bool(cal.use_HT_calibration),
+        "calibration_steps": int(cal.calibration_steps),
+        "pattern_threshold": float(threshold),
+        "layer_transform_config": resolved_table(mx),
+        "use_hadamard": bool(mx.use_hadamard),
+        "outlier_k": int(mx.outlier_k),
+    }
+
+
+def plan_kind(state: dict) -> str:
+    """What a checkpointed Calibrator state holds: "calibrating" (votes so far), or a plan from
+    "calibration", "uniform" or "plan_file"."""
+    if state["calibrating"]:
+        return "calibrating"
+    source = state["plan"]["source"]
+    return "plan_file" if source.startswith("plan_file:") else source
+
+
+def _saved_settings(state: dict) -> dict[str, Any]:
+    """The settings a checkpointed state was made with; a checkpoint written before they were saved gives
+    those its plan records."""
+    if "settings" in state:
+        return state["settings"]
+    plan = state.get("plan")
+    if not plan:
+        return {}
+    source = plan["source"]
+    settings = {"plan_file": source.partition(":")[2] if source.startswith("plan_file:") else "",
+                "use_HT_calibration": source == "calibration", "use_hadamard": plan["uniform_mode"] == "hadamard"}
+    if source == "calibration":
+        settings.update(calibration_steps=plan["calibration_steps"], pattern_threshold=plan["threshold"],
+                        layer_transform_config=plan["table"])
+    return settings
+
+
+def settings_differences(state: dict, settings: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(config key, checkpoint's value, this run's value) for each setting that shaped the checkpointed
+    `state` and differs in `settings` (plan_settings of this run); a table differs key by key."""
+    saved = _saved_settings(state)
+    out = []
+    for name in _SHAPED_BY[plan_kind(state)]:
+        if name not in saved or saved[name] == settings[name]:
+            continue
+        if name == "layer_transform_config":
+            for pair in sorted(set(saved[name]) | set(settings[name])):
+                if saved[name].get(pair) != settings[name].get(pair):
+                    out.append((f'{SETTING_KEYS[name]}."{pair}"', saved[name].get(pair), settings[name].get(pair)))
+        else:
+            out.append((SETTING_KEYS[name], saved[name], settings[name]))
+    return out
+
+
+def check_plan_settings(state: dict, settings: dict[str, Any], where: str, rest_steps: str) -> None:
+    """Raise ConfigError if this run's `settings` differ from those that shaped the checkpointed `state`
+    (read from `where`): the resumed run would keep the checkpoint's plan (or votes) while its config, and
+    the adahop_job.json written from it, say otherwise. `rest_steps`: the steps a new calibration would take."""
+    from adahop.config import ConfigError
+
+    diffs = settings_differences(state, settings)
+    if not diffs:
+        return
+    key, saved, current = diffs[0]
+    listed = "; ".join(f"{k} = {c!r} (checkpoint: {s!r})" for k, s, c in diffs)
+    held = "calibration votes" if state["calibrating"] else "plan"
+    raise ConfigError(
+        key, current, f"{saved!r}, the value the {held} of the resumed checkpoint {where} was made with",
+        f"This run differs in: {listed}. A resumed run keeps the checkpoint's {held}, so these values would not "
+        "be used. Keep the checkpoint's values to resume its plan, or change the plan: "
+        "--quantize.linear.mx.calibration.plan_file <an adahop_plan.json> uses that plan from the resumed step "
+        f"on, --checkpoint.exclude_from_loading adahop calibrates again with this run's values ({rest_steps})",
+    )
+
+
 class Calibrator:
     """Votes, plan and their application for a fixed, ordered set of converted layers."""
 
@@ -118,6 +221,7 @@ class Calibrator:
         visualization_folder: str = "./outlier_patterns",
         visualization_max_pixels: int = 256,
         plan_file: str = "",
+        settings: Optional[dict[str, Any]] = None,
     ):
         from adahop.patterns import DEFAULT_THRESHOLD
 
@@ -131,6 +235,8 @@ class Calibrator:
         self.visualize = visualize
         self.visualization_folder = visualization_folder
         self.visualization_max_pixels = int(visualization_max_pixels)
+        self.plan_file = plan_file  # given: its plan is used, also over a checkpoint's (load_state_dict)
+        self.settings = settings  # plan_settings of the run (saved in checkpoints; None: not checked)
         self.dump_folder: Optional[str] = None  # where publish() writes adahop_plan.json (None: nowhere)
         self.process_group = None  # None: default group when distributed; "local": no reduction
         self.reduce_device = torch.device("cpu")
@@ -333,10 +439,17 @@ class Calibrator:
             "score_sums": self.score_sums.flatten().tolist(),
             "plan": self.plan,
         }
+        if self.settings is not None:
+            state["settings"] = self.settings
         return {"adahop_state_json": json.dumps(state)}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         state = json.loads(sd["adahop_state_json"])
+        if self.plan_file:
+            _log().info(f"[adahop] plan_file {self.plan_file} given: its plan is used, not the checkpoint's")
+            return
+        if self.settings is not None:  # adahop.resume checked it before anything was built; here for other callers
+            check_plan_settings(state, self.settings, "being loaded", f"over {self.steps} steps")
         if state["fqns"] != self.fqns:
             _log().warning("[adahop] checkpointed plan is for other layers; matching by fqn")
         if state["calibrating"]:

@@ -224,7 +224,7 @@ class AdaHOPConverter:
             return
         from torchtitan.tools.logging import logger
 
-        from adahop.calibration import Calibrator
+        from adahop.calibration import Calibrator, plan_settings
         from adahop.linear import AdaHOPLinear
 
         targets = select_targets(model, self.mx)
@@ -256,6 +256,7 @@ class AdaHOPConverter:
             visualization_folder=cal.visualization_save_folder,
             visualization_max_pixels=int(cal.visualization_max_pixels),
             plan_file=cal.plan_file,
+            settings=plan_settings(self.mx),
         )
         self.calibrator.dump_folder = self.job_config.job.dump_folder
         if int(self.mx.quant_error_freq) > 0:

@@ -7,7 +7,8 @@ through its extension points:
   "adahop_llama3" train spec, the embedded datasets (see adahop/titan/__init__.py);
 * ``--job.custom_config_module adahop.config`` is added to the arguments unless given;
 * ``AdaHOPTrainer`` (a subclass handed to ``torchtitan.train.main``) validates the adahop config before
-  anything is built (also that a resumed checkpoint fits this run's data-parallel degree, adahop.resume)
+  anything is built (also that a resumed checkpoint fits this run: model, step, plan settings,
+  data-parallel degree, adahop.resume)
   and registers the AdaHOP plan into the checkpoint (key "adahop").
 
 Without torchrun (plain ``python -m adahop.train``) a single-process environment is filled in
@@ -35,7 +36,7 @@ from torchtitan.tools.logging import logger  # noqa: E402
 from adahop.cli import run_cli  # noqa: E402
 from adahop.config import check_config_file, validate_job_config  # noqa: E402
 from adahop.kernels import deferred  # noqa: E402
-from adahop.resume import check_resume_ranks  # noqa: E402
+from adahop.resume import check_resume  # noqa: E402
 
 CUSTOM_CONFIG_MODULE = "adahop.config"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,7 +200,7 @@ class AdaHOPTrainer(titan_train.Trainer):
         resolve_repo_paths(job_config)
         # every adahop check, before the distributed init, the model, the data or any step
         validate_job_config(job_config, check_model=True)
-        check_resume_ranks(job_config, int(os.environ.get("WORLD_SIZE", "1")))
+        check_resume(job_config, int(os.environ.get("WORLD_SIZE", "1")))
         from adahop.converter import active_converters
 
         before = set(map(id, active_converters()))
