@@ -235,8 +235,8 @@ class Calibrator:
         self.visualize = visualize
         self.visualization_folder = visualization_folder
         self.visualization_max_pixels = int(visualization_max_pixels)
-        self.plan_file = plan_file  # given: its plan is used, also over a checkpoint's (load_state_dict)
-        self.settings = settings  # plan_settings of the run (saved in checkpoints; None: not checked)
+        self.plan_file = plan_file
+        self.settings = settings  # plan_settings of the run, saved in checkpoints (adahop.resume checks them)
         self.dump_folder: Optional[str] = None  # where publish() writes adahop_plan.json (None: nowhere)
         self.process_group = None  # None: default group when distributed; "local": no reduction
         self.reduce_device = torch.device("cpu")
@@ -445,11 +445,6 @@ class Calibrator:
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         state = json.loads(sd["adahop_state_json"])
-        if self.plan_file:
-            _log().info(f"[adahop] plan_file {self.plan_file} given: its plan is used, not the checkpoint's")
-            return
-        if self.settings is not None:  # adahop.resume checked it before anything was built; here for other callers
-            check_plan_settings(state, self.settings, "being loaded", f"over {self.steps} steps")
         if state["fqns"] != self.fqns:
             _log().warning("[adahop] checkpointed plan is for other layers; matching by fqn")
         if state["calibrating"]:

@@ -139,6 +139,13 @@ def _converts(job_config) -> bool:
     return bool(mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa)
 
 
+def _loads_plan(job_config) -> bool:
+    """Whether this run loads the checkpoint's AdaHOP plan: not when excluded, nor with a plan_file, which
+    replaces it (adahop.train excludes it from loading then)."""
+    excluded = "adahop" in job_config.checkpoint.exclude_from_loading
+    return _converts(job_config) and not excluded and not mx_config(job_config).calibration.plan_file
+
+
 def model_shapes(job_config, flavor: str) -> dict[str, tuple[int, ...]]:
     """The state-dict tensor shapes of `flavor` of the configured model (built on the meta device)."""
     from torchtitan.protocols.train_spec import get_train_spec
@@ -201,9 +208,7 @@ def _check_states_present(job_config, step_dir: str, keys) -> None:
     excluded = set(job_config.checkpoint.exclude_from_loading)
     if checkpoint_to_resume(job_config) is None:
         excluded.add("dataloader")  # restored by torchft instead
-    wanted = [s for s in _TRAINER_STATES if s not in excluded]
-    if _converts(job_config) and "adahop" not in excluded:
-        wanted.append("adahop")
+    wanted = [s for s in _TRAINER_STATES if s not in excluded] + (["adahop"] if _loads_plan(job_config) else [])
     tops = {k.split(".")[0] for k in keys}
     missing = [s for s in wanted if s not in tops]
     if not missing:
@@ -243,9 +248,9 @@ def check_resume_steps(job_config, step_dir: str, step: int) -> None:
 
 
 def check_resume_plan(job_config, step_dir: str, state: dict | None, step: int) -> None:
-    """Raise ConfigError if the checkpoint's plan state (`state`, None: not loaded) was made with other
-    settings than this run's (unless plan_file replaces it), or if a plan excluded from loading would be
-    calibrated again past training.steps."""
+    """Raise ConfigError if the checkpoint's plan state (`state`; None: not loaded, see _loads_plan) was made
+    with other settings than this run's, or if a plan not loaded would be calibrated again past
+    training.steps."""
     from .calibration import check_plan_settings, plan_settings
 
     mx = mx_config(job_config)
@@ -262,8 +267,6 @@ def check_resume_plan(job_config, step_dir: str, state: dict | None, step: int) 
                 "calibration_steps",
             )
         return
-    if cal.plan_file:
-        return  # plan_file's plan is used (Calibrator.load_state_dict)
     check_plan_settings(state, plan_settings(mx), step_dir,
                         f"over steps {step + 1}..{step + int(cal.calibration_steps)}")
 
@@ -290,7 +293,7 @@ def check_resume(job_config, world_size: int) -> None:
     _check_states_present(job_config, step_dir, keys)
     check_resume_ranks(job_config, world_size, metadata)
     load_step = STEP_KEY in keys and "train_state" not in excluded
-    load_plan = PLAN_KEY in keys and "adahop" not in excluded and _converts(job_config)
+    load_plan = PLAN_KEY in keys and _loads_plan(job_config)
     values = saved_values(step_dir, [k for k, wanted in ((STEP_KEY, load_step), (PLAN_KEY, load_plan)) if wanted],
                           metadata)
     step = int(values.get(STEP_KEY, 0))

@@ -212,10 +212,15 @@ class AdaHOPTrainer(titan_train.Trainer):
         self._sync_until_step = 0  # see REDO_BACKOFF_STEPS
         for i, conv in enumerate(self.adahop_converters):
             conv.bind(self.model_parts, trainer=self)
-            self.checkpointer.states["adahop" if i == 0 else f"adahop_{i}"] = conv.state()
+            key = "adahop" if i == 0 else f"adahop_{i}"
+            self.checkpointer.states[key] = conv.state()
             cal = conv.calibrator
+            if cal.plan_file and key not in self.checkpointer.exclude_from_loading:
+                # plan_file is how a resumed run changes its plan (adahop.resume): the checkpoint's is not loaded
+                self.checkpointer.exclude_from_loading = [*self.checkpointer.exclude_from_loading, key]
+                logger.info(f"[adahop] plan_file {cal.plan_file}: a resumed checkpoint's plan is not loaded")
             if not cal.calibrating:
-                cal.publish()  # uniform or plan_file: write the plan now (a checkpoint may replace it)
+                cal.publish()  # uniform or plan_file: write the plan now (a checkpoint may replace a uniform one)
 
     def _deferred_check_device(self):
         """The device whose GEMMs may skip their per-GEMM sync this step (adahop.kernels.deferred), or
