@@ -44,33 +44,68 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int
         raise ValueError(f"head_dim {q.shape[3]} is not a multiple of hadamard_size {hadamard_size}")
 
 
-class _MXFP4Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, scale: float, is_causal: bool, hadamard_size: int, use_sr_grad: bool):
-        s = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * scale
-        if is_causal:
-            tq, tk = q.shape[2], k.shape[2]
-            # top-left aligned like F.scaled_dot_product_attention(is_causal=True): query i sees keys 0..i
-            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
-            s = s.masked_fill(~mask, float("-inf"))
-        p = torch.softmax(s, dim=-1)
-        o = _q(p, -1) @ _q(v, -2)
-        ctx.save_for_backward(q, k, v, p)
-        ctx.scale, ctx.hadamard_size, ctx.use_sr_grad = scale, hadamard_size, use_sr_grad
-        return o.to(q.dtype)
+# Forward and backward as two torch custom ops, like the AdaHOP linear's (adahop/linear.py): torch.compile
+# traces a model with MXFP4 attention whole (fullgraph) and runs this same code inside them, so compiled and
+# eager give the same bits, stochastic rounding included (a traced torch.rand would be the compiler's own
+# draws under inductor). Backward keeps q, k, v (inputs, no copy) and the float32 probabilities P
+# [B, H, Tq, Tk]: the reference materializes P anyway, and recomputing it would add a GEMM.
+@torch.library.custom_op("adahop::attention_forward", mutates_args=())
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, is_causal: bool,
+                      hadamard_size: int, use_sr_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O in q's dtype, P in float32) of q [B, H, Tq, D], k = v [B, H, Tk, D] (`use_sr_grad` is backward's)."""
+    s = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * scale
+    if is_causal:
+        tq, tk = q.shape[2], k.shape[2]
+        # top-left aligned like F.scaled_dot_product_attention(is_causal=True): query i sees keys 0..i
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    o = _q(p, -1) @ _q(v, -2)
+    return o.to(q.dtype), p
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, p = ctx.saved_tensors
-        scale, hsize = ctx.scale, ctx.hadamard_size
-        sr = "stochastic" if ctx.use_sr_grad else "nearest"
+
+@attention_forward.register_fake
+def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad):
+    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty((*q.shape[:-1], k.shape[2]), dtype=torch.float32)
+
+
+@torch.library.custom_op("adahop::attention_backward", mutates_args=())
+def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: torch.Tensor,
+                       scale: float, hadamard_size: int,
+                       use_sr_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) from the output gradient and what attention_forward kept."""
+    sr = "stochastic" if use_sr_grad else "nearest"
+    # float32 GEMMs even where backward is called under autocast (eager backward would inherit it, a compiled
+    # one does not): the same bits either way
+    with torch.autocast(do.device.type, enabled=False):
         do = do.to(torch.float32)
         dv = _q(p, -2).transpose(-1, -2) @ _q(do, -2, sr)
-        dp = _q(do, -1, sr, hadamard=hsize) @ _q(v, -1, hadamard=hsize).transpose(-1, -2)
+        dp = _q(do, -1, sr, hadamard=hadamard_size) @ _q(v, -1, hadamard=hadamard_size).transpose(-1, -2)
         ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
         dq = _q(ds, -1, sr) @ _q(k, -2) * scale
         dk = _q(ds, -2, sr).transpose(-1, -2) @ _q(q, -2) * scale
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@attention_backward.register_fake
+def _(do, q, k, v, p, scale, hadamard_size, use_sr_grad):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, scale, is_causal, hadamard_size, use_sr_grad = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(q, k, v, output[1])
+    ctx.scale, ctx.hadamard_size, ctx.use_sr_grad = scale, hadamard_size, use_sr_grad
+
+
+def _backward(ctx, do, unused):
+    q, k, v, p = ctx.saved_tensors
+    dq, dk, dv = attention_backward(do, q, k, v, p, ctx.scale, ctx.hadamard_size, ctx.use_sr_grad)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mxfp4_attention(
@@ -95,7 +130,7 @@ def mxfp4_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     (q, k, v), amp_off = autocast_inputs(q, k, v)  # the dtype SDPA would compute in
     with amp_off:
-        return _MXFP4Attention.apply(q, k, v, scale, is_causal, hadamard_size, use_sr_grad)
+        return attention_forward(q, k, v, float(scale), is_causal, hadamard_size, use_sr_grad)[0]
 
 
 class MXFP4Attention(nn.Module):

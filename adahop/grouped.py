@@ -1,43 +1,252 @@
 """MXFP4 AdaHOP grouped GEMM for MoE experts: y_e = x_e @ W_e^T for each expert's token group.
 
-Each expert's group runs the same three-slot autograd Function as a Linear (adahop.linear), so every
-mode, stochastic rounding and the packed saving for backward carry over unchanged. Groups are ragged:
-a group's token count is K of its weight-gradient GEMM, padded there with zero rows to whole blocks
-(exact: zero rows add nothing); an empty group contributes nothing and gets a zero weight gradient.
-Rows past the last group (the alignment padding torchtitan's token reorderer adds) come out zero.
+Each expert's group runs the GEMMs of an AdaHOP linear (adahop.linear: `forward_gemm`, `prepare_right`,
+`slot_gemm`), so every mode, stochastic rounding and the packed saving for backward carry over unchanged,
+and a group gives the bits the linear gives for its tokens. Groups are ragged: a group's token count is K
+of its weight-gradient GEMM, padded there with zero rows to whole blocks (exact: zero rows add nothing); an
+empty group contributes nothing and gets a zero weight gradient. Rows past the last group (the alignment
+padding torchtitan's token reorderer adds) come out zero, and so does their input gradient.
+
+The whole grouped forward and backward are two torch custom ops, `adahop::grouped_forward` and
+`adahop::grouped_backward`, like the linear's (see linear.py, "The linear's forward and backward as two
+torch custom ops"): torch.compile traces an MoE block whole (fullgraph) and runs the same code as eager,
+so compiled and eager give the same bits. The group sizes are a tensor argument read on the host inside
+the ops (the loop over groups stays there, opaque to the compiler); nothing the compiler sees depends on
+them, so the fake implementations give every output a shape computed from the inputs' shapes alone.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 
-from .linear import AdaHOPModes, LinearRecipe, _apply
+from .amp import autocast_inputs
+from .linear import (
+    AdaHOPModes,
+    LinearRecipe,
+    RightOperand,
+    _check_dims,
+    _empty,
+    _gw_row_multiple,
+    _keeps_w,
+    _keeps_x,
+    _pad_rows,
+    _x_for_gw,
+    forward_gemm,
+    prepare_right,
+    slot_gemm,
+)
+from .modes import FULL_PRECISION, HADAMARD, NONE, OE_RIGHT
+from .mx import BLOCK_SIZE, MXFP4Tensor
+
+# ----------------------------------------------------------------------------------------------------
+# What backward keeps. The forward op returns y and eight tensors, in the order of the linear's op, each
+# with a shape that depends on the shapes of x [T, in] and weight [G, out, in] only (never on the group
+# sizes, which the compiler does not know); every part a mode does not keep is an empty uint8 tensor:
+#   [0:4] the input gradient's right operand W_e^T of every expert, OE-right only: packed codes [G, in, out/2],
+#         scales [G, in, out/32], extracted rows [G, k] (indices) and those rows in BF16 [G, k, out]; other
+#         modes keep the weight itself (a parameter: no copy), quantized again per group in backward.
+#   [4:8] the weight gradient's right operand x_e^T of every group, quantized along its tokens (each group
+#         zero-padded to whole blocks on its own), as in the linear: 3.76x smaller than BF16 x. The groups'
+#         packed codes [in, K_e/2] and scales [in, K_e/32] lie one after the other, flattened, in two 1-D
+#         buffers sized for the most padded tokens any split of T rows into G groups can have (`_gw_capacity`;
+#         the unused tail stays zero); OE-right adds its extracted rows [G, k] and those rows in BF16
+#         [k, K_e], flattened one group after the other likewise. full_precision keeps x itself instead.
+# Groups are laid out flat so that each group's part is a contiguous [rows, K_e] view again in backward.
+_SAVED = 8
+
+
+def _gw_capacity(tokens, groups, multiple: int):
+    """The most padded tokens T rows in G groups can have: sum_e ceil(c_e / m) * m with sum_e c_e <= T is at
+    most m * floor((T + G (m - 1)) / m)."""
+    return multiple * ((tokens + groups * (multiple - 1)) // multiple)
+
+
+def _saved_buffers(x: torch.Tensor, weight: torch.Tensor, r: LinearRecipe, save_gx: bool,
+                   save_gw: bool) -> list[torch.Tensor]:
+    """The eight saved tensors (zeros) in their static shapes: filled by the forward op, returned as they
+    are by its fake implementation."""
+    tokens, in_f = x.shape
+    groups, out_f = weight.shape[0], weight.shape[1]
+    parts = [_empty(x) for _ in range(_SAVED)]
+    kk = min(r.outlier_k, in_f)  # both right operands have the input features as their rows
+    u8 = dict(dtype=torch.uint8)
+    if save_gx and not _keeps_w(r):
+        parts[0:4] = [x.new_zeros((groups, in_f, out_f // 2), **u8),
+                      x.new_zeros((groups, in_f, out_f // BLOCK_SIZE), **u8),
+                      x.new_zeros((groups, kk), dtype=torch.int64),
+                      x.new_zeros((groups, kk, out_f), dtype=torch.bfloat16)]
+    if save_gw and not _keeps_x(r):
+        cap = _gw_capacity(tokens, groups, _gw_row_multiple(r))
+        parts[4:6] = [x.new_zeros(in_f * cap // 2, **u8), x.new_zeros(in_f * cap // BLOCK_SIZE, **u8)]
+        if r.mode("backward_gw") == OE_RIGHT:
+            parts[6:8] = [x.new_zeros((groups, kk), dtype=torch.int64), x.new_zeros(kk * cap, dtype=torch.bfloat16)]
+    return parts
+
+
+def _groups(group_sizes: torch.Tensor, tokens: int) -> Iterator[tuple[int, int, int]]:
+    """(group, first row, row count) of every group, from the sizes read on the host."""
+    counts = [int(c) for c in group_sizes.tolist()]
+    if any(c < 0 for c in counts) or sum(counts) > tokens:
+        raise ValueError(f"group sizes {counts} must be >= 0 and sum to at most the {tokens} rows of x")
+    start = 0
+    for g, count in enumerate(counts):
+        yield g, start, count
+        start += count
+
+
+def _gw_slices(group_sizes: torch.Tensor, tokens: int, multiple: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(group, first row, row count, offset, padded count) of every non-empty group, the offset counted in
+    padded tokens along the flat weight-gradient buffers."""
+    offset = 0
+    for g, start, count in _groups(group_sizes, tokens):
+        if count:
+            padded = -(-count // multiple) * multiple
+            yield g, start, count, offset, padded
+            offset += padded
+
+
+@torch.library.custom_op("adahop::grouped_forward", mutates_args=())
+def grouped_forward(x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Tensor, recipe: str, save_gx: bool,
+                    save_gw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y [T, out] of x [T, in] (tokens sorted by group) and weight [G, out, in] under `recipe`
+    (LinearRecipe.key), group e taking group_sizes[e] rows; and what backward keeps (see above) for the
+    input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
+    r = LinearRecipe.from_key(recipe)
+    tokens, in_f = x.shape
+    y = x.new_zeros(tokens, weight.shape[1])
+    for g, start, count in _groups(group_sizes, tokens):
+        if count:
+            y[start : start + count] = forward_gemm(x[start : start + count], weight[g], r)
+    saved = _saved_buffers(x, weight, r, save_gx, save_gw)
+    if save_gx and not _keeps_w(r):
+        for g in range(weight.shape[0]):
+            right = prepare_right(weight[g], 0, OE_RIGHT, r, "backward_gx", for_saving=True)
+            for part, value in zip(saved[0:4], (right.packed.data, right.packed.scales, right.rows, right.extracted)):
+                part[g] = value
+    if save_gw and not _keeps_x(r):
+        kk = saved[6].shape[-1]
+        for g, start, count, off, padded in _gw_slices(group_sizes, tokens, _gw_row_multiple(r)):
+            right = _x_for_gw(x[start : start + count], r)
+            saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = right.packed.data.reshape(-1)
+            saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = right.packed.scales.reshape(-1)
+            if right.rows is not None:
+                saved[6][g] = right.rows
+                saved[7][kk * off : kk * (off + padded)] = right.extracted.reshape(-1)
+    return (y, *saved)
+
+
+@grouped_forward.register_fake
+def _(x, weight, group_sizes, recipe, save_gx, save_gw):
+    r = LinearRecipe.from_key(recipe)
+    return (x.new_empty((x.shape[0], weight.shape[1])), *_saved_buffers(x, weight, r, save_gx, save_gw))
+
+
+@torch.library.custom_op("adahop::grouped_backward", mutates_args=())
+def grouped_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Tensor,
+                     saved: list[torch.Tensor], recipe: str, need_gx: bool, need_gw: bool, in_features: int,
+                     x_dtype: torch.dtype, w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gx [T, in], gw [G, out, in]) from the output gradient gy [T, out] and what grouped_forward kept (`x` /
+    `weight` empty where the recipe does not keep them); an empty tensor for a gradient not asked for."""
+    # the reference GEMMs in float32 even where backward is called under autocast (eager backward would inherit
+    # it, a compiled one does not): the same bits either way
+    with torch.autocast(gy.device.type, enabled=False):
+        return _grouped_backward(gy, x, weight, group_sizes, saved, LinearRecipe.from_key(recipe), need_gx, need_gw,
+                                 in_features, x_dtype, w_dtype)
+
+
+def _grouped_backward(gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in_features, x_dtype,
+                      w_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    rounding = "stochastic" if r.use_sr_grad else "nearest"
+    tokens, out_f = gy.shape
+    gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
+    gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype) if need_gw else _empty(gy, w_dtype)
+    if need_gx:
+        mode = r.mode("backward_gx")
+        for g, start, count in _groups(group_sizes, tokens):
+            if not count:
+                continue
+            if mode == OE_RIGHT:
+                right = RightOperand(packed=MXFP4Tensor(saved[0][g], saved[1][g], axis=-1, dtype=w_dtype),
+                                     rows=saved[2][g], extracted=saved[3][g])
+            elif mode in (HADAMARD, NONE):
+                right = prepare_right(weight[g], 0, mode, r, "backward_gx", for_saving=False)
+            else:
+                right = RightOperand(full=weight[g], full_k_dim=0)
+            gx[start : start + count] = slot_gemm(gy[start : start + count], 1, right, mode, r, "backward_gx",
+                                                  rounding, x_dtype)
+    if need_gw:
+        mode = r.mode("backward_gw")
+        multiple = _gw_row_multiple(r)
+        kk = saved[6].shape[-1]
+        for g, start, count, off, padded in _gw_slices(group_sizes, tokens, multiple):
+            if mode == FULL_PRECISION:
+                right = RightOperand(full=_pad_rows(x[start : start + count], multiple), full_k_dim=0)
+            else:
+                data = saved[4][in_features * off // 2 : in_features * (off + padded) // 2]
+                scales = saved[5][in_features * off // BLOCK_SIZE : in_features * (off + padded) // BLOCK_SIZE]
+                packed = MXFP4Tensor(data.view(in_features, padded // 2),
+                                     scales.view(in_features, padded // BLOCK_SIZE), axis=-1, dtype=x_dtype)
+                right = RightOperand(packed=packed)
+                if mode == OE_RIGHT:
+                    right.rows, right.extracted = saved[6][g], saved[7][kk * off : kk * (off + padded)].view(kk, padded)
+            gw[g] = slot_gemm(_pad_rows(gy[start : start + count], multiple), 0, right, mode, r, "backward_gw",
+                              rounding, w_dtype)
+    return gx, gw
+
+
+@grouped_backward.register_fake
+def _(gy, x, weight, group_sizes, saved, recipe, need_gx, need_gw, in_features, x_dtype, w_dtype):
+    gx = gy.new_empty((gy.shape[0], in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
+    gw = (gy.new_empty((group_sizes.shape[0], gy.shape[1], in_features), dtype=w_dtype) if need_gw
+          else _empty(gy, w_dtype))
+    return gx, gw
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, group_sizes, recipe, save_gx, save_gw = inputs
+    r = LinearRecipe.from_key(recipe)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(x if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None,
+                          group_sizes, *output[1:])
+    ctx.recipe, ctx.save_gx, ctx.save_gw = recipe, save_gx, save_gw
+    ctx.in_features, ctx.x_dtype, ctx.w_dtype = x.shape[1], x.dtype, weight.dtype
+
+
+def _backward(ctx, gy, *unused):
+    x, weight, group_sizes, *saved = ctx.saved_tensors
+    need_gx, need_gw = ctx.needs_input_grad[0] and ctx.save_gx, ctx.needs_input_grad[1] and ctx.save_gw
+    gx, gw = grouped_backward(gy, x if x is not None else _empty(gy, ctx.x_dtype),
+                              weight if weight is not None else _empty(gy, ctx.w_dtype), group_sizes, saved,
+                              ctx.recipe, need_gx, need_gw, ctx.in_features, ctx.x_dtype, ctx.w_dtype)
+    return gx if need_gx else None, gw if need_gw else None, None, None, None, None
+
+
+grouped_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mxfp4_grouped_mm(
     x: torch.Tensor, weight: torch.Tensor, num_tokens_per_group: torch.Tensor | list[int], recipe: LinearRecipe
 ) -> torch.Tensor:
-    """x [T, in] (tokens sorted by group), weight [G, out, in] -> [T, out] under `recipe`'s modes."""
+    """x [T, in] (tokens sorted by group), weight [G, out, in] -> [T, out] under `recipe`'s modes.
+
+    `num_tokens_per_group`: G sizes (a tensor on any device, or a list) summing to at most T; the rows past
+    them come out zero."""
     if x.dim() != 2 or weight.dim() != 3 or x.shape[1] != weight.shape[2]:
         raise ValueError(f"expected x [T, in] and weight [G, out, in], got {tuple(x.shape)} and {tuple(weight.shape)}")
-    counts = num_tokens_per_group.tolist() if torch.is_tensor(num_tokens_per_group) else list(num_tokens_per_group)
-    if len(counts) != weight.shape[0]:
-        raise ValueError(f"{len(counts)} group sizes given for {weight.shape[0]} weight groups")
-    if any(c < 0 for c in counts) or sum(counts) > x.shape[0]:
-        raise ValueError(f"group sizes {counts} must be >= 0 and sum to at most the {x.shape[0]} rows of x")
-    outs = []
-    start = 0
-    for g, count in enumerate(counts):
-        outs.append(_apply(x[start : start + count], weight[g], recipe))
-        start += count
-    if start < x.shape[0]:
-        # padding rows of the router's layout, in the groups' output dtype (autocast may have changed it)
-        dtype = outs[0].dtype if outs else x.dtype
-        outs.append(x.new_zeros(x.shape[0] - start, weight.shape[1], dtype=dtype))
-    return torch.cat(outs, dim=0)
+    sizes = num_tokens_per_group
+    if not torch.is_tensor(sizes):
+        sizes = torch.tensor(list(sizes), dtype=torch.int64, device=x.device)
+    if sizes.dim() != 1 or sizes.shape[0] != weight.shape[0]:
+        raise ValueError(f"{sizes.numel()} group sizes given for {weight.shape[0]} weight groups")
+    _check_dims(weight.shape[2], weight.shape[1], recipe)
+    (x, weight), amp_off = autocast_inputs(x, weight)  # the dtype F.linear would compute in
+    grad = torch.is_grad_enabled()
+    with amp_off:  # validation / inference (no gradient wanted) quantizes nothing for backward
+        return grouped_forward(x, weight, sizes, recipe.key, grad and x.requires_grad, grad and weight.requires_grad)[0]
 
 
 class MXFP4GroupedMM(AdaHOPModes, nn.Module):
@@ -54,11 +263,14 @@ class MXFP4GroupedMM(AdaHOPModes, nn.Module):
         self.observer: Optional[Callable[[str, torch.Tensor], None]] = None
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, num_tokens_per_group) -> torch.Tensor:
-        if self.observer is not None:
+        # observers see eager steps only, as AdaHOPLinear's: the trainer runs the steps that need them eagerly
+        # (adahop.train), a compiled graph leaves them out
+        observe = self.observer is not None and not torch.compiler.is_compiling()
+        if observe:
             self.observer("x", x.detach())
             self.observer("w", weight.detach().reshape(-1, weight.shape[-1]))
         y = mxfp4_grouped_mm(x, weight, num_tokens_per_group, self.recipe)
-        if self.observer is not None and y.requires_grad:
+        if observe and y.requires_grad:
             observer = self.observer
 
             def observe_grad(g: torch.Tensor) -> None:

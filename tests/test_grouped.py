@@ -1,4 +1,5 @@
-"""MXFP4 grouped GEMM (MoE experts): ragged and empty groups against the float64 definition per group."""
+"""MXFP4 grouped GEMM (MoE experts): ragged and empty groups against the float64 definition per group, and bit
+for bit against one AdaHOP linear per group."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 import reference as ref
 from adahop.grouped import MXFP4GroupedMM, mxfp4_grouped_mm
-from adahop.linear import LinearRecipe
+from adahop.linear import LinearRecipe, _apply
 from adahop.modes import MODES
 
 IN, OUT = 64, 96
@@ -81,3 +82,64 @@ def test_module_observes_and_switches_modes():
     assert seen == {"x": tuple(x.shape), "w": (len(COUNTS) * OUT, IN), "g": tuple(gy.shape)}
     mod.set_modes(forward_y="full_precision")
     assert mod.modes["forward_y"] == "full_precision" and mod.modes["backward_gx"] == "hadamard"
+
+
+def per_group_linear(x, w, counts, recipe):
+    """The grouped GEMM as one AdaHOP linear per group (adahop.linear's own op), padding rows zero."""
+    outs, start = [], 0
+    for e, n in enumerate(counts):
+        outs.append(_apply(x[start : start + n], w[e], recipe))
+        start += n
+    return torch.cat(outs + [x.new_zeros(x.shape[0] - start, w.shape[1])])
+
+
+@pytest.mark.parametrize("counts, hadamard_size, randomized", [
+    (COUNTS, 32, False),
+    (COUNTS, 64, True),  # groups padded to 64 tokens, random signs of each group's padded length
+    ([1] * 6, 64, False),  # the most padding six groups can have: the saved buffers are full
+])
+@pytest.mark.parametrize("mode", MODES)
+def test_groups_give_the_bits_of_one_linear_per_group(mode, counts, hadamard_size, randomized):
+    """What the grouped ops keep for backward (flat packed buffers sized from the shapes) is read back per group
+    as the linear keeps it: output and gradients bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(sum(counts) + PAD_ROWS, IN, generator=g)
+    x[:, 3] *= 20
+    w = torch.randn(len(counts), 128, IN, generator=g) * 0.1  # both dims multiples of the Hadamard sizes
+    gy = torch.randn(x.shape[0], 128, generator=g)
+    recipe = LinearRecipe(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=4,
+                          hadamard_size=hadamard_size, randomized_hadamard=randomized, hadamard_seed=5)
+    got, want = [], []
+    for fn, out in ((lambda a, b: mxfp4_grouped_mm(a, b, torch.tensor(counts), recipe), got),
+                    (lambda a, b: per_group_linear(a, b, counts, recipe), want)):
+        xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        y = fn(xr, wr)
+        y.backward(gy)
+        out += [y.detach(), xr.grad, wr.grad]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode, keeps_x, keeps_w", [
+    ("hadamard", False, True), ("inner_outlier_extract_right", False, False), ("full_precision", True, True),
+])
+def test_backward_keeps_packed_x_and_the_weight_by_reference(mode, keeps_x, keeps_w):
+    """x is kept packed (full_precision: x itself), W by reference (OE-right for gx: its packed copy instead)."""
+    x, w, gy = operands()
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = mxfp4_grouped_mm(xr, wr, torch.tensor(COUNTS), LinearRecipe(mode, mode, mode, outlier_k=4))
+    assert any(t is xr for t in saved) == keeps_x and any(t is wr for t in saved) == keeps_w
+    if not keeps_x:
+        packed_bytes = sum(t.numel() for t in saved if t.dtype == torch.uint8)
+        # codes and scales of every padded group: 0.53 bytes a value, within the shape-bound capacity
+        assert packed_bytes >= IN * sum(-(-c // 32) * 32 for c in COUNTS) * (1 / 2 + 1 / 32)
+        assert packed_bytes <= IN * (x.shape[0] + len(COUNTS) * 31) * (1 / 2 + 1 / 32) + OUT * IN * len(COUNTS)
+    y.backward(gy)
+    assert torch.isfinite(wr.grad).all()
