@@ -193,16 +193,6 @@ def validate_mx(job_config) -> None:
             f"MXFP4 grouped GEMMs support expert parallel degree 1 (got "
             f"{job_config.parallelism.expert_parallel_degree})",
         )
-    compile_cfg = getattr(job_config, "compile", None)
-    not_traceable = [k for k in ("enable_mxfp4_gmm", "enable_mxfp4_fa") if getattr(mx, k)]
-    if compile_cfg is not None and compile_cfg.enable and "model" in compile_cfg.components and not_traceable:
-        # torchtitan compiles each block with fullgraph=True; the MXFP4 grouped GEMM (a Python loop over the
-        # expert groups, sized on the host) and the reference MXFP4 attention are not custom ops yet
-        raise ConfigError(
-            "compile.components", list(compile_cfg.components),
-            f"a list without 'model' when {_P}.{not_traceable[0]} is true (e.g. --compile.components loss)",
-            "AdaHOP linears compile; MXFP4 grouped GEMMs and MXFP4 attention do not yet (docs/kernels.md)",
-        )
     converts_something = mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa
     tp = job_config.parallelism.tensor_parallel_degree
     if converts_something and tp > 1:

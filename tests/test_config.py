@@ -117,15 +117,13 @@ def test_custom_config_module_added_once():
          "calibration_steps", "31", "training.steps = 30"),
         (lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True) or setattr(c.parallelism, "expert_parallel_degree", 2),
          "enable_mxfp4_gmm", "True", "expert_parallel_degree"),
-        (lambda mx, c: setattr(c.compile, "enable", True) or setattr(c.compile, "components", ["model", "loss"])
-         or setattr(mx, "enable_mxfp4_fa", True), "compile.components", "['model', 'loss']", "without 'model'"),
         (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2),
          "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx converts layers"),
         (lambda mx, c: setattr(mx.calibration, "visualization_max_pixels", -1),
          "calibration.visualization_max_pixels", "-1", "a positive integer"),
     ],
-    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "compile-model-attention",
-         "tensor-parallel", "visualization-max-pixels"],
+    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "tensor-parallel",
+         "visualization-max-pixels"],
 )
 def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
     c = copy.deepcopy(seed_config)
@@ -172,9 +170,12 @@ def test_compile_of_the_loss_alone_is_allowed(seed_config):
     validate_mx(c)
 
 
-def test_compile_of_a_model_with_adahop_linears_is_allowed(seed_config):
+@pytest.mark.parametrize("gmm, fa", [(False, False), (True, True)], ids=["linears", "linears-gmm-attention"])
+def test_compile_of_a_model_with_adahop_layers_is_allowed(seed_config, gmm, fa):
+    """AdaHOP linears, MXFP4 grouped GEMMs and MXFP4 attention are custom ops: the model compiles whole."""
     c = copy.deepcopy(seed_config)
     c.compile.enable, c.compile.components = True, ["model", "loss"]
+    c.quantize.linear.mx.enable_mxfp4_gmm, c.quantize.linear.mx.enable_mxfp4_fa = gmm, fa
     validate_mx(c)
 
 
