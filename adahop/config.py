@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from adahop.modes import MODES, PAIR_KEYS, SEED_TABLE
 
@@ -85,11 +85,17 @@ class Kernels:
 
 @dataclass
 class MXLinear:
+    mxfp8_dim1_cast_kernel_choice: Literal["triton", "cuda", "torch"] = "triton"
+    """(upstream) a setting of torchao's MXFP8 converter, which adahop's quantize.linear.mx converter replaces:
+    not read by adahop (kept so that upstream configs parse)."""
+
     recipe_name: str = "mxfp4_1d1d"
     """MX recipe. Only "mxfp4_1d1d" (1x32 blocks along K for both operands) is implemented."""
 
     filter_fqns: list[str] = field(default_factory=lambda: ["output"])
-    """Module fqns (substring match, as upstream) whose Linear layers stay in high precision."""
+    """Module fqns (substring match, as upstream) whose Linear and MoE expert / attention modules stay in high
+    precision. Leaving no Linear to convert is an error (unless enable_mxfp4_linear = false); an entry matching
+    no module is a warning."""
 
     enable_mxfp4_linear: bool = True
     """Convert the targeted nn.Linear layers to AdaHOP MXFP4 linears."""
@@ -116,7 +122,8 @@ class MXLinear:
     """(adahop) rows/columns taken out to BF16 by the outlier-extraction modes (capped by the dimension)."""
 
     hadamard_size: int = 32
-    """(adahop) block size of the block-diagonal Hadamard along K."""
+    """(adahop) block size of the block-diagonal Hadamard along K: a power of two from 2 to 128; above 32 it must
+    divide the dims of every converted GEMM."""
 
     quant_error_freq: int = 0
     """(adahop) every N steps log the relative error of each converted layer's three GEMMs
@@ -126,23 +133,59 @@ class MXLinear:
     """(adahop) tokens (rows of x and g) used for the quantization-error metric."""
 
     calibration: Calibration = field(default_factory=Calibration)
+    """(adahop) outlier-pattern calibration: which operands are labelled row / col / none and which mode each
+    pair of labels gets."""
 
     kernels: Kernels = field(default_factory=Kernels)
+    """(adahop) settings of the GPU fast path (same results, other speed)."""
 
 
 @dataclass
 class QuantizedLinear:
     mx: MXLinear = field(default_factory=MXLinear)
+    """AdaHOP MXFP4 training of nn.Linear layers (the quantize.linear.mx converter in model.converters)."""
 
 
 @dataclass
 class Quantize:
     linear: QuantizedLinear = field(default_factory=QuantizedLinear)
+    """Low-precision training of linear layers."""
 
 
 @dataclass
 class JobConfig:
     quantize: Quantize = field(default_factory=Quantize)
+    """Quantized training (adahop's keys are under quantize.linear.mx)."""
+
+
+def _field_docstrings(cls) -> dict[str, str]:
+    """The docstring under each field of `cls` (the string literal after its annotated assignment)."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for stmt, after in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def _help_from_docstrings(*classes) -> None:
+    """Give each field its docstring as `--help` text (tyro reads a field's metadata["help"] first). Needed because
+    torchtitan merges these classes into its own (ConfigManager._merge_configs builds new classes without source),
+    so tyro would look the docstrings up in upstream's classes and show upstream's MXFP8 text for our keys."""
+    import types
+
+    for cls in classes:
+        docs = _field_docstrings(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in docs:
+                f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name]})
+
+
+_help_from_docstrings(Calibration, Kernels, MXLinear, QuantizedLinear, Quantize, JobConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
