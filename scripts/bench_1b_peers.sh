@@ -13,7 +13,9 @@
 #   hadamard_c every GEMM slot in hadamard mode (configs/llama1b_hadamard.toml), compiled
 # BATCH (16) x 2048 tokens per step, STEPS (30) steps, CAL (10) calibration steps, TILE ([quantize.linear.mx.kernels]
 # tile_b, default none), seed 1234; tokens/s is the mean of the logged steps after step AFTER (15), which leaves
-# out the compilation. RUN_LIMIT (seconds per run, default 300) bounds each run.
+# out the compilation. RUN_LIMIT (seconds per run, default 300) bounds each run. PROFILE=1 also traces the last
+# step of the AdaHOP runs (torch.profiler; summarised by scripts/trace_summary.py into $OUT/trace_<run>.txt) and
+# leaves that step's log line out of tokens/s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
@@ -23,6 +25,11 @@ export STEPS=${STEPS:-30}
 B=${BATCH:-16}
 adahop=(--training.local_batch_size "$B" --quantize.linear.mx.calibration.calibration_steps "${CAL:-10}")
 compiled=(--compile.enable --compile.components model,loss)
+until=()
+if [ "${PROFILE:-0}" = 1 ]; then
+  adahop+=(--profiling.enable_profiling --profiling.save_traces_folder prof --profiling.profile_freq "$STEPS")
+  until=(--until $((STEPS - 5)))
+fi
 names=()
 for run in ${RUNS:-bf16 bf16_c float8_c adahop adahop_c hadamard_c}; do
   case $run in
@@ -37,4 +44,8 @@ for run in ${RUNS:-bf16 bf16_c float8_c adahop adahop_c hadamard_c}; do
     *) echo "unknown run '$run' (allowed: bf16 bf16_c float8_c adahop adahop_c hadamard_c)" >&2; exit 2 ;;
   esac
 done
-python3 scripts/summarize_runs.py "$OUT" "${names[@]}" --after "${AFTER:-15}" | tee "$OUT/peers.md"
+python3 scripts/summarize_runs.py "$OUT" "${names[@]}" --after "${AFTER:-15}" "${until[@]}" | tee "$OUT/peers.md"
+for name in "${names[@]}"; do
+  trace=$(ls /tmp/runs/"$name"/prof/iteration_"$STEPS"/*rank0*.json 2>/dev/null | head -1)
+  [ -n "$trace" ] && python3 scripts/trace_summary.py "$trace" --rows 25 > "$OUT/trace_$name.txt" 2>&1
+done

@@ -1,8 +1,8 @@
 """Table of training runs from their torchtitan logs: tokens/s, peak memory, losses, vs the first run.
 
-    python scripts/summarize_runs.py LOG_DIR NAME [NAME ...] [--after STEP]
+    python scripts/summarize_runs.py LOG_DIR NAME [NAME ...] [--after STEP] [--until STEP]
 
-Reads LOG_DIR/train_<NAME>.log; tokens/s is the mean of the log lines after step --after.
+Reads LOG_DIR/train_<NAME>.log; tokens/s is the mean of the log lines after step --after (up to --until).
 """
 
 import argparse
@@ -18,6 +18,7 @@ def main():
     p.add_argument("log_dir")
     p.add_argument("names", nargs="+")
     p.add_argument("--after", type=int, default=35)
+    p.add_argument("--until", type=int, default=None, help="leave out log lines after this step (e.g. a profiled one)")
     a = p.parse_args()
     rows = {}
     for name in a.names:
@@ -28,7 +29,7 @@ def main():
         recs = [(int(s), float(l), float(m), int(t.replace(",", ""))) for s, l, m, t in TRAIN.findall(text)]
         if not recs:
             continue
-        late = [r for r in recs if r[0] > a.after] or recs[-1:]
+        late = [r for r in recs if r[0] > a.after and (a.until is None or r[0] <= a.until)] or recs[-1:]
         vals = VAL.findall(text)
         rows[name] = dict(
             tps=sum(r[3] for r in late) / len(late), mem=max(r[2] for r in recs), last=recs[-1][0],
