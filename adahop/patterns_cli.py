@@ -6,6 +6,8 @@
 Runs --steps training steps of the config's data through the converted model, labels x, W and g of
 every layer (adahop.patterns.classify, the config's threshold) and draws them with the calibration
 visualizer: one PNG per layer (magnitude maps with labels and scores) and summary.png (layers x tensors).
+Default --out: next to the checkpoint, <run>/checkpoint/outlier_patterns/step-N; without a checkpoint,
+<job.dump_folder>/outlier_patterns/init (a fresh initialization).
 """
 
 from __future__ import annotations
@@ -20,18 +22,27 @@ from .cli import UsageError, run_cli
 from .patterns import DEFAULT_THRESHOLD, classify
 
 
+def default_out(checkpoint_path: str | None, dump_folder: str) -> Path:
+    """Where the PNGs go without --out: beside the step folder, in <checkpoint folder>/outlier_patterns/<step-N>
+    (not a step-N name directly in the checkpoint folder: torchtitan counts and purges those as checkpoints);
+    for a fresh model, <dump_folder>/outlier_patterns/init (beside calibration's own pictures, no name shared)."""
+    if checkpoint_path:
+        step_dir = Path(checkpoint_path).resolve()
+        return step_dir.parent / "outlier_patterns" / step_dir.name
+    return Path(dump_folder) / "outlier_patterns" / "init"
+
+
 def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m adahop.patterns", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint_path", default=None)
-    p.add_argument("--out", default="outlier_patterns")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: next to the checkpoint, "
+                   "<run>/checkpoint/outlier_patterns/step-N; without one, <job.dump_folder>/outlier_patterns/init)")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--max_tokens", type=int, default=4096)
     args, rest = p.parse_known_args(argv)
     if args.steps < 1 or args.max_tokens < 1:
         raise UsageError(f"--steps {args.steps} / --max_tokens {args.max_tokens}: both must be >= 1")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a file, not a folder: give a folder for the PNGs")
     if args.checkpoint_path:
         check_checkpoint(args.checkpoint_path)  # before anything is built: missing, damaged or crafted
     from .calibration import magnitude_map
@@ -40,6 +51,9 @@ def _main(argv: list[str] | None) -> int:
     from .visualize import render_patterns
 
     job_config = load_job_config(args.checkpoint_path, rest)
+    out = Path(args.out) if args.out else default_out(args.checkpoint_path, job_config.job.dump_folder)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: give a folder for the PNGs")
     cal = mx_config(job_config).calibration
     threshold = cal.pattern_threshold or DEFAULT_THRESHOLD
     captured = capture_from_config(job_config, args.checkpoint_path, args.steps, args.max_tokens)
@@ -51,8 +65,8 @@ def _main(argv: list[str] | None) -> int:
         for n, t in tensors.items():
             r = classify(t, threshold)
             labels[fqn][n] = {"label": r.label, "row_score": r.row_score, "col_score": r.col_score}
-    files = render_patterns(maps, labels, args.out)
-    print(f"[adahop] {len(files)} PNGs in {args.out} (summary: {args.out}/summary.png)")
+    files = render_patterns(maps, labels, out)
+    print(f"[adahop] {len(files)} PNGs in {out} (summary: {out / 'summary.png'})")
     return 0
 
 

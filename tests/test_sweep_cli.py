@@ -178,7 +178,7 @@ def test_online_sequential_failure_keeps_the_others_and_resumes(tmp_path, capsys
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     behaviour = {"bad": (0.0, 1)}
     calls = fake_launcher(monkeypatch, behaviour)
-    args = online_args(tmp_path, ["a", "bad", "c"])
+    args = online_args(tmp_path, ["a", "bad", "c"], "--parallel", "1")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "1 of 3 table(s) failed" in err and "table bad" in err and str(tmp_path / "out" / "runs" / "bad" / "train.log") in err
@@ -246,3 +246,71 @@ def test_table_names_that_are_not_folder_names_refused_before_any_run(tmp_path, 
     with pytest.raises(ValueError, match="table name"):  # the Python entry point checks them too
         run_tables({name: SEED_TABLE}, str(cfg), work / "out", [])
     assert calls == []
+
+
+def test_online_parallel_defaults_to_the_cores():
+    from adahop.sweep.online import CPU_THREADS_PER_RUN, auto_parallel
+
+    assert CPU_THREADS_PER_RUN == 2
+    assert auto_parallel(1, tables=10, cores=16, has_gpu=False) == 8
+    assert auto_parallel(1, tables=4, cores=16, has_gpu=False) == 4  # no more runs than tables
+    assert auto_parallel(1, tables=4, cores=2, has_gpu=False) == 1
+    assert auto_parallel(1, tables=4, cores=1, has_gpu=False) == 1
+    assert auto_parallel(1, tables=4, cores=16, has_gpu=True) == 1  # unpinned runs would share the GPU
+    assert auto_parallel(2, tables=4, cores=16, has_gpu=False) == 1  # ranks of runs side by side: --gpus
+
+
+def test_online_default_parallel_runs_side_by_side_with_their_share_of_threads(tmp_path, capsys, monkeypatch):
+    from adahop.sweep import __main__ as cli
+
+    monkeypatch.setattr(cli, "usable_cores", lambda: 4)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    calls = fake_launcher(monkeypatch, {"a": (1.0, 0), "b": (1.0, 0)})
+    assert cli.main(online_args(tmp_path, ["a", "b"])) == 0, capsys.readouterr().err[-2000:]
+    assert [c["live"] for c in calls] == [0, 1]  # 4 cores: two runs at once
+    assert [c["env"]["OMP_NUM_THREADS"] for c in calls] == ["2", "2"]
+
+
+def test_online_sweep_shows_each_runs_steps_on_the_console(tmp_path, capsys, monkeypatch):
+    from adahop.sweep import online
+    from adahop.sweep.__main__ import main
+
+    real = online.launch
+
+    def launch(cmd, env, log_path):  # a run that logs like adahop.train: total steps, then two step lines
+        lines = ["Trainer is initialized with local batch size 2, total steps 2 (warmup 1)",
+                 "step:  1  loss:  3.0  tps: 10  steps/s: 0.50  left: 2s",
+                 "validate step:  1  loss:  3.5", "step:  2  loss:  2.5  tps: 10  steps/s: 0.50  left: 0s"]
+        script = "import time\n" + "".join(f"print({line!r}, flush=True); time.sleep(0.3)\n" for line in lines)
+        return real([sys.executable, "-c", script], env, log_path)
+
+    monkeypatch.setattr(online, "launch", launch)
+    assert main(online_args(tmp_path, ["a"], "--parallel", "1")) == 0
+    err = capsys.readouterr().err
+    assert "[adahop] a: step 1/2, 0.50 steps/s, 2s left" in err, err
+    assert "[adahop] a: step 2/2, 0.50 steps/s, 0s left" in err, err
+
+
+def test_log_progress_reads_only_what_the_log_gained(tmp_path):
+    from adahop.sweep.online import LogProgress
+
+    log = tmp_path / "train.log"
+    progress = LogProgress(log)
+    assert not progress.poll()  # no log yet
+    log.write_text("total steps 10 (warmup 2)\n\x1b[31mstep:  1  \x1b[32mloss:  9.1  steps/s: 1.50  left: 6s\n"
+                   "step:  2  loss:")  # an unfinished line
+    assert progress.poll() and progress.describe() == "step 1/10, 1.50 steps/s, 6s left"
+    assert not progress.poll()  # nothing new
+    with log.open("a") as f:
+        f.write("  8.9\nvalidate step:  2  loss:  9.0\n")
+    assert progress.poll() and progress.describe() == "step 2/10"
+
+
+def test_patterns_default_out_is_next_to_the_checkpoint(tmp_path):
+    from adahop.patterns_cli import default_out
+
+    step = tmp_path / "run" / "checkpoint" / "step-150"
+    # not a step-N name in the checkpoint folder itself: torchtitan would count (and purge) it as a checkpoint
+    assert default_out(str(step), "./elsewhere") == tmp_path / "run" / "checkpoint" / "outlier_patterns" / "step-150"
+    assert default_out(None, "outputs/default") == Path("outputs/default/outlier_patterns/init")

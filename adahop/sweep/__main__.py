@@ -1,13 +1,13 @@
 """Table sweeps from the command line.
 
-    python -m adahop.sweep --job.config_file configs/default.toml --tables tables.toml \
+    python -m adahop.sweep --job.config_file configs/default.toml --tables configs/sweep/tables.toml \
         [--checkpoint_path DIR] [--steps 2] [--max_tokens 4096] [--out sweep_out] [--allow_full_precision]
-    python -m adahop.sweep --online --job.config_file configs/default.toml --tables tables.toml \
+    python -m adahop.sweep --online --job.config_file configs/default.toml --tables configs/sweep/tables.toml \
         [--out sweep_out] [--nproc N] [--gpus 0,1,2,3 | --parallel N] [--section.key value ...]
         (the --section.key overrides go to every training run)
 
-tables.toml holds named pattern-pair -> mode tables, each complete (all nine keys); a name is a folder name
-(letters, digits, '_', '-', '.'; starting with a letter or digit):
+A tables file (configs/sweep/tables.toml holds four) names pattern-pair -> mode tables, each complete (all nine
+keys); a name is a folder name (letters, digits, '_', '-', '.'; starting with a letter or digit):
 
     [tables.seed]
     "row-row" = "hadamard"
@@ -21,14 +21,16 @@ Online: one short training run per table (adahop.sweep.online), resumable, ranke
 loss, with loss curves. Each run has --nproc ranks (torchrun when > 1). By default the runs go one after
 another; --gpus 0,1,2,3 splits the GPUs into groups of --nproc and trains one table per group at once, each
 run seeing only its group (CUDA_VISIBLE_DEVICES; the rest of the environment, NCCL settings included, is passed
-through as it is); --parallel N trains N tables at once without GPU pinning (e.g. on CPU). A failed run does not
-stop the others: the finished ones are stored, the failures are reported at the end, and the same command
-trains only those again.
+through as it is); --parallel N trains N tables at once without GPU pinning (default: on CPU, as many as the
+cores give 2 threads each; with a GPU, 1). Each run's steps are shown as it logs them (step, steps/s, time left).
+A failed run does not stop the others: the finished ones are stored, the failures are reported at the end, and
+the same command trains only those again.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -64,10 +66,26 @@ def load_tables(path: str) -> dict[str, dict[str, str]]:
     return {name: check_table(t, name=f"{path}: tables.{name}") for name, t in tables.items()}
 
 
-def online(args, tables: dict[str, dict[str, str]], rest: list[str], slots: list[str | None]) -> int:
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
+    import torch
     from tqdm import tqdm
 
-    from .online import run_tables, write_online_report
+    from .online import auto_parallel, gpu_slots, run_tables, write_online_report
+
+    has_gpu = torch.cuda.is_available()
+    parallel = args.parallel
+    if parallel is None:
+        parallel = 1 if args.gpus else auto_parallel(args.nproc, len(tables), usable_cores(), has_gpu)
+    slots = gpu_slots(args.gpus, args.nproc, parallel)  # checked before anything is trained
+    # CPU runs side by side share the cores (torch would give each run all of them)
+    threads = None if has_gpu else max(1, usable_cores() // (len(slots) * args.nproc))
 
     i = rest.index("--job.config_file") if "--job.config_file" in rest[:-1] else -1
     config = rest[i + 1] if i >= 0 else None
@@ -76,8 +94,12 @@ def online(args, tables: dict[str, dict[str, str]], rest: list[str], slots: list
     extra = rest[:i] + rest[i + 2 :]  # every other override goes to each training run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"[adahop] {len(tables)} tables, {len(slots)} at a time; logs in {out / 'runs'}/<table>/train.log",
+          file=sys.stderr)
     with tqdm(total=len(tables), desc="tables", file=sys.stderr) as bar:
-        results = run_tables(tables, config, out, extra, args.nproc, slots, on_finish=lambda name: bar.update(1))
+        results = run_tables(tables, config, out, extra, args.nproc, slots, on_finish=lambda name: bar.update(1),
+                             on_progress=lambda name, text: tqdm.write(f"[adahop] {name}: {text}", file=sys.stderr),
+                             threads_per_run=threads)
     report = write_online_report(out, results, context=f"Config {config}, overrides {extra or 'none'}.")
     print(report.read_text().split("![")[0])
     print(f"[adahop] sweep report: {report}")
@@ -98,19 +120,16 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--nproc", type=int, default=1, help="online: ranks per training run (torchrun)")
     p.add_argument("--gpus", default="", help="online: GPU ids (0,1,2,3), split into groups of --nproc, one "
                    "table per group at once (default: one run after another)")
-    p.add_argument("--parallel", type=int, default=1, help="online: training runs at once without GPU pinning")
+    p.add_argument("--parallel", type=int, default=None, help="online: training runs at once without GPU pinning "
+                   "(default: on CPU, as many as the cores give 2 threads each; with a GPU, 1)")
     args, rest = p.parse_known_args(argv)
-    if args.online:
-        from .online import gpu_slots
-
-        slots = gpu_slots(args.gpus, args.nproc, args.parallel)  # checked before anything is trained
-    elif args.gpus or args.parallel != 1:
+    if not args.online and (args.gpus or args.parallel is not None):
         raise UsageError("--gpus and --parallel only apply to --online")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder: give a folder for the sweep's report and runs")
     tables = load_tables(args.tables)
     if args.online:
-        return online(args, tables, rest, slots)
+        return online(args, tables, rest)
     if args.steps < 1 or args.max_tokens < 1:
         raise UsageError(f"--steps {args.steps} / --max_tokens {args.max_tokens}: both must be >= 1")
     if not 0 <= args.min_gain < 1:

@@ -9,7 +9,8 @@ before anything is trained.
 Scheduling (run_tables): the runs go through a list of slots, one run per slot at a time, the next table
 starting on a slot as soon as its run ends. Slots come from gpu_slots: --gpus 0,1,2,3 with --nproc 2 gives
 two slots, whose runs see CUDA_VISIBLE_DEVICES=0,1 and 2,3; without --gpus, --parallel N gives N slots without
-GPU pinning (default 1: one run after another). A failed run does not stop the others: every run that
+GPU pinning (default: on CPU as many as the cores allow, auto_parallel; else 1, one run after another). Each
+run's logged steps are reported as they come (on_progress: the step, steps/s, time left). A failed run does not stop the others: every run that
 succeeds stores its result.json, and the failures are raised together at the end, so the same command trains
 only the failed tables again.
 """
@@ -31,6 +32,8 @@ from ..files import write_text_atomic
 from ..modes import PAIR_KEYS
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TOTAL_LINE = re.compile(r"total steps (\d+)")  # torchtitan's "Trainer is initialized with ..." line
+RATE = re.compile(r"steps/s:\s*(\S+)\s+left:\s*(\S+)")  # adahop.titan.logs's step line
 TRAIN_LINE = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 VAL_LINE = re.compile(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+|nan|-?inf)")
 KEY = "--quantize.linear.mx.calibration.layer_transform_config"
@@ -66,6 +69,18 @@ def parse_log(text: str) -> dict:
 # set by torchrun / adahop.train for one process group; runs started at once must each choose their own
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+#: CPU threads a training run is given when --parallel is left to the machine's cores
+CPU_THREADS_PER_RUN = 2
+
+
+def auto_parallel(nproc: int, tables: int, cores: int, has_gpu: bool) -> int:
+    """--parallel when not given: on CPU, as many runs as the cores give CPU_THREADS_PER_RUN threads to each rank
+    (at most one per table); with a GPU, or runs of several ranks, 1 (runs without --gpus share the devices)."""
+    if has_gpu or nproc > 1:
+        return 1
+    return max(1, min(tables, cores // CPU_THREADS_PER_RUN))
 
 
 def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
@@ -134,6 +149,42 @@ def train_command(run_dir: Path, table: dict[str, str], config: str, extra: list
     return [sys.executable, *train]
 
 
+class LogProgress:
+    """Follows a run's train.log as it grows (reading only what was added): the newest training step logged,
+    the run's total steps and, from the step line, steps/s and the time left."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, 0, ""
+        self.step: int | None = None
+        self.total: int | None = None
+        self.rate = ""
+
+    def poll(self) -> bool:
+        """Read what the log gained; True if it logged a new training step."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return False
+        self.offset += len(data)
+        lines = (self.partial + data.decode(errors="replace")).split("\n")
+        self.partial = lines.pop()  # an unfinished line waits for the rest
+        stepped = False
+        for line in lines:
+            line = ANSI.sub("", line)
+            if m := TOTAL_LINE.search(line):
+                self.total = int(m.group(1))
+            if m := TRAIN_LINE.search(line):
+                self.step, stepped = int(m.group(1)), True
+                r = RATE.search(line)
+                self.rate = f", {r.group(1)} steps/s, {r.group(2)} left" if r else ""
+        return stepped
+
+    def describe(self) -> str:
+        return f"step {self.step}/{self.total if self.total is not None else '?'}{self.rate}"
+
+
 def launch(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start one training run, stdout and stderr into `log_path` (the tests replace this function)."""
     with log_path.open("w") as log:
@@ -163,10 +214,13 @@ def finish_table(name: str, table: dict[str, str], out: Path, extra: list[str], 
 
 def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra: list[str], nproc: int = 1,
                slots: Sequence[str | None] = (None,), on_finish: Callable[[str], object] | None = None,
-               poll_s: float = 0.5) -> dict[str, dict]:
+               poll_s: float = 0.5, on_progress: Callable[[str, str], object] | None = None,
+               threads_per_run: int | None = None) -> dict[str, dict]:
     """Train every table without a stored result, one run per slot at a time (a slot: the CUDA_VISIBLE_DEVICES
     of its runs, or None to leave the environment as it is); returns the results in the order of `tables`.
-    `on_finish(name)` is called for each table as its stored result is found or its run ends. A failed run
+    `on_finish(name)` is called for each table as its stored result is found or its run ends; `on_progress(name,
+    text)` as a run logs a training step (text: "step 20/150, 1.25 steps/s, 1m44s left"). `threads_per_run`: the
+    OMP_NUM_THREADS of each run, unless the environment sets it. A failed run
     does not stop the others; the failures are raised together (TablesFailed naming their logs) once every
     run has ended. Table names (check_table_name) and stored results (UsageError if stale) are all checked
     before any run starts."""
@@ -189,13 +243,18 @@ def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra:
                     env.pop(var, None)
                 if slot is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slot
+                if threads_per_run is not None:
+                    env.setdefault("OMP_NUM_THREADS", str(threads_per_run))
                 proc = launch(train_command(run_dir, tables[name], config, extra, nproc), env, run_dir / "train.log")
-                running[name] = (proc, slot)
-            ended = [name for name, (proc, _) in running.items() if proc.poll() is not None]
+                running[name] = (proc, slot, LogProgress(run_dir / "train.log"))
+            ended = [name for name, (proc, _, _) in running.items() if proc.poll() is not None]
+            for name, (_, _, progress) in running.items():
+                if progress.poll() and on_progress is not None:
+                    on_progress(name, progress.describe())
             if not ended:
                 time.sleep(poll_s)
             for name in ended:
-                proc, slot = running.pop(name)
+                proc, slot, _ = running.pop(name)
                 free.append(slot)
                 try:
                     results[name] = finish_table(name, tables[name], out, extra, proc.returncode)
@@ -204,9 +263,9 @@ def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra:
                 if on_finish is not None:
                     on_finish(name)
     finally:  # interrupted (Ctrl-C, an error): stop the runs still going
-        for proc, _ in running.values():
+        for proc, _, _ in running.values():
             proc.terminate()
-        for proc, _ in running.values():
+        for proc, _, _ in running.values():
             proc.wait()
     if failed:
         raise TablesFailed(

@@ -8,7 +8,9 @@ torchtitan's own trainer as ``--experimental.custom_import adahop.titan``):
 2. our ``quantize.linear.mx`` converter replaces upstream's entry (torchao MXFP8, Blackwell-only) in
    ``torchtitan.protocols.model_converter._registry_model_converter_cls``;
 3. the "adahop_llama3" train spec (upstream llama3 + tiny/125M/1B/3B flavors, gloo-safe FSDP);
-4. the embedded datasets "adahop_text" / "adahop_text_val" (adahop.data.datasets.register_datasets).
+4. the embedded datasets "adahop_text" / "adahop_text_val" (adahop.data.datasets.register_datasets);
+5. quieter, more useful logs (adahop.titan.logs): log / warnings filters for messages that alarm without
+   helping, and our train specs' metrics processor (steps/s, time left, mfu n/a without known peak FLOPS).
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ def register_datasets() -> bool:
     return True
 
 
+def use_adahop_metrics(names: list[str]) -> None:
+    """Our train specs log through adahop.titan.logs.AdaHOPMetricsProcessor (torchtitan's
+    TrainSpec.build_metrics_processor_fn), unless a spec sets its own."""
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    from adahop.titan.logs import build_metrics_processor
+
+    for name in names:
+        spec = get_train_spec(name)
+        if spec.build_metrics_processor_fn is None:
+            spec.build_metrics_processor_fn = build_metrics_processor
+
+
 def setup() -> None:
     global _DONE
     if _DONE:
@@ -51,8 +66,10 @@ def setup() -> None:
 
     register_converter()
     from adahop.models import register_models
+    from adahop.titan.logs import quiet_messages
 
-    register_models()
+    quiet_messages()
+    use_adahop_metrics(register_models())
     register_datasets()
     _DONE = True
 
