@@ -7,7 +7,8 @@ Uses the config's validation data ([validation] dataset, local_batch_size, seq_l
 torchtitan's own validation dataloader and loss, so the number is the one training logs. The model
 runs with its high-precision weights (the BF16 view) or, with --quantized, through the checkpoint's
 AdaHOP plan in MXFP4 (the forward training ran). For the embedded validation set, each source
-(Gutenberg, SOTU, Python docs, Wikipedia) is also evaluated on its own.
+(Gutenberg, SOTU, Python docs, Wikipedia) is also evaluated on its own, and the table says how many tokens of
+each source the "all" row read (the embedded split is read with its sources interleaved: adahop.data.datasets).
 Writes eval.json and eval.md (the table) to --out (default: next to the checkpoint).
 """
 
@@ -63,6 +64,34 @@ def dataset_loss(model, job_config, dataset: str, steps: int, desc: str) -> dict
     return {"loss": loss, "perplexity": math.exp(loss), "steps": len(losses), "tokens": tokens}
 
 
+def tokens_by_source(job_config, dataset: str, tokens: int) -> dict[str, int] | None:
+    """How many tokens of each source the validation loader read to give `tokens` label tokens, for data whose
+    samples have a "source" field (else None). torchtitan's text dataset reads the samples in order, each as
+    BOS + text + EOS, and cuts seq_len + 1 tokens per sequence (its labels are the last seq_len of them)."""
+    from torchtitan.components.tokenizer import build_hf_tokenizer
+    from torchtitan.hf_datasets.text_datasets import DATASETS
+
+    from .data.datasets import registered_datasets
+
+    if dataset.lower() not in registered_datasets():
+        return None
+    entry = DATASETS[dataset.lower()]
+    data = entry.loader(job_config.validation.dataset_path or entry.path)
+    if "source" not in (getattr(data, "column_names", None) or []):
+        return None
+    seq_len = job_config.validation.seq_len
+    left = tokens // seq_len * (seq_len + 1)
+    tokenizer = build_hf_tokenizer(job_config)
+    counts: dict[str, int] = {}
+    for sample in data:
+        if left <= 0:
+            break
+        n = min(left, len(tokenizer.encode(entry.sample_processor(sample), add_bos=True, add_eos=True)))
+        counts[sample["source"]] = counts.get(sample["source"], 0) + n
+        left -= n
+    return counts
+
+
 def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None, quantized: bool = False) -> dict:
     check_checkpoint(checkpoint_path)  # before anything is built: missing, damaged or crafted
     job_config = load_job_config(checkpoint_path, cli_args)
@@ -80,6 +109,9 @@ def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None
     main = job_config.validation.dataset
     results = {"checkpoint": str(checkpoint_path), "quantized": quantized, "dataset": main}
     results["overall"] = dataset_loss(model, job_config, main, steps, "validation")
+    by_source = tokens_by_source(job_config, main, results["overall"]["tokens"])
+    if by_source is not None:
+        results["overall"]["tokens_by_source"] = by_source
     from .data.datasets import VALIDATION_DATASET, validation_sources
 
     if main == VALIDATION_DATASET:
@@ -98,6 +130,11 @@ def table(results: dict) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {n} | {r['loss']:.4f} | {r['perplexity']:.2f} | {r['steps']} | {r['tokens']} |" for n, r in rows]
+    read = results["overall"].get("tokens_by_source")
+    if read:
+        total = sum(read.values())
+        lines += ["", "tokens of each source in the 'all' row (as read, BOS/EOS included): " + ", ".join(
+            f"{s} {n} ({100 * n / total:.0f}%)" for s, n in sorted(read.items(), key=lambda kv: -kv[1]))]
     return "\n".join(lines) + "\n"
 
 

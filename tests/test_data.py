@@ -177,6 +177,39 @@ def test_per_source_validation_entry_filters():
     assert len(ds) > 0 and set(ds["source"]) == {"wikipedia"}
 
 
+def test_interleave_by_source_keeps_each_sources_share():
+    from adahop.data.datasets import interleave_by_source
+
+    # a file that starts with six short "w" documents, then two long ones of "a" and "b"
+    sources = ["w"] * 6 + ["a", "b"]
+    sizes = [1] * 6 + [3, 3]
+    order = interleave_by_source(sources, sizes)
+    assert sorted(order) == list(range(8))
+    assert [sources[i] for i in order[:4]] == ["w", "a", "w", "b"]  # a and b near the front, not after every w
+    assert [i for i in order if sources[i] == "w"] == list(range(6))  # each source keeps its order
+
+
+def test_validation_split_reads_every_source_early(tokenizer):
+    """The first 16k tokens of adahop_text_val (default.toml's 32 batches of 4 x 128) hold every source within a
+    few points of its share of the split; the file's own order starts with Wikipedia leads only."""
+    from torchtitan.hf_datasets.text_datasets import DATASETS
+
+    register_datasets()
+    cfg = DATASETS["adahop_text_val"]
+    data = cfg.loader(cfg.path)
+    counts, left = {}, 32 * 4 * 129
+    for sample in data:
+        n = min(left, len(tokenizer.encode(sample["text"], add_bos=True, add_eos=True)))
+        counts[sample["source"]] = counts.get(sample["source"], 0) + n
+        left -= n
+        if left == 0:
+            break
+    total = json.loads((ASSETS_DIR / "stats.json").read_text())["splits"]["validation"]
+    for source, stats in total["by_source"].items():
+        assert abs(counts[source] / (32 * 4 * 129) - stats["tokens"] / total["tokens"]) < 0.07, (source, counts)
+    assert len(data) == total["docs"]  # nothing dropped or repeated
+
+
 def test_local_files_and_custom_text_field(tmp_path, tokenizer):
     rows = [{"body": f"Document number {i}. " * 20} for i in range(5)]
     jl = tmp_path / "mine.jsonl"

@@ -50,6 +50,11 @@ def test_quantized_eval_reproduces_training_validation_loss(trained, tmp_path):
     res = json.loads((tmp_path / "eval_quantized.json").read_text())
     assert res["overall"]["loss"] == pytest.approx(logged, abs=1e-3)  # torchtitan logs 4 decimals
     assert set(res["by_source"]) >= {"gutenberg", "wikipedia"}
+    # the "all" row reads every source in turn (not the file's leading Wikipedia leads only), and says how much
+    read = res["overall"]["tokens_by_source"]
+    assert len(read) >= 2 and sum(read.values()) == 3 * 2 * (64 + 1)  # batches x batch x (seq_len + 1)
+    assert all(res["overall"]["loss"] != row["loss"] for row in res["by_source"].values())
+    assert "tokens of each source in the 'all' row" in (tmp_path / "eval_quantized.md").read_text()
     assert (tmp_path / "eval_quantized.md").read_text().startswith("checkpoint:")
     # the high-precision forward of the same weights (barely trained: close to the MXFP4 one)
     assert main(["--checkpoint_path", str(ckpt), "--out", str(tmp_path)]) == 0

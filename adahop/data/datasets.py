@@ -9,7 +9,8 @@ replaces its `path`, and then `loader(path)` gives a Hugging Face dataset whose 
 Entries added by register_datasets():
 
   adahop_text               embedded training split (adahop/data/assets/train.jsonl.gz)
-  adahop_text_val           embedded validation split (validation.jsonl.gz, all sources)
+  adahop_text_val           embedded validation split (validation.jsonl.gz, all sources, read in an
+                            order that interleaves them: interleave_by_source)
   adahop_text_val_<source>  validation split restricted to one source
                             (e.g. adahop_text_val_wikipedia), for per-source loss
 
@@ -144,6 +145,38 @@ def load_text_dataset(path: str, split: str = "train", streaming: bool | None = 
                         streaming=True if streaming is None else streaming)
 
 
+def interleave_by_source(sources: list[str], sizes: list[int]) -> list[int]:
+    """The indices of documents (their source and size) in an order where each source's running share of the size
+    read so far stays close to its share of the whole: the next document is the next one of the source furthest
+    behind its share (ties: the larger share). Each source keeps its own order."""
+    total = sum(sizes) or 1
+    queues: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        queues.setdefault(source, []).append(i)
+    share = {s: sum(sizes[i] for i in q) / total for s, q in queues.items()}
+    nexts = {s: 0 for s in queues}
+    taken = {s: 0 for s in queues}
+    done, order = 0, []
+    while len(order) < len(sources):
+        s = max((s for s in queues if nexts[s] < len(queues[s])), key=lambda s: (share[s] * done - taken[s], share[s]))
+        i = queues[s][nexts[s]]
+        nexts[s] += 1
+        taken[s] += sizes[i]
+        done += sizes[i]
+        order.append(i)
+    return order
+
+
+def _load_interleaved(path: str):
+    """A validation file whose samples have a "source" field, in interleave_by_source order (by characters), so
+    that the first `validation.steps` batches hold every source (the file itself is shuffled by document, and
+    its many short Wikipedia leads fill any short prefix); other data as it is."""
+    ds = load_text_dataset(path)
+    if "source" not in (getattr(ds, "column_names", None) or []) or not hasattr(ds, "select"):
+        return ds  # streamed, or without sources
+    return ds.select(interleave_by_source(ds["source"], [len(t) for t in ds["text"]]))
+
+
 def _load_source_subset(path: str, source: str):
     """The validation file restricted to one "source" value."""
     ds = load_text_dataset(path)
@@ -208,7 +241,7 @@ def register_datasets() -> list[str]:
     registry = _registry()
     text = partial(_text_field, "text")
     registry[TRAIN_DATASET] = DatasetConfig(str(TRAIN_FILE), load_text_dataset, text)
-    registry[VALIDATION_DATASET] = DatasetConfig(str(VALIDATION_FILE), load_text_dataset, text)
+    registry[VALIDATION_DATASET] = DatasetConfig(str(VALIDATION_FILE), _load_interleaved, text)
     names = [TRAIN_DATASET, VALIDATION_DATASET]
     for source in validation_sources():
         key = f"{VALIDATION_DATASET}_{source}"
