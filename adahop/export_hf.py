@@ -32,6 +32,24 @@ EXPORT_FILES = ("model.safetensors", "config.json", "generation_config.json", *T
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def llama3_rope(rs, max_position: int) -> dict:
+    """transformers' llama3 rope parameters giving torchtitan's frequencies, for a model of `max_position`
+    positions.
+
+    transformers warns when original_max_position_embeddings is not below max_position_embeddings (8192 against
+    the 128 the default model was trained on). Its llama3 formula uses original_max_position_embeddings L only
+    through L / low_freq_factor, L / high_freq_factor and L / wavelength - low_freq_factor over high_freq_factor
+    - low_freq_factor, all of which stay the same when L and both factors are scaled by one number. So a smaller L
+    with both factors scaled gives the same frequencies, while max_position_embeddings keeps the trained length
+    (which lm-eval-harness takes as its context length)."""
+    original, low, high = rs.original_max_position_embeddings, rs.low_freq_factor, rs.high_freq_factor
+    if original >= max_position:
+        scale = (max_position - 1) / original
+        original, low, high = max_position - 1, low * scale, high * scale
+    return {"rope_type": "llama3", "factor": rs.scaling_factor, "low_freq_factor": low, "high_freq_factor": high,
+            "original_max_position_embeddings": original}
+
+
 def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
     """A LlamaConfig dict matching torchtitan's TransformerModelArgs."""
     head_dim = args.dim // args.n_heads
@@ -45,14 +63,7 @@ def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
             token = token.get("content") if isinstance(token, dict) else token
             if token in added:
                 special[f"{role}_token_id"] = added[token]
-    rs = args.rope_scaling_args
-    rope = {
-        "rope_type": "llama3",
-        "factor": rs.scaling_factor,
-        "low_freq_factor": rs.low_freq_factor,
-        "high_freq_factor": rs.high_freq_factor,
-        "original_max_position_embeddings": rs.original_max_position_embeddings,
-    }
+    rope = llama3_rope(args.rope_scaling_args, args.max_seq_len)
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

@@ -47,6 +47,60 @@ def test_logits_match(checkpoint, tmp_path):
     assert tok.decode(ids, skip_special_tokens=True) == "The quick brown fox."
 
 
+def test_export_loads_without_warnings(checkpoint, tmp_path):
+    """transformers warned twice that rope original_max_position_embeddings (8192) is not below
+    max_position_embeddings (128); the rope parameters are now written in an equivalent form (the logits test
+    above shows the same model)."""
+    import logging
+    import warnings
+
+    from adahop.export_hf import main
+
+    path, _ = checkpoint
+    out = tmp_path / "hf"
+    assert main(["--checkpoint_path", str(path), "--out", str(out), "--job.config_file", CONFIG]) == 0
+    config = __import__("json").loads((out / "config.json").read_text())
+    assert config["max_position_embeddings"] == 128  # the trained length: lm-eval's context length
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")  # transformers' loggers do not propagate to the root
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            transformers.AutoModelForCausalLM.from_pretrained(str(out))
+            transformers.AutoTokenizer.from_pretrained(str(out))
+    finally:
+        hf_logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert [str(w.message) for w in caught] == []
+
+
+def test_llama3_rope_parameters_keep_the_frequencies():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from adahop.export_hf import llama3_rope
+
+    rs = SimpleNamespace(scaling_factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                         original_max_position_embeddings=8192)
+
+    def inv_freq(rope, max_position):
+        cfg = LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=max_position,
+                          rope_parameters={"rope_theta": 500000.0, **rope})
+        return ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")[0]
+
+    as_trained = llama3_rope(rs, 128)
+    assert as_trained["original_max_position_embeddings"] == 127
+    assert llama3_rope(rs, 16384)["original_max_position_embeddings"] == 8192  # below: left as it is
+    want = inv_freq({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192}, 16384)
+    torch.testing.assert_close(inv_freq(as_trained, 128), want, rtol=1e-6, atol=0)  # float32 rounding
+
+
 def test_missing_and_mismatching_checkpoints_refused(checkpoint, tmp_path, capsys):
     from adahop.export_hf import main
 
