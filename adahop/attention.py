@@ -89,7 +89,7 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
 @attention_backward.register_fake
 def _(do, q, k, v, p, scale, hadamard_size, use_sr_grad):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the GEMMs give them
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -144,9 +144,8 @@ def test_observer_runs_eagerly_and_is_left_out_of_the_compiled_graph():
     assert seen == []
 
 
-@pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
-def test_compiled_experts_give_the_eager_bits(sr):
-    """AdaHOPGroupedExperts (three stacks of different modes, silu gating) compiled whole."""
+def _experts(sr):
+    """AdaHOPGroupedExperts with three stacks of different modes, ragged and empty groups, padding rows."""
     torch.manual_seed(0)
     ex = moe_mod.GroupedExperts(dim=IN, hidden_dim=OUT, num_experts=4, use_grouped_mm=False)
     with torch.no_grad():
@@ -154,20 +153,37 @@ def test_compiled_experts_give_the_eager_bits(sr):
     modes = {"w1": (HADAMARD, OE_RIGHT, NONE), "w2": (OE_LEFT, HADAMARD, OE_RIGHT), "w3": (NONE, FULL_PRECISION, HADAMARD)}
     AdaHOPGroupedExperts.from_experts(ex, {n: LinearRecipe(*m, use_sr_grad=sr, outlier_k=4) for n, m in modes.items()})
     sizes = torch.tensor([40, 0, 13, 43])
-    x = torch.randn(int(sizes.sum()) + 4, IN)
+    return ex, sizes, torch.randn(int(sizes.sum()) + 4, IN)
 
-    def step(fn):
-        torch.manual_seed(4)
-        xx = x.clone().requires_grad_(True)
-        y = fn(xx, sizes)
-        y.square().mean().backward()
-        grads = [xx.grad] + [p.grad.clone() for p in ex.parameters()]
-        ex.zero_grad(set_to_none=True)
-        return [y.detach()] + grads
 
-    eager = step(ex)
+def _experts_step(ex, sizes, x, fn):
+    torch.manual_seed(4)
+    xx = x.clone().requires_grad_(True)
+    y = fn(xx, sizes)
+    y.square().mean().backward()
+    grads = [xx.grad] + [p.grad.clone() for p in ex.parameters()]
+    ex.zero_grad(set_to_none=True)
+    return [y.detach()] + grads
+
+
+@pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
+def test_compiled_experts_give_the_eager_bits(sr):
+    """AdaHOPGroupedExperts (silu gating of two grouped GEMMs, then the third) compiled whole."""
+    ex, sizes, x = _experts(sr)
+    eager = _experts_step(ex, sizes, x, ex)
     assert len(eager) == 5 and all(g.abs().sum() > 0 for g in eager)
-    _assert_same_bits(eager, step(_compile(ex)))
+    _assert_same_bits(eager, _experts_step(ex, sizes, x, _compile(ex)))
+
+
+def test_experts_compiled_with_inductor_give_the_eager_bits():
+    """inductor (the trainer's backend) checks the real outputs' strides against the fake ones and fuses the
+    code around the ops (silu gating); caches off, so that the fake implementations of this code are used.
+    Nearest rounding: inductor may run the independent backward ops of w1 and w3 in the other order than eager
+    autograd, and stochastic rounding then draws other bits (docs/kernels.md)."""
+    ex, sizes, x = _experts(False)
+    eager = _experts_step(ex, sizes, x, ex)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _assert_same_bits(eager, _experts_step(ex, sizes, x, torch.compile(ex, fullgraph=True)))
 
 
 @pytest.mark.parametrize("modes", MODE_TRIPLES, ids=lambda m: "/".join(m))
@@ -227,9 +243,25 @@ def test_compiled_attention_under_autocast_gives_the_eager_bits(backward_under_a
     _assert_same_bits(eager, _amp_step(_compile(mod), _qkv(torch.float32), 0, backward_under_autocast))
 
 
+@pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
+def test_attention_compiled_with_inductor_gives_the_eager_bits(sr):
+    """q, k, v transposed from [B, T, H, D] as torchtitan's attention passes them: inductor checks the gradients'
+    strides against the fake implementation's; caches off, so that this code's fake implementations are used."""
+    mod = MXFP4Attention(use_sr_grad=sr)
+    qkv = tuple(t.transpose(1, 2).contiguous() for t in _qkv(torch.float32))  # leaves [B, T, H, D]
+    call = lambda fn: lambda q, k, v: fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # noqa: E731
+    eager = _step(call(mod), qkv, seed=3)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _assert_same_bits(eager, _step(call(torch.compile(mod, fullgraph=True)), qkv, seed=3))
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_ops_pass_opcheck(causal):
-    q, k, v = (t.requires_grad_(True) for t in _qkv(torch.float32, tq=32, tk=96))
+    # [B, T, H, D] transposed to [B, H, T, D], as torchtitan's attention passes them: the gradients' strides are
+    # the GEMMs' (contiguous), not the inputs'
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
+               for t in _qkv(torch.float32, tq=32, tk=96))
+    assert not q.is_contiguous()
     torch.library.opcheck(attention_forward, (q, k, v, 0.125, causal, 32, False))
     o, p = attention_forward(q.detach(), k.detach(), v.detach(), 0.125, causal, 32, False)
     for sr in (False, True):  # stochastic rounding draws anew each call: fake shapes and schema only
