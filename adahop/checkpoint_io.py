@@ -98,6 +98,9 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     model = job.get("model")
     assets = model.get("hf_assets_path") if isinstance(model, dict) else None
     if assets and "model.hf_assets_path" not in _cli_keys(args):
+        from_root = Path(__file__).resolve().parents[1] / assets  # a run started in the repository root
+        if not Path(assets).exists() and from_root.exists():  # read from another folder: the same tokenizer
+            assets = from_root
         args += ["--model.hf_assets_path", str(assets)]  # else torchtitan warns that its default path is missing
     config = ConfigManager().parse_args(args)
     _overlay(config, job, _cli_keys(args))

@@ -160,3 +160,24 @@ def test_plan_entry_that_runs_code_refused(trained, tmp_path, capsys):
     with pytest.raises(ValueError, match="refusing"):
         check_checkpoint(step, all_entries=True)
     assert not marker.exists()
+
+
+def test_eval_from_another_folder_finds_the_runs_tokenizer(trained, tmp_path, monkeypatch, capsys):
+    """A run started in the repository root records its tokenizer as the relative adahop/data/assets/tokenizer;
+    eval run from elsewhere used to fail on it (torchtitan: 'HF assets path ... does not exist!', then a
+    FileNotFoundError traceback)."""
+    from adahop.eval import main
+
+    dump, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(dump, run)
+    job = json.loads((run / "adahop_job.json").read_text())
+    job["model"]["hf_assets_path"] = "adahop/data/assets/tokenizer"
+    (run / "adahop_job.json").write_text(json.dumps(job))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["--checkpoint_path", str(run / "checkpoint" / "step-6"), "--steps", "1", "--out", "out"]) == 0
+    captured = capsys.readouterr()
+    assert "does not exist" not in captured.out + captured.err
+    assert (elsewhere / "out" / "eval.json").is_file()
