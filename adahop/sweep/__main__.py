@@ -119,7 +119,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--online", action="store_true", help="rank tables by short training runs instead")
     p.add_argument("--nproc", type=int, default=1, help="online: ranks per training run (torchrun)")
     p.add_argument("--gpus", default="", help="online: GPU ids (0,1,2,3), split into groups of --nproc, one "
-                   "table per group at once (default: one run after another)")
+                   "table per group at once (default: no pinning; see --parallel)")
     p.add_argument("--parallel", type=int, default=None, help="online: training runs at once without GPU pinning "
                    "(default: on CPU, as many as the cores give 2 threads each; with a GPU, 1)")
     args, rest = p.parse_known_args(argv)
