@@ -48,7 +48,7 @@ def _step(fn, tensors, seed):
     torch.manual_seed(seed)
     leaves = [t.clone().requires_grad_(True) for t in tensors]
     y = fn(*leaves)
-    (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    (y.float() * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum().backward()
     return [y.detach()] + [t.grad for t in leaves]
 
 
@@ -59,7 +59,7 @@ def _amp_step(fn, tensors, seed, backward_under_autocast):
     leaves = [t.clone().requires_grad_(True) for t in tensors]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fn(*leaves)
-        loss = (y.float() * torch.linspace(-1, 1, y.shape[-1])).sum()
+        loss = (y.float() * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum()
         if backward_under_autocast:
             loss.backward()
     if not backward_under_autocast:
@@ -267,3 +267,31 @@ def test_attention_ops_pass_opcheck(causal):
     for sr in (False, True):  # stochastic rounding draws anew each call: fake shapes and schema only
         torch.library.opcheck(attention_backward, (torch.randn_like(o), q.detach(), k.detach(), v.detach(), p, 0.125,
                                                    32, sr), test_utils=("test_schema", "test_faketensor"))
+
+
+# ------------------------------------------------------------------------------------------ GPU fast path
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="needs CUDA sm90+ (the fused quantizer and fp8 GEMMs)")
+@pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
+@pytest.mark.parametrize("mode", MODES)
+def test_grouped_and_attention_compiled_with_inductor_on_the_fast_path(mode, sr):
+    """On the GPU fast path (groups whose padded tokens are multiples of 128 take it for the weight gradient,
+    the others the reference): inductor-compiled grouped GEMM and attention give the eager bits, BF16."""
+    counts = torch.tensor([256, 0, 3, 200, 0, 128, 53], device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(int(counts.sum()) + 8, 256, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(len(counts), 384, 256, device="cuda", generator=g) / 16).bfloat16()
+    mod = MXFP4GroupedMM(LinearRecipe(mode, mode, mode, use_sr_grad=sr, outlier_k=8))
+    eager = _step(lambda a, b: mod(a, b, counts), (x, w), seed=3)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        compiled = torch.compile(mod, fullgraph=True)
+        _assert_same_bits(eager, _step(lambda a, b: compiled(a, b, counts), (x, w), seed=3))
+    torch._dynamo.reset()
+    att = MXFP4Attention(use_sr_grad=sr)
+    qkv = tuple(torch.randn(2, 256, 8, 64, device="cuda", generator=g).bfloat16() for _ in range(3))  # [B, T, H, D]
+    call = lambda fn: lambda q, k, v: fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # noqa: E731
+    eager = _step(call(att), qkv, seed=5)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _assert_same_bits(eager, _step(call(torch.compile(att, fullgraph=True)), qkv, seed=5))
