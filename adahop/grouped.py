@@ -17,6 +17,7 @@ them, so the fake implementations give every output a shape computed from the in
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -86,22 +87,21 @@ def _saved_buffers(x: torch.Tensor, weight: torch.Tensor, r: LinearRecipe, save_
     return parts
 
 
-def _groups(group_sizes: torch.Tensor, tokens: int) -> Iterator[tuple[int, int, int]]:
-    """(group, first row, row count) of every group, from the sizes read on the host."""
+def _groups(group_sizes: torch.Tensor, tokens: int) -> list[tuple[int, int, int]]:
+    """(group, first row, row count) of every group, from the sizes read on the host (once per op call: a
+    device-to-host copy)."""
     counts = [int(c) for c in group_sizes.tolist()]
     if any(c < 0 for c in counts) or sum(counts) > tokens:
         raise ValueError(f"group sizes {counts} must be >= 0 and sum to at most the {tokens} rows of x")
-    start = 0
-    for g, count in enumerate(counts):
-        yield g, start, count
-        start += count
+    starts = [0, *itertools.accumulate(counts)][:-1]
+    return list(zip(range(len(counts)), starts, counts))
 
 
-def _gw_slices(group_sizes: torch.Tensor, tokens: int, multiple: int) -> Iterator[tuple[int, int, int, int, int]]:
+def _gw_slices(groups: list[tuple[int, int, int]], multiple: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(group, first row, row count, offset, padded count) of every non-empty group, the offset counted in
     padded tokens along the flat weight-gradient buffers."""
     offset = 0
-    for g, start, count in _groups(group_sizes, tokens):
+    for g, start, count in groups:
         if count:
             padded = -(-count // multiple) * multiple
             yield g, start, count, offset, padded
@@ -117,8 +117,9 @@ def grouped_forward(x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Te
     input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
     r = LinearRecipe.from_key(recipe)
     tokens, in_f = x.shape
+    groups = _groups(group_sizes, tokens)
     y = x.new_zeros(tokens, weight.shape[1])
-    for g, start, count in _groups(group_sizes, tokens):
+    for g, start, count in groups:
         if count:
             y[start : start + count] = forward_gemm(x[start : start + count], weight[g], r)
     saved = _saved_buffers(x, weight, r, save_gx, save_gw)
@@ -129,7 +130,7 @@ def grouped_forward(x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Te
                 part[g] = value
     if save_gw and not _keeps_x(r):
         kk = saved[6].shape[-1]
-        for g, start, count, off, padded in _gw_slices(group_sizes, tokens, _gw_row_multiple(r)):
+        for g, start, count, off, padded in _gw_slices(groups, _gw_row_multiple(r)):
             right = _x_for_gw(x[start : start + count], r)
             saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = right.packed.data.reshape(-1)
             saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = right.packed.scales.reshape(-1)
@@ -164,9 +165,10 @@ def _grouped_backward(gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in
     tokens, out_f = gy.shape
     gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
     gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype) if need_gw else _empty(gy, w_dtype)
+    groups = _groups(group_sizes, tokens)
     if need_gx:
         mode = r.mode("backward_gx")
-        for g, start, count in _groups(group_sizes, tokens):
+        for g, start, count in groups:
             if not count:
                 continue
             if mode == OE_RIGHT:
@@ -182,7 +184,7 @@ def _grouped_backward(gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in
         mode = r.mode("backward_gw")
         multiple = _gw_row_multiple(r)
         kk = saved[6].shape[-1]
-        for g, start, count, off, padded in _gw_slices(group_sizes, tokens, multiple):
+        for g, start, count, off, padded in _gw_slices(groups, multiple):
             if mode == FULL_PRECISION:
                 right = RightOperand(full=_pad_rows(x[start : start + count], multiple), full_k_dim=0)
             else:
