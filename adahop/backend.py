@@ -257,7 +257,12 @@ def bf16_matmul(a: torch.Tensor, bt: torch.Tensor, out_dtype: torch.dtype = torc
             return torch.mm(a16, b16)
         try:
             return torch.mm(a16, b16, out_dtype=torch.float32).to(out_dtype)
-        except (RuntimeError, TypeError):
+        except TypeError:  # a torch without mm's out_dtype
             pass
+        except RuntimeError as e:  # a shape cuBLAS refuses; out-of-memory and device faults propagate
+            from .kernels.gemm import refused_by_cublas
+
+            if not refused_by_cublas(e):
+                raise
     out = a.to(torch.bfloat16).to(torch.float32) @ bt.to(torch.bfloat16).to(torch.float32).t()
     return out.to(out_dtype)

@@ -89,6 +89,13 @@ if _REPORT:  # diagnostics: where the fp8 form loses blocks
         f"{os.environ['ADAHOP_DEFICIENT_REPORT']}.{os.environ.get('RANK', '0')}.json"))
 
 
+def refused_by_cublas(error: RuntimeError) -> bool:
+    """Whether a RuntimeError from a cuBLAS GEMM call is the refusal of a shape or dtype (what the slower
+    fallbacks here are for). Out-of-memory and device faults are RuntimeErrors too: they must propagate, not
+    turn into a silent slow path."""
+    return not isinstance(error, (torch.OutOfMemoryError, torch.AcceleratorError))
+
+
 @dataclass
 class FastOperand:
     """A K-major operand in both forms written by the fused kernel."""
@@ -261,7 +268,9 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
     try:
         both = _scaled_mm_parts(parts["both"], parts["both_gscale"], b, torch.float32)  # [2 cap, N]
         exact = both[:cap] + both[cap:]
-    except RuntimeError:  # a shape or dtype cuBLAS refuses: the same exact parts in float32
+    except RuntimeError as e:  # a shape or dtype cuBLAS refuses: the same exact parts in float32
+        if not refused_by_cublas(e):
+            raise
         STATS["fallback_gemms"] += 1
         hi_lo = _dequantize_part(parts["hi"], parts["hi_gscale"]) + _dequantize_part(parts["lo"], parts["lo_gscale"])
         exact = hi_lo @ b.fp8_dequantize().t()
@@ -322,7 +331,9 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Opti
     b.ensure_packed()
     try:
         out = _scaled_mm(a, b, torch.float32)
-    except RuntimeError:
+    except RuntimeError as e:
+        if not refused_by_cublas(e):
+            raise
         out = a.fp8_dequantize() @ b.fp8_dequantize().t()
     da = deficient_blocks(a.packed, a.scales, a.tile, a.wide)
     db = deficient_blocks(b.packed, b.scales, b.tile, b.wide)
@@ -336,7 +347,9 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Opti
 def _scaled_mm_or_fallback(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
     try:
         return _scaled_mm(a, b, out_dtype)
-    except RuntimeError:  # a shape or dtype cuBLAS refuses: same numbers, slowly
+    except RuntimeError as e:  # a shape or dtype cuBLAS refuses: same numbers, slowly
+        if not refused_by_cublas(e):
+            raise
         return _fallback(a, b, out_dtype)
 
 
