@@ -300,7 +300,14 @@ def linear_backward(gy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, s
                     w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(gx, gw) of the linear from the output gradient gy [T, N] and what linear_forward kept (`x2d` / `weight`
     empty where the recipe does not keep them); an empty tensor for a gradient not asked for."""
-    r = LinearRecipe.from_key(recipe)
+    # autocast off, as in forward (adahop/amp.py): an eager backward inside an autocast region would inherit it,
+    # a compiled one does not
+    with torch.autocast(gy.device.type, enabled=False):
+        return _linear_backward(gy, x2d, weight, saved, LinearRecipe.from_key(recipe), need_gx, need_gw, x_dtype,
+                                w_dtype)
+
+
+def _linear_backward(gy, x2d, weight, saved, r: LinearRecipe, need_gx, need_gw, x_dtype, w_dtype):
     rounding = "stochastic" if r.use_sr_grad else "nearest"
     gx = gw = _empty(gy, x_dtype)
     if need_gx:
