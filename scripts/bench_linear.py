@@ -260,6 +260,8 @@ def main():
     ap.add_argument("--tune", action="store_true", help="sweep the quantizer's launch choices first")
     ap.add_argument("--no-baselines", action="store_true", help="skip the fp8 baselines (torchao / _scaled_mm)")
     ap.add_argument("--shapes", nargs="*", default=None, help="subset of q/o k/v up/gate down")
+    ap.add_argument("--tile-b", nargs="*", default=["none"], choices=["none", "forward", "weights", "all"],
+                    help="[quantize.linear.mx.kernels] tile_b settings to time the AdaHOP linear with")
     ap.add_argument("--sync-every-gemm", action="store_true",
                     help="time the AdaHOP linear with its per-GEMM deficient-block sync (default: as in training, "
                          "the check deferred to once per timed call, adahop.kernels.deferred)")
@@ -313,11 +315,14 @@ def main():
                     impls[name] = (mod, params)
                 for mode in args.modes:
                     for sr in args.sr:
-                        impls[f"{SHORT[mode]}{'+sr' if sr == '1' else ''}"] = (
-                            lambda x, m=mode, s=sr == "1": mxfp4_linear(x, w, forward_y=m, backward_gx=m, backward_gw=m, use_sr_grad=s),
-                            [w],
-                        )
-                adahop_impls = set(list(impls)[-len(args.modes) * len(args.sr):])
+                        for tile in args.tile_b:
+                            name = f"{SHORT[mode]}{'+sr' if sr == '1' else ''}{'' if tile == 'none' else '+tile_' + tile}"
+                            impls[name] = (
+                                lambda x, m=mode, s=sr == "1", t=tile: mxfp4_linear(
+                                    x, w, forward_y=m, backward_gx=m, backward_gw=m, use_sr_grad=s, tile_b=t),
+                                [w],
+                            )
+                adahop_impls = set(list(impls)[-len(args.modes) * len(args.sr) * len(args.tile_b):])
                 cuda_dev = torch.device("cuda", torch.cuda.current_device())
                 for name, (fn, params) in impls.items():
                     try:
