@@ -1,7 +1,7 @@
 """Corpus assembly: raw source documents -> de-duplicated, size-capped train/validation.
 
-Used by scripts/build_corpus.py (the CLI); kept in the package so the pipeline can be
-tested with synthetic sources and without network.
+Pure functions on RawDoc objects (tools/corpus/build.py feeds them), so the pipeline is tested with
+synthetic sources and without network.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from adahop.data.sources import RawDoc
-from adahop.data.text import ParagraphDeduper, split_documents, text_hash
+from .sources import RawDoc
+from .text import ParagraphDeduper, split_documents, text_hash
 
 # Share of the validation budget for sources that are entirely held out (never trained
 # on, e.g. Wikipedia); the rest goes to held-out documents of the training sources.

