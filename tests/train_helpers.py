@@ -74,8 +74,11 @@ def env(extra: dict | None = None) -> dict:
     e["PYTHONPATH"] = os.pathsep.join(paths + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
     e.setdefault("OMP_NUM_THREADS", "1")
     e["PYTHONUNBUFFERED"] = "1"
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(k, None)
+    # the caller's launch settings (torchrun's, and run_train.sh's for several nodes) would reach the runs
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "NNODES", "NODE_RANK", "RDZV_ENDPOINT", "RDZV_ID"):
+        if k not in (extra or {}):
+            e.pop(k, None)
     return e
 
 
