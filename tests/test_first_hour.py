@@ -66,7 +66,8 @@ def fresh_clone(dest: Path) -> Path:
 
 def run(cmd: str, cwd: Path, timeout: float = 600) -> str:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                        "NNODES", "NODE_RANK", "RDZV_ENDPOINT", "RDZV_ID")}  # run_train.sh's launch variables
     env["PYTHONPATH"] = str(cwd)  # the clone's adahop, not the checkout the environment was installed from
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHON"] = sys.executable  # run_train.sh's interpreter
