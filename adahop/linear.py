@@ -38,6 +38,11 @@ from .modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT, SLOTS, che
 from .mx import BLOCK_SIZE, MXFP4Tensor
 from .outliers import DEFAULT_OUTLIER_K, check_outlier_k, top_rows
 
+try:  # tensor-parallel operands (torch built without distributed has none)
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:
+    _DTensor = None
+
 # The mode backward_gw actually runs for each configured mode (see the module docstring).
 GW_EFFECTIVE_MODE = {OE_LEFT: HADAMARD}
 
@@ -402,6 +407,67 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
 
 
+# ----------------------------------------------------------------------------------------------------
+# Tensor parallelism: torchtitan's ColwiseParallel / RowwiseParallel hand the layer DTensors (weight Shard(0) or
+# Shard(1) on a 1-D TP mesh, x Replicate or Shard(-1)). The custom ops know plain tensors only, so the layer runs
+# them on the local shards and wraps the result in the placements nn.Linear's F.linear would give, with the
+# gradient placements of the same math (as torchao's float8 TP styles do with to_local / from_local).
+
+
+def _is_dtensor(t) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def tp_multiple(recipe: LinearRecipe, fast: bool) -> int:
+    """What a sharded dim of a converted linear must be a multiple of on each rank: whole MX blocks and whole
+    Hadamard blocks on every shard, so that each shard quantizes exactly the blocks the unsharded layer does;
+    128 where the GPU fast path runs (its fp8 groups: a shard of another size would fall back to the
+    reference path)."""
+    return max(BLOCK_SIZE, recipe.hadamard_size, 128 if fast else 1)
+
+
+def _apply_sharded(x, weight, recipe: LinearRecipe):
+    """`_apply` for DTensor operands. Colwise (weight Shard(0), x Replicate): y Shard(-1), K (in_features) whole
+    on every rank, the input gradient a Partial sum over the output features. Rowwise (weight Shard(1), x
+    Shard(-1)): y Partial (the style's output hook reduces it), the input gradient Shard(-1). Raises ValueError
+    for other layouts and for shards that would cut an MX / Hadamard block."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+    if not (_is_dtensor(x) and _is_dtensor(weight)) or weight.device_mesh.ndim != 1 or x.device_mesh != weight.device_mesh:
+        raise ValueError(
+            f"AdaHOPLinear under tensor parallelism takes x and weight as DTensors on one 1-D mesh (got x "
+            f"{type(x).__name__}, weight {type(weight).__name__}): apply ColwiseParallel / RowwiseParallel to the layer"
+        )
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x [..., {weight.shape[-1]}] expected for weight {tuple(weight.shape)}, got {tuple(x.shape)}")
+    mesh, last = weight.device_mesh, x.dim() - 1
+    (wp,), (xp,) = weight.placements, x.placements
+    if wp == Shard(0) and xp == Replicate():
+        sharded, x_grad, out = "out_features", Partial(), Shard(last)  # colwise
+    elif wp == Shard(1) and xp == Shard(last):
+        sharded, x_grad, out = "in_features", Shard(last), Partial()  # rowwise
+    else:
+        raise ValueError(
+            f"AdaHOPLinear under tensor parallelism supports weight Shard(0) with x Replicate (colwise) and weight "
+            f"Shard(1) with x Shard(-1) (rowwise); got weight {wp}, x {xp}"
+        )
+    w_local = weight.to_local(grad_placements=weight.placements)
+    x_local = x.to_local(grad_placements=(x_grad,))
+    local = w_local.shape[0] if sharded == "out_features" else w_local.shape[1]
+    need = tp_multiple(recipe, backend.fast_device(w_local.device))
+    if local % need != 0:
+        raise ValueError(
+            f"AdaHOPLinear under tensor parallelism: {sharded}={weight.shape[0 if sharded == 'out_features' else 1]} "
+            f"over {mesh.size()} ranks leaves {local} per rank, not a multiple of {need} (MX block, hadamard_size"
+            f"{', the GPU fast path' if need == 128 else ''}); use a tensor_parallel_degree that divides it into "
+            f"multiples of {need}, or leave the layer out with filter_fqns"
+        )
+    y_local = _apply(x_local, w_local, recipe)
+    shape = (*x.shape[:-1], weight.shape[0])
+    return DTensor.from_local(y_local, mesh, (out,), run_check=False, shape=torch.Size(shape),
+                              stride=torch.empty(shape, device="meta").stride())
+
+
 class AdaHOPModes:
     """What calibration and the plan need of any AdaHOP layer: a recipe, its modes, an observer."""
 
@@ -465,7 +531,10 @@ class AdaHOPLinear(AdaHOPModes, nn.Linear):
         if observe:
             self.observer("x", x.detach().reshape(-1, x.shape[-1]))
             self.observer("w", self.weight.detach())
-        y = _apply(x, self.weight, self.recipe)
+        if _is_dtensor(self.weight) or _is_dtensor(x):
+            y = _apply_sharded(x, self.weight, self.recipe)
+        else:
+            y = _apply(x, self.weight, self.recipe)
         if observe and y.requires_grad:
             observer = self.observer
 
