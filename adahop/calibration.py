@@ -47,6 +47,20 @@ def _subsample_rows(t: torch.Tensor, max_rows: int) -> torch.Tensor:
     return t
 
 
+def full_operand(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The full logical operand of a tensor-parallel layer's DTensor (all-gathered, partial sums reduced) as a
+    plain tensor, so that its pattern scores are those of the unsharded layer; and whether this rank is not the
+    first of its TP group (every rank of the group then holds the same operand: one of them votes). A plain
+    tensor comes back as it is."""
+    from adahop.linear import _is_dtensor
+
+    if not _is_dtensor(t):
+        return t, False
+    full = t.full_tensor()
+    full = full.wait() if hasattr(full, "wait") else full  # a functional collective's wrapper
+    return full, any(c != 0 for c in t.device_mesh.get_coordinate())
+
+
 def magnitude_map(t: torch.Tensor, max_pixels: int) -> torch.Tensor:
     """|t| max-pooled to at most max_pixels per side, float32 on CPU."""
     a = t.detach().reshape(-1, t.shape[-1]).abs().float()
@@ -248,6 +262,7 @@ class Calibrator:
         self.score_sums = torch.zeros(n, 3, 2, dtype=torch.float64)  # [layer, tensor, row/col]
         self._pending: list[dict[str, list]] = [{t: [] for t in TENSORS} for _ in self.fqns]
         self._maps: list[dict[str, torch.Tensor]] = [{} for _ in self.fqns]
+        self._followers: set[int] = set()  # layers whose operands this rank saw as a TP group's non-first rank
         self.calibrating = False
         if plan_file:
             self.apply_plan(load_plan_file(plan_file), source=f"plan_file:{plan_file}")
@@ -285,6 +300,9 @@ class Calibrator:
         """Observer body for layer index i (called with x, w in forward and g in backward)."""
         from adahop.patterns import classify
 
+        t, follower = full_operand(t)
+        if follower:
+            self._followers.add(i)
         sample = t if name == "w" else _subsample_rows(t, self.max_rows)
         r = classify(sample, self.threshold)
         self._pending[i][name].append((r.label, r.row_score, r.col_score))
@@ -311,6 +329,10 @@ class Calibrator:
                 scores[i, j, 0] = sum(rows) / len(rows) if rows else 0.0
                 scores[i, j, 1] = sum(cols) / len(cols) if cols else 0.0
                 pending[tname] = []
+        for i in self._followers:  # its tensor-parallel group's first rank votes for the group (full_operand)
+            votes[i] = 0.0
+            scores[i] = 0.0
+        self._followers = set()
         both = torch.cat([votes.flatten(), scores.flatten()])
         both = self._all_reduce(both)
         self.votes += both[: votes.numel()].view_as(votes)

@@ -238,13 +238,16 @@ def validate_mx(job_config) -> None:
         )
     converts_something = mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa
     tp = job_config.parallelism.tensor_parallel_degree
-    if converts_something and tp > 1:
-        # the AdaHOP layers index and quantize their operands as plain tensors; TP hands them DTensors
+    # AdaHOPLinear takes TP's DTensors (adahop.linear._apply_sharded); the grouped experts, the attention core and
+    # the quant-error probe take plain tensors only
+    tp_refused = [key for key, on in (("enable_mxfp4_gmm", mx.enable_mxfp4_gmm), ("enable_mxfp4_fa", mx.enable_mxfp4_fa),
+                                      ("quant_error_freq", int(mx.quant_error_freq) > 0)) if on]
+    if converts_something and tp > 1 and tp_refused:
         raise ConfigError(
-            "parallelism.tensor_parallel_degree", tp, "1 while quantize.linear.mx converts layers",
-            "AdaHOP layers do not support tensor parallelism yet: use data parallelism "
-            "(parallelism.data_parallel_shard_degree), or remove quantize.linear.mx from model.converters "
-            "for a high-precision run",
+            "parallelism.tensor_parallel_degree", tp, f"1 while quantize.linear.mx.{tp_refused[0]} is on",
+            "tensor parallelism works with the AdaHOP linears only (docs/training.md, Tensor parallelism): set "
+            + ", ".join(f"quantize.linear.mx.{k} = {'0' if k == 'quant_error_freq' else 'false'}" for k in tp_refused)
+            + ", or use data parallelism (parallelism.data_parallel_shard_degree)",
         )
     if int(mx.outlier_k) < 0:
         raise ConfigError(f"{_P}.outlier_k", mx.outlier_k, "an integer >= 0")
@@ -321,10 +324,12 @@ def validate_model(job_config) -> None:
     args.update_from_config(job_config)
     with torch.device("meta"):
         model = spec.model_cls(args)
-    from adahop.converter import check_hadamard_dims, select_targets
+    from adahop.converter import check_hadamard_dims, check_tp_dims, select_targets
 
     select_targets(model, mx)
     check_hadamard_dims(model, mx)
+    check_tp_dims(model, mx, int(job_config.parallelism.tensor_parallel_degree))
+
 
 
 # upstream keys whose values below the minimum pass torchtitan's parsing and fail (or train nothing)

@@ -130,6 +130,33 @@ def check_hadamard_dims(model: nn.Module, mx) -> None:
         )
 
 
+def check_tp_dims(model: nn.Module, mx, tp: int) -> None:
+    """Under tensor parallelism (degree `tp`) torchtitan shards each Linear along out_features (colwise) or
+    in_features (rowwise); an AdaHOP layer quantizes its shard on its own (adahop.linear._apply_sharded), so each
+    rank's part of either dim must hold whole MX and Hadamard blocks (and 128-groups where the GPU fast path
+    runs). Raises ConfigError naming the first converted Linear that does not."""
+    if tp <= 1 or not mx.enable_mxfp4_linear:
+        return
+    import torch
+
+    from adahop import backend
+    from adahop.linear import tp_multiple
+
+    fast = torch.cuda.is_available() and backend.fast_device(torch.device("cuda"))
+    need = tp_multiple(int(mx.hadamard_size), fast)
+    for fqn, linear in select_linears(model, list(mx.filter_fqns or [])).items():
+        for name in ("in_features", "out_features"):
+            dim = getattr(linear, name)
+            if dim % (tp * need) != 0:
+                raise ConfigError(
+                    "parallelism.tensor_parallel_degree", tp,
+                    f"a degree that leaves each rank a multiple of {need} of every converted Linear's in/out features",
+                    f"{fqn}.{name} = {dim} over {tp} ranks is not a multiple of {need} per rank (MX block, "
+                    f"hadamard_size{', GPU fast path 128' if fast else ''}); lower the degree, or add the layer to "
+                    "quantize.linear.mx.filter_fqns",
+                )
+
+
 def select_targets(model: nn.Module, mx) -> dict[str, dict[str, nn.Module]]:
     """The modules the converter replaces, by kind ("linear", "experts", "attention") and fqn, for the
     kinds `mx` ([quantize.linear.mx]) enables. An enabled kind of which nothing would be converted is a

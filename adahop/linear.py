@@ -418,12 +418,12 @@ def _is_dtensor(t) -> bool:
     return _DTensor is not None and isinstance(t, _DTensor)
 
 
-def tp_multiple(recipe: LinearRecipe, fast: bool) -> int:
+def tp_multiple(hadamard_size: int, fast: bool) -> int:
     """What a sharded dim of a converted linear must be a multiple of on each rank: whole MX blocks and whole
     Hadamard blocks on every shard, so that each shard quantizes exactly the blocks the unsharded layer does;
     128 where the GPU fast path runs (its fp8 groups: a shard of another size would fall back to the
     reference path)."""
-    return max(BLOCK_SIZE, recipe.hadamard_size, 128 if fast else 1)
+    return max(BLOCK_SIZE, hadamard_size, 128 if fast else 1)
 
 
 def _apply_sharded(x, weight, recipe: LinearRecipe):
@@ -454,7 +454,7 @@ def _apply_sharded(x, weight, recipe: LinearRecipe):
     w_local = weight.to_local(grad_placements=weight.placements)
     x_local = x.to_local(grad_placements=(x_grad,))
     local = w_local.shape[0] if sharded == "out_features" else w_local.shape[1]
-    need = tp_multiple(recipe, backend.fast_device(w_local.device))
+    need = tp_multiple(recipe.hadamard_size, backend.fast_device(w_local.device))
     if local % need != 0:
         raise ValueError(
             f"AdaHOPLinear under tensor parallelism: {sharded}={weight.shape[0 if sharded == 'out_features' else 1]} "

@@ -117,13 +117,17 @@ def test_custom_config_module_added_once():
          "calibration_steps", "31", "training.steps = 30"),
         (lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True) or setattr(c.parallelism, "expert_parallel_degree", 2),
          "enable_mxfp4_gmm", "True", "expert_parallel_degree"),
-        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2),
-         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx converts layers"),
+        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "enable_mxfp4_gmm", True),
+         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx.enable_mxfp4_gmm is on"),
+        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "enable_mxfp4_fa", True),
+         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx.enable_mxfp4_fa is on"),
+        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "quant_error_freq", 5),
+         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx.quant_error_freq is on"),
         (lambda mx, c: setattr(mx.calibration, "visualization_max_pixels", -1),
          "calibration.visualization_max_pixels", "-1", "a positive integer"),
     ],
-    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "tensor-parallel",
-         "visualization-max-pixels"],
+    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "tensor-parallel-gmm",
+         "tensor-parallel-fa", "tensor-parallel-qerr", "visualization-max-pixels"],
 )
 def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
     c = copy.deepcopy(seed_config)
@@ -135,9 +139,14 @@ def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key,
     assert isinstance(e.value, ValueError)
 
 
-def test_tensor_parallel_allowed_when_nothing_is_converted(seed_config):
+def test_tensor_parallel_allowed_for_linears_or_when_nothing_is_converted(seed_config):
     c = copy.deepcopy(seed_config)
     c.parallelism.tensor_parallel_degree = 2
+    mx = c.quantize.linear.mx
+    mx.enable_mxfp4_gmm = mx.enable_mxfp4_fa = False
+    mx.quant_error_freq = 0
+    validate_mx(c)  # the AdaHOP linears take TP's DTensors (tests/test_tensor_parallel.py)
+    mx.enable_mxfp4_gmm = True
     c.model.converters = []  # the high-precision baseline: torchtitan's own tensor parallelism
     validate_mx(c)
     c.model.converters = ["quantize.linear.mx"]
