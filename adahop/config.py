@@ -21,6 +21,9 @@ RECIPES = ("mxfp4_1d1d",)
 #: MX block size: every converted Linear must have in/out features that are multiples of it
 MX_BLOCK = 32
 CONVERTER_NAME = "quantize.linear.mx"
+ADAHOP_CONVERTER_NAME = "quantize.linear.adahop"
+#: the names the AdaHOP converter is registered under (adahop.titan): the configs' one, and its own
+CONVERTER_NAMES = (CONVERTER_NAME, ADAHOP_CONVERTER_NAME)
 #: [quantize.linear.mx.kernels] exactness_check
 EXACTNESS_CHECKS = ("per_step", "per_gemm")
 
@@ -201,7 +204,20 @@ def mx_config(job_config) -> Any:
 
 
 def converter_enabled(job_config) -> bool:
-    return CONVERTER_NAME in list(job_config.model.converters or [])
+    return any(name in CONVERTER_NAMES for name in job_config.model.converters or [])
+
+
+def check_one_adahop_converter(job_config) -> None:
+    """Both names of the AdaHOP converter in model.converters would make two converters, the second converting
+    the first one's layers again (an AdaHOPLinear is an nn.Linear). Raises ConfigError."""
+    converters = list(job_config.model.converters or [])
+    named = [name for name in converters if name in CONVERTER_NAMES]
+    if len(named) > 1:
+        raise ConfigError(
+            "model.converters", converters, f"one of {' | '.join(map(repr, CONVERTER_NAMES))}",
+            f"{' and '.join(map(repr, named))} both name the AdaHOP converter, which would convert its layers "
+            "twice; keep one",
+        )
 
 
 def _need(cfg, name: str):
@@ -224,6 +240,7 @@ def validate_mx(job_config) -> None:
     """Check every adahop key of `job_config` (no model needed). Raises ConfigError."""
     if not converter_enabled(job_config):
         return
+    check_one_adahop_converter(job_config)
     mx = mx_config(job_config)
     for name in ("enable_mxfp4_linear", "calibration", "outlier_k"):
         _need(mx, name)

@@ -1,22 +1,25 @@
-"""The ``quantize.linear.mx`` model converter: nn.Linear -> adahop.linear.AdaHOPLinear.
+"""The AdaHOP model converter (``quantize.linear.mx``, also ``quantize.linear.adahop``: adahop.titan registers
+both): nn.Linear -> adahop.linear.AdaHOPLinear, and optionally MoE experts and SDPA attention to MXFP4.
 
-Registered by adahop.titan in place of upstream's torchao MXFP8 converter of the same name.
-It runs on the meta-device model, before parallelization (FSDP wraps the converted modules, which
-stay AdaHOPLinear instances). torchtitan calls ``post_optimizer_hook`` once per training step; we use
-it to close a calibration step, to fix the plan after the last one, and for the optional
-quantization-error metric.
+As torchtitan's own converters do, ``convert`` swaps modules and nothing else. It runs on the meta-device
+model, before parallelization (FSDP wraps the converted modules, which stay AdaHOP modules). Calibration, the
+quantization-error metric and the distributed group are wired by the trainer (adahop.plan_wiring.wire, called by
+adahop.train.AdaHOPTrainer); torchtitan calls ``post_optimizer_hook`` once per training step, which hands the
+step to that wiring.
 """
 
 from __future__ import annotations
 
 import weakref
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.nn as nn
 
-from adahop.config import MX_BLOCK, ConfigError, mx_config, resolved_table, validate_mx
+from adahop.config import MX_BLOCK, ConfigError, mx_config, validate_mx
+
+if TYPE_CHECKING:
+    from adahop.plan_wiring import PlanWiring
 
 _INSTANCES: list[weakref.ref] = []
 
@@ -199,7 +202,7 @@ def active_converters() -> list["AdaHOPConverter"]:
 
 
 class AdaHOPConverter:
-    """ModelConverter for ``[model] converters = ["quantize.linear.mx"]``."""
+    """ModelConverter for ``[model] converters = ["quantize.linear.mx"]`` (or ``"quantize.linear.adahop"``)."""
 
     def __init__(self, job_config, parallel_dims):
         validate_mx(job_config)  # idempotent; adahop.train validated already (model dims too)
@@ -207,12 +210,9 @@ class AdaHOPConverter:
         self.parallel_dims = parallel_dims
         self.mx = mx_config(job_config)
         self.enabled = bool(self.mx.enable_mxfp4_linear or self.mx.enable_mxfp4_gmm or self.mx.enable_mxfp4_fa)
-        self.layers: dict[str, nn.Module] = {}
-        self.calibrator = None
-        self.qerr = None
-        self.trainer = None
-        self._hook_calls = 0
-        self._bound = False
+        self.layers: dict[str, nn.Module] = {}  # the converted AdaHOP layers (linears, expert stacks) by fqn
+        self.converted = False  # convert() ran (and enabled converts something)
+        self.wiring: PlanWiring | None = None  # set by adahop.plan_wiring.wire
         _INSTANCES.append(weakref.ref(self))
         from torchtitan.tools.logging import logger
 
@@ -233,6 +233,16 @@ class AdaHOPConverter:
     def uniform_mode(self) -> str:
         return "hadamard" if self.mx.use_hadamard else "none"
 
+    @property
+    def calibrator(self):
+        """The wiring's Calibrator (None until wired)."""
+        return self.wiring.calibrator if self.wiring is not None else None
+
+    @property
+    def qerr(self):
+        """The wiring's QuantErrorProbe (None until wired, or without quant_error_freq)."""
+        return self.wiring.qerr if self.wiring is not None else None
+
     def layer_kwargs(self, fqn: str) -> dict[str, Any]:
         m = self.uniform_mode
         return dict(
@@ -247,11 +257,11 @@ class AdaHOPConverter:
 
     # ------------------------------------------------------------------ ModelConverter protocol
     def convert(self, model: nn.Module) -> None:
+        """Swap the targeted modules for AdaHOP ones, every slot in the uniform mode; nothing else."""
         if not self.enabled:
             return
         from torchtitan.tools.logging import logger
 
-        from adahop.calibration import Calibrator, plan_settings
         from adahop.linear import AdaHOPLinear
 
         targets = select_targets(model, self.mx)
@@ -270,35 +280,7 @@ class AdaHOPConverter:
 
             for fqn in targets["attention"]:
                 _set_submodule(model, fqn, MXFP4Attention(int(self.mx.hadamard_size), bool(self.mx.use_sr_grad)))
-        cal = self.mx.calibration
-        self.calibrator = Calibrator(
-            self.layers,
-            table=resolved_table(self.mx),
-            uniform_mode=self.uniform_mode,
-            calibrate=bool(cal.use_HT_calibration),
-            steps=int(cal.calibration_steps),
-            threshold=cal.pattern_threshold,
-            max_rows=int(cal.max_observed_rows),
-            visualize=bool(cal.visualize_outlier_patterns),
-            visualization_folder=cal.visualization_save_folder,
-            visualization_max_pixels=int(cal.visualization_max_pixels),
-            plan_file=cal.plan_file,
-            settings=plan_settings(self.mx),
-        )
-        self.calibrator.dump_folder = self.job_config.job.dump_folder
-        if int(self.mx.quant_error_freq) > 0:
-            from adahop.metrics import QuantErrorProbe
-
-            self.qerr = QuantErrorProbe(
-                self.layers, freq=int(self.mx.quant_error_freq),
-                tokens=int(self.mx.quant_error_tokens), layer_kwargs=self.layer_kwargs,
-            )
-            if len(self.qerr.layers) < len(self.layers):
-                logger.info(
-                    f"[adahop] quant_error_freq: {len(self.layers) - len(self.qerr.layers)} MoE expert stacks "
-                    "are not measured (linears only)"
-                )
-        self._install_observers()
+        self.converted = True
         logger.info(
             f"[adahop] converted {len(self.layers)} layers to MXFP4 AdaHOP "
             f"(filter_fqns={list(self.mx.filter_fqns)})"
@@ -316,95 +298,15 @@ class AdaHOPConverter:
                 self.layers[f"{fqn}.mx_{w}"] = layer
 
     def post_optimizer_hook(self, model: nn.Module | list[nn.Module]) -> None:
-        if not self.enabled or self.calibrator is None:
+        """torchtitan calls it after every optimizer step: the wiring's step upkeep (adahop.plan_wiring)."""
+        if not self.converted:
             return
-        if not self._bound:
-            self.bind(model if isinstance(model, list) else [model])
-        self._hook_calls += 1
-        step = self.current_step()
-        cal = self.calibrator
-        if cal.calibrating:
-            if cal.end_step():
-                cal.publish()
-                self._install_observers()
-        if self.qerr is not None:
-            metrics = self.qerr.end_step(step)
-            if metrics and self.trainer is not None:
-                mp = getattr(self.trainer, "metrics_processor", None)
-                if mp is not None and getattr(mp, "logger", None) is not None:
-                    mp.logger.log(metrics, step)
+        if self.wiring is None:
+            # torchtitan's own Trainer wires nothing (--experimental.custom_import adahop.titan): wire now. The step
+            # that just ran was not observed, so it closes no calibration step; calibration and the metric start
+            # with the next one.
+            from adahop.plan_wiring import wire
 
-    # ------------------------------------------------------------------ binding to a trainer
-    def current_step(self) -> int:
-        if self.trainer is not None:
-            return int(self.trainer.step)
-        return self._hook_calls
-
-    def bind(self, model_parts: list[nn.Module], trainer=None) -> None:
-        """Attach to the parallelized model parts (and the trainer, when there is one)."""
-        if self.calibrator is None:
+            wire(self, model if isinstance(model, list) else [model]).hook_calls = 1
             return
-        self.trainer = trainer
-        self.calibrator.restrict_to(model_parts)
-        self.layers = dict(self.calibrator.layers)
-        if self.qerr is not None:
-            self.qerr.restrict_to(self.layers)
-        self.calibrator.dump_folder = self.job_config.job.dump_folder
-        self.calibrator.rank, self.calibrator.process_group, self.calibrator.reduce_device = self._comm()
-        self._install_observers()
-        self._bound = True
-
-    def _comm(self):
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            return 0, None, torch.device("cpu")
-        rank = dist.get_rank()
-        group = None  # default group: every rank agrees on the plan
-        pd = self.parallel_dims
-        if pd is not None and getattr(pd, "pp_enabled", False):
-            # pipeline stages hold different layers: agree within the data-parallel group only
-            group = pd.get_mesh("batch").get_group() if pd.dp_enabled else "local"
-        backend = str(dist.get_backend()).lower()
-        if "nccl" in backend and torch.cuda.is_available():
-            device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            device = torch.device("cpu")
-        return rank, group, device
-
-    def state(self):
-        """The Stateful to register in the checkpoint (key "adahop")."""
-        from adahop.calibration import PlanState
-
-        return PlanState(self.calibrator, on_load=self._install_observers)
-
-    # ------------------------------------------------------------------ observers
-    def _install_observers(self) -> None:
-        cal = self.calibrator
-        need_cal = cal is not None and cal.calibrating
-        need_q = self.qerr is not None
-        for i, (fqn, layer) in enumerate(self.layers.items()):
-            if not (need_cal or need_q):
-                layer.observer = None
-                continue
-            layer.observer = _Observer(self, i, fqn, layer)
-
-
-class _Observer:
-    """Per-layer observer: feeds calibration (while calibrating) and the quant-error probe."""
-
-    __slots__ = ("conv", "i", "fqn", "layer")
-
-    def __init__(self, conv: AdaHOPConverter, i: int, fqn: str, layer: nn.Module):
-        self.conv, self.i, self.fqn, self.layer = conv, i, fqn, layer
-
-    def __call__(self, name: str, t: torch.Tensor) -> None:
-        if not self.layer.training:
-            return
-        if name != "g" and not torch.is_grad_enabled():
-            return
-        conv = self.conv
-        cal = conv.calibrator
-        if cal is not None and cal.calibrating:
-            cal.observe(self.i, name, t)
-        if conv.qerr is not None:
-            conv.qerr.observe(self.fqn, name, t, conv.current_step() + (0 if conv.trainer else 1))
+        self.wiring.end_step()

@@ -33,7 +33,7 @@ def load_plan_into(converter, checkpoint_path: str) -> None:
     metadata = check_checkpoint(checkpoint_path)
     if not any(k.startswith("adahop.") for k in metadata.state_dict_metadata):
         raise CheckpointError(f"checkpoint {checkpoint_path} holds no AdaHOP plan: it was not trained with the converter")
-    load_checkpoint_entries({"adahop": converter.state()}, checkpoint_path, metadata)
+    load_checkpoint_entries({"adahop": converter.wiring.state()}, checkpoint_path, metadata)
     if converter.calibrator.calibrating:
         raise CheckpointError(f"checkpoint {checkpoint_path} was saved during calibration: its plan is not final yet")
 
@@ -100,9 +100,11 @@ def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None
     load_model_state(model, checkpoint_path)
     if quantized:
         from .converter import AdaHOPConverter
+        from .plan_wiring import wire
 
         converter = AdaHOPConverter(job_config, None)
         converter.convert(model)
+        wire(converter, [model])
         load_plan_into(converter, checkpoint_path)
     model.eval()
     steps = job_config.validation.steps if steps is None else steps

@@ -8,8 +8,9 @@ through its extension points:
 * ``--job.custom_config_module adahop.config`` is added to the arguments unless given;
 * ``AdaHOPTrainer`` (a subclass handed to ``torchtitan.train.main``) validates the adahop config before
   anything is built (also that a resumed checkpoint fits this run: model, step, plan settings,
-  data-parallel degree, adahop.resume)
-  and registers the AdaHOP plan into the checkpoint (key "adahop").
+  data-parallel degree, adahop.resume), wires each AdaHOP converter's calibration, quantization-error metric
+  and reduction group once the model is parallelized (adahop.plan_wiring), and registers the AdaHOP plan into
+  the checkpoint (key "adahop").
 
 Without torchrun (plain ``python -m adahop.train``) a single-process environment is filled in
 (RANK=0, WORLD_SIZE=1, a free MASTER_PORT).
@@ -36,6 +37,7 @@ from torchtitan.tools.logging import logger  # noqa: E402
 from adahop.cli import run_cli  # noqa: E402
 from adahop.config import check_config_file, validate_job_config  # noqa: E402
 from adahop.kernels import deferred  # noqa: E402
+from adahop.plan_wiring import wire  # noqa: E402
 from adahop.resume import check_resume  # noqa: E402
 
 CUSTOM_CONFIG_MODULE = "adahop.config"
@@ -208,16 +210,19 @@ class AdaHOPTrainer(titan_train.Trainer):
         super().__init__(job_config)
         write_job_file(job_config)
         validate_same_batches(getattr(self, "validator", None))
-        self.adahop_converters = [c for c in active_converters() if id(c) not in before and c.calibrator]
+        self.adahop_converters = [c for c in active_converters() if id(c) not in before and c.converted]
         self._sync_until_step = 0  # see REDO_BACKOFF_STEPS
         for i, conv in enumerate(self.adahop_converters):
-            conv.bind(self.model_parts, trainer=self)
+            # calibration, the quant-error metric and the reduction group: the trainer's side of the converter
+            wiring = wire(conv, self.model_parts, trainer=self)
             key = "adahop" if i == 0 else f"adahop_{i}"
-            self.checkpointer.states[key] = conv.state()
+            self.checkpointer.states[key] = wiring.state()
             cal = conv.calibrator
-            if cal.plan_file and key not in self.checkpointer.exclude_from_loading:
+            # torchtitan's CheckpointManager sets exclude_from_loading only when checkpointing is on (else nothing loads)
+            excluded = getattr(self.checkpointer, "exclude_from_loading", None)
+            if cal.plan_file and excluded is not None and key not in excluded:
                 # plan_file is how a resumed run changes its plan (adahop.resume): the checkpoint's is not loaded
-                self.checkpointer.exclude_from_loading = [*self.checkpointer.exclude_from_loading, key]
+                self.checkpointer.exclude_from_loading = [*excluded, key]
                 logger.info(f"[adahop] plan_file {cal.plan_file}: a resumed checkpoint's plan is not loaded")
             if not cal.calibrating:
                 cal.publish()  # uniform or plan_file: write the plan now (a checkpoint may replace a uniform one)
@@ -298,7 +303,10 @@ class AdaHOPTrainer(titan_train.Trainer):
 
 def _set_cli_args(args: list[str]) -> None:
     """torchtitan.train.main parses ``ConfigManager.parse_args()``'s default argument, the list
-    ``sys.argv[1:]`` taken when torchtitan.config.manager was imported; refill that list in place."""
+    ``sys.argv[1:]`` taken when torchtitan.config.manager was imported; refill that list in place.
+
+    A patch of upstream state that stays: main(trainer_class) takes no arguments and builds its own
+    ConfigManager, so there is no other way to hand it ours (docs/training.md, "Patches of upstream state")."""
     sys.argv = [sys.argv[0]] + list(args)
     from torchtitan.config.manager import ConfigManager
 

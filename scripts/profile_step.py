@@ -85,11 +85,14 @@ def build(job, device: str, convert: bool, fsdp: bool):
     parameters in compute and float32 gradient reduction, as torchtitan shards it, if `fsdp`; else with
     bf16 parameters."""
     from adahop.converter import AdaHOPConverter
+    from adahop.plan_wiring import wire
 
     torch.manual_seed(0)
     model, margs = build_model(job, device=device)
     if convert:
-        AdaHOPConverter(job, None).convert(model)
+        converter = AdaHOPConverter(job, None)
+        converter.convert(model)
+        wire(converter, [model])  # the modes of --plan (plan_file)
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

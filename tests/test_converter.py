@@ -1,8 +1,10 @@
-"""The quantize.linear.mx converter: registration, conversion, observers, quantization-error metric."""
+"""The AdaHOP converter (quantize.linear.mx): conversion only; its wiring (adahop.plan_wiring): calibration,
+observers, quantization-error metric. Registration: tests/test_registry.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 
 import pytest
@@ -13,6 +15,7 @@ import adahop.titan  # noqa: F401
 from adahop.config import ConfigError
 from adahop.converter import AdaHOPConverter, hadamard_seed
 from adahop.linear import AdaHOPLinear
+from adahop.plan_wiring import wire
 
 
 def _job_config(**mx_overrides):
@@ -43,11 +46,9 @@ def _nano():
     return model
 
 
-def test_registry_entry_is_ours():
-    from torchtitan.protocols.model_converter import _registry_model_converter_cls
+def test_train_spec_flavors():
     from torchtitan.protocols.train_spec import get_train_spec
 
-    assert _registry_model_converter_cls["quantize.linear.mx"] is AdaHOPConverter
     spec = get_train_spec("adahop_llama3")
     assert {"nano", "tiny", "125M", "1B", "3B", "1B_v8k", "debugmodel", "8B"} <= set(spec.model_args)
     one_b = spec.model_args["1B"]
@@ -71,6 +72,7 @@ def test_convert_keeps_parameters_and_filters():
     for n, p in model.named_parameters():
         assert p is params[n]  # same Parameter objects, nothing copied
     assert model.layers["0"].attention.wq.modes == {s: "hadamard" for s in ("forward_y", "backward_gx", "backward_gw")}
+    wire(conv, [model])
     assert conv.calibrator.calibrating
     assert hadamard_seed("layers.0.attention.wq") == hadamard_seed("layers.0.attention.wq")
     assert hadamard_seed("layers.0.attention.wq") != hadamard_seed("layers.0.attention.wk")
@@ -91,6 +93,7 @@ def test_uniform_modes_without_calibration():
     model = _nano()
     conv = AdaHOPConverter(_job_config(**{"use_hadamard": False, "calibration.use_HT_calibration": False}), None)
     conv.convert(model)
+    wire(conv, [model])
     assert model.layers["1"].feed_forward.w3.modes == {s: "none" for s in ("forward_y", "backward_gx", "backward_gw")}
     assert not conv.calibrator.calibrating and conv.calibrator.plan["source"] == "uniform"
     assert all(l.observer is None for l in conv.layers.values())
@@ -144,6 +147,7 @@ def test_calibration_through_training_steps(tmp_path):
     jc.job.dump_folder = str(tmp_path)
     conv = AdaHOPConverter(jc, None)
     conv.convert(model)
+    wire(conv, [model])
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     tokens = torch.randint(0, 8192, (2, 64))
     for step in range(3):
@@ -164,6 +168,7 @@ def test_eval_forward_casts_no_vote():
     model = _nano()
     conv = AdaHOPConverter(_job_config(), None)
     conv.convert(model)
+    wire(conv, [model])
     model.eval()
     with torch.no_grad():
         model(torch.randint(0, 8192, (1, 64)))
@@ -176,9 +181,8 @@ def test_quant_error_metric():
     conv = AdaHOPConverter(_job_config(quant_error_freq=1, quant_error_tokens=64), None)
     conv.convert(model)
     logged = []
-    conv.trainer = types.SimpleNamespace(step=1, metrics_processor=types.SimpleNamespace(
-        logger=types.SimpleNamespace(log=lambda m, s: logged.append((m, s)))))
-    conv._bound = True
+    wire(conv, [model], trainer=types.SimpleNamespace(step=1, metrics_processor=types.SimpleNamespace(
+        logger=types.SimpleNamespace(log=lambda m, s: logged.append((m, s))))))
     model(torch.randint(0, 8192, (2, 64))).float().logsumexp(-1).mean().backward()
     conv.post_optimizer_hook([model])
     (metrics, step), = logged
@@ -187,3 +191,73 @@ def test_quant_error_metric():
         v = metrics[f"adahop_qerr/{slot}/mean"]
         assert 0.0 < v < 0.5, (slot, v)
         assert f"adahop_qerr/{slot}/layers.0.attention.wq" in metrics
+
+
+def _no_wiring(conv, model, dump_folder):
+    assert conv.wiring is None and conv.calibrator is None and conv.qerr is None
+    assert all(getattr(m, "observer", None) is None for m in model.modules())
+    assert not any(dump_folder.iterdir())
+
+
+def test_convert_swaps_modules_and_does_nothing_else(tmp_path):
+    """As torchtitan's converters: no calibrator, probe, observer, plan file or plan modes after convert; the
+    wiring brings them (here a plan_file's modes and the quant-error probe's observers)."""
+    model = _nano()
+    plan_src = AdaHOPConverter(_job_config(**{"calibration.use_HT_calibration": False}), None)
+    src_model = _nano()
+    plan_src.convert(src_model)
+    plan = wire(plan_src, [src_model]).calibrator.plan  # uniform hadamard; make one layer differ
+    plan["layers"]["layers.0.attention.wq"]["modes"] = {s: "none" for s in ("forward_y", "backward_gx", "backward_gw")}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    jc = _job_config(**{"calibration.use_HT_calibration": False, "calibration.plan_file": str(plan_file),
+                        "quant_error_freq": 2})
+    jc.job.dump_folder = str(dump)
+    conv = AdaHOPConverter(jc, None)
+    conv.convert(model)
+    assert conv.converted and len(conv.layers) == 14
+    _no_wiring(conv, model, dump)
+    wq = model.layers["0"].attention.wq
+    assert wq.modes["forward_y"] == "hadamard"  # the uniform mode: the plan is the wiring's
+    wiring = wire(conv, [model])
+    assert conv.wiring is wiring and wq.modes["forward_y"] == "none"
+    assert conv.calibrator.plan["source"] == f"plan_file:{plan_file}" and conv.qerr is not None
+    assert all(layer.observer is not None for layer in conv.layers.values())
+
+
+def test_unwired_converter_wires_itself_at_its_first_hook(tmp_path):
+    """torchtitan's own Trainer wires nothing: the first post_optimizer_hook wires, its step unobserved (closes no
+    calibration step); calibration then runs over the next calibration_steps steps."""
+    model = _nano()
+    jc = _job_config(**{"calibration.calibration_steps": 2})
+    jc.job.dump_folder = str(tmp_path)
+    conv = AdaHOPConverter(jc, None)
+    conv.convert(model)
+    tokens = torch.randint(0, 8192, (2, 64))
+    votes = []
+    for _ in range(3):
+        model(tokens).float().logsumexp(-1).mean().backward()
+        conv.post_optimizer_hook(model)  # torchtitan may pass one module
+        votes.append((conv.calibrator.calibrating, conv.calibrator.step, float(conv.calibrator.votes.sum())))
+    assert votes == [(True, 0, 0.0), (True, 1, 14 * 3), (False, 2, 2 * 14 * 3)]
+    assert conv.wiring.current_step() == 3 and (tmp_path / "adahop_plan.json").is_file()
+
+
+def test_wiring_keeps_the_model_parts_layers():
+    """Pipeline stages: the wiring (calibration, observers) keeps the layers of its model parts; the converter
+    still lists every layer it converted."""
+    model = _nano()
+    conv = AdaHOPConverter(_job_config(), None)
+    conv.convert(model)
+    wiring = wire(conv, [model.layers["1"]])
+    assert sorted(wiring.layers) == sorted(f for f in conv.layers if f.startswith("layers.1."))
+    assert len(conv.layers) == 14 and len(wiring.layers) == 7
+    assert model.layers["0"].attention.wq.observer is None and model.layers["1"].attention.wq.observer is not None
+
+
+def test_wire_before_convert_refused():
+    conv = AdaHOPConverter(_job_config(), None)
+    with pytest.raises(RuntimeError, match="converted nothing"):
+        wire(conv, [])

@@ -33,6 +33,7 @@ def capture_from_config(job_config, checkpoint_path: str | None, steps: int, max
     of every AdaHOP layer over `steps` training steps."""
     from ..config import validate_job_config
     from ..converter import AdaHOPConverter
+    from ..plan_wiring import wire
 
     validate_job_config(job_config)
     check_dataset(job_config, "training")
@@ -40,6 +41,9 @@ def capture_from_config(job_config, checkpoint_path: str | None, steps: int, max
     model, _ = build_model(job_config, device="cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint_path:
         load_model_state(model, checkpoint_path)
-    AdaHOPConverter(job_config, None).convert(model)
+    converter = AdaHOPConverter(job_config, None)
+    converter.convert(model)
+    if converter.converted:  # (nothing converted: capture_operands says what the config lacks)
+        wire(converter, [model])  # the config's modes (uniform, or its plan_file's plan)
     model.train()
     return capture_operands(model, training_steps(model, job_config), steps, max_tokens)
