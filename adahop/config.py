@@ -85,6 +85,11 @@ class Kernels:
     step is redone exactly): "per_step" (once per optimizer step, no host sync inside forward / backward) or
     "per_gemm" (after every GEMM, corrected in place: slower, for diagnostics)."""
 
+    deficient_report: str = ""
+    """(adahop) diagnostics: a path prefix; when training ends each rank writes <prefix>.<rank>.json with where
+    the fp8 path met MXFP4 blocks it cannot hold (per GEMM slot and side, with their exponent gaps; recorded
+    by GEMMs that check themselves: exactness_check = "per_gemm") and how many rows it recomputed. "" = off."""
+
 
 @dataclass
 class MXLinear:

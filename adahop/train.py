@@ -298,7 +298,16 @@ class AdaHOPTrainer(titan_train.Trainer):
                     f"[adahop] calibration of outlier patterns over the first {conv.calibrator.steps} "
                     f"steps (unless a checkpoint restores a plan)"
                 )
-        return super().train()
+        report = self.job_config.quantize.linear.mx.kernels.deficient_report if self.adahop_converters else ""
+        if not report:
+            return super().train()
+        from adahop.kernels import gemm
+
+        gemm.record_deficient(True)
+        try:
+            return super().train()
+        finally:
+            gemm.dump_deficient_report(f"{report}.{int(os.environ.get('RANK', '0'))}.json")
 
 
 def _set_cli_args(args: list[str]) -> None:

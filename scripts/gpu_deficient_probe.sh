@@ -3,7 +3,7 @@
 #   bash scripts/gpu_deficient_probe.sh [STEPS]
 # 1. probes which fp8 dtype pairs cuBLAS's blockwise (1x128) scaled GEMM accepts through torch._scaled_mm;
 # 2. trains the quality model (configs/quality_100m.toml, data/quality_corpus) with uniform Hadamard and with plain
-#    MXFP4 for STEPS steps (default 250) side by side, every GEMM checked (ADAHOP_SYNC_EVERY_GEMM=1), and
+#    MXFP4 for STEPS steps (default 250) side by side, every GEMM checked (kernels.exactness_check = "per_gemm"), and
 #    writes per slot and side the deficient blocks, the 128x128 tiles holding them and their exponent gaps
 #    (adahop.kernels.gemm.DEFICIENT_BY_TAG) to $OUT/deficient_<recipe>.0.json, logs to $OUT.
 set -uo pipefail
@@ -31,8 +31,8 @@ for r in hadamard mxfp4; do
     hadamard) flags="--quantize.linear.mx.calibration.no-use-HT-calibration" ;;
     mxfp4) flags="--quantize.linear.mx.calibration.no-use-HT-calibration --quantize.linear.mx.no-use-hadamard" ;;
   esac
-  ADAHOP_SYNC_EVERY_GEMM=1 ADAHOP_DEFICIENT_REPORT="$OUT/deficient_$r" python3 -m adahop.train \
-    --job.config_file configs/quality_100m.toml --job.dump_folder "/tmp/probe/$r" --metrics.disable_color_printing \
+  python3 -m adahop.train --quantize.linear.mx.kernels.exactness_check per_gemm \
+    --quantize.linear.mx.kernels.deficient_report "$OUT/deficient_$r" --job.config_file configs/quality_100m.toml --job.dump_folder "/tmp/probe/$r" --metrics.disable_color_printing \
     --training.steps "$STEPS" --checkpoint.no-enable \
     --validation.no-enable --metrics.log_freq 25 $flags > "$OUT/train_$r.log" 2>&1 &
 done

@@ -188,9 +188,13 @@ def test_plan_file_skips_calibration_and_quant_error_to_tensorboard(two_rank_run
         extra=f'plan_file = "{plan_path}"\n',
     ))
     r = run_train(cfg, ["--metrics.enable_tensorboard", "--quantize.linear.mx.quant_error_freq", "1",
-                        "--quantize.linear.mx.quant_error_tokens", "64"])
+                        "--quantize.linear.mx.quant_error_tokens", "64",
+                        "--quantize.linear.mx.kernels.deficient_report", str(tmp_path / "deficient")])
     assert r.returncode == 0, r.stdout[-4000:]
     assert "[adahop] plan (plan_file:" in r.stdout and "calibration of outlier patterns" not in r.stdout
+    # kernels.deficient_report: written by the trainer when training ends (CPU: the reference path, no fp8 GEMM)
+    report = json.loads((tmp_path / "deficient.0.json").read_text())
+    assert report["by_tag"] == {} and report["stats"]["gemms"] == 0
     src = json.loads(plan_path.read_text())
     got = json.loads((out_dump / "adahop_plan.json").read_text())
     assert {f: e["modes"] for f, e in got["layers"].items()} == {f: e["modes"] for f, e in src["layers"].items()}

@@ -17,7 +17,6 @@ sync (`_fix_rows`); only what does not fit its fixed row slots reaches the count
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -73,20 +72,22 @@ def dump_deficient_report(path: str) -> None:
     """Write DEFICIENT_BY_TAG and STATS as JSON (atomically)."""
     import json
 
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"stats": {**STATS, "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
-                   "by_tag": DEFICIENT_BY_TAG}, f, indent=1,
-                  sort_keys=True)
-    os.replace(tmp, path)
+    from ..files import write_text_atomic
+
+    report = {"stats": {**STATS, "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
+              "by_tag": DEFICIENT_BY_TAG}
+    write_text_atomic(path, json.dumps(report, indent=1, sort_keys=True))
 
 
-_REPORT = bool(os.environ.get("ADAHOP_DEFICIENT_REPORT"))
-if _REPORT:  # diagnostics: where the fp8 form loses blocks
-    import atexit
+# Diagnostics ([quantize.linear.mx.kernels] deficient_report): record where the fp8 form loses blocks, per GEMM
+# slot and side (DEFICIENT_BY_TAG), on the per-GEMM checked path. Switched on by the trainer, which writes the
+# report when training ends.
+_RECORD = {"on": False}
 
-    atexit.register(lambda: dump_deficient_report(
-        f"{os.environ['ADAHOP_DEFICIENT_REPORT']}.{os.environ.get('RANK', '0')}.json"))
+
+def record_deficient(on: bool = True) -> None:
+    """Record DEFICIENT_BY_TAG from now on (or stop)."""
+    _RECORD["on"] = bool(on)
 
 
 def refused_by_cublas(error: RuntimeError) -> bool:
@@ -317,7 +318,7 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Opti
         return out if out is not None else _scaled_mm_or_fallback(a, b, out_dtype)
     # one host sync per GEMM: never let a deficient block pass unnoticed
     counts = torch.stack((a.count[0], b.count[0])).tolist()
-    tag = tag if _REPORT else None
+    tag = tag if _RECORD["on"] else None
     if counts[0] == 0 and counts[1] == 0:
         if tag is not None:
             fixed = a.row_flags is not None and bool(a.row_flags.any())

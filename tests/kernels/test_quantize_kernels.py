@@ -569,3 +569,29 @@ def test_row_flags_need_the_packed_form():
         fused_quantize(torch.randn(32, 128).to(DEV), row_flags=True, write_packed=False)
 
 
+def test_deficient_blocks_recorded_by_slot_only_while_recording():
+    """kernels.deficient_report: a per-GEMM checked GEMM records where its operands lost blocks (by slot and
+    side) while recording is on, and nothing while it is off (the default); importing gemm arms nothing."""
+    from adahop import backend
+    from adahop.kernels import gemm
+
+    a = torch.randn(128, 256)
+    a[3, :32] *= 2.0**40  # blocks 1..3 of row 3 sit 40 binades below block 0: beyond even the wide fp8 form
+    b = torch.randn(128, 256)
+    real = backend.fast_device
+    backend.fast_device = lambda device: DEV == "cpu" or real(device)
+    try:
+        fa, _ = backend.quantize(a.to(DEV), hadamard_size=None)
+        fb, _ = backend.quantize(b.to(DEV), hadamard_size=None)
+        gemm.reset_stats()
+        backend.matmul(fa, fb, torch.float32, tag="forward_y")
+        assert gemm.DEFICIENT_BY_TAG == {}
+        gemm.record_deficient(True)
+        fa, _ = backend.quantize(a.to(DEV), hadamard_size=None)
+        backend.matmul(fa, fb, torch.float32, tag="forward_y")
+        assert gemm.DEFICIENT_BY_TAG["forward_y:a"]["deficient"] > 0, gemm.DEFICIENT_BY_TAG
+    finally:
+        gemm.record_deficient(False)
+        gemm.reset_stats()
+        backend.fast_device = real
+
