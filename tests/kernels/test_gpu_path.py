@@ -329,7 +329,8 @@ def test_grouped_gemm_with_empty_and_tiny_groups_on_the_fast_path():
 @pytest.mark.parametrize("sr", [False, True])
 @pytest.mark.parametrize("modes", [("hadamard",) * 3, ("none",) * 3, ("inner_outlier_extract_left",) * 3,
                                    ("inner_outlier_extract_right",) * 3, ("full_precision",) * 3,
-                                   ("inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision")])
+                                   ("inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision")],
+                         ids=lambda modes: "-".join(modes))
 def test_linear_compiled_with_inductor_gives_the_eager_bits(modes, sr):
     """torch.compile (inductor, fullgraph) of an AdaHOP linear on the fast path: y, gx and gw are the eager bits,
     stochastic rounding included (the same torch seed draws the same Philox seeds)."""
