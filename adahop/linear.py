@@ -147,7 +147,7 @@ def prepare_right(
 
 # Slots whose left operand may hold rows the fp8 form cannot (blocks more than 28 exponents apart in a
 # 128-group): the GEMM recomputes them exactly without a host sync. Measured on the 100M model
-# (scripts/gpu_deficient_probe.sh, docs/kernels.md): only g of the input gradient, along the output features.
+# (scripts/gpu.sh deficient, docs/kernels.md): only g of the input gradient, along the output features.
 ROW_FIX_SLOTS = ("backward_gx",)
 
 

@@ -16,10 +16,11 @@
 # out the compilation. RUN_LIMIT (seconds per run, default 300) bounds each run. PROFILE=1 also traces the last
 # step of the AdaHOP runs (torch.profiler; summarised by scripts/trace_summary.py into $OUT/trace_<run>.txt) and
 # leaves that step's log line out of tokens/s.
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source scripts/gpu_env.sh
-source scripts/gpu_e2e_runs.sh
+source scripts/gpu/env.sh
+source scripts/gpu/run_1b.sh
 device_header versions
 export STEPS=${STEPS:-30}
 B=${BATCH:-16}

@@ -2,7 +2,8 @@
 # Download (here, with network) the wheels the GPU machines lack into .whl/, for `carry: [".whl"]`.
 # The device image has torch 2.11, triton 3.6, numpy, pyarrow, tokenizers, ... (Python 3.12), not these:
 # torchtitan 0.2.2 and its pure-Python needs, datasets and its pinned helpers, torchao (torchtitan's float8
-# converter, the FP8 peer of the benchmarks and of the quality experiment). scripts/gpu_env.sh installs them.
+# converter, the FP8 peer of the benchmarks and of the quality experiment). scripts/gpu/env.sh installs them.
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,4 +1,4 @@
-"""Report of scripts/gpu_fsdp_2gpu.sh: throughput and memory per GPU, scaling, plan agreement across
+"""Report of scripts/gpu.sh fsdp: throughput and memory per GPU, scaling, plan agreement across
 ranks, 1-GPU vs 2-GPU losses at the same global batch, exact resume, resume on another GPU count.
 
     python scripts/fsdp_check.py LOG_DIR [--half 15] [--cal 10]
@@ -52,7 +52,7 @@ def main():
     a = p.parse_args()
     logs = Path(a.log_dir)
     runs = {n: read_run(logs / f"train_{n}.log") for n in [*NGPU, "one_refused"]}
-    print("# FSDP on 2 GPUs (scripts/gpu_fsdp_2gpu.sh)\n")
+    print("# FSDP on 2 GPUs (scripts/gpu.sh fsdp)\n")
     if (logs / "exits.txt").is_file():
         print("```\n" + (logs / "exits.txt").read_text().strip() + "\n```\n")
     after = a.cal + 5

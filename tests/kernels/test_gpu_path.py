@@ -1,5 +1,5 @@
 """The CUDA sm90+ fast path of adahop.backend (fused kernels + fp8 GEMM) against the torch reference
-(ADAHOP_FORCE_REFERENCE=1), on the GPU. Skipped without one; run by scripts/gpu_check.sh on the device."""
+(ADAHOP_FORCE_REFERENCE=1), on the GPU. Skipped without one; run by `bash scripts/gpu.sh tests` on the device."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@
 #   4. the same checkpoint resumed on 1 GPU: refused (data loader), then accepted with the data loader
 #      excluded.
 # scripts/fsdp_check.py turns the logs into the report ($OUT/summary.md); all logs in $OUT/logs.tar.gz.
-# usage (device machine, repo root, .whl carried): bash scripts/gpu_fsdp_2gpu.sh
+# usage (device machine, repo root, .whl carried): bash scripts/gpu.sh fsdp
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source scripts/gpu_env.sh
+cd "$(dirname "$0")/../.."  # the repository root
+source scripts/gpu/env.sh
 STEPS=${STEPS:-30}; CAL=${CAL:-10}; HALF=$((STEPS / 2))
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-560} ))
 LOGS=/tmp/fsdp_logs; RUNS=/tmp/fsdp_runs; rm -rf "$LOGS" "$RUNS"; mkdir -p "$LOGS" "$RUNS"

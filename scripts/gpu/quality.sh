@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The quality experiment (issue 8) on a leased GPU machine, in the background across device calls.
-#   bash scripts/gpu_quality.sh start [RECIPES...]   start scripts/quality_experiment.py detached (setsid) on
+#   bash scripts/gpu.sh quality start [RECIPES...]   start scripts/quality_experiment.py detached (setsid) on
 #                                                    every GPU, then return; default: every recipe not yet in
 #                                                    docs/quality/runs/
-#   bash scripts/gpu_quality.sh wait SECONDS         follow it for up to SECONDS; results so far go to $OUT
-#   bash scripts/gpu_quality.sh collect              write the report from the finished recipes into $OUT
-#   bash scripts/gpu_quality.sh stop RECIPES...      end those recipes' training (the others go on), e.g. when
+#   bash scripts/gpu.sh quality wait SECONDS         follow it for up to SECONDS; results so far go to $OUT
+#   bash scripts/gpu.sh quality collect              write the report from the finished recipes into $OUT
+#   bash scripts/gpu.sh quality stop RECIPES...      end those recipes' training (the others go on), e.g. when
 #                                                    the lease cannot hold them all; their results are lost
 # The machine is held only while calls follow each other (it goes back after 30 s idle), so call `wait`
 # again at once after each return. Every call leaves in $OUT: status.txt and results.tar.gz (done.json and
@@ -18,8 +18,8 @@
 # One GPU, 30 minutes of device time: three or four recipes a session (three MXFP4 runs at ~90-110k tokens/s
 # each, ~17-20 min; BF16 and float8 are faster); docs/quality/notes.md says which are still missing.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source scripts/gpu_env.sh
+cd "$(dirname "$0")/../.."  # the repository root
+source scripts/gpu/env.sh
 RUN=/tmp/quality
 ALL=(bf16 float8 adahop hadamard mxfp4 rht adahop_sr)
 # the overrides of every run: part of each result's signature, so `start` and `collect` must pass the same
@@ -70,5 +70,5 @@ case "${1:-}" in
       pkill -f -- "--job.dump_folder $RUN/$r --" && echo "stopped $r" || echo "$r: no training running"
     done
     sleep 5; snapshot ;;
-  *) echo "usage: bash scripts/gpu_quality.sh start [RECIPES...] | wait SECONDS | collect | stop RECIPES..." >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu.sh quality start [RECIPES...] | wait SECONDS | collect | stop RECIPES..." >&2; exit 2 ;;
 esac

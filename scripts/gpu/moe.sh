@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call: MoE small (32 experts) BF16 vs AdaHOP with MXFP4 grouped GEMMs, and the 1B model
 # with MXFP4 attention, short runs; tokens/s, memory, loss curves. Results under $OUT.
-# usage (device machine, repo root, .whl carried): bash scripts/gpu_moe_attention.sh
+# usage (device machine, repo root, .whl carried): bash scripts/gpu.sh moe
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source scripts/gpu_env.sh
+cd "$(dirname "$0")/../.."  # the repository root
+source scripts/gpu/env.sh
 device_header
 COMMON=(--metrics.log_freq 5 --checkpoint.no-enable --metrics.no-enable-tensorboard)
 run() {  # name config seconds args...

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # GPU smoke test: the Llama-3.2-1B-shape AdaHOP config trains STEPS (default 60) steps with a
 # 30-step calibration on NGPU GPUs (default: all), then checks that the plan was fixed and written.
-# usage (device machine, repo root): bash scripts/gpu_smoke_1b.sh [--section.key value ...]
+# usage (device machine, repo root): bash scripts/gpu.sh smoke [--section.key value ...]
 # Results (log, plan, tensorboard) under $OUT (default /tmp/out).
-# Through the device tool: run(kind="nvidia-h100-x1", carry=[".whl"], command="bash scripts/gpu_smoke_1b.sh")
+# Through the device tool: run(kind="nvidia-h100-x1", carry=[".whl"], command="bash scripts/gpu.sh smoke")
 # (measured on 1x H100: ~0.9 s/step while calibrating, ~0.5 s/step after, 24 GiB; 60 steps ~2 min in all).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source scripts/gpu_env.sh
+cd "$(dirname "$0")/../.."  # the repository root
+source scripts/gpu/env.sh
 STEPS=${STEPS:-60}
 DUMP="$OUT/llama1b_adahop"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/env.txt"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Where does the fp8 form of MXFP4 lose blocks in real training? (device call; carry .whl)
-#   bash scripts/gpu_deficient_probe.sh [STEPS]
+#   bash scripts/gpu.sh deficient [STEPS]
 # 1. probes which fp8 dtype pairs cuBLAS's blockwise (1x128) scaled GEMM accepts through torch._scaled_mm;
 # 2. trains the quality model (configs/quality_100m.toml, data/quality_corpus) with uniform Hadamard and with plain
 #    MXFP4 for STEPS steps (default 250) side by side, every GEMM checked (kernels.exactness_check = "per_gemm"), and
 #    writes per slot and side the deficient blocks, the 128x128 tiles holding them and their exponent gaps
 #    (adahop.kernels.gemm.DEFICIENT_BY_TAG) to $OUT/deficient_<recipe>.0.json, logs to $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source scripts/gpu_env.sh
+cd "$(dirname "$0")/../.."  # the repository root
+source scripts/gpu/env.sh
 STEPS=${1:-250}
 python3 - <<'PY' 2>&1 | tee "$OUT/scaled_mm_probe.txt"
 import torch
