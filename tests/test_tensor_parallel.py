@@ -59,6 +59,12 @@ def _layer_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> 
         xs = x.chunk(world, dim=1)[rank].clone().requires_grad_()
         y = model(xs)  # local Shard(1) of the sequence
         y.backward(torch.ones_like(y) * torch.linspace(-1, 1, y.shape[-1]))
+        from adahop.calibration import full_operand
+
+        # calibration scores the full logical operand; the first rank of the TP group votes for it
+        for i in (1, 2):
+            w, follower = full_operand(model[i].weight.detach())
+            assert torch.equal(w, ref[f"{i}.weight"]) and follower == (rank != 0)
         grads = {k: _plain(p.grad.full_tensor()) for k, p in model.named_parameters()}
         torch.save({"y": _plain(y), "gx": _plain(xs.grad), "grads": grads, "state": ref, "x": x},
                    os.path.join(out_dir, f"rank{rank}.pt"))
@@ -194,3 +200,28 @@ def test_tp_shards_that_cut_an_mx_block_refused_before_the_model_is_built(tmp_pa
     assert ("parallelism.tensor_parallel_degree = 2" in r.stdout and "layers.0.attention.wk.out_features = 32" in r.stdout
             and "multiple of 32 per rank" in r.stdout), r.stdout[-3000:]
     assert "Applied Tensor Parallelism" not in r.stdout
+
+
+def test_tp_checkpoint_resumes_on_tp2_and_on_tp1(tmp_path):
+    """A TP=2 checkpoint taken mid-calibration (step 3 of 4) resumes with TP=2 on the uninterrupted losses and
+    plan, and reshards onto one rank (TP=1, the same single data-parallel rank) within the TP tolerance."""
+    from train_helpers import base_toml, losses, run_train
+
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(base_toml(tmp_path / "out", steps=6, calibration_steps=4))
+    args = [*FLAVOR_ARGS, "--checkpoint.enable", "--checkpoint.interval", "3"]
+    plan_path = tmp_path / "out" / "adahop_plan.json"
+
+    def run(nproc: int, *more: str):
+        r = run_train(cfg, [*args, *more], nproc=nproc)
+        assert r.returncode == 0, r.stdout[-5000:]
+        return losses(r.stdout, 0), json.loads(plan_path.read_text()), r.stdout
+
+    full, full_plan, _ = run(2, "--parallelism.tensor_parallel_degree", "2")
+    again, again_plan, out = run(2, "--parallelism.tensor_parallel_degree", "2", "--checkpoint.load_step", "3")
+    assert "resumed calibration at step 3/4" in out
+    assert sorted(again) == [4, 5, 6] and all(again[s] == full[s] for s in again), (again, full)
+    assert _decisions(again_plan) == _decisions(full_plan)
+    on_one, one_plan, _ = run(1, "--checkpoint.load_step", "3")
+    assert sorted(on_one) == [4, 5, 6] and all(on_one[s] == pytest.approx(full[s], rel=1e-3) for s in on_one)
+    assert _decisions(one_plan) == _decisions(full_plan)
