@@ -353,7 +353,6 @@ def validate_model(job_config) -> None:
     check_tp_dims(model, mx, int(job_config.parallelism.tensor_parallel_degree))
 
 
-
 # upstream keys whose values below the minimum pass torchtitan's parsing and fail (or train nothing)
 # later: key -> (minimum, the bool key that must be on for it to matter, or None)
 _UPSTREAM_MINIMUM = {
