@@ -9,7 +9,8 @@
 # Nodes (default: this node alone, rendezvous on a free localhost port):
 #   NNODES            number of nodes (default 1); every node runs this script with the same settings
 #   MASTER_ADDR, MASTER_PORT (default 29500), NODE_RANK
-#                     static rendezvous at MASTER_ADDR:MASTER_PORT, served by node 0; node NODE_RANK
+#                     (with NNODES > 1; one node leaves them unused) static rendezvous at
+#                     MASTER_ADDR:MASTER_PORT, served by node 0; node NODE_RANK
 #                     (0..NNODES-1) gets the global ranks NODE_RANK*NGPU .. NODE_RANK*NGPU+NGPU-1
 #   RDZV_ENDPOINT=host:port, RDZV_ID (default adahop)
 #                     c10d rendezvous (what scripts/multinode.slurm uses); ranks are handed out in
@@ -24,6 +25,12 @@ uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 NNODES=${NNODES:-1}
 uint "$NNODES" && [ "$NNODES" -ge 1 ] ||
   die "NNODES=$NNODES: must be a whole number >= 1 (the number of nodes); unset it for one node"
+if [ "$NNODES" -eq 1 ] && [ -n "${MASTER_ADDR:-}${MASTER_PORT:-}" ]; then
+  # cluster shells often export these for every job: one node keeps to a free localhost port, as it always has
+  echo "run_train.sh: one node (NNODES unset or 1): MASTER_ADDR / MASTER_PORT from the environment are not used;" \
+    "set NNODES to train on several nodes" >&2
+  unset MASTER_ADDR MASTER_PORT
+fi
 if [ -n "${NODE_RANK:-}" ]; then
   uint "$NODE_RANK" || die "NODE_RANK=$NODE_RANK: must be a whole number, 0 .. NNODES-1"
   [ "$NODE_RANK" -lt "$NNODES" ] ||

@@ -49,9 +49,11 @@ def _launch(tmp_path, recorder, **settings) -> tuple[subprocess.CompletedProcess
     ({"NNODES": "2", "MASTER_ADDR": "node0", "NODE_RANK": "-1"}, "NODE_RANK=-1: must be a whole number"),
     ({"NNODES": "2", "MASTER_ADDR": "node0"}, "NODE_RANK is not set"),
     ({"NNODES": "2", "MASTER_ADDR": "node0", "RDZV_ENDPOINT": "node0:29500"}, "both set"),
-    ({"MASTER_PORT": "29500"}, "MASTER_PORT=29500 is set without MASTER_ADDR"),
-    ({"MASTER_ADDR": "node0", "MASTER_PORT": "http"}, "MASTER_PORT=http: must be a port number"),
-    ({"MASTER_ADDR": "node0", "MASTER_PORT": "70000"}, "MASTER_PORT=70000: must be a port number"),
+    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_PORT": "29500"}, "MASTER_PORT=29500 is set without MASTER_ADDR"),
+    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "http"},
+     "MASTER_PORT=http: must be a port number"),
+    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "70000"},
+     "MASTER_PORT=70000: must be a port number"),
     ({"NNODES": "2", "RDZV_ENDPOINT": "node0"}, "RDZV_ENDPOINT=node0: must be host:port"),
     ({"RDZV_ID": "7"}, "RDZV_ID=7 is set without RDZV_ENDPOINT"),
     ({"NGPU": "1.5"}, "NGPU=1.5: must be a whole number"),
@@ -72,6 +74,15 @@ def test_one_node_by_default(tmp_path, recorder):
     assert "--nnodes=1" in args and "--rdzv_endpoint=localhost:0" in args and "--rdzv_backend" in args
     assert not any(a.startswith(("--master_addr", "--node_rank")) for a in args)
     assert args[-6:] == ["-m", "adahop.train", "--job.config_file", "configs/default.toml", "--training.steps", "5"]
+
+
+def test_one_node_leaves_the_shells_master_addr_and_port_unused(tmp_path, recorder):
+    """Cluster shells often export MASTER_ADDR / MASTER_PORT for every job: one node keeps its free localhost
+    port (with a one-line notice) instead of waiting at an address nobody serves."""
+    r, args = _launch(tmp_path, recorder, MASTER_ADDR="10.255.255.1", MASTER_PORT="29501")
+    assert r.returncode == 0, r.stderr
+    assert "--rdzv_endpoint=localhost:0" in args and not any(a.startswith("--master_") for a in args)
+    assert len(r.stderr.splitlines()) == 1 and "not used" in r.stderr, r.stderr
 
 
 def test_static_rendezvous_from_master_addr(tmp_path, recorder):
