@@ -324,7 +324,28 @@ def _set_cli_args(args: list[str]) -> None:
         defaults[0][:] = list(args)
 
 
+# Environment switches of earlier versions: a run that sets one would otherwise train without what it asked for
+REMOVED_SWITCHES = {
+    "ADAHOP_TILE_B": "--quantize.linear.mx.kernels.tile_b none|forward|weights|all (1 was all)",
+    "ADAHOP_SYNC_EVERY_GEMM": "--quantize.linear.mx.kernels.exactness_check per_gemm",
+    "ADAHOP_DEFICIENT_REPORT": "--quantize.linear.mx.kernels.deficient_report <prefix>",
+    "ADAHOP_DUAL_QUANT": "nothing (removed: measured no faster); unset it",
+    "ADAHOP_SIDE_STREAM": "nothing (removed: measured no faster); unset it",
+}
+
+
+def check_removed_switches(environ=os.environ) -> None:
+    """Refuse an environment switch that no longer exists, naming what replaced it. Raises ConfigError."""
+    from adahop.config import ConfigError
+
+    for name, instead in REMOVED_SWITCHES.items():
+        if name in environ:
+            raise ConfigError(f"{name} (environment)", environ[name], "unset: this switch no longer exists",
+                              f"use {instead}")
+
+
 def _main(argv: list[str] | None, trainer: type = None) -> None:
+    check_removed_switches()
     args = with_custom_config_module(sys.argv[1:] if argv is None else argv)
     check_config_file(args)  # before torchtitan reads it: it takes TOML values without a type check
     ensure_single_process_env()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from train_helpers import REPO, base_toml, command, env
 
 
@@ -35,3 +37,15 @@ def test_config_error_in_the_trainer_is_one_message(tmp_path):
     lines = error_lines(r)
     assert len(lines) == 1 and "quantize.linear.mx.calibration.visualization_max_pixels = -1" in lines[0], r.stderr
     assert "Building adahop_llama3" not in r.stdout + r.stderr  # refused before the model is built
+
+
+@pytest.mark.parametrize("name", ["ADAHOP_TILE_B", "ADAHOP_SYNC_EVERY_GEMM", "ADAHOP_DEFICIENT_REPORT",
+                                  "ADAHOP_DUAL_QUANT", "ADAHOP_SIDE_STREAM"])
+def test_removed_environment_switches_refused_naming_the_replacement(name):
+    from adahop.config import ConfigError
+    from adahop.train import REMOVED_SWITCHES, check_removed_switches
+
+    with pytest.raises(ConfigError) as e:
+        check_removed_switches({name: "1"})
+    assert name in str(e.value) and REMOVED_SWITCHES[name].split()[0] in str(e.value)
+    check_removed_switches({"ADAHOP_FORCE_REFERENCE": "1"})  # still a debugging switch: not refused
