@@ -277,6 +277,13 @@ def validate_mx(job_config) -> None:
 
     if mx.kernels.tile_b not in TILE_B_CHOICES:
         raise ConfigError(f"{_P}.kernels.tile_b", mx.kernels.tile_b, " | ".join(map(repr, TILE_B_CHOICES)))
+    report = mx.kernels.deficient_report
+    if report:
+        folder = os.path.dirname(os.path.abspath(report))
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise ConfigError(f"{_P}.kernels.deficient_report", report, "a path prefix in a writable folder",
+                              f"the folder {folder} does not exist or cannot be written: create it, or pick another "
+                              "prefix (the report is written there when training ends)")
     if mx.kernels.exactness_check not in EXACTNESS_CHECKS:
         raise ConfigError(f"{_P}.kernels.exactness_check", mx.kernels.exactness_check,
                           " | ".join(map(repr, EXACTNESS_CHECKS)))
@@ -321,8 +328,6 @@ def validate_mx(job_config) -> None:
     if cal.visualization_max_pixels < 1:
         raise ConfigError(f"{_C}.visualization_max_pixels", cal.visualization_max_pixels, "a positive integer")
     if cal.plan_file:
-        import os
-
         if not os.path.isfile(cal.plan_file):
             raise ConfigError(f"{_C}.plan_file", cal.plan_file, "the path of an existing adahop_plan.json")
 

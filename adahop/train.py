@@ -305,9 +305,16 @@ class AdaHOPTrainer(titan_train.Trainer):
 
         gemm.record_deficient(True)
         try:
-            return super().train()
+            result = super().train()
+        except BaseException:
+            # what was recorded still helps to find why training stopped; the report must not hide that error
+            with contextlib.suppress(OSError):
+                gemm.dump_deficient_report(f"{report}.{int(os.environ.get('RANK', '0'))}.json")
+            raise
         finally:
-            gemm.dump_deficient_report(f"{report}.{int(os.environ.get('RANK', '0'))}.json")
+            gemm.record_deficient(False)
+        gemm.dump_deficient_report(f"{report}.{int(os.environ.get('RANK', '0'))}.json")
+        return result
 
 
 def _set_cli_args(args: list[str]) -> None:

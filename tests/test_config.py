@@ -263,3 +263,12 @@ def test_kernels_tile_b_is_typed_config_checked_before_training(seed_config):
 
         recipe = LinearRecipe(**kwargs)
         assert tuple(recipe.tile_b_for(s) for s in ("forward_y", "backward_gx", "backward_gw")) == slots, choice
+
+
+def test_deficient_report_needs_a_writable_folder(seed_config, tmp_path):
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.kernels.deficient_report = str(tmp_path / "missing" / "rep")
+    with pytest.raises(ConfigError, match=r"kernels\.deficient_report.*does not exist or cannot be written"):
+        validate_mx(c)
+    c.quantize.linear.mx.kernels.deficient_report = str(tmp_path / "rep")
+    validate_mx(c)
