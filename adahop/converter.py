@@ -158,6 +158,16 @@ def check_tp_dims(model: nn.Module, mx, tp: int) -> None:
                     f"hadamard_size{', GPU fast path 128' if fast else ''}); lower the degree, or add the layer to "
                     "quantize.linear.mx.filter_fqns",
                 )
+    # torchtitan splits attention by heads: a degree that does not divide the (kv) head counts fails in the
+    # first step's reshape, after everything was built
+    for fqn, module in model.named_modules():
+        for attr in ("n_heads", "n_kv_heads"):
+            heads = getattr(module, attr, None)
+            if isinstance(heads, int) and heads % tp != 0:
+                raise ConfigError(
+                    "parallelism.tensor_parallel_degree", tp, f"a divisor of every attention's {attr}",
+                    f"{fqn or 'the model'}.{attr} = {heads} cannot be split over {tp} ranks; lower the degree",
+                )
 
 
 def select_targets(model: nn.Module, mx) -> dict[str, dict[str, nn.Module]]:

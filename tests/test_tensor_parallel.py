@@ -225,3 +225,24 @@ def test_tp_checkpoint_resumes_on_tp2_and_on_tp1(tmp_path):
     on_one, one_plan, _ = run(1, "--checkpoint.load_step", "3")
     assert sorted(on_one) == [4, 5, 6] and all(on_one[s] == pytest.approx(full[s], rel=1e-3) for s in on_one)
     assert _decisions(one_plan) == _decisions(full_plan)
+
+
+def test_tp_degree_that_splits_no_whole_heads_refused():
+    """torchtitan splits attention by heads: a degree that does not divide the (kv) head counts is refused before
+    anything is built (the Linear dims alone can pass: 2 kv heads of 64 over 4 ranks leave 32 features each)."""
+    from types import SimpleNamespace
+
+    import torch.nn as nn
+
+    from adahop.config import ConfigError
+    from adahop.converter import check_tp_dims
+
+    attention = nn.Module()
+    attention.n_heads, attention.n_kv_heads = 4, 2
+    attention.wq, attention.wk = nn.Linear(256, 256, bias=False), nn.Linear(256, 128, bias=False)
+    model = nn.Module()
+    model.attention = attention
+    mx = SimpleNamespace(enable_mxfp4_linear=True, hadamard_size=32, filter_fqns=[])
+    check_tp_dims(model, mx, 2)
+    with pytest.raises(ConfigError, match=r"attention\.n_kv_heads = 2 cannot be split over 4 ranks"):
+        check_tp_dims(model, mx, 4)
