@@ -1,9 +1,9 @@
 """AdaHOP layers under torch.autocast (torchtitan's mixed precision on one device, without FSDP).
 
-Autocast casts the inputs of the ops it knows (F.linear, SDPA) to its dtype; our autograd Functions are
-not among them, so they would receive float32 parameters and float32 activations (RMSNorm runs in float32
+Autocast casts the inputs of the ops it knows (F.linear, SDPA) to its dtype; our custom ops are not
+among them, so they would receive float32 parameters and float32 activations (RMSNorm runs in float32
 under autocast) and hand float32 outputs downstream: twice the memory of every saved BF16 operand, float32
-copies in every full-precision GEMM. ``autocast_inputs`` casts like autocast would, and the Function then
+copies in every full-precision GEMM. ``autocast_inputs`` casts like autocast would, and the op then
 runs with autocast off, so its reference path keeps its float32 arithmetic.
 """
 

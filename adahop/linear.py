@@ -1,4 +1,4 @@
-"""The AdaHOP MXFP4 linear: an autograd Function running its three GEMMs per mode, and its module.
+"""The AdaHOP MXFP4 linear: two torch custom ops running its three GEMMs per mode, and its module.
 
 Data flow of one GEMM slot (see adahop.modes for the operands of each slot):
     A, Bt (K-major) -> [extract outlier rows] -> [Hadamard along K] -> MXFP4 along K -> GEMM -> out
