@@ -15,7 +15,7 @@
 # tile_b, default none), seed 1234; tokens/s is the mean of the logged steps after step AFTER (15), which leaves
 # out the compilation. RUN_LIMIT (seconds per run, default 300) bounds each run. PROFILE=1 also traces the last
 # step of the AdaHOP runs (torch.profiler; summarised by scripts/trace_summary.py into $OUT/trace_<run>.txt) and
-# leaves that step's log line out of tokens/s.
+# leaves that step's log line out of tokens/s; PROFILE=all traces every run.
 case "${1:-}" in -h | --help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,16 +27,19 @@ B=${BATCH:-16}
 adahop=(--training.local_batch_size "$B" --quantize.linear.mx.calibration.calibration_steps "${CAL:-10}")
 compiled=(--compile.enable --compile.components model,loss)
 until=()
-if [ "${PROFILE:-0}" = 1 ]; then
-  adahop+=(--profiling.enable_profiling --profiling.save_traces_folder prof --profiling.profile_freq "$STEPS")
+peer=(--training.local_batch_size "$B")
+if [ "${PROFILE:-0}" != 0 ]; then
+  prof=(--profiling.enable_profiling --profiling.save_traces_folder prof --profiling.profile_freq "$STEPS")
+  adahop+=("${prof[@]}")
+  [ "$PROFILE" = all ] && peer+=("${prof[@]}")
   until=(--until $((STEPS - 5)))
 fi
 names=()
 for run in ${RUNS:-bf16 bf16_c float8_c adahop adahop_c hadamard_c}; do
   case $run in
-    bf16) run_1b bf16 bf16 --training.local_batch_size "$B" ;;
-    bf16_c) run_1b bf16_c bf16 --training.local_batch_size "$B" "${compiled[@]}" ;;
-    float8_c) run_1b float8_c bf16 --training.local_batch_size "$B" --model.converters quantize.linear.float8 \
+    bf16) run_1b bf16 bf16 "${peer[@]}" ;;
+    bf16_c) run_1b bf16_c bf16 "${peer[@]}" "${compiled[@]}" ;;
+    float8_c) run_1b float8_c bf16 "${peer[@]}" --model.converters quantize.linear.float8 \
                 --quantize.linear.float8.filter_fqns output "${compiled[@]}" ;;
     adahop) run_1b adahop "${TILE:-none}" "${adahop[@]}" ;;
     adahop_c) run_1b adahop_c "${TILE:-none}" "${adahop[@]}" "${compiled[@]}" ;;
@@ -48,5 +51,5 @@ done
 python3 scripts/summarize_runs.py "$OUT" "${names[@]}" --after "${AFTER:-15}" "${until[@]}" | tee "$OUT/peers.md"
 for name in "${names[@]}"; do
   trace=$(ls /tmp/runs/"$name"/prof/iteration_"$STEPS"/*rank0*.json 2>/dev/null | head -1)
-  [ -n "$trace" ] && python3 scripts/trace_summary.py "$trace" --rows 25 > "$OUT/trace_$name.txt" 2>&1
+  [ -n "$trace" ] && python3 scripts/trace_summary.py "$trace" --rows 25 --kernels "${KERNELS:-40}" > "$OUT/trace_$name.txt" 2>&1
 done

@@ -5,7 +5,7 @@
 
 Prints the profiled steps' wall time (the ProfilerStep#N spans), the GPU kernel time by group (the groups of
 scripts/profile_step.py), how busy the GPU was (the union of kernel intervals over the steps' span: a GPU
-idle between kernels is waiting for the host), the GPU's idle gaps, and the host ops by inclusive time.
+idle between kernels is waiting for the host), the GPU's idle gaps, the kernels by name (`--kernels N`, the N longest), and the host ops by inclusive time.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
     return gaps
 
 
-def summarize(trace: dict, rows: int = 30) -> str:
+def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
     # a CUDA trace holds each ProfilerStep#N twice: the host span and its copy on the GPU timeline
     # ("gpu_user_annotation"); counting both halves every per-step figure
@@ -74,6 +74,16 @@ def summarize(trace: dict, rows: int = 30) -> str:
         big = [g for g in gaps if g >= 1000]
         lines += ["", f"GPU idle gaps: {len(gaps) / n:.1f} per step, {sum(gaps) / 1e3 / n:.2f} ms per step; "
                       f"{len(big) / n:.1f} per step of 1 ms or more, {sum(big) / 1e3 / n:.2f} ms per step"]
+    if kernel_rows:
+        by_kernel: dict[str, list[float]] = {}
+        for e in kernels:
+            if e["ts"] >= t0:
+                rec = by_kernel.setdefault(e["name"], [0.0, 0])
+                rec[0] += e["dur"]
+                rec[1] += 1
+        lines += ["", "kernels by GPU time (ms / step, launches / step, group):"]
+        for name, (t, c) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:kernel_rows]:
+            lines.append(f"  {t / 1e3 / n:9.2f}  x{c / n:<8.1f} {group_of(name):<18} {name[:110]}")
     by_op: dict[str, list[float]] = {}
     for e in cpu_ops:
         if e["ts"] >= t0:
@@ -89,10 +99,11 @@ def summarize(trace: dict, rows: int = 30) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace")
-    p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--rows", type=int, default=30, help="host ops listed")
+    p.add_argument("--kernels", type=int, default=0, help="GPU kernels listed by name (0: none)")
     args = p.parse_args()
     with open(args.trace) as f:
-        print(summarize(json.load(f), args.rows))
+        print(summarize(json.load(f), args.rows, args.kernels))
 
 
 if __name__ == "__main__":

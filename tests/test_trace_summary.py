@@ -39,6 +39,11 @@ def test_summary_of_a_hand_made_trace():
     assert "| bf16 GEMM | 0.20 | 40% |" in out
     assert "GPU idle gaps: 0.5 per step, 0.45 ms per step; 0.0 per step of 1 ms or more" in out  # one 900 us gap
     assert out.index("aten::_scaled_mm") < out.index("aten::empty") and "x1 " in out
+    assert "kernels by GPU time" not in out  # only when asked for
+    listed = summarize(trace, kernel_rows=2).split("kernels by GPU time")[1]
+    # the two longest kernels, longest first, with their per-step time, launches and group; the third left out
+    assert listed.index("nvjet_sm90_qqtst") < listed.index("sm90_xmma_gemm_bf16")
+    assert "0.20  x0.5" in listed and "fp8 GEMM" in listed and "_quantize_kernel" not in listed.split("host ops")[0]
 
 
 def test_a_trace_without_steps_is_refused():
