@@ -378,12 +378,22 @@ def _get(job_config, key: str):
     return job_config
 
 
+#: dataloader worker processes the text datasets take: torchtitan's HuggingFaceTextDataset does not split its
+#: samples between workers, so each of N workers would yield every batch (N copies of the data, silently)
+MAX_DATALOADER_WORKERS = 1
+
+
 def validate_upstream_values(job_config) -> None:
     """Range checks of torchtitan's own keys (their types are checked by check_config_types)."""
     for key, (minimum, when) in _UPSTREAM_MINIMUM.items():
         value = _get(job_config, key)
         if value < minimum and (when is None or _get(job_config, when)):
             raise ConfigError(key, value, f"an integer >= {minimum}")
+    workers = job_config.training.dataloader.num_workers
+    if not 0 <= workers <= MAX_DATALOADER_WORKERS:
+        raise ConfigError("training.dataloader.num_workers", workers, f"0 or {MAX_DATALOADER_WORKERS}",
+                          "the text datasets are not split between dataloader workers: with more, each worker "
+                          "would yield every batch again (1 worker already tokenizes a batch ahead of the step)")
 
 
 def validate_data_files(job_config) -> None:

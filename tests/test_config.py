@@ -173,6 +173,22 @@ def test_upstream_values_below_their_minimum_refused_up_front(seed_config, key, 
     assert e.value.key == key and f"{key} = {value}" in str(e.value) and "an integer >= 1" in str(e.value)
 
 
+@pytest.mark.parametrize("workers", [2, 8, -1])
+def test_dataloader_workers_that_would_repeat_batches_are_refused(seed_config, workers):
+    """torchtitan's text datasets give every dataloader worker all of their samples: 2 workers would train on
+    each batch twice. 0 and 1 are allowed (1 tokenizes a batch ahead, as the GPU configs do)."""
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.calibration.use_HT_calibration = False
+    for allowed in (0, 1):
+        c.training.dataloader.num_workers = allowed
+        validate_job_config(c, check_model=False)
+    c.training.dataloader.num_workers = workers
+    with pytest.raises(ConfigError) as e:
+        validate_job_config(c, check_model=False)
+    assert e.value.key == "training.dataloader.num_workers" and "allowed: 0 or 1" in str(e.value)
+    assert "every batch again" in str(e.value)
+
+
 def test_compile_of_the_loss_alone_is_allowed(seed_config):
     c = copy.deepcopy(seed_config)
     c.compile.enable, c.compile.components = True, ["loss"]
