@@ -24,8 +24,10 @@ setup()
 
 from adahop.checkpoint_io import build_model, load_job_config  # noqa: E402
 
-# cuBLAS names its blockwise fp8 kernels nvjet_..._qq..._Avec128_Bvec128; other nvjet/xmma kernels are bf16
-GROUPS = (("quantize (triton)", ("_quantize_kernel", "_reencode_kernel")), ("fp8 GEMM", ("qqtst", "vec128", "e4m3")),
+# cuBLAS names its fp8 kernels nvjet_sm90_<q|r><q|r>tst_... (q: e4m3, r: e5m2 operands; blockwise ones add
+# _Avec128_Bvec128); its bf16 kernels nvjet_sm90_tst_...; other nvjet/xmma kernels are bf16
+GROUPS = (("quantize (triton)", ("_quantize_kernel", "_reencode_kernel")),
+          ("fp8 GEMM", ("qqtst", "qrtst", "rqtst", "vec128", "e4m3")),
           ("bf16 GEMM", ("gemm", "sm90_xmma", "cutlass", "nvjet")), ("attention", ("sdpa", "flash", "attention")))
 
 

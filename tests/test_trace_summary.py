@@ -27,6 +27,7 @@ def test_summary_of_a_hand_made_trace():
         ev("ProfilerStep#7", "gpu_user_annotation", 100, 500), ev("ProfilerStep#8", "gpu_user_annotation", 1500, 400),
         ev("_quantize_kernel", "kernel", 100, 200), ev("nvjet_sm90_qqtst_Avec128_Bvec128", "kernel", 200, 400),
         ev("sm90_xmma_gemm_bf16", "kernel", 1500, 400),  # ends at 1900: span 0..2000
+        ev("nvjet_sm90_qrtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "kernel", 1600, 0),  # tensorwise fp8 (e4m3 x e5m2)
         ev("aten::_scaled_mm", "cpu_op", 150, 50), ev("aten::_scaled_mm", "cpu_op", 1100, 30),
         ev("aten::empty", "cpu_op", 120, 5),
         {"ph": "i", "name": "instant"},  # events without a duration are ignored
@@ -36,7 +37,7 @@ def test_summary_of_a_hand_made_trace():
     assert "2 profiled steps (ProfilerStep#7, ProfilerStep#8): 1.0 ms per step" in out
     assert "kernel time 0.5 ms per step, GPU busy 45%" in out
     assert "| quantize (triton) | 0.10 | 20% |" in out and "| fp8 GEMM | 0.20 | 40% |" in out
-    assert "| bf16 GEMM | 0.20 | 40% |" in out
+    assert "| bf16 GEMM | 0.20 | 40% |" in out and "| fp8 GEMM | 0.20 | 40% |" in out  # the qrtst one adds 0
     assert "GPU idle gaps: 0.5 per step, 0.45 ms per step; 0.0 per step of 1 ms or more" in out  # one 900 us gap
     assert out.index("aten::_scaled_mm") < out.index("aten::empty") and "x1 " in out
     assert "kernels by GPU time" not in out  # only when asked for
