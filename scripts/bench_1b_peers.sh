@@ -12,7 +12,8 @@
 #   adahop_c   AdaHOP, compiled (calibration steps run eagerly, then the model is compiled)
 #   hadamard_c every GEMM slot in hadamard mode (configs/llama1b_hadamard.toml), compiled
 # BATCH (16) x 2048 tokens per step, STEPS (30) steps, CAL (10) calibration steps, TILE ([quantize.linear.mx.kernels]
-# tile_b, default none), seed 1234; tokens/s is the mean of the logged steps after step AFTER (15), which leaves
+# tile_b, default none; a list such as "none weights" runs each AdaHOP run once per setting, named <run>_<tile> for
+# every setting but none), seed 1234; tokens/s is the mean of the logged steps after step AFTER (15), which leaves
 # out the compilation. RUN_LIMIT (seconds per run, default 300) bounds each run. PROFILE=1 also traces the last
 # step of the AdaHOP runs (torch.profiler; summarised by scripts/trace_summary.py into $OUT/trace_<run>.txt) and
 # leaves that step's log line out of tokens/s; PROFILE=all traces every run.
@@ -41,10 +42,13 @@ for run in ${RUNS:-bf16 bf16_c float8_c adahop adahop_c hadamard_c}; do
     bf16_c) run_1b bf16_c bf16 "${peer[@]}" "${compiled[@]}" ;;
     float8_c) run_1b float8_c bf16 "${peer[@]}" --model.converters quantize.linear.float8 \
                 --quantize.linear.float8.filter_fqns output "${compiled[@]}" ;;
-    adahop) run_1b adahop "${TILE:-none}" "${adahop[@]}" ;;
-    adahop_c) run_1b adahop_c "${TILE:-none}" "${adahop[@]}" "${compiled[@]}" ;;
-    hadamard_c) RUN_CONFIG=configs/llama1b_hadamard.toml run_1b hadamard_c "${TILE:-none}" "${adahop[@]}" \
-                  "${compiled[@]}" ;;
+    adahop | adahop_c | hadamard_c)
+      for tile in ${TILE:-none}; do
+        name=$run; [ "$tile" = none ] || name=${run}_$tile
+        args=("${adahop[@]}"); [ "$run" = adahop ] || args+=("${compiled[@]}")
+        if [ "$run" = hadamard_c ]; then RUN_CONFIG=configs/llama1b_hadamard.toml run_1b "$name" "$tile" "${args[@]}"
+        else run_1b "$name" "$tile" "${args[@]}"; fi
+      done ;;
     *) echo "unknown run '$run' (allowed: bf16 bf16_c float8_c adahop adahop_c hadamard_c)" >&2; exit 2 ;;
   esac
 done
