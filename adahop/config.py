@@ -338,7 +338,6 @@ def validate_model(job_config) -> None:
     if mx is None or not (mx.enable_mxfp4_linear or mx.enable_mxfp4_gmm or mx.enable_mxfp4_fa):
         return
     import torch
-
     from torchtitan.protocols.train_spec import get_train_spec
 
     spec = get_train_spec(job_config.model.name)

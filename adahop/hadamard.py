@@ -13,7 +13,6 @@ import math
 
 import torch
 
-
 #: The Hadamard block sizes of every part of adahop: the transform, the layers (adahop.linear, attention)
 #: and the training config (quantize.linear.mx.hadamard_size). Powers of two up to 128, the largest block
 #: the fused GPU quantizer implements (adahop.kernels.quantize.MAX_HADAMARD), so that no accepted size

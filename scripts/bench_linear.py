@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import sys
-import time
 import traceback
 
 import torch
@@ -309,7 +308,7 @@ def main():
                 w = torch.nn.Parameter((torch.randn(fout, fin, device=dev) / fin**0.5).to(torch.bfloat16))
                 gy = torch.randn(T, fout, device=dev, dtype=torch.bfloat16)
                 row = dict(model=model, tokens=T, shape=sname, fin=fin, fout=fout, t={}, saved={})
-                impls = {"bf16": (lambda x: F.linear(x, w), [w])}
+                impls = {"bf16": (lambda x, w=w: F.linear(x, w), [w])}
                 for name, mod in ({} if args.no_baselines else make_baselines(fin, fout, dev)).items():
                     params = list(mod.parameters()) if isinstance(mod, torch.nn.Module) else []
                     impls[name] = (mod, params)
@@ -318,7 +317,7 @@ def main():
                         for tile in args.tile_b:
                             name = f"{SHORT[mode]}{'+sr' if sr == '1' else ''}{'' if tile == 'none' else '+tile_' + tile}"
                             impls[name] = (
-                                lambda x, m=mode, s=sr == "1", t=tile: mxfp4_linear(
+                                lambda x, w=w, m=mode, s=sr == "1", t=tile: mxfp4_linear(
                                     x, w, forward_y=m, backward_gx=m, backward_gw=m, use_sr_grad=s, tile_b=t),
                                 [w],
                             )

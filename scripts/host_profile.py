@@ -20,9 +20,9 @@ from adahop.titan import setup
 
 setup()
 
-from adahop.checkpoint_io import load_job_config  # noqa: E402
-
 from profile_step import build, step_fn, timed  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
+from adahop.checkpoint_io import load_job_config  # noqa: E402
 
 
 def main():

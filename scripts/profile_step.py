@@ -137,7 +137,7 @@ def main():
     say(f"model {job.model.flavor}, batch {args.batch} x {args.seq} per rank, device {device}, "
           f"{'FSDP2 over ' + str(torch.distributed.get_world_size()) + ' ranks' if args.fsdp else 'one device'}, "
           f"plan {args.plan or 'all hadamard'}")
-    say(f"| recipe | ms / step | tokens/s | vs BF16 |\n| --- | --- | --- | --- |")
+    say("| recipe | ms / step | tokens/s | vs BF16 |\n| --- | --- | --- | --- |")
     say(f"| bf16 | {1e3 * bf16_s:.1f} | {ntok / bf16_s:.0f} | 1.00x |")
     say(f"| adahop, sync per GEMM | {1e3 * sync_s:.1f} | {ntok / sync_s:.0f} | {bf16_s / sync_s:.2f}x |")
     say(f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n")

@@ -20,10 +20,14 @@ import sys
 from collections import Counter
 
 import torch
+
 from adahop.train import AdaHOPTrainer, main  # noqa: F401  (adahop.train sets up torchtitan first)
+
+# isort: split
+from torchtitan.tools.logging import logger
+
 from adahop import calibration
 from adahop.kernels import deferred
-from torchtitan.tools.logging import logger
 
 DEFICIENT_EVENTS = [e for e in os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP", "").split(",") if e]
 KILL_AT = os.environ.get("ADAHOP_DEBUG_KILL_AT_STEP")

@@ -2,9 +2,9 @@
 outputs in it, the reference arithmetic unchanged inside (float64 definition in tests/reference.py)."""
 
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from adahop.attention import mxfp4_attention
 from adahop.linear import AdaHOPLinear, mxfp4_linear
 

@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
-import reference as ref
 from adahop.attention import MXFP4Attention, mxfp4_attention
 
 B, H, T, D = 1, 2, 64, 64

@@ -9,7 +9,13 @@ import torch
 
 import adahop.titan  # noqa: F401
 from adahop.calibration import (
-    PLAN_FILE_NAME, Calibrator, load_plan_file, plan_digest, summarize_modes, summary_line, write_json_atomic,
+    PLAN_FILE_NAME,
+    Calibrator,
+    load_plan_file,
+    plan_digest,
+    summarize_modes,
+    summary_line,
+    write_json_atomic,
 )
 from adahop.config import ConfigError
 from adahop.linear import AdaHOPLinear

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-
 from train_helpers import REPO, env
 
 CLIS = {

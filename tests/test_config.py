@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
 
 import adahop.titan  # noqa: F401  (CPU shims + registrations before torchtitan is used)
 from adahop.config import ConfigError, validate_job_config, validate_mx
@@ -167,7 +166,7 @@ def test_upstream_values_below_their_minimum_refused_up_front(seed_config, key, 
     c.quantize.linear.mx.calibration.use_HT_calibration = False  # (calibration_steps <= training.steps)
     if enable:  # only checked when it matters
         validate_job_config(c, check_model=False)
-        setattr(getattr(c, section), "enable", True)
+        getattr(c, section).enable = True
     with pytest.raises(ConfigError) as e:
         validate_job_config(c, check_model=False)
     assert e.value.key == key and f"{key} = {value}" in str(e.value) and "an integer >= 1" in str(e.value)

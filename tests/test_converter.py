@@ -10,7 +10,6 @@ import types
 import pytest
 import torch
 
-
 import adahop.titan  # noqa: F401
 from adahop.config import ConfigError
 from adahop.converter import AdaHOPConverter, hadamard_seed

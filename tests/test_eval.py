@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-
 from train_helpers import base_toml, run_train, val_losses
 
 EXTRA = """

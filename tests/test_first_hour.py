@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_repo import readme_commands
 from train_helpers import VAL_RE
 

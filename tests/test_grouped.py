@@ -3,9 +3,9 @@ for bit against one AdaHOP linear per group."""
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from adahop.grouped import MXFP4GroupedMM, mxfp4_grouped_mm
 from adahop.linear import LinearRecipe, _apply
 from adahop.modes import MODES

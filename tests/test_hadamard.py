@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-
-from adahop.hadamard import block_hadamard, hadamard_matrix, random_signs
 from reference import block_hadamard as ref_block_hadamard
 from reference import hadamard as ref_hadamard
+
+from adahop.hadamard import block_hadamard, hadamard_matrix, random_signs
 
 
 @pytest.mark.parametrize("block", [2, 16, 32, 128])

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
-from adahop.hadamard import random_signs
 from adahop.linear import AdaHOPLinear, LinearRecipe, mxfp4_linear
 from adahop.modes import MODES, SLOTS
 

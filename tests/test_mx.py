@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from reference import quantize_last_axis
 
 from adahop.mx import dequantize_mxfp4, fake_quantize_mxfp4, quantize_mxfp4
-from reference import quantize_last_axis
 
 
 def wide_range(shape, seed, lo=-60, hi=60):

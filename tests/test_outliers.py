@@ -1,9 +1,9 @@
 """adahop.outliers.top_rows against the float64 definition (tests/reference.py), adversarial rows included."""
 
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from adahop.outliers import check_outlier_k, top_rows
 
 

@@ -7,13 +7,13 @@ import warnings
 
 import pytest
 import torch
+from train_helpers import base_toml, losses, run_train
 
 from adahop.calibration import Calibrator, plan_settings
 from adahop.checkpoint_io import CheckpointError, load_job_config
 from adahop.config import ConfigError
 from adahop.modes import SEED_TABLE
 from adahop.resume import PLAN_KEY, check_resume, checkpoint_to_load, checkpoint_to_resume, dp_degree, saved_values
-from train_helpers import base_toml, losses, run_train
 
 
 def job(tmp_path, *args):

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import base_toml
 
 from adahop.modes import PAIR_KEYS, SEED_TABLE
-from train_helpers import base_toml
 
 
 def tables_toml(tables: dict) -> str:
@@ -51,8 +51,9 @@ def test_bad_tables_refused(tmp_path, capsys):
 def test_online_sweep_two_tables_parallel_resumable(tmp_path, capsys, monkeypatch):
     import json
 
-    from adahop.sweep.__main__ import main
     from train_helpers import env
+
+    from adahop.sweep.__main__ import main
 
     cfg = tmp_path / "run.toml"
     cfg.write_text(base_toml(tmp_path / "dump", steps=4, calibration_steps=2) + """

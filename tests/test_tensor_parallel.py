@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adahop.linear import AdaHOPLinear, mxfp4_linear
-
 from adahop.modes import MODES, OE_LEFT, OE_RIGHT
 
 
@@ -33,7 +31,10 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 def _layer_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import (
-        ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module,
+        ColwiseParallel,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
     )
 
     os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(port))

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-
 from train_helpers import REPO, env
 
 sys.path.insert(0, str(REPO / "scripts"))

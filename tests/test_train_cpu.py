@@ -8,10 +8,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from adahop.train import REDO_BACKOFF_STEPS
 from train_helpers import (
-    TOKENIZER, base_toml, digests, losses, run_train,
+    TOKENIZER,
+    base_toml,
+    digests,
+    losses,
+    run_train,
 )
+
+from adahop.train import REDO_BACKOFF_STEPS
 
 pytestmark = pytest.mark.slow
 

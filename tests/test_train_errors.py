@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from train_helpers import REPO, base_toml, command, env
 
 

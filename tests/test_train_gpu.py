@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import torch
-
 from train_helpers import REPO, env, losses
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,

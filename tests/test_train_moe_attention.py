@@ -4,7 +4,6 @@ dense model with MXFP4 attention."""
 import json
 
 import pytest
-
 from train_helpers import base_toml, losses, run_train
 
 MOE_ARGS = [

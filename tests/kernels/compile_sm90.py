@@ -26,9 +26,8 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from adahop.kernels import kernels_replaced
+from adahop.kernels import kernels_replaced, row_fix
 from adahop.kernels import quantize as q
-from adahop.kernels import row_fix
 
 R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
 

@@ -108,7 +108,6 @@ def test_deficient_blocks_are_corrected_and_counted():
 def test_deferred_check_gemm_skips_the_sync_and_reports_dropped_blocks():
     """Inside deferred_check the GEMM runs without reading counts: equal to the synchronous path on
     ordinary data, and on data with deficient blocks the step's check raises (the trainer redoes it)."""
-    from adahop.kernels import deferred
 
     a = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16)
@@ -242,7 +241,6 @@ def test_wide_left_operand_holds_gaps_up_to_28():
 
 
 def test_fix_rows_in_the_deferred_step_is_exact_and_counts_overflow():
-    from adahop.kernels import deferred
 
     dev = torch.device("cuda", torch.cuda.current_device())
     b = torch.randn(384, 512, device="cuda")
@@ -280,7 +278,6 @@ def test_fix_rows_in_the_deferred_step_is_exact_and_counts_overflow():
 def test_linear_gradient_with_far_apart_blocks_matches_reference():
     """The input gradient (the slot with row fixes) of a linear whose output gradient has rows with blocks
     40 exponents apart: equal to the reference, in a deferred step that raises nothing."""
-    from adahop.kernels import deferred
 
     torch.manual_seed(1)
     x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)

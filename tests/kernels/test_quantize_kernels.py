@@ -6,7 +6,6 @@ so the interpreter keeps the whole file within a minute or two on 2 cores.
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import pytest
