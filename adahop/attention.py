@@ -36,7 +36,9 @@ def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | No
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int) -> None:
     if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"expected q [B, H, Tq, D] and k = v [B, H, Tk, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"expected q [B, H, Tq, D] and k = v [B, H, Tk, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     for name, n in (("query length", q.shape[2]), ("key length", k.shape[2]), ("head_dim", q.shape[3])):
         if n % BLOCK_SIZE:
             raise ValueError(f"MXFP4 attention needs the {name} to be a multiple of {BLOCK_SIZE}, got {n}")
@@ -50,8 +52,15 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int
 # draws under inductor). Backward keeps q, k, v (inputs, no copy) and the float32 probabilities P
 # [B, H, Tq, Tk]: the reference materializes P anyway, and recomputing it would add a GEMM.
 @torch.library.custom_op("adahop::attention_forward", mutates_args=())
-def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, is_causal: bool,
-                      hadamard_size: int, use_sr_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    is_causal: bool,
+    hadamard_size: int,
+    use_sr_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype, P in float32) of q [B, H, Tq, D], k = v [B, H, Tk, D] (`use_sr_grad` is backward's)."""
     s = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * scale
     if is_causal:
@@ -70,9 +79,16 @@ def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad):
 
 
 @torch.library.custom_op("adahop::attention_backward", mutates_args=())
-def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: torch.Tensor,
-                       scale: float, hadamard_size: int,
-                       use_sr_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    p: torch.Tensor,
+    scale: float,
+    hadamard_size: int,
+    use_sr_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) from the output gradient and what attention_forward kept."""
     sr = "stochastic" if use_sr_grad else "nearest"
     # float32 GEMMs even where backward is called under autocast (eager backward would inherit it, a compiled
@@ -143,8 +159,14 @@ class MXFP4Attention(nn.Module):
 
     def forward(self, q, k, v, *, scale: float | None = None, enable_gqa: bool = False, is_causal: bool = True):
         return mxfp4_attention(
-            q, k, v, scale=scale, is_causal=is_causal, enable_gqa=enable_gqa,
-            hadamard_size=self.hadamard_size, use_sr_grad=self.use_sr_grad,
+            q,
+            k,
+            v,
+            scale=scale,
+            is_causal=is_causal,
+            enable_gqa=enable_gqa,
+            hadamard_size=self.hadamard_size,
+            use_sr_grad=self.use_sr_grad,
         )
 
     def extra_repr(self) -> str:

@@ -50,8 +50,11 @@ def tile_b_slot(tile_b: str, slot: str | None) -> bool:
     none; forward: W of the forward GEMM; weights: the slots of WEIGHT_RIGHT_SLOTS; all: every GEMM."""
     if tile_b not in TILE_B_CHOICES:
         raise ValueError(f"tile_b={tile_b!r}: expected one of {', '.join(TILE_B_CHOICES)}")
-    return (tile_b == "all" or (tile_b == "weights" and slot in WEIGHT_RIGHT_SLOTS)
-            or (tile_b == "forward" and slot == "forward_y"))
+    return (
+        tile_b == "all"
+        or (tile_b == "weights" and slot in WEIGHT_RIGHT_SLOTS)
+        or (tile_b == "forward" and slot == "forward_y")
+    )
 
 
 _CAPABILITY: dict = {}
@@ -107,8 +110,9 @@ class Operand:
             tile = tile and rows % 128 == 0 and not left
             if fix_rows and left:
                 out = fused_quantize(**d, write_packed=True, write_fp8=True, wide=True, row_flags=True)
-                return FastOperand(out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"],
-                                   row_flags=out["row_flags"])
+                return FastOperand(
+                    out["fp8"], out["gscale"], out["count"], out["packed"], out["scales"], row_flags=out["row_flags"]
+                )
             # the packed form is only needed on the rare correction path: written then, by a rerun
             out = fused_quantize(**d, write_packed=False, write_fp8=True, tile=tile, wide=left)
             repack = lambda: fused_quantize(**d, write_packed=True, write_fp8=False)  # noqa: E731
@@ -189,7 +193,12 @@ def quantize(
     if t.dim() == 2 and k_dim in (0, 1) and _fast_ok(t, t.shape[k_dim], hadamard_size):
         _check_rounding(rounding)
         args = dict(
-            t=t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs, rounding=rounding, zero_rows=zero_rows,
+            t=t,
+            k_dim=k_dim,
+            hadamard_size=hadamard_size,
+            signs=signs,
+            rounding=rounding,
+            zero_rows=zero_rows,
             seed=_sr_seed(generator) if rounding == "stochastic" else 0,
         )
         if not packed:
@@ -221,8 +230,9 @@ def from_packed(saved: MXFP4Tensor) -> Operand:
     return Operand(saved.dequantize(torch.float32))
 
 
-def materialize_for_gemm(a: Operand, bt: Operand, tile_b: bool = False,
-                         fix_rows: bool = False) -> tuple[Operand, Operand]:
+def materialize_for_gemm(
+    a: Operand, bt: Operand, tile_b: bool = False, fix_rows: bool = False
+) -> tuple[Operand, Operand]:
     """Both operands of a fast-path GEMM in the fp8 form it takes (the left one wide, the right one with
     128x128 scales where `tile_b` asks for them), as `matmul` would write them; operands off the
     fast path are returned as they are."""
@@ -235,8 +245,14 @@ def materialize_for_gemm(a: Operand, bt: Operand, tile_b: bool = False,
     return Operand(fast=a.materialize(left=True, fix_rows=fix_rows)), Operand(fast=bt.materialize(tile=tile))
 
 
-def matmul(a: Operand, bt: Operand, out_dtype: torch.dtype, tag: str | None = None,
-           fix_rows: bool = False, tile_b: bool = False) -> torch.Tensor:
+def matmul(
+    a: Operand,
+    bt: Operand,
+    out_dtype: torch.dtype,
+    tag: str | None = None,
+    fix_rows: bool = False,
+    tile_b: bool = False,
+) -> torch.Tensor:
     """a @ bt^T for two quantized K-major operands, accumulated in float32. `tag` names the GEMM (its
     slot) in the fp8 path's diagnostics; `fix_rows` lets the fp8 path recompute rows of `a` whose blocks
     lie too far apart for fp8 exactly, without a host sync (adahop.kernels.gemm); `tile_b` gives the right

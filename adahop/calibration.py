@@ -81,9 +81,7 @@ def summary_line(plan: dict) -> str:
     counts = summarize_modes(plan["layers"])
     total = sum(counts.values())
     parts = ", ".join(f"{m}={n}" for m, n in counts.items() if n) or "no slots"
-    return (
-        f"[adahop] plan ({plan['source']}): {len(plan['layers'])} layers, {total} slots: {parts}"
-    )
+    return f"[adahop] plan ({plan['source']}): {len(plan['layers'])} layers, {total} slots: {parts}"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -109,9 +107,7 @@ def load_plan_file(path: str) -> dict:
         modes = entry.get("modes", {}) if isinstance(entry, dict) else {}
         for slot in SLOTS:
             if modes.get(slot) not in MODES:
-                raise ConfigError(
-                    f"plan_file layers.{fqn}.modes.{slot}", modes.get(slot), "modes " + ", ".join(MODES)
-                )
+                raise ConfigError(f"plan_file layers.{fqn}.modes.{slot}", modes.get(slot), "modes " + ", ".join(MODES))
     return plan
 
 
@@ -128,8 +124,14 @@ SETTING_KEYS = {
 # the settings that shaped a checkpointed plan state, by its kind (see plan_kind)
 _SHAPED_BY = {
     "calibrating": ("plan_file", "use_HT_calibration", "calibration_steps", "pattern_threshold", "use_hadamard"),
-    "calibration": ("plan_file", "use_HT_calibration", "calibration_steps", "pattern_threshold",
-                    "layer_transform_config", "outlier_k"),
+    "calibration": (
+        "plan_file",
+        "use_HT_calibration",
+        "calibration_steps",
+        "pattern_threshold",
+        "layer_transform_config",
+        "outlier_k",
+    ),
     "uniform": ("plan_file", "use_HT_calibration", "use_hadamard"),
     "plan_file": ("plan_file",),
 }
@@ -172,11 +174,17 @@ def _saved_settings(state: dict) -> dict[str, Any]:
     if not plan:
         return {}
     source = plan["source"]
-    settings = {"plan_file": source.partition(":")[2] if source.startswith("plan_file:") else "",
-                "use_HT_calibration": source == "calibration", "use_hadamard": plan["uniform_mode"] == "hadamard"}
+    settings = {
+        "plan_file": source.partition(":")[2] if source.startswith("plan_file:") else "",
+        "use_HT_calibration": source == "calibration",
+        "use_hadamard": plan["uniform_mode"] == "hadamard",
+    }
     if source == "calibration":
-        settings.update(calibration_steps=plan["calibration_steps"], pattern_threshold=plan["threshold"],
-                        layer_transform_config=plan["table"])
+        settings.update(
+            calibration_steps=plan["calibration_steps"],
+            pattern_threshold=plan["threshold"],
+            layer_transform_config=plan["table"],
+        )
     return settings
 
 
@@ -210,7 +218,9 @@ def check_plan_settings(state: dict, settings: dict[str, Any], where: str, rest_
     listed = "; ".join(f"{k} = {c!r} (checkpoint: {s!r})" for k, s, c in diffs)
     held = "calibration votes" if state["calibrating"] else "plan"
     raise ConfigError(
-        key, current, f"{saved!r}, the value the {held} of the resumed checkpoint {where} was made with",
+        key,
+        current,
+        f"{saved!r}, the value the {held} of the resumed checkpoint {where} was made with",
         f"This run differs in: {listed}. A resumed run keeps the checkpoint's {held}, so these values would not "
         "be used. Keep the checkpoint's values to resume its plan, or change the plan: "
         "--quantize.linear.mx.calibration.plan_file <an adahop_plan.json> uses that plan from the resumed step "
@@ -336,7 +346,7 @@ class Calibrator:
         both = torch.cat([votes.flatten(), scores.flatten()])
         both = self._all_reduce(both)
         self.votes += both[: votes.numel()].view_as(votes)
-        self.score_sums += both[votes.numel():].view_as(scores)
+        self.score_sums += both[votes.numel() :].view_as(scores)
         self.step += 1
         if self.step >= self.steps:
             self.finalize()
@@ -381,9 +391,7 @@ class Calibrator:
                 from adahop.visualize import render_patterns
 
                 folder = self._vis_folder()
-                files = render_patterns(
-                    {f: self._maps[i] for i, f in enumerate(self.fqns)}, labels, folder
-                )
+                files = render_patterns({f: self._maps[i] for i, f in enumerate(self.fqns)}, labels, folder)
                 _log().info(f"[adahop] outlier-pattern maps: {len(files)} PNGs in {folder}")
             except Exception as e:  # visualization must never kill a training run
                 _log().warning(f"[adahop] visualization failed: {e!r}")
@@ -427,7 +435,8 @@ class Calibrator:
         missing = [f for f in self.fqns if f not in plan["layers"]]
         if missing:
             raise ConfigError(
-                "adahop plan", f"{len(missing)} converted layers missing, e.g. {missing[0]!r}",
+                "adahop plan",
+                f"{len(missing)} converted layers missing, e.g. {missing[0]!r}",
                 "a plan made for the same model and filter_fqns",
             )
         plan = dict(plan)
@@ -491,8 +500,10 @@ def plan_digest(plan: dict) -> str:
     import hashlib
 
     core = {
-        f: {"modes": e["modes"], "labels": {t: (e["labels"] or {}).get(t, {}).get("label") for t in TENSORS}
-            if e.get("labels") else None}
+        f: {
+            "modes": e["modes"],
+            "labels": {t: (e["labels"] or {}).get(t, {}).get("label") for t in TENSORS} if e.get("labels") else None,
+        }
         for f, e in sorted(plan["layers"].items())
     }
     return hashlib.sha1(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]

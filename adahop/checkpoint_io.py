@@ -85,16 +85,16 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     if job_file is None:
         where = f"in {checkpoint_path} or its parents" if checkpoint_path is not None else "(no --checkpoint_path)"
         raise CheckpointError(
-            f"no --job.config_file given and no {JOB_FILE} found {where}: "
-            "pass the TOML the checkpoint was trained with"
+            f"no --job.config_file given and no {JOB_FILE} found {where}: pass the TOML the checkpoint was trained with"
         )
     try:
         job = json.loads(job_file.read_text())
         if not isinstance(job, dict):
             raise ValueError(f"holds a {type(job).__name__}, not a job config")
     except (ValueError, OSError) as e:
-        raise CheckpointError(f"{job_file} cannot be read ({e}): pass the TOML the checkpoint was trained with "
-                              "as --job.config_file") from None
+        raise CheckpointError(
+            f"{job_file} cannot be read ({e}): pass the TOML the checkpoint was trained with as --job.config_file"
+        ) from None
     model = job.get("model")
     assets = model.get("hf_assets_path") if isinstance(model, dict) else None
     if assets and "model.hf_assets_path" not in _cli_keys(args):
@@ -113,7 +113,9 @@ def model_args_for(job_config):
     try:
         spec = get_train_spec(job_config.model.name)
     except ValueError:  # torchtitan's "TrainSpec ... is not registered"
-        raise ConfigError("model.name", job_config.model.name, "a registered train spec, e.g. 'adahop_llama3'") from None
+        raise ConfigError(
+            "model.name", job_config.model.name, "a registered train spec, e.g. 'adahop_llama3'"
+        ) from None
     if job_config.model.flavor not in spec.model_args:
         raise CheckpointError(
             f"model.flavor {job_config.model.flavor!r} is not a flavor of {job_config.model.name}: "
@@ -155,8 +157,16 @@ def build_model(job_config, device: str = "cpu") -> tuple[nn.Module, object]:
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
 _METADATA_CLASSES = {
     (_DCP_METADATA, name)
-    for name in ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-                 "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
@@ -167,8 +177,10 @@ _METADATA_CLASSES = {
     *(("pathlib._local", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
 }
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-TRUST_NOTE = ("loading a checkpoint unpickles it, which can run code: load checkpoints only from sources you trust "
-              "(README.md, 'Checkpoints')")
+TRUST_NOTE = (
+    "loading a checkpoint unpickles it, which can run code: load checkpoints only from sources you trust "
+    "(README.md, 'Checkpoints')"
+)
 
 
 class _ForbiddenGlobal(Exception):
@@ -195,8 +207,11 @@ def _reason(exc: BaseException) -> str:
     weights_only=False: exactly what must not be done with a checkpoint that fails this check)."""
     text = str(exc)
     if "Weights only load failed" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else (
-            text.split("trusted source.", 1)[-1])
+        text = (
+            text.split("WeightsUnpickler error:", 1)[1]
+            if "WeightsUnpickler error:" in text
+            else (text.split("trusted source.", 1)[-1])
+        )
         text = text.split("Check the documentation", 1)[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
@@ -211,8 +226,10 @@ class _Damage(Exception):
 
 
 def _refuse(step_dir: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"refusing to load checkpoint {step_dir}: {what}, which a checkpoint written by "
-                           f"torch's DCP never holds (a crafted or foreign file?); {TRUST_NOTE}")
+    return CheckpointError(
+        f"refusing to load checkpoint {step_dir}: {what}, which a checkpoint written by "
+        f"torch's DCP never holds (a crafted or foreign file?); {TRUST_NOTE}"
+    )
 
 
 def _read_metadata(step_dir: Path):
@@ -251,8 +268,10 @@ def _check_files(step_dir: Path, metadata) -> None:
         need = max(info.offset + info.length for _, info in records)
         size = path.stat().st_size
         if size < need:
-            raise _Damage(rel, f"{size} bytes, but the checkpoint's .metadata needs {need} (truncated: an "
-                               "interrupted save or copy?)")
+            raise _Damage(
+                rel,
+                f"{size} bytes, but the checkpoint's .metadata needs {need} (truncated: an interrupted save or copy?)",
+            )
 
 
 def _load_entry(step_dir: Path, rel: str, fqn: str, data: bytes):
@@ -309,8 +328,9 @@ def previous_loadable_step(step_dir: str | Path) -> Path | None:
     n = step_number(step_dir)
     if n is None or not step_dir.parent.is_dir():
         return None
-    earlier = sorted(((k, p) for p in step_dir.parent.iterdir() if (k := step_number(p)) is not None and k < n),
-                     reverse=True)
+    earlier = sorted(
+        ((k, p) for p in step_dir.parent.iterdir() if (k := step_number(p)) is not None and k < n), reverse=True
+    )
     for _, candidate in earlier:
         if not (candidate / ".metadata").is_file():
             continue
@@ -326,8 +346,10 @@ def _damaged(step_dir: Path, file: str, what: str) -> CheckpointError:
     previous = previous_loadable_step(step_dir)
     if previous is not None:
         k = step_number(previous)
-        hint = (f"the previous loadable checkpoint is {previous} (adahop.train: --checkpoint.load_step {k}; "
-                f"eval / export / sweep: --checkpoint_path {previous})")
+        hint = (
+            f"the previous loadable checkpoint is {previous} (adahop.train: --checkpoint.load_step {k}; "
+            f"eval / export / sweep: --checkpoint_path {previous})"
+        )
     else:
         hint = f"no earlier step-N folder beside it ({step_dir.parent}) is loadable"
     return CheckpointError(f"checkpoint {step_dir} is damaged: {file}: {what}; {hint}")
@@ -345,8 +367,10 @@ def check_checkpoint(step_dir: str | Path, *, all_entries: bool = False):
     if not step_dir.is_dir():
         raise CheckpointError(f"checkpoint {step_dir} does not exist (expected a DCP step-N folder)")
     if not (step_dir / ".metadata").is_file():
-        raise CheckpointError(f"checkpoint {step_dir} is not a readable DCP checkpoint: it has no .metadata file "
-                              "(expected a step-N folder written by training)")
+        raise CheckpointError(
+            f"checkpoint {step_dir} is not a readable DCP checkpoint: it has no .metadata file "
+            "(expected a step-N folder written by training)"
+        )
     try:
         return _checked(step_dir, all_entries)
     except _Damage as d:
@@ -405,8 +429,11 @@ def load_checkpoint_entries(state: dict, step_dir: str | Path, metadata=None) ->
             if isinstance(exc, _Damage):
                 raise _damaged(step_dir, exc.file, exc.what) from None
         wanted = {k.split(".", 1)[0] for k in state}
-        files = sorted(rel for rel, records in _entry_files(step_dir, metadata).items()
-                       if any(index.fqn.split(".", 1)[0] in wanted for index, _ in records))
+        files = sorted(
+            rel
+            for rel, records in _entry_files(step_dir, metadata).items()
+            if any(index.fqn.split(".", 1)[0] in wanted for index, _ in records)
+        )
         raise _damaged(step_dir, ", ".join(files) or ".metadata", f"could not be read ({_reason(errors[0])})") from None
 
 

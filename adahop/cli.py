@@ -24,8 +24,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, UsageError)
 
 
-def run_cli(main_fn: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
-            errors: Sequence[type[BaseException]] = ()) -> int:
+def run_cli(
+    main_fn: Callable[[list[str] | None], int | None],
+    argv: list[str] | None = None,
+    errors: Sequence[type[BaseException]] = (),
+) -> int:
     """``main_fn(argv)``'s exit code; a user-input error (``user_errors()`` or one of ``errors``) is
     printed as one line and gives 2."""
     try:

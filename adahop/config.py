@@ -174,8 +174,13 @@ def _field_docstrings(cls) -> dict[str, str]:
     body = ast.parse(inspect.getsource(cls)).body[0].body
     docs = {}
     for stmt, after in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
     return docs
 
@@ -219,7 +224,9 @@ def check_one_adahop_converter(job_config) -> None:
     named = [name for name in converters if name in CONVERTER_NAMES]
     if len(named) > 1:
         raise ConfigError(
-            "model.converters", converters, f"one of {' | '.join(map(repr, CONVERTER_NAMES))}",
+            "model.converters",
+            converters,
+            f"one of {' | '.join(map(repr, CONVERTER_NAMES))}",
             f"{' and '.join(map(repr, named))} both name the AdaHOP converter, which would convert its layers "
             "twice; keep one",
         )
@@ -228,7 +235,9 @@ def check_one_adahop_converter(job_config) -> None:
 def _need(cfg, name: str):
     if not hasattr(cfg, name):
         raise ConfigError(
-            f"{_P}.{name}", "<missing>", "a JobConfig merged with adahop.config",
+            f"{_P}.{name}",
+            "<missing>",
+            "a JobConfig merged with adahop.config",
             "run through `python -m adahop.train` or pass --job.custom_config_module adahop.config",
         )
     return getattr(cfg, name)
@@ -253,7 +262,8 @@ def validate_mx(job_config) -> None:
         raise ConfigError(f"{_P}.recipe_name", mx.recipe_name, " | ".join(repr(r) for r in RECIPES))
     if mx.enable_mxfp4_gmm and int(job_config.parallelism.expert_parallel_degree) != 1:
         raise ConfigError(
-            f"{_P}.enable_mxfp4_gmm", mx.enable_mxfp4_gmm,
+            f"{_P}.enable_mxfp4_gmm",
+            mx.enable_mxfp4_gmm,
             "false when parallelism.expert_parallel_degree != 1",
             f"MXFP4 grouped GEMMs support expert parallel degree 1 (got "
             f"{job_config.parallelism.expert_parallel_degree})",
@@ -262,11 +272,20 @@ def validate_mx(job_config) -> None:
     tp = job_config.parallelism.tensor_parallel_degree
     # AdaHOPLinear takes TP's DTensors (adahop.linear._apply_sharded); the grouped experts, the attention core and
     # the quant-error probe take plain tensors only
-    tp_refused = [key for key, on in (("enable_mxfp4_gmm", mx.enable_mxfp4_gmm), ("enable_mxfp4_fa", mx.enable_mxfp4_fa),
-                                      ("quant_error_freq", int(mx.quant_error_freq) > 0)) if on]
+    tp_refused = [
+        key
+        for key, on in (
+            ("enable_mxfp4_gmm", mx.enable_mxfp4_gmm),
+            ("enable_mxfp4_fa", mx.enable_mxfp4_fa),
+            ("quant_error_freq", int(mx.quant_error_freq) > 0),
+        )
+        if on
+    ]
     if converts_something and tp > 1 and tp_refused:
         raise ConfigError(
-            "parallelism.tensor_parallel_degree", tp, f"1 while quantize.linear.mx.{tp_refused[0]} is on",
+            "parallelism.tensor_parallel_degree",
+            tp,
+            f"1 while quantize.linear.mx.{tp_refused[0]} is on",
             "tensor parallelism works with the AdaHOP linears only (docs/training.md, 'Tensor and sequence parallelism'): set "
             + ", ".join(f"quantize.linear.mx.{k} = {'0' if k == 'quant_error_freq' else 'false'}" for k in tp_refused)
             + ", or use data parallelism (parallelism.data_parallel_shard_degree)",
@@ -281,12 +300,17 @@ def validate_mx(job_config) -> None:
     if report:
         folder = os.path.dirname(os.path.abspath(report))
         if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-            raise ConfigError(f"{_P}.kernels.deficient_report", report, "a path prefix in a writable folder",
-                              f"the folder {folder} does not exist or cannot be written: create it, or pick another "
-                              "prefix (the report is written there when training ends)")
+            raise ConfigError(
+                f"{_P}.kernels.deficient_report",
+                report,
+                "a path prefix in a writable folder",
+                f"the folder {folder} does not exist or cannot be written: create it, or pick another "
+                "prefix (the report is written there when training ends)",
+            )
     if mx.kernels.exactness_check not in EXACTNESS_CHECKS:
-        raise ConfigError(f"{_P}.kernels.exactness_check", mx.kernels.exactness_check,
-                          " | ".join(map(repr, EXACTNESS_CHECKS)))
+        raise ConfigError(
+            f"{_P}.kernels.exactness_check", mx.kernels.exactness_check, " | ".join(map(repr, EXACTNESS_CHECKS))
+        )
     from adahop.hadamard import HADAMARD_SIZES_TEXT, check_hadamard_size
 
     try:
@@ -304,12 +328,16 @@ def validate_mx(job_config) -> None:
     for key, mode in table.items():
         if key not in PAIR_KEYS:
             raise ConfigError(
-                f"{_C}.layer_transform_config", key, "pair keys " + ", ".join(PAIR_KEYS),
+                f"{_C}.layer_transform_config",
+                key,
+                "pair keys " + ", ".join(PAIR_KEYS),
                 "unknown pair key",
             )
         if mode not in MODES:
             raise ConfigError(
-                f'{_C}.layer_transform_config."{key}"', mode, "modes " + ", ".join(MODES),
+                f'{_C}.layer_transform_config."{key}"',
+                mode,
+                "modes " + ", ".join(MODES),
                 "unknown mode",
             )
     if cal.use_HT_calibration and not cal.plan_file:
@@ -318,7 +346,8 @@ def validate_mx(job_config) -> None:
             raise ConfigError(f"{_C}.calibration_steps", steps, "an integer >= 1")
         if steps > int(job_config.training.steps):
             raise ConfigError(
-                f"{_C}.calibration_steps", steps,
+                f"{_C}.calibration_steps",
+                steps,
                 f"at most training.steps = {job_config.training.steps}",
             )
     if cal.pattern_threshold is not None and not float(cal.pattern_threshold) > 0:
@@ -343,7 +372,8 @@ def validate_model(job_config) -> None:
     spec = get_train_spec(job_config.model.name)
     if job_config.model.flavor not in spec.model_args:
         raise ConfigError(
-            "model.flavor", job_config.model.flavor,
+            "model.flavor",
+            job_config.model.flavor,
             f"flavors of {job_config.model.name}: " + ", ".join(spec.model_args),
         )
     args = dataclasses.replace(spec.model_args[job_config.model.flavor])
@@ -390,9 +420,13 @@ def validate_upstream_values(job_config) -> None:
             raise ConfigError(key, value, f"an integer >= {minimum}")
     workers = job_config.training.dataloader.num_workers
     if not 0 <= workers <= MAX_DATALOADER_WORKERS:
-        raise ConfigError("training.dataloader.num_workers", workers, f"0 or {MAX_DATALOADER_WORKERS}",
-                          "the text datasets are not split between dataloader workers: with more, each worker "
-                          "would yield every batch again (1 worker already tokenizes a batch ahead of the step)")
+        raise ConfigError(
+            "training.dataloader.num_workers",
+            workers,
+            f"0 or {MAX_DATALOADER_WORKERS}",
+            "the text datasets are not split between dataloader workers: with more, each worker "
+            "would yield every batch again (1 worker already tokenizes a batch ahead of the step)",
+        )
 
 
 def validate_data_files(job_config) -> None:
@@ -404,19 +438,31 @@ def validate_data_files(job_config) -> None:
     for section in sections:
         cfg = getattr(job_config, section)
         if cfg.dataset.lower() not in registered_datasets():  # torchtitan lower-cases the name
-            raise ConfigError(f"{section}.dataset", cfg.dataset, "a registered dataset: " + ", ".join(
-                registered_datasets()), "register another with adahop.data.register_local_dataset (docs/data.md)")
+            raise ConfigError(
+                f"{section}.dataset",
+                cfg.dataset,
+                "a registered dataset: " + ", ".join(registered_datasets()),
+                "register another with adahop.data.register_local_dataset (docs/data.md)",
+            )
         for path in local_data_files(cfg.dataset, cfg.dataset_path):
             problem = data_file_problem(path)
             if problem:
                 key = f"{section}.dataset_path" if cfg.dataset_path else f"{section}.dataset"
-                raise ConfigError(key, str(path), "a data file with at least one sample "
-                                  "(UTF-8 text for .txt / .json / .jsonl / .csv)", f"{path}: {problem}")
+                raise ConfigError(
+                    key,
+                    str(path),
+                    "a data file with at least one sample (UTF-8 text for .txt / .json / .jsonl / .csv)",
+                    f"{path}: {problem}",
+                )
     found = tokenizer_file_problem(job_config.model.hf_assets_path)
     if found:
         path, problem = found
-        raise ConfigError("model.hf_assets_path", job_config.model.hf_assets_path,
-                          "a tokenizer folder whose tokenizer files are valid JSON", f"{path}: {problem}")
+        raise ConfigError(
+            "model.hf_assets_path",
+            job_config.model.hf_assets_path,
+            "a tokenizer folder whose tokenizer files are valid JSON",
+            f"{path}: {problem}",
+        )
 
 
 def check_config_file(args: list[str]) -> None:
@@ -443,8 +489,9 @@ def check_config_file(args: list[str]) -> None:
     try:
         config_cls = _config_manager()._maybe_add_custom_config(args, values)
     except ImportError as e:
-        raise ConfigError("job.custom_config_module", e.name, "an importable module that defines JobConfig",
-                          str(e)) from None
+        raise ConfigError(
+            "job.custom_config_module", e.name, "an importable module that defines JobConfig", str(e)
+        ) from None
     check_toml_values(values, config_cls, where=f"(in {path})")
 
 

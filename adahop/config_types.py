@@ -122,8 +122,12 @@ def check_toml_values(values: dict, config_cls, prefix: str = "", where: str = "
             raise ConfigError(key, value, f"the keys of {section}: " + ", ".join(known), f"unknown key {where}")
         if dataclasses.is_dataclass(f.type):
             if not isinstance(value, dict):
-                raise ConfigError(key, value, f"a table [{key}] of keys " + ", ".join(
-                    g.name for g in dataclasses.fields(f.type)), where)
+                raise ConfigError(
+                    key,
+                    value,
+                    f"a table [{key}] of keys " + ", ".join(g.name for g in dataclasses.fields(f.type)),
+                    where,
+                )
             check_toml_values(value, f.type, key + ".", where)
         else:
             check_value(key, value, f.type, where)

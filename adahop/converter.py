@@ -44,7 +44,8 @@ def select_linears(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.Lin
         shape = tuple(mod.weight.shape)
         if shape[0] % MX_BLOCK or shape[1] % MX_BLOCK:
             raise ConfigError(
-                "quantize.linear.mx.filter_fqns", list(filter_fqns or []),
+                "quantize.linear.mx.filter_fqns",
+                list(filter_fqns or []),
                 f"a list that excludes every Linear whose dims are not multiples of {MX_BLOCK}",
                 f"layer {fqn!r} has weight shape [out, in] = {list(shape)}; add {fqn!r} (or a substring "
                 f"of it) to quantize.linear.mx.filter_fqns to keep it in high precision",
@@ -67,7 +68,8 @@ def select_grouped_experts(model: nn.Module, filter_fqns: list[str]) -> dict[str
             shape = tuple(getattr(mod, name).shape)
             if shape[1] % MX_BLOCK or shape[2] % MX_BLOCK:
                 raise ConfigError(
-                    "quantize.linear.mx.enable_mxfp4_gmm", True,
+                    "quantize.linear.mx.enable_mxfp4_gmm",
+                    True,
                     f"false, or a model whose expert dims are multiples of {MX_BLOCK}",
                     f"expert stack {fqn}.{name} has shape [experts, out, in] = {list(shape)}; "
                     f"add {fqn!r} to quantize.linear.mx.filter_fqns to keep it in high precision",
@@ -75,7 +77,9 @@ def select_grouped_experts(model: nn.Module, filter_fqns: list[str]) -> dict[str
         out[fqn] = mod
     if not out:
         raise ConfigError(
-            "quantize.linear.mx.enable_mxfp4_gmm", True, "false for a model without MoE experts",
+            "quantize.linear.mx.enable_mxfp4_gmm",
+            True,
+            "false for a model without MoE experts",
             "the model has no torchtitan GroupedExperts module (not filtered) to convert",
         )
     return out
@@ -98,7 +102,9 @@ def select_attention(model: nn.Module, filter_fqns: list[str]) -> dict[str, nn.M
             other.append(f"{fqn} ({type(mod).__name__})")
     if other or not out:
         raise ConfigError(
-            "quantize.linear.mx.enable_mxfp4_fa", True, 'false, or a model with attn_type = "sdpa"',
+            "quantize.linear.mx.enable_mxfp4_fa",
+            True,
+            'false, or a model with attn_type = "sdpa"',
             "MXFP4 attention replaces torchtitan's SDPA attention only; found "
             + (", ".join(other[:3]) if other else "no attention core"),
         )
@@ -127,7 +133,8 @@ def check_hadamard_dims(model: nn.Module, mx) -> None:
     if bad:
         fqn, d = bad[0]
         raise ConfigError(
-            "quantize.linear.mx.hadamard_size", size,
+            "quantize.linear.mx.hadamard_size",
+            size,
             f"a size that divides every converted GEMM's dims ({MX_BLOCK} or less always does)",
             f"{len(bad)} converted modules have a dim that {size} does not divide, e.g. {fqn!r} with dims {d}",
         )
@@ -152,7 +159,8 @@ def check_tp_dims(model: nn.Module, mx, tp: int) -> None:
             dim = getattr(linear, name)
             if dim % (tp * need) != 0:
                 raise ConfigError(
-                    "parallelism.tensor_parallel_degree", tp,
+                    "parallelism.tensor_parallel_degree",
+                    tp,
                     f"a degree that leaves each rank a multiple of {need} of every converted Linear's in/out features",
                     f"{fqn}.{name} = {dim} over {tp} ranks is not a multiple of {need} per rank (MX block, "
                     f"hadamard_size{', GPU fast path 128' if fast else ''}); lower the degree, or add the layer to "
@@ -165,7 +173,9 @@ def check_tp_dims(model: nn.Module, mx, tp: int) -> None:
             heads = getattr(module, attr, None)
             if isinstance(heads, int) and heads % tp != 0:
                 raise ConfigError(
-                    "parallelism.tensor_parallel_degree", tp, f"a divisor of every attention's {attr}",
+                    "parallelism.tensor_parallel_degree",
+                    tp,
+                    f"a divisor of every attention's {attr}",
                     f"{fqn or 'the model'}.{attr} = {heads} cannot be split over {tp} ranks; lower the degree",
                 )
 
@@ -182,7 +192,8 @@ def select_targets(model: nn.Module, mx) -> dict[str, dict[str, nn.Module]]:
     }
     if mx.enable_mxfp4_linear and not targets["linear"]:
         raise ConfigError(
-            "quantize.linear.mx.filter_fqns", list(filters or []),
+            "quantize.linear.mx.filter_fqns",
+            list(filters or []),
             "a list that leaves at least one nn.Linear of the model to convert",
             "it keeps every Linear in high precision; to train them in high precision on purpose, set "
             "quantize.linear.mx.enable_mxfp4_linear = false",
@@ -195,8 +206,11 @@ def unmatched_filters(model: nn.Module, filter_fqns: list[str]) -> list[str]:
     nn.Linear, MoE experts, an attention core): they keep nothing in high precision."""
     from torchtitan.models.moe.moe import GroupedExperts
 
-    fqns = [fqn for fqn, mod in model.named_modules()
-            if isinstance(mod, (nn.Linear, GroupedExperts)) or fqn.endswith("inner_attention")]
+    fqns = [
+        fqn
+        for fqn, mod in model.named_modules()
+        if isinstance(mod, (nn.Linear, GroupedExperts)) or fqn.endswith("inner_attention")
+    ]
     return [f for f in filter_fqns or [] if not any(f and f in fqn for fqn in fqns)]
 
 
@@ -233,8 +247,10 @@ class AdaHOPConverter:
             logger.info(
                 f"[adahop] MXFP4 training ({self.mx.recipe_name}), "
                 + (
-                    f"plan from {cal.plan_file}" if cal.plan_file
-                    else f"calibration over {cal.calibration_steps} steps" if cal.use_HT_calibration
+                    f"plan from {cal.plan_file}"
+                    if cal.plan_file
+                    else f"calibration over {cal.calibration_steps} steps"
+                    if cal.use_HT_calibration
                     else f"uniform mode {self.uniform_mode}"
                 )
             )
@@ -256,7 +272,9 @@ class AdaHOPConverter:
     def layer_kwargs(self, fqn: str) -> dict[str, Any]:
         m = self.uniform_mode
         return dict(
-            forward_y=m, backward_gx=m, backward_gw=m,
+            forward_y=m,
+            backward_gx=m,
+            backward_gw=m,
             use_sr_grad=bool(self.mx.use_sr_grad),
             randomized_hadamard=bool(self.mx.use_randomized_hadamard),
             hadamard_size=int(self.mx.hadamard_size),
@@ -292,8 +310,7 @@ class AdaHOPConverter:
                 _set_submodule(model, fqn, MXFP4Attention(int(self.mx.hadamard_size), bool(self.mx.use_sr_grad)))
         self.converted = True
         logger.info(
-            f"[adahop] converted {len(self.layers)} layers to MXFP4 AdaHOP "
-            f"(filter_fqns={list(self.mx.filter_fqns)})"
+            f"[adahop] converted {len(self.layers)} layers to MXFP4 AdaHOP (filter_fqns={list(self.mx.filter_fqns)})"
         )
 
     def _convert_experts(self, targets: dict[str, nn.Module]) -> None:

@@ -39,7 +39,9 @@ def load_plan_into(converter, checkpoint_path: str) -> None:
     """Restore the AdaHOP plan stored in the checkpoint into `converter`'s layers."""
     metadata = check_checkpoint(checkpoint_path)
     if not any(k.startswith("adahop.") for k in metadata.state_dict_metadata):
-        raise CheckpointError(f"checkpoint {checkpoint_path} holds no AdaHOP plan: it was not trained with the converter")
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} holds no AdaHOP plan: it was not trained with the converter"
+        )
     load_checkpoint_entries({"adahop": converter.wiring.state()}, checkpoint_path, metadata)
     if converter.calibrator.calibrating:
         raise CheckpointError(f"checkpoint {checkpoint_path} was saved during calibration: its plan is not final yet")
@@ -125,7 +127,8 @@ def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None
 
     if main == VALIDATION_DATASET:
         results["by_source"] = {
-            src: dataset_loss(model, job_config, f"{VALIDATION_DATASET}_{src}", steps, src) for src in validation_sources()
+            src: dataset_loss(model, job_config, f"{VALIDATION_DATASET}_{src}", steps, src)
+            for src in validation_sources()
         }
     return results
 
@@ -142,18 +145,24 @@ def table(results: dict) -> str:
     read = results["overall"].get("tokens_by_source")
     if read:
         total = sum(read.values())
-        lines += ["", "tokens of each source in the 'all' row (as read, BOS/EOS included): " + ", ".join(
-            f"{s} {n} ({100 * n / total:.0f}%)" for s, n in sorted(read.items(), key=lambda kv: -kv[1]))]
+        lines += [
+            "",
+            "tokens of each source in the 'all' row (as read, BOS/EOS included): "
+            + ", ".join(f"{s} {n} ({100 * n / total:.0f}%)" for s, n in sorted(read.items(), key=lambda kv: -kv[1])),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adahop.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m adahop.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint_path", required=True)
     p.add_argument("--steps", type=int, default=None, help="validation batches (default: validation.steps; -1: all)")
     p.add_argument("--quantized", action="store_true", help="forward through the checkpoint's MXFP4 plan")
-    p.add_argument("--out", default=None, help="folder for eval.json / eval.md (default: the checkpoint folder's parent)")
+    p.add_argument(
+        "--out", default=None, help="folder for eval.json / eval.md (default: the checkpoint folder's parent)"
+    )
     args, rest = p.parse_known_args(argv)
     if args.steps is not None and args.steps < 1 and args.steps != -1:
         raise UsageError(f"--steps {args.steps}: give a number of batches >= 1, or -1 for the whole validation set")

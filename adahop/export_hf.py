@@ -46,8 +46,13 @@ def llama3_rope(rs, max_position: int) -> dict:
     if original >= max_position:
         scale = (max_position - 1) / original
         original, low, high = max_position - 1, low * scale, high * scale
-    return {"rope_type": "llama3", "factor": rs.scaling_factor, "low_freq_factor": low, "high_freq_factor": high,
-            "original_max_position_embeddings": original}
+    return {
+        "rope_type": "llama3",
+        "factor": rs.scaling_factor,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": original,
+    }
 
 
 def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
@@ -57,7 +62,11 @@ def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
     if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").is_file():
         vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())
         added = {t["content"]: t["id"] for t in vocab.get("added_tokens", [])}
-        cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text()) if (tokenizer_dir / "tokenizer_config.json").is_file() else {}
+        cfg = (
+            json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+            if (tokenizer_dir / "tokenizer_config.json").is_file()
+            else {}
+        )
         for role in ("bos", "eos"):
             token = cfg.get(f"{role}_token")
             token = token.get("content") if isinstance(token, dict) else token
@@ -87,8 +96,9 @@ def hf_config(args, state: dict, tokenizer_dir: Path | None) -> dict:
     }
 
 
-def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bfloat16",
-           overwrite: bool = False) -> Path:
+def export(
+    checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bfloat16", overwrite: bool = False
+) -> Path:
     from safetensors.torch import save_file
     from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 
@@ -118,12 +128,16 @@ def export(checkpoint_path: str, out: str, cli_args: list[str], dtype: str = "bf
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adahop.export_hf", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m adahop.export_hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint_path", required=True, help="a DCP step-N folder written by training")
     p.add_argument("--out", required=True, help="a new or empty output folder (written whole or not at all)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out: replace only the export's files, keep every other entry")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out: replace only the export's files, keep every other entry",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     args, rest = p.parse_known_args(argv)
     out = export(args.checkpoint_path, args.out, rest, args.dtype, args.overwrite)

@@ -50,8 +50,9 @@ def check_out_folder(out: str | Path, overwrite: bool, writes: Sequence[str], fl
         raise UsageError(f"{flag} {out} is a DCP checkpoint folder: write the output to another folder")
     blocked = sorted(name for name in writes if (out / name).is_dir())
     if blocked:
-        raise UsageError(f"{flag} {out} holds folder(s) {blocked} where files of this name would be written: "
-                         "give another folder")
+        raise UsageError(
+            f"{flag} {out} holds folder(s) {blocked} where files of this name would be written: give another folder"
+        )
     present = sorted(p.name for p in out.iterdir())
     if present and not overwrite:
         raise UsageError(

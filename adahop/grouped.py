@@ -65,8 +65,9 @@ def _gw_capacity(tokens, groups, multiple: int):
     return multiple * ((tokens + groups * (multiple - 1)) // multiple)
 
 
-def _saved_buffers(x: torch.Tensor, weight: torch.Tensor, r: LinearRecipe, save_gx: bool,
-                   save_gw: bool) -> list[torch.Tensor]:
+def _saved_buffers(
+    x: torch.Tensor, weight: torch.Tensor, r: LinearRecipe, save_gx: bool, save_gw: bool
+) -> list[torch.Tensor]:
     """The eight saved tensors (zeros) in their static shapes: filled by the forward op, returned as they
     are by its fake implementation."""
     tokens, in_f = x.shape
@@ -75,10 +76,12 @@ def _saved_buffers(x: torch.Tensor, weight: torch.Tensor, r: LinearRecipe, save_
     kk = min(r.outlier_k, in_f)  # both right operands have the input features as their rows
     u8 = dict(dtype=torch.uint8)
     if save_gx and not _keeps_w(r):
-        parts[0:4] = [x.new_zeros((groups, in_f, out_f // 2), **u8),
-                      x.new_zeros((groups, in_f, out_f // BLOCK_SIZE), **u8),
-                      x.new_zeros((groups, kk), dtype=torch.int64),
-                      x.new_zeros((groups, kk, out_f), dtype=torch.bfloat16)]
+        parts[0:4] = [
+            x.new_zeros((groups, in_f, out_f // 2), **u8),
+            x.new_zeros((groups, in_f, out_f // BLOCK_SIZE), **u8),
+            x.new_zeros((groups, kk), dtype=torch.int64),
+            x.new_zeros((groups, kk, out_f), dtype=torch.bfloat16),
+        ]
     if save_gw and not _keeps_x(r):
         cap = _gw_capacity(tokens, groups, _gw_row_multiple(r))
         parts[4:6] = [x.new_zeros(in_f * cap // 2, **u8), x.new_zeros(in_f * cap // BLOCK_SIZE, **u8)]
@@ -109,9 +112,19 @@ def _gw_slices(groups: list[tuple[int, int, int]], multiple: int) -> Iterator[tu
 
 
 @torch.library.custom_op("adahop::grouped_forward", mutates_args=())
-def grouped_forward(x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Tensor, recipe: str, save_gx: bool,
-                    save_gw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def grouped_forward(
+    x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Tensor, recipe: str, save_gx: bool, save_gw: bool
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """y [T, out] of x [T, in] (tokens sorted by group) and weight [G, out, in] under `recipe`
     (LinearRecipe.key), group e taking group_sizes[e] rows; and what backward keeps (see above) for the
     input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
@@ -147,20 +160,42 @@ def _(x, weight, group_sizes, recipe, save_gx, save_gw):
 
 
 @torch.library.custom_op("adahop::grouped_backward", mutates_args=())
-def grouped_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Tensor,
-                     saved: list[torch.Tensor], recipe: str, need_gx: bool, need_gw: bool, in_features: int,
-                     x_dtype: torch.dtype, w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_backward(
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    group_sizes: torch.Tensor,
+    saved: list[torch.Tensor],
+    recipe: str,
+    need_gx: bool,
+    need_gw: bool,
+    in_features: int,
+    x_dtype: torch.dtype,
+    w_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(gx [T, in], gw [G, out, in]) from the output gradient gy [T, out] and what grouped_forward kept (`x` /
     `weight` empty where the recipe does not keep them); an empty tensor for a gradient not asked for."""
     # the reference GEMMs in float32 even where backward is called under autocast (eager backward would inherit
     # it, a compiled one does not): the same bits either way
     with torch.autocast(gy.device.type, enabled=False):
-        return _grouped_backward(gy, x, weight, group_sizes, saved, LinearRecipe.from_key(recipe), need_gx, need_gw,
-                                 in_features, x_dtype, w_dtype)
+        return _grouped_backward(
+            gy,
+            x,
+            weight,
+            group_sizes,
+            saved,
+            LinearRecipe.from_key(recipe),
+            need_gx,
+            need_gw,
+            in_features,
+            x_dtype,
+            w_dtype,
+        )
 
 
-def _grouped_backward(gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in_features, x_dtype,
-                      w_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _grouped_backward(
+    gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in_features, x_dtype, w_dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     rounding = "stochastic" if r.use_sr_grad else "nearest"
     tokens, out_f = gy.shape
     gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
@@ -172,14 +207,18 @@ def _grouped_backward(gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in
             if not count:
                 continue
             if mode == OE_RIGHT:
-                right = RightOperand(packed=MXFP4Tensor(saved[0][g], saved[1][g], axis=-1, dtype=w_dtype),
-                                     rows=saved[2][g], extracted=saved[3][g])
+                right = RightOperand(
+                    packed=MXFP4Tensor(saved[0][g], saved[1][g], axis=-1, dtype=w_dtype),
+                    rows=saved[2][g],
+                    extracted=saved[3][g],
+                )
             elif mode in (HADAMARD, NONE):
                 right = prepare_right(weight[g], 0, mode, r, "backward_gx", for_saving=False)
             else:
                 right = RightOperand(full=weight[g], full_k_dim=0)
-            gx[start : start + count] = slot_gemm(gy[start : start + count], 1, right, mode, r, "backward_gx",
-                                                  rounding, x_dtype)
+            gx[start : start + count] = slot_gemm(
+                gy[start : start + count], 1, right, mode, r, "backward_gx", rounding, x_dtype
+            )
     if need_gw:
         mode = r.mode("backward_gw")
         multiple = _gw_row_multiple(r)
@@ -190,21 +229,29 @@ def _grouped_backward(gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in
             else:
                 data = saved[4][in_features * off // 2 : in_features * (off + padded) // 2]
                 scales = saved[5][in_features * off // BLOCK_SIZE : in_features * (off + padded) // BLOCK_SIZE]
-                packed = MXFP4Tensor(data.view(in_features, padded // 2),
-                                     scales.view(in_features, padded // BLOCK_SIZE), axis=-1, dtype=x_dtype)
+                packed = MXFP4Tensor(
+                    data.view(in_features, padded // 2),
+                    scales.view(in_features, padded // BLOCK_SIZE),
+                    axis=-1,
+                    dtype=x_dtype,
+                )
                 right = RightOperand(packed=packed)
                 if mode == OE_RIGHT:
                     right.rows, right.extracted = saved[6][g], saved[7][kk * off : kk * (off + padded)].view(kk, padded)
-            gw[g] = slot_gemm(_pad_rows(gy[start : start + count], multiple), 0, right, mode, r, "backward_gw",
-                              rounding, w_dtype)
+            gw[g] = slot_gemm(
+                _pad_rows(gy[start : start + count], multiple), 0, right, mode, r, "backward_gw", rounding, w_dtype
+            )
     return gx, gw
 
 
 @grouped_backward.register_fake
 def _(gy, x, weight, group_sizes, saved, recipe, need_gx, need_gw, in_features, x_dtype, w_dtype):
     gx = gy.new_empty((gy.shape[0], in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
-    gw = (gy.new_empty((group_sizes.shape[0], gy.shape[1], in_features), dtype=w_dtype) if need_gw
-          else _empty(gy, w_dtype))
+    gw = (
+        gy.new_empty((group_sizes.shape[0], gy.shape[1], in_features), dtype=w_dtype)
+        if need_gw
+        else _empty(gy, w_dtype)
+    )
     return gx, gw
 
 
@@ -212,8 +259,9 @@ def _setup_context(ctx, inputs, output) -> None:
     x, weight, group_sizes, recipe, save_gx, save_gw = inputs
     r = LinearRecipe.from_key(recipe)
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(x if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None,
-                          group_sizes, *output[1:])
+    ctx.save_for_backward(
+        x if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None, group_sizes, *output[1:]
+    )
     ctx.recipe, ctx.save_gx, ctx.save_gw = recipe, save_gx, save_gw
     ctx.in_features, ctx.x_dtype, ctx.w_dtype = x.shape[1], x.dtype, weight.dtype
 
@@ -221,9 +269,19 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, gy, *unused):
     x, weight, group_sizes, *saved = ctx.saved_tensors
     need_gx, need_gw = ctx.needs_input_grad[0] and ctx.save_gx, ctx.needs_input_grad[1] and ctx.save_gw
-    gx, gw = grouped_backward(gy, x if x is not None else _empty(gy, ctx.x_dtype),
-                              weight if weight is not None else _empty(gy, ctx.w_dtype), group_sizes, saved,
-                              ctx.recipe, need_gx, need_gw, ctx.in_features, ctx.x_dtype, ctx.w_dtype)
+    gx, gw = grouped_backward(
+        gy,
+        x if x is not None else _empty(gy, ctx.x_dtype),
+        weight if weight is not None else _empty(gy, ctx.w_dtype),
+        group_sizes,
+        saved,
+        ctx.recipe,
+        need_gx,
+        need_gw,
+        ctx.in_features,
+        ctx.x_dtype,
+        ctx.w_dtype,
+    )
     return gx if need_gx else None, gw if need_gw else None, None, None, None, None
 
 

@@ -45,9 +45,7 @@ def random_signs(length: int, seed: int, device: torch.device | str | None = Non
     return (1.0 - 2.0 * bits.to(torch.float32)).to(device)
 
 
-def block_hadamard(
-    x: torch.Tensor, axis: int = -1, block: int = 32, signs: torch.Tensor | None = None
-) -> torch.Tensor:
+def block_hadamard(x: torch.Tensor, axis: int = -1, block: int = 32, signs: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the normalized block-diagonal Hadamard (optionally after a +-1 diagonal) along `axis`.
 
     Returns float32. The axis length must be a multiple of `block`; `signs` (if given) has that length.

@@ -152,7 +152,13 @@ ROW_FIX_SLOTS = ("backward_gx",)
 
 
 def slot_gemm(
-    a: torch.Tensor, a_k_dim: int, right: RightOperand, mode: str, recipe: LinearRecipe, slot: str, rounding: str,
+    a: torch.Tensor,
+    a_k_dim: int,
+    right: RightOperand,
+    mode: str,
+    recipe: LinearRecipe,
+    slot: str,
+    rounding: str,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored.
@@ -170,8 +176,9 @@ def slot_gemm(
     else:
         right_operand = right.gemm_operand()
     a_operand = quantize_left(a, a_k_dim, recipe, slot, rounding, zero_rows=left_rows)
-    out = backend.matmul(a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS,
-                         tile_b=recipe.tile_b_for(slot))
+    out = backend.matmul(
+        a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS, tile_b=recipe.tile_b_for(slot)
+    )
     # in place: `out` is this function's own fresh tensor, and a copy would be as large as the output
     if mode == OE_LEFT:
         a_rows = backend.to_k_major(a, a_k_dim).index_select(0, left_rows)
@@ -195,21 +202,31 @@ def _check_dims(in_features: int, out_features: int, recipe: LinearRecipe) -> No
             raise ValueError(f"{name}={dim} is not a multiple of hadamard_size={recipe.hadamard_size}")
 
 
-def forward_gemm(
-    x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe
-) -> torch.Tensor:
+def forward_gemm(x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch.Tensor:
     """The forward GEMM y = x W^T of `recipe` (no autograd bookkeeping)."""
     mode = recipe.mode("forward_y")
     w_right = prepare_right(weight, 1, mode, recipe, "forward_y", for_saving=False)
     return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype)
 
 
-def quantize_left(a: torch.Tensor, a_k_dim: int, recipe: LinearRecipe, slot: str, rounding: str,
-                  zero_rows: Optional[torch.Tensor] = None) -> backend.Operand:
+def quantize_left(
+    a: torch.Tensor,
+    a_k_dim: int,
+    recipe: LinearRecipe,
+    slot: str,
+    rounding: str,
+    zero_rows: Optional[torch.Tensor] = None,
+) -> backend.Operand:
     """The left operand of a quantized slot (`zero_rows`: the rows OE-left takes out)."""
     k = a.shape[a_k_dim]
-    operand, _ = backend.quantize(a, k_dim=a_k_dim, hadamard_size=recipe.hadamard_size_for(slot),
-                                  signs=recipe.signs_for(slot, k, a.device), rounding=rounding, zero_rows=zero_rows)
+    operand, _ = backend.quantize(
+        a,
+        k_dim=a_k_dim,
+        hadamard_size=recipe.hadamard_size_for(slot),
+        signs=recipe.signs_for(slot, k, a.device),
+        rounding=rounding,
+        zero_rows=zero_rows,
+    )
     return operand
 
 
@@ -255,15 +272,28 @@ def _keeps_w(recipe: LinearRecipe) -> bool:
 def _right_parts(right: Optional[RightOperand], like: torch.Tensor) -> list[torch.Tensor]:
     if right is None:  # four distinct tensors: a custom op's outputs may not alias each other
         return [_empty(like) for _ in range(4)]
-    return [right.packed.data, right.packed.scales,
-            right.rows if right.rows is not None else _empty(like),
-            right.extracted if right.extracted is not None else _empty(like)]
+    return [
+        right.packed.data,
+        right.packed.scales,
+        right.rows if right.rows is not None else _empty(like),
+        right.extracted if right.extracted is not None else _empty(like),
+    ]
 
 
 @torch.library.custom_op("adahop::linear_forward", mutates_args=())
-def linear_forward(x2d: torch.Tensor, weight: torch.Tensor, recipe: str, save_gx: bool,
-                   save_gw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_forward(
+    x2d: torch.Tensor, weight: torch.Tensor, recipe: str, save_gx: bool, save_gw: bool
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """y = x2d @ weight^T under `recipe` (LinearRecipe.key), and what backward keeps (see above) for the
     input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
     r = LinearRecipe.from_key(recipe)
@@ -284,8 +314,10 @@ def _(x2d, weight, recipe, save_gx, save_gw):
     parts = [_empty(x2d) for _ in range(_SAVED)]
 
     def kept(rows: int, k_inner, oe_right: bool) -> list:
-        u8 = x2d.new_empty((rows, k_inner // 2), dtype=torch.uint8), x2d.new_empty((rows, k_inner // 32),
-                                                                                       dtype=torch.uint8)
+        u8 = (
+            x2d.new_empty((rows, k_inner // 2), dtype=torch.uint8),
+            x2d.new_empty((rows, k_inner // 32), dtype=torch.uint8),
+        )
         if not oe_right:
             return [*u8, _empty(x2d), _empty(x2d)]
         kk = min(r.outlier_k, rows)
@@ -300,16 +332,26 @@ def _(x2d, weight, recipe, save_gx, save_gw):
 
 
 @torch.library.custom_op("adahop::linear_backward", mutates_args=())
-def linear_backward(gy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, saved: list[torch.Tensor], recipe: str,
-                    need_gx: bool, need_gw: bool, in_features: int, x_dtype: torch.dtype,
-                    w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_backward(
+    gy: torch.Tensor,
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    saved: list[torch.Tensor],
+    recipe: str,
+    need_gx: bool,
+    need_gw: bool,
+    in_features: int,
+    x_dtype: torch.dtype,
+    w_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(gx, gw) of the linear from the output gradient gy [T, N] and what linear_forward kept (`x2d` / `weight`
     empty where the recipe does not keep them); an empty tensor for a gradient not asked for."""
     # autocast off, as in forward (adahop/amp.py): an eager backward inside an autocast region would inherit it,
     # a compiled one does not
     with torch.autocast(gy.device.type, enabled=False):
-        return _linear_backward(gy, x2d, weight, saved, LinearRecipe.from_key(recipe), need_gx, need_gw, x_dtype,
-                                w_dtype)
+        return _linear_backward(
+            gy, x2d, weight, saved, LinearRecipe.from_key(recipe), need_gx, need_gw, x_dtype, w_dtype
+        )
 
 
 def _linear_backward(gy, x2d, weight, saved, r: LinearRecipe, need_gx, need_gw, x_dtype, w_dtype):
@@ -351,8 +393,9 @@ def _setup_context(ctx, inputs, output) -> None:
     x2d, weight, recipe, save_gx, save_gw = inputs
     r = LinearRecipe.from_key(recipe)
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(x2d if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None,
-                          *output[1:])
+    ctx.save_for_backward(
+        x2d if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None, *output[1:]
+    )
     ctx.recipe, ctx.save_gx, ctx.save_gw = recipe, save_gx, save_gw
     ctx.in_features, ctx.x_dtype, ctx.w_dtype = x2d.shape[1], x2d.dtype, weight.dtype
 
@@ -360,9 +403,18 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, gy, *unused):
     x2d, weight, *saved = ctx.saved_tensors
     need_gx, need_gw = ctx.needs_input_grad[0] and ctx.save_gx, ctx.needs_input_grad[1] and ctx.save_gw
-    gx, gw = linear_backward(gy, x2d if x2d is not None else _empty(gy, ctx.x_dtype),
-                             weight if weight is not None else _empty(gy, ctx.w_dtype), saved, ctx.recipe,
-                             need_gx, need_gw, ctx.in_features, ctx.x_dtype, ctx.w_dtype)
+    gx, gw = linear_backward(
+        gy,
+        x2d if x2d is not None else _empty(gy, ctx.x_dtype),
+        weight if weight is not None else _empty(gy, ctx.w_dtype),
+        saved,
+        ctx.recipe,
+        need_gx,
+        need_gw,
+        ctx.in_features,
+        ctx.x_dtype,
+        ctx.w_dtype,
+    )
     return gx if need_gx else None, gw if need_gw else None, None, None, None
 
 
@@ -389,7 +441,14 @@ def mxfp4_linear(
     changes how the GPU fast path scales its fp8 operands (adahop.backend.TILE_B_CHOICES), not the result.
     """
     recipe = LinearRecipe(
-        forward_y, backward_gx, backward_gw, use_sr_grad, randomized_hadamard, hadamard_size, outlier_k, hadamard_seed,
+        forward_y,
+        backward_gx,
+        backward_gw,
+        use_sr_grad,
+        randomized_hadamard,
+        hadamard_size,
+        outlier_k,
+        hadamard_seed,
         tile_b,
     )
     return _apply(x, weight, recipe)
@@ -433,7 +492,11 @@ def _apply_sharded(x, weight, recipe: LinearRecipe):
     for other layouts and for shards that would cut an MX / Hadamard block."""
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-    if not (_is_dtensor(x) and _is_dtensor(weight)) or weight.device_mesh.ndim != 1 or x.device_mesh != weight.device_mesh:
+    if (
+        not (_is_dtensor(x) and _is_dtensor(weight))
+        or weight.device_mesh.ndim != 1
+        or x.device_mesh != weight.device_mesh
+    ):
         raise ValueError(
             f"AdaHOPLinear under tensor parallelism takes x and weight as DTensors on one 1-D mesh (got x "
             f"{type(x).__name__}, weight {type(weight).__name__}): apply ColwiseParallel / RowwiseParallel to the layer"
@@ -464,8 +527,14 @@ def _apply_sharded(x, weight, recipe: LinearRecipe):
         )
     y_local = _apply(x_local, w_local, recipe)
     shape = (*x.shape[:-1], weight.shape[0])
-    return DTensor.from_local(y_local, mesh, (out,), run_check=False, shape=torch.Size(shape),
-                              stride=torch.empty(shape, device="meta").stride())
+    return DTensor.from_local(
+        y_local,
+        mesh,
+        (out,),
+        run_check=False,
+        shape=torch.Size(shape),
+        stride=torch.empty(shape, device="meta").stride(),
+    )
 
 
 class AdaHOPModes:
@@ -510,7 +579,14 @@ class AdaHOPLinear(AdaHOPModes, nn.Linear):
     ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.recipe = LinearRecipe(
-            forward_y, backward_gx, backward_gw, use_sr_grad, randomized_hadamard, hadamard_size, outlier_k, hadamard_seed,
+            forward_y,
+            backward_gx,
+            backward_gw,
+            use_sr_grad,
+            randomized_hadamard,
+            hadamard_size,
+            outlier_k,
+            hadamard_seed,
             tile_b,
         )
         _check_dims(in_features, out_features, self.recipe)

@@ -33,11 +33,16 @@ def default_out(checkpoint_path: str | None, dump_folder: str) -> Path:
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adahop.patterns", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m adahop.patterns", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint_path", default=None)
-    p.add_argument("--out", default=None, help="folder for the PNGs (default: next to the checkpoint, "
-                   "<run>/checkpoint/outlier_patterns/step-N; without one, <job.dump_folder>/outlier_patterns/init)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the PNGs (default: next to the checkpoint, "
+        "<run>/checkpoint/outlier_patterns/step-N; without one, <job.dump_folder>/outlier_patterns/init)",
+    )
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--max_tokens", type=int, default=4096)
     args, rest = p.parse_known_args(argv)

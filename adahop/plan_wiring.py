@@ -55,8 +55,10 @@ class PlanWiring:
             from adahop.metrics import QuantErrorProbe
 
             self.qerr = QuantErrorProbe(
-                converter.layers, freq=int(mx.quant_error_freq),
-                tokens=int(mx.quant_error_tokens), layer_kwargs=converter.layer_kwargs,
+                converter.layers,
+                freq=int(mx.quant_error_freq),
+                tokens=int(mx.quant_error_tokens),
+                layer_kwargs=converter.layer_kwargs,
             )
             if len(self.qerr.layers) < len(converter.layers):
                 logger.info(
@@ -68,8 +70,9 @@ class PlanWiring:
         if self.qerr is not None:
             self.qerr.restrict_to(self.layers)
         self.calibrator.dump_folder = job.job.dump_folder
-        self.calibrator.rank, self.calibrator.process_group, self.calibrator.reduce_device = (
-            reduction_group(converter.parallel_dims))
+        self.calibrator.rank, self.calibrator.process_group, self.calibrator.reduce_device = reduction_group(
+            converter.parallel_dims
+        )
         self.install_observers()
 
     def current_step(self) -> int:

@@ -109,7 +109,8 @@ def check_resume_ranks(job_config, world_size: int, metadata=None) -> None:
     here = dp_degree(job_config, world_size)
     if saved is not None and saved != here:
         raise ConfigError(
-            "checkpoint.exclude_from_loading", list(job_config.checkpoint.exclude_from_loading),
+            "checkpoint.exclude_from_loading",
+            list(job_config.checkpoint.exclude_from_loading),
             "a list that contains 'dataloader' when the data-parallel degree changes",
             f"{step_dir} was written by {saved} data-parallel ranks and this run has {here}; the model, "
             f"optimizer and AdaHOP plan reshard, the data loader's position does not. Resume with {saved} "
@@ -162,8 +163,11 @@ def _saved_model_shapes(metadata) -> dict[str, tuple[int, ...]]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     other = _TRAINER_STATES + ("adahop",)
-    return {k: tuple(m.size) for k, m in metadata.state_dict_metadata.items()
-            if isinstance(m, TensorStorageMetadata) and not k.split(".")[0].startswith(other)}
+    return {
+        k: tuple(m.size)
+        for k, m in metadata.state_dict_metadata.items()
+        if isinstance(m, TensorStorageMetadata) and not k.split(".")[0].startswith(other)
+    }
 
 
 def check_resume_model(job_config, step_dir: str, metadata) -> None:
@@ -187,13 +191,20 @@ def check_resume_model(job_config, step_dir: str, metadata) -> None:
         except Exception:  # noqa: BLE001  (a flavor this config cannot build matches nothing)
             continue
     first = next((k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)))
-    differ = (f"{first} is {list(saved[first]) if first in saved else 'absent'} there and "
-              f"{list(wanted[first]) if first in wanted else 'absent'} in flavor {flavor!r}")
-    fix = (f"Resume with --model.flavor {matching[0]}" if matching
-           else "Resume with the flavor the checkpoint was trained with")
+    differ = (
+        f"{first} is {list(saved[first]) if first in saved else 'absent'} there and "
+        f"{list(wanted[first]) if first in wanted else 'absent'} in flavor {flavor!r}"
+    )
+    fix = (
+        f"Resume with --model.flavor {matching[0]}"
+        if matching
+        else "Resume with the flavor the checkpoint was trained with"
+    )
     raise ConfigError(
-        "model.flavor", flavor,
-        f"the flavor of the resumed checkpoint: {' or '.join(map(repr, matching))}" if matching
+        "model.flavor",
+        flavor,
+        f"the flavor of the resumed checkpoint: {' or '.join(map(repr, matching))}"
+        if matching
         else f"the flavor of the resumed checkpoint (none of {job_config.model.name}'s flavors has its shapes)",
         f"{step_dir} holds another model ({differ}). {fix}, or use another job.dump_folder to train "
         f"model.flavor {flavor!r} from scratch",
@@ -237,7 +248,9 @@ def check_resume_steps(job_config, step_dir: str, step: int) -> None:
     steps = job_config.training.steps
     if steps < step:
         raise ConfigError(
-            "training.steps", steps, f"at least {step}, the step of the resumed checkpoint {step_dir}",
+            "training.steps",
+            steps,
+            f"at least {step}, the step of the resumed checkpoint {step_dir}",
             f"With training.steps = {steps} the run would train nothing. Pass --training.steps N (N > {step}) "
             f"to train further, or resume an earlier checkpoint with --checkpoint.load_step N (N <= {steps})",
         )
@@ -259,7 +272,8 @@ def check_resume_plan(job_config, step_dir: str, state: dict | None, step: int) 
     if state is None:
         if cal.use_HT_calibration and not cal.plan_file and cal.calibration_steps > remaining:
             raise ConfigError(
-                "quantize.linear.mx.calibration.calibration_steps", cal.calibration_steps,
+                "quantize.linear.mx.calibration.calibration_steps",
+                cal.calibration_steps,
                 f"at most {remaining}, the steps left after the resumed step {step} (training.steps = "
                 f"{job_config.training.steps})",
                 "Without the checkpoint's plan (--checkpoint.exclude_from_loading adahop) the run calibrates again "
@@ -267,8 +281,9 @@ def check_resume_plan(job_config, step_dir: str, state: dict | None, step: int) 
                 "calibration_steps",
             )
         return
-    check_plan_settings(state, plan_settings(mx), step_dir,
-                        f"over steps {step + 1}..{step + int(cal.calibration_steps)}")
+    check_plan_settings(
+        state, plan_settings(mx), step_dir, f"over steps {step + 1}..{step + int(cal.calibration_steps)}"
+    )
 
 
 def check_resume(job_config, world_size: int) -> None:
@@ -294,8 +309,9 @@ def check_resume(job_config, world_size: int) -> None:
     check_resume_ranks(job_config, world_size, metadata)
     load_step = STEP_KEY in keys and "train_state" not in excluded
     load_plan = PLAN_KEY in keys and _loads_plan(job_config)
-    values = saved_values(step_dir, [k for k, wanted in ((STEP_KEY, load_step), (PLAN_KEY, load_plan)) if wanted],
-                          metadata)
+    values = saved_values(
+        step_dir, [k for k, wanted in ((STEP_KEY, load_step), (PLAN_KEY, load_plan)) if wanted], metadata
+    )
     step = int(values.get(STEP_KEY, 0))
     if load_step:
         check_resume_steps(job_config, step_dir, step)

@@ -235,8 +235,12 @@ class AdaHOPTrainer(titan_train.Trainer):
         from adahop.backend import fast_device
 
         device = getattr(self, "device", None)
-        if (device is None or not self.adahop_converters or not fast_device(torch.device(device))
-                or self.step <= self._sync_until_step):
+        if (
+            device is None
+            or not self.adahop_converters
+            or not fast_device(torch.device(device))
+            or self.step <= self._sync_until_step
+        ):
             return None
         for conv in self.adahop_converters:
             if conv.mx.kernels.exactness_check == "per_gemm" or self._observes(conv):
@@ -267,8 +271,12 @@ class AdaHOPTrainer(titan_train.Trainer):
         every microbatch's backward, before the optimizer); if a block was left out, the step is run again
         on the exact path from the same batches."""
         batches = _RecordingIterator(data_iterator)
-        moe_counts = [(b, b.clone()) for part in self.model_parts for name, b in part.named_buffers()
-                      if name.endswith("tokens_per_expert")]
+        moe_counts = [
+            (b, b.clone())
+            for part in self.model_parts
+            for name, b in part.named_buffers()
+            if name.endswith("tokens_per_expert")
+        ]
         rng = _rng_state(device)  # stochastic rounding draws: the redo must draw the same
         try:
             with deferred.deferred_check(device), _checked_before_optimizer_step():
@@ -282,10 +290,14 @@ class AdaHOPTrainer(titan_train.Trainer):
                 self._sync_until_step = self.step + REDO_BACKOFF_STEPS
                 then = f"keeping that path for the next {REDO_BACKOFF_STEPS} steps"
             else:  # the rows did not fit the GEMMs' slots: with more slots the next steps stay fast
-                then = (f"the input-gradient GEMMs recompute up to {100 * grown:.2f}% of their rows exactly from "
-                        "now on (they had too few row slots)")
-            logger.warning(f"[adahop] step {self.step}: {e}; running the step again with the exact per-GEMM "
-                           f"correction (nothing of the first attempt reached the optimizer), and {then}")
+                then = (
+                    f"the input-gradient GEMMs recompute up to {100 * grown:.2f}% of their rows exactly from "
+                    "now on (they had too few row slots)"
+                )
+            logger.warning(
+                f"[adahop] step {self.step}: {e}; running the step again with the exact per-GEMM "
+                f"correction (nothing of the first attempt reached the optimizer), and {then}"
+            )
             for buf, saved in moe_counts:
                 buf.copy_(saved)  # the MoE router's forward-accumulated load-balancing counts
             _set_rng_state(device, rng)
@@ -347,8 +359,9 @@ def check_removed_switches(environ=os.environ) -> None:
 
     for name, instead in REMOVED_SWITCHES.items():
         if name in environ:
-            raise ConfigError(f"{name} (environment)", environ[name], "unset: this switch no longer exists",
-                              f"use {instead}")
+            raise ConfigError(
+                f"{name} (environment)", environ[name], "unset: this switch no longer exists", f"use {instead}"
+            )
 
 
 def _main(argv: list[str] | None, trainer: type = None) -> None:

@@ -47,15 +47,17 @@ def render_patterns(maps: dict[str, dict[str, torch.Tensor]], labels: dict[str, 
                 pos = a[a > 0]
                 vmin = float(pos.min()) if pos.size else 1e-12
                 vmax = float(a.max()) if a.size and a.max() > vmin else vmin * 10
-                im = ax.imshow(a, aspect="auto", interpolation="nearest", cmap="viridis",
-                               norm=LogNorm(vmin=vmin, vmax=vmax))
+                im = ax.imshow(
+                    a, aspect="auto", interpolation="nearest", cmap="viridis", norm=LogNorm(vmin=vmin, vmax=vmax)
+                )
                 fig.colorbar(im, ax=ax, fraction=0.046)
             else:
                 ax.text(0.5, 0.5, "not observed", ha="center", va="center")
             ax.set_title(
                 f"{TENSOR_TITLES[t]}\nlabel={lab.get('label', '?')} "
                 f"row={_fmt(lab.get('row_score'))} col={_fmt(lab.get('col_score'))}",
-                fontsize=9, color=TITLE_COLORS.get(lab.get("label"), "black"),
+                fontsize=9,
+                color=TITLE_COLORS.get(lab.get("label"), "black"),
             )
             ax.set_xlabel("columns")
             ax.set_ylabel("rows")

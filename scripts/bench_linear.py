@@ -31,8 +31,13 @@ MODELS = {  # (dim, kv_dim, ffn_dim)
     "llama3-8b": (4096, 1024, 14336),
 }
 MODES = ["hadamard", "inner_outlier_extract_left", "inner_outlier_extract_right", "none", "full_precision"]
-SHORT = {"hadamard": "had", "inner_outlier_extract_left": "oeL", "inner_outlier_extract_right": "oeR", "none": "none",
-         "full_precision": "fp"}
+SHORT = {
+    "hadamard": "had",
+    "inner_outlier_extract_left": "oeL",
+    "inner_outlier_extract_right": "oeR",
+    "none": "none",
+    "full_precision": "fp",
+}
 
 
 def shapes(model):
@@ -55,7 +60,7 @@ class _ScaledMMLinear(torch.autograd.Function):
     @staticmethod
     def _q(t, rowwise):  # K-major t [R, K] -> fp8, fp32 scale ([R, 1] or scalar)
         amax = t.abs().amax(dim=1, keepdim=True) if rowwise else t.abs().amax()
-        scale = (amax.float().clamp_min(1e-12) / 448.0)
+        scale = amax.float().clamp_min(1e-12) / 448.0
         return (t.float() / scale).to(torch.float8_e4m3fn), scale
 
     @staticmethod
@@ -91,11 +96,13 @@ def make_baselines(fin, fout, dev):
             convert_to_float8_training(lin, config=Float8LinearConfig.from_recipe_name(recipe))
             out[f"ao_{recipe}"] = lin
     except Exception as exc:  # torchao missing or refusing: the _scaled_mm stand-ins
-        print(f"# torchao float8 unavailable ({type(exc).__name__}: {exc}); using torch._scaled_mm baselines",
-              file=sys.stderr)
+        print(
+            f"# torchao float8 unavailable ({type(exc).__name__}: {exc}); using torch._scaled_mm baselines",
+            file=sys.stderr,
+        )
         for recipe, rowwise in (("tensorwise", False), ("rowwise", True)):
             w = torch.nn.Parameter(torch.randn(fout, fin, device=dev, dtype=torch.bfloat16) / fin**0.5)
-            out[f"smm_{recipe}"] = (lambda x, w=w, r=rowwise: _ScaledMMLinear.apply(x, w, r))
+            out[f"smm_{recipe}"] = lambda x, w=w, r=rowwise: _ScaledMMLinear.apply(x, w, r)
     return out
 
 
@@ -115,6 +122,7 @@ def time_fwd_bwd(fn, x, params, gy, rep, deferred_device=None):
             with deferred.deferred_check(deferred_device):
                 f()
                 deferred.raise_if_deficient()
+
         return run
 
     @checked
@@ -164,30 +172,73 @@ def quantizer_bandwidth(rows, k, dev, rep):
     wr_both = n * (1 + 0.5 + 1 / 32) + n / 128 * 4
     cases = [
         ("quant both forms, k contiguous, H32, RNE", lambda: fused_quantize(x, hadamard_size=32), 2 * n + wr_both),
-        ("quant both forms, k strided (transpose), H32, RNE", lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32), 2 * n + wr_both),
-        ("quant both forms, H32, SR (Philox)", lambda: fused_quantize(x, hadamard_size=32, rounding="stochastic", seed=1), 2 * n + wr_both),
-        ("quant packed only (saved for bwd), H32", lambda: fused_quantize(x, hadamard_size=32, write_fp8=False), 2 * n + n * (0.5 + 1 / 32)),
-        ("quant packed only, transpose, H32", lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32, write_fp8=False), 2 * n + n * (0.5 + 1 / 32)),
+        (
+            "quant both forms, k strided (transpose), H32, RNE",
+            lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32),
+            2 * n + wr_both,
+        ),
+        (
+            "quant both forms, H32, SR (Philox)",
+            lambda: fused_quantize(x, hadamard_size=32, rounding="stochastic", seed=1),
+            2 * n + wr_both,
+        ),
+        (
+            "quant packed only (saved for bwd), H32",
+            lambda: fused_quantize(x, hadamard_size=32, write_fp8=False),
+            2 * n + n * (0.5 + 1 / 32),
+        ),
+        (
+            "quant packed only, transpose, H32",
+            lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32, write_fp8=False),
+            2 * n + n * (0.5 + 1 / 32),
+        ),
         ("quant both forms, no Hadamard", lambda: fused_quantize(x), 2 * n + wr_both),
-        ("quant both forms, 128x128 tile scales, H32", lambda: fused_quantize(x, hadamard_size=32, tile=True), 2 * n + wr_both),
+        (
+            "quant both forms, 128x128 tile scales, H32",
+            lambda: fused_quantize(x, hadamard_size=32, tile=True),
+            2 * n + wr_both,
+        ),
     ]
     # what a linear's forward quantizes of x: the GEMM operand along K and x^T packed for backward
     dual_bytes = 2 * n + n * (1 + 4 / 128) + n * (0.5 + 1 / 32)
-    cases.append(("forward x, both axes, two kernels (fp8 wide along K + packed along tokens), H32",
-                  lambda: (fused_quantize(x, hadamard_size=32, write_packed=False, wide=True),
-                           fused_quantize(x, k_dim=0, hadamard_size=32, write_fp8=False)), 2 * n + dual_bytes))
+    cases.append(
+        (
+            "forward x, both axes, two kernels (fp8 wide along K + packed along tokens), H32",
+            lambda: (
+                fused_quantize(x, hadamard_size=32, write_packed=False, wide=True),
+                fused_quantize(x, k_dim=0, hadamard_size=32, write_fp8=False),
+            ),
+            2 * n + dual_bytes,
+        )
+    )
     # what a linear's backward quantizes of g (x stands in): the left operands of both gradient GEMMs
     g_writes = n * (1 + 4 / 128) * 2 + n * (0.5 + 1 / 32) + rows
-    cases.append(("backward g, both axes, two kernels (wide fp8 + packed + row flags along K, wide fp8 along "
-                  "tokens), H32", lambda: (fused_quantize(x, hadamard_size=32, wide=True, row_flags=True),
-                                           fused_quantize(x, k_dim=0, hadamard_size=32, write_packed=False, wide=True)),
-                  4 * n + g_writes))
+    cases.append(
+        (
+            "backward g, both axes, two kernels (wide fp8 + packed + row flags along K, wide fp8 along tokens), H32",
+            lambda: (
+                fused_quantize(x, hadamard_size=32, wide=True, row_flags=True),
+                fused_quantize(x, k_dim=0, hadamard_size=32, write_packed=False, wide=True),
+            ),
+            4 * n + g_writes,
+        )
+    )
 
     saved = fused_quantize(x, hadamard_size=32, write_fp8=False)
-    cases.append(("re-encode packed -> fp8", lambda: fused_reencode(saved["packed"], saved["scales"]),
-                  n * (0.5 + 1 / 32) + n * (1 + 4 / 128)))
-    cases.append(("re-encode packed -> fp8, tile", lambda: fused_reencode(saved["packed"], saved["scales"], tile=True),
-                  n * (0.5 + 1 / 32) + n))
+    cases.append(
+        (
+            "re-encode packed -> fp8",
+            lambda: fused_reencode(saved["packed"], saved["scales"]),
+            n * (0.5 + 1 / 32) + n * (1 + 4 / 128),
+        )
+    )
+    cases.append(
+        (
+            "re-encode packed -> fp8, tile",
+            lambda: fused_reencode(saved["packed"], saved["scales"], tile=True),
+            n * (0.5 + 1 / 32) + n,
+        )
+    )
     for name, fn, nbytes in cases:
         try:
             t = bench(fn, rep)
@@ -211,11 +262,19 @@ def tune_quantizer(rows, k, dev, rep):
     try:
         for hv in ("t", 0, 2):
             for br, nw in ((16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
-                TUNING.update(contig=(br, nw), strided=(br, nw), strided_t=(br, nw), hv_contig=hv if hv != "t" else 0,
-                              hv_strided=hv if hv != "t" else 0, strided_kernel="t" if hv == "t" else "trans")
+                TUNING.update(
+                    contig=(br, nw),
+                    strided=(br, nw),
+                    strided_t=(br, nw),
+                    hv_contig=hv if hv != "t" else 0,
+                    hv_strided=hv if hv != "t" else 0,
+                    strided_kernel="t" if hv == "t" else "trans",
+                )
                 key = f"hv{hv}_br{br}_w{nw}"
-                for case, fn in (("contig", lambda: fused_quantize(x, hadamard_size=32)),
-                                 ("strided", lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32))):
+                for case, fn in (
+                    ("contig", lambda: fused_quantize(x, hadamard_size=32)),
+                    ("strided", lambda: fused_quantize(xt.t(), k_dim=0, hadamard_size=32)),
+                ):
                     if case == "strided" and hv != "t" and (br, nw) not in ((32, 8), (16, 4)):
                         continue
                     try:
@@ -237,8 +296,11 @@ def gemm_only(M, N, K, dev, rep):
     sb = torch.ones(K // 128, N, device=dev)
     sbt = torch.ones(N // 128, K // 128, device=dev)
     res = {"bf16": bench(lambda: a @ b.t(), rep)}
-    for name, scale_b, od in (("fp8 1x128.1x128 ->bf16", sb, torch.bfloat16), ("fp8 1x128.128x128 ->bf16", sbt.t(), torch.bfloat16),
-                              ("fp8 1x128.128x128 ->fp32", sbt.t(), torch.float32)):
+    for name, scale_b, od in (
+        ("fp8 1x128.1x128 ->bf16", sb, torch.bfloat16),
+        ("fp8 1x128.128x128 ->bf16", sbt.t(), torch.bfloat16),
+        ("fp8 1x128.128x128 ->fp32", sbt.t(), torch.float32),
+    ):
         try:
             res[name] = bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa.t(), scale_b=scale_b, out_dtype=od), rep)
         except Exception as exc:
@@ -259,11 +321,19 @@ def main():
     ap.add_argument("--tune", action="store_true", help="sweep the quantizer's launch choices first")
     ap.add_argument("--no-baselines", action="store_true", help="skip the fp8 baselines (torchao / _scaled_mm)")
     ap.add_argument("--shapes", nargs="*", default=None, help="subset of q/o k/v up/gate down")
-    ap.add_argument("--tile-b", nargs="*", default=["none"], choices=["none", "forward", "weights", "all"],
-                    help="[quantize.linear.mx.kernels] tile_b settings to time the AdaHOP linear with")
-    ap.add_argument("--sync-every-gemm", action="store_true",
-                    help="time the AdaHOP linear with its per-GEMM deficient-block sync (default: as in training, "
-                         "the check deferred to once per timed call, adahop.kernels.deferred)")
+    ap.add_argument(
+        "--tile-b",
+        nargs="*",
+        default=["none"],
+        choices=["none", "forward", "weights", "all"],
+        help="[quantize.linear.mx.kernels] tile_b settings to time the AdaHOP linear with",
+    )
+    ap.add_argument(
+        "--sync-every-gemm",
+        action="store_true",
+        help="time the AdaHOP linear with its per-GEMM deficient-block sync (default: as in training, "
+        "the check deferred to once per timed call, adahop.kernels.deferred)",
+    )
     args = ap.parse_args()
 
     from adahop.kernels import gemm
@@ -294,7 +364,10 @@ def main():
     if not args.skip_bandwidth:
         results["bandwidth_16384x4096"] = quantizer_bandwidth(16384, 4096, dev, args.rep)
         results["gemm_only_16384x14336x4096"] = gemm_only(16384, 14336, 4096, dev, args.rep)
-        print(json.dumps({k: results[k] for k in ("bandwidth_16384x4096", "gemm_only_16384x14336x4096")}, indent=1), flush=True)
+        print(
+            json.dumps({k: results[k] for k in ("bandwidth_16384x4096", "gemm_only_16384x14336x4096")}, indent=1),
+            flush=True,
+        )
 
     for model in args.models:
         for T in args.tokens:
@@ -303,7 +376,9 @@ def main():
                     continue
                 if args.shapes and sname not in args.shapes:
                     continue
-                x = (torch.randn(T, fin, device=dev) * (1 + 29 * (torch.rand(fin, device=dev) < 0.005))).to(torch.bfloat16)
+                x = (torch.randn(T, fin, device=dev) * (1 + 29 * (torch.rand(fin, device=dev) < 0.005))).to(
+                    torch.bfloat16
+                )
                 x.requires_grad_()
                 w = torch.nn.Parameter((torch.randn(fout, fin, device=dev) / fin**0.5).to(torch.bfloat16))
                 gy = torch.randn(T, fout, device=dev, dtype=torch.bfloat16)
@@ -315,13 +390,16 @@ def main():
                 for mode in args.modes:
                     for sr in args.sr:
                         for tile in args.tile_b:
-                            name = f"{SHORT[mode]}{'+sr' if sr == '1' else ''}{'' if tile == 'none' else '+tile_' + tile}"
+                            name = (
+                                f"{SHORT[mode]}{'+sr' if sr == '1' else ''}{'' if tile == 'none' else '+tile_' + tile}"
+                            )
                             impls[name] = (
                                 lambda x, w=w, m=mode, s=sr == "1", t=tile: mxfp4_linear(
-                                    x, w, forward_y=m, backward_gx=m, backward_gw=m, use_sr_grad=s, tile_b=t),
+                                    x, w, forward_y=m, backward_gx=m, backward_gw=m, use_sr_grad=s, tile_b=t
+                                ),
                                 [w],
                             )
-                adahop_impls = set(list(impls)[-len(args.modes) * len(args.sr) * len(args.tile_b):])
+                adahop_impls = set(list(impls)[-len(args.modes) * len(args.sr) * len(args.tile_b) :])
                 cuda_dev = torch.device("cuda", torch.cuda.current_device())
                 for name, (fn, params) in impls.items():
                     try:
@@ -352,7 +430,9 @@ def main():
 
 
 def print_tables(results):
-    print(f"\n## {results['device']}  {results['date']}  torch {results['torch']}  triton {results['triton']}  torchao {results['torchao']}")
+    print(
+        f"\n## {results['device']}  {results['date']}  torch {results['torch']}  triton {results['triton']}  torchao {results['torchao']}"
+    )
     bw = results.get("bandwidth_16384x4096")
     if bw:
         print("\n| quantizer case (16384x4096 bf16) | ms | GB/s | of copy |\n| --- | --- | --- | --- |")

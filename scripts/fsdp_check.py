@@ -26,11 +26,11 @@ def read_run(path: Path) -> dict:
     for line in text.splitlines():
         m = RANK.match(line)
         rank = int(m.group(1)) if m else 0
-        if (d := DIGEST.search(line)):
+        if d := DIGEST.search(line):
             digests.setdefault(rank, []).append(d.group(1))
-        elif (v := VAL.search(line)):
+        elif v := VAL.search(line):
             val.setdefault(rank, {})[int(v.group(1))] = float(v.group(2))
-        elif (t := TRAIN.search(line)):
+        elif t := TRAIN.search(line):
             s, loss, mem, tps = t.groups()
             recs.setdefault(rank, {})[int(s)] = (float(loss), float(mem), int(tps.replace(",", "")))
     return {"recs": recs, "val": val, "digests": digests, "text": text}
@@ -57,7 +57,9 @@ def main():
         print("```\n" + (logs / "exits.txt").read_text().strip() + "\n```\n")
     after = a.cal + 5
     print(f"Tokens/s per GPU: mean of the rank-0 log lines after step {after}; total = per GPU x GPUs.\n")
-    print("| run | GPUs | local batch | steps | tokens/s per GPU | total tokens/s | peak memory GiB (rank 0) | loss, last step | validation loss |")
+    print(
+        "| run | GPUs | local batch | steps | tokens/s per GPU | total tokens/s | peak memory GiB (rank 0) | loss, last step | validation loss |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     total = {}
     for name, n in NGPU.items():
@@ -69,36 +71,50 @@ def main():
         tps = sum(v[2] for v in late) / len(late)
         total[name] = tps * n
         vals = runs[name]["val"].get(0, {})
-        print(f"| {name} | {n} | {8 // n} | {max(r0)} | {tps:.0f} | {tps * n:.0f} | {max(v[1] for v in r0.values()):.2f} | "
-              f"{r0[max(r0)][0]:.4f} | {vals[max(vals)] if vals else float('nan'):.4f} |")
+        print(
+            f"| {name} | {n} | {8 // n} | {max(r0)} | {tps:.0f} | {tps * n:.0f} | {max(v[1] for v in r0.values()):.2f} | "
+            f"{r0[max(r0)][0]:.4f} | {vals[max(vals)] if vals else float('nan'):.4f} |"
+        )
     print()
     for kind in ("bf16", "adahop"):
         if f"{kind}_1gpu" in total and f"{kind}_2gpu" in total:
-            print(f"- scaling {kind}, 1 -> 2 GPUs at the same global batch: {total[f'{kind}_2gpu'] / total[f'{kind}_1gpu']:.2f}x total tokens/s")
+            print(
+                f"- scaling {kind}, 1 -> 2 GPUs at the same global batch: {total[f'{kind}_2gpu'] / total[f'{kind}_1gpu']:.2f}x total tokens/s"
+            )
     for n in ("1gpu", "2gpu"):
         if f"adahop_{n}" in total and f"bf16_{n}" in total:
             print(f"- AdaHOP vs BF16 on {n}: {total[f'adahop_{n}'] / total[f'bf16_{n}']:.2f}x tokens/s")
     print()
     d2 = runs["adahop_2gpu"]["digests"]
-    print(f"- plan digests, adahop_2gpu, per rank: {d2}; identical across ranks: "
-          f"{len({v[-1] for v in d2.values()}) == 1 and len(d2) == 2}")
+    print(
+        f"- plan digests, adahop_2gpu, per rank: {d2}; identical across ranks: "
+        f"{len({v[-1] for v in d2.values()}) == 1 and len(d2) == 2}"
+    )
     for name in ("adahop_resume", "one_resumed", "adahop_1gpu"):
         print(f"- plan digests, {name}: {runs[name]['digests']}")
     steps = range(1, 2 * a.half + 1)
     for kind in ("bf16", "adahop"):
-        print(f"- loss, {kind} 1 GPU x 8 vs 2 GPUs x 4: "
-              f"{diffs(runs[f'{kind}_1gpu']['recs'].get(0, {}), runs[f'{kind}_2gpu']['recs'].get(0, {}), steps)}")
+        print(
+            f"- loss, {kind} 1 GPU x 8 vs 2 GPUs x 4: "
+            f"{diffs(runs[f'{kind}_1gpu']['recs'].get(0, {}), runs[f'{kind}_2gpu']['recs'].get(0, {}), steps)}"
+        )
     base = runs["adahop_2gpu"]["recs"].get(0, {})
-    print(f"- resume on 2 GPUs from step {a.half} vs uninterrupted: "
-          f"{diffs(runs['adahop_resume']['recs'].get(0, {}), base, range(a.half + 1, 2 * a.half + 1))}")
+    print(
+        f"- resume on 2 GPUs from step {a.half} vs uninterrupted: "
+        f"{diffs(runs['adahop_resume']['recs'].get(0, {}), base, range(a.half + 1, 2 * a.half + 1))}"
+    )
     r1 = runs["adahop_2gpu"]["recs"].get(1, {})
     print(f"- rank 1 vs rank 0 logged loss, adahop_2gpu: {diffs(base, r1, steps)}")
     refused = runs["one_refused"]["text"]
     err = [ln for ln in refused.splitlines() if "ConfigError" in ln or "invalid config" in ln]
-    print(f"- 2-GPU checkpoint resumed on 1 GPU: {'refused: ' + err[-1].strip() if err else 'NOT refused'}"
-          f"; training steps logged: {len(runs['one_refused']['recs'].get(0, {}))}")
-    print(f"- ... with --checkpoint.exclude_from_loading dataloader: "
-          f"{diffs(runs['one_resumed']['recs'].get(0, {}), base, range(a.half + 1, a.half + 6))} (vs the 2-GPU run; other data)")
+    print(
+        f"- 2-GPU checkpoint resumed on 1 GPU: {'refused: ' + err[-1].strip() if err else 'NOT refused'}"
+        f"; training steps logged: {len(runs['one_refused']['recs'].get(0, {}))}"
+    )
+    print(
+        f"- ... with --checkpoint.exclude_from_loading dataloader: "
+        f"{diffs(runs['one_resumed']['recs'].get(0, {}), base, range(a.half + 1, a.half + 6))} (vs the 2-GPU run; other data)"
+    )
     for name in NGPU:
         r0 = runs[name]["recs"].get(0, {})
         if r0:

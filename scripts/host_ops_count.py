@@ -122,8 +122,11 @@ def count_linear(mode: str, tokens: int, features: int, by_op: dict | None = Non
         gemm._scaled_mm_parts = parts
         if dev == "cpu":
             backend.fast_device = lambda device: True
-        with kernels_replaced(lambda jit: _CountedKernel(jit, counts)), deferred.deferred_check(torch.device(dev)), \
-                counts:
+        with (
+            kernels_replaced(lambda jit: _CountedKernel(jit, counts)),
+            deferred.deferred_check(torch.device(dev)),
+            counts,
+        ):
             y = mxfp4_linear(x, w, forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=16)
             fwd = counts.snapshot()
             if by_op is not None:
@@ -155,8 +158,10 @@ def main(argv=None) -> int:
     if args.ops:
         for mode, by_op in listed:
             ops = {name: (by_op["fwd"].get(name, 0), n - by_op["fwd"].get(name, 0)) for name, n in by_op["all"].items()}
-            print(f"\n{mode}, aten ops forward / backward: " + ", ".join(
-                f"{name} {f}/{b}" for name, (f, b) in sorted(ops.items(), key=lambda kv: -sum(kv[1]))))
+            print(
+                f"\n{mode}, aten ops forward / backward: "
+                + ", ".join(f"{name} {f}/{b}" for name, (f, b) in sorted(ops.items(), key=lambda kv: -sum(kv[1])))
+            )
     return 0
 
 

@@ -31,7 +31,9 @@ def operands(case: str, tokens: int, dim: int, seed: int):
     w = torch.randn(dim, dim, generator=gen) / dim**0.5
     g = torch.randn(tokens, dim, generator=gen)
     idx = torch.randperm(dim, generator=gen)[:8]
-    target, axis = {"x_col": (x, 1), "x_row": (x, 0), "g_row": (g, 0), "g_col": (g, 1), "w_col": (w, 1)}.get(case, (None, 0))
+    target, axis = {"x_col": (x, 1), "x_row": (x, 0), "g_row": (g, 0), "g_col": (g, 1), "w_col": (w, 1)}.get(
+        case, (None, 0)
+    )
     if target is not None:
         if axis == 0:
             target[idx] *= 30

@@ -71,7 +71,9 @@ def main():
         for count in COUNTS:
             for strength in STRENGTHS:
                 results = [
-                    pattern_scores(planted(s, direction, count, strength, gen)) for s in SHAPES for _ in range(args.trials)
+                    pattern_scores(planted(s, direction, count, strength, gen))
+                    for s in SHAPES
+                    for _ in range(args.trials)
                 ]
                 hits = [sum(label(r, t) == direction for r in results) / len(results) for t in THRESHOLDS]
                 print(f"| {count} {direction}(s) | x{strength} | " + " | ".join(f"{h:.2f}" for h in hits) + " |")

@@ -26,9 +26,12 @@ from adahop.checkpoint_io import build_model, load_job_config  # noqa: E402
 
 # cuBLAS names its fp8 kernels nvjet_sm90_<q|r><q|r>tst_... (q: e4m3, r: e5m2 operands; blockwise ones add
 # _Avec128_Bvec128); its bf16 kernels nvjet_sm90_tst_...; other nvjet/xmma kernels are bf16
-GROUPS = (("quantize (triton)", ("_quantize_kernel", "_reencode_kernel")),
-          ("fp8 GEMM", ("qqtst", "qrtst", "rqtst", "vec128", "e4m3")),
-          ("bf16 GEMM", ("gemm", "sm90_xmma", "cutlass", "nvjet")), ("attention", ("sdpa", "flash", "attention")))
+GROUPS = (
+    ("quantize (triton)", ("_quantize_kernel", "_reencode_kernel")),
+    ("fp8 GEMM", ("qqtst", "qrtst", "rqtst", "vec128", "e4m3")),
+    ("bf16 GEMM", ("gemm", "sm90_xmma", "cutlass", "nvjet")),
+    ("attention", ("sdpa", "flash", "attention")),
+)
 
 
 def group_of(name: str) -> str:
@@ -55,6 +58,7 @@ def step_fn(model, tokens, deferred_device=None):
         with deferred.deferred_check(deferred_device):
             once()
             deferred.raise_if_deficient()
+
     return run
 
 
@@ -134,13 +138,17 @@ def main():
     adahop_s = timed(run, args.steps, sync)
     say = print if rank == 0 else (lambda *a, **k: None)  # rank 0 reports
     ntok = args.batch * args.seq
-    say(f"model {job.model.flavor}, batch {args.batch} x {args.seq} per rank, device {device}, "
-          f"{'FSDP2 over ' + str(torch.distributed.get_world_size()) + ' ranks' if args.fsdp else 'one device'}, "
-          f"plan {args.plan or 'all hadamard'}")
+    say(
+        f"model {job.model.flavor}, batch {args.batch} x {args.seq} per rank, device {device}, "
+        f"{'FSDP2 over ' + str(torch.distributed.get_world_size()) + ' ranks' if args.fsdp else 'one device'}, "
+        f"plan {args.plan or 'all hadamard'}"
+    )
     say("| recipe | ms / step | tokens/s | vs BF16 |\n| --- | --- | --- | --- |")
     say(f"| bf16 | {1e3 * bf16_s:.1f} | {ntok / bf16_s:.0f} | 1.00x |")
     say(f"| adahop, sync per GEMM | {1e3 * sync_s:.1f} | {ntok / sync_s:.0f} | {bf16_s / sync_s:.2f}x |")
-    say(f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n")
+    say(
+        f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n"
+    )
 
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
@@ -156,8 +164,10 @@ def main():
     groups: dict[str, float] = {}
     for e in kernels:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + getattr(e, attr) / 1e6
-    say(f"profiled {args.steps} AdaHOP steps: wall {1e3 * wall:.1f} ms, kernel time {1e3 * total:.1f} ms, "
-          f"GPU busy {100 * total / wall:.0f}%")
+    say(
+        f"profiled {args.steps} AdaHOP steps: wall {1e3 * wall:.1f} ms, kernel time {1e3 * total:.1f} ms, "
+        f"GPU busy {100 * total / wall:.0f}%"
+    )
     say("| group | ms / step | share of kernel time |\n| --- | --- | --- |")
     for g, t in sorted(groups.items(), key=lambda kv: -kv[1]):
         say(f"| {g} | {1e3 * t / args.steps:.2f} | {100 * t / total:.0f}% |")

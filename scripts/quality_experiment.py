@@ -81,7 +81,7 @@ def _content_sha256(path: str, mtime_ns: int, size: int) -> str:
 
     path = Path(path)
     h = hashlib.sha256()
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
@@ -94,13 +94,28 @@ def signature(config: str, recipe: str, extra: list[str]) -> dict:
     data = _dataset_path(cfg, extra)
     if data is not None and not data.is_absolute():
         data = REPO / data
-    return {"config": config, "config_sha256": _sha256(cfg), "recipe": RECIPES[recipe], "extra": list(extra),
-            "data_sha256": _sha256(data) if data is not None and data.is_file() else "embedded"}
+    return {
+        "config": config,
+        "config_sha256": _sha256(cfg),
+        "recipe": RECIPES[recipe],
+        "extra": list(extra),
+        "data_sha256": _sha256(data) if data is not None and data.is_file() else "embedded",
+    }
 
 
 def command(config: str, recipe: str, out: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "adahop.train", "--job.config_file", config, "--job.dump_folder",
-            str(out / recipe), "--metrics.disable_color_printing", *RECIPES[recipe], *extra]
+    return [
+        sys.executable,
+        "-m",
+        "adahop.train",
+        "--job.config_file",
+        config,
+        "--job.dump_folder",
+        str(out / recipe),
+        "--metrics.disable_color_printing",
+        *RECIPES[recipe],
+        *extra,
+    ]
 
 
 def display_command(config: str, recipe: str, out: Path, extra: list[str]) -> str:
@@ -113,8 +128,12 @@ def parse(log_text: str) -> dict:
     train = {int(s): (float(v), int(t.replace(",", ""))) for s, v, t in TRAIN.findall(text)}
     val = {int(s): float(v) for s, v in VAL.findall(text)}
     plans = PLAN.findall(text)
-    return {"train": {s: v for s, (v, _) in train.items()}, "tps": {s: t for s, (_, t) in train.items()},
-            "validation": val, "plan": plans[-1][1] if plans else None}
+    return {
+        "train": {s: v for s, (v, _) in train.items()},
+        "tps": {s: t for s, (_, t) in train.items()},
+        "validation": val,
+        "plan": plans[-1][1] if plans else None,
+    }
 
 
 def launch(config: str, recipe: str, out: Path, extra: list[str], gpu: str | None = None) -> subprocess.Popen:
@@ -127,11 +146,14 @@ def launch(config: str, recipe: str, out: Path, extra: list[str], gpu: str | Non
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     log = (run_dir / "train.log").open("a")
-    log.write(f"\n#### {time.strftime('%Y-%m-%d %H:%M:%S')} GPU {gpu} {' '.join(command(config, recipe, out, extra))}\n")
+    log.write(
+        f"\n#### {time.strftime('%Y-%m-%d %H:%M:%S')} GPU {gpu} {' '.join(command(config, recipe, out, extra))}\n"
+    )
     log.flush()
     with log:  # the child keeps its own descriptor
-        return subprocess.Popen(command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen(
+            command(config, recipe, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def finish(recipe: str, out: Path, returncode: int, meta: dict | None = None) -> dict | None:
@@ -161,9 +183,11 @@ def load_done(config: str, recipe: str, out: Path, extra: list[str]) -> dict | N
     if stored != now:
         differs = sorted(k for k in now if stored is None or stored.get(k) != now[k])
         detail = "; ".join(f"{k}: stored {(stored or {}).get(k)!r}, now {now[k]!r}" for k in differs)
-        raise StaleResult(f"{done} was written by another experiment (differs in: {', '.join(differs)}; "
-                          f"{detail}); move it away to run {recipe} again, or use another --out (or, for "
-                          "--report-only, pass the runs' own extra overrides)")
+        raise StaleResult(
+            f"{done} was written by another experiment (differs in: {', '.join(differs)}; "
+            f"{detail}); move it away to run {recipe} again, or use another --out (or, for "
+            "--report-only, pass the runs' own extra overrides)"
+        )
     return result
 
 
@@ -194,9 +218,13 @@ def run_all(config: str, recipes: list[str], out: Path, extra: list[str], slots:
             if proc.poll() is not None:
                 del running[r]
                 free.append(slot)
-                meta = {"signature": signature(config, r, extra), "device": _device_name(),
-                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": round(time.time() - t0),
-                        "command": display_command(config, r, out, extra)}
+                meta = {
+                    "signature": signature(config, r, extra),
+                    "device": _device_name(),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "wall_s": round(time.time() - t0),
+                    "command": display_command(config, r, out, extra),
+                }
                 res = finish(r, out, proc.returncode, meta)
                 if res is not None:
                     results[r] = res
@@ -239,16 +267,24 @@ def _plot(results: dict[str, dict], png: Path) -> None:
     plt.close(fig)
 
 
-def write_report(path: Path, results: dict[str, dict], commands: dict[str, str], device: str,
-                 pending: list[str] = (), notes: Path | None = None) -> None:
+def write_report(
+    path: Path,
+    results: dict[str, dict],
+    commands: dict[str, str],
+    device: str,
+    pending: list[str] = (),
+    notes: Path | None = None,
+) -> None:
     png = path.with_suffix(".png")
     if results:
         _plot(results, png)
     base = _last(results["bf16"]["validation"]) if "bf16" in results else math.nan
     lines = [
-        "# Quality: BF16 vs MXFP4 recipes on real text", "",
+        "# Quality: BF16 vs MXFP4 recipes on real text",
+        "",
         f"Written by `scripts/quality_experiment.py` on {time.strftime('%Y-%m-%d')} from the finished recipes "
-        f"(this machine: {device}; each run's own device and date are in the table).", "",
+        f"(this machine: {device}; each run's own device and date are in the table).",
+        "",
         "| recipe | steps | final train loss | last val loss (step) | val perplexity | val gap to BF16 | best val loss (step) "
         "| tokens/s (last log) | device, date |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -261,9 +297,11 @@ def write_report(path: Path, results: dict[str, dict], commands: dict[str, str],
         finite = {int(s): x for s, x in res["validation"].items() if x == x}
         best = f"{min(finite.values()):.4f} ({min(finite, key=finite.get)})" if finite else "-"
         meta = res.get("meta", {})
-        lines.append(f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} ({v_step}) | {math.exp(v) if v == v else math.nan:.2f} | "
-                     f"{gap} | {best} | {_last(res['tps']) if res['tps'] else '-'} | "
-                     f"{meta.get('device', '?')}, {meta.get('date', '?')} |")
+        lines.append(
+            f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} ({v_step}) | {math.exp(v) if v == v else math.nan:.2f} | "
+            f"{gap} | {best} | {_last(res['tps']) if res['tps'] else '-'} | "
+            f"{meta.get('device', '?')}, {meta.get('date', '?')} |"
+        )
     if pending:
         lines += ["", f"Not finished yet: {', '.join(pending)}."]
     lines += (["", f"![loss curves]({png.name})"] if results else []) + ["", "## AdaHOP plans", ""]
@@ -285,10 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", default="", help="e.g. 0,1: pin runs to these GPUs, --parallel runs on each")
     p.add_argument("--report", default="docs/quality.md")
     p.add_argument("--device", default=None, help="device description for the report (default: detected)")
-    p.add_argument("--notes", default="docs/quality/notes.md",
-                   help="markdown appended to the report as it is (what the runs showed; skipped if missing)")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: write the report from the recipes that have a done.json")
+    p.add_argument(
+        "--notes",
+        default="docs/quality/notes.md",
+        help="markdown appended to the report as it is (what the runs showed; skipped if missing)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report from the recipes that have a done.json",
+    )
     args, extra = p.parse_known_args(argv)
     requested = list(args.recipes)
     out = Path(args.out)
@@ -325,10 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         print("[quality] no recipe finished", file=sys.stderr)
         return 1
     device = args.device or _device_name()
-    commands = {r: res.get("meta", {}).get("command") or display_command(args.config, r, out, extra)
-                for r, res in results.items()}
-    write_report(Path(args.report), results, commands, device, [r for r in requested if r not in results],
-                 Path(args.notes) if args.notes else None)
+    commands = {
+        r: res.get("meta", {}).get("command") or display_command(args.config, r, out, extra)
+        for r, res in results.items()
+    }
+    write_report(
+        Path(args.report),
+        results,
+        commands,
+        device,
+        [r for r in requested if r not in results],
+        Path(args.notes) if args.notes else None,
+    )
     print(f"[quality] report: {args.report}" + ("" if results else " (no recipe finished yet)"))
     return 0 if len(results) == len(args.recipes) else 1
 

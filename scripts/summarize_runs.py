@@ -32,19 +32,26 @@ def main():
         late = [r for r in recs if r[0] > a.after and (a.until is None or r[0] <= a.until)] or recs[-1:]
         vals = VAL.findall(text)
         rows[name] = dict(
-            tps=sum(r[3] for r in late) / len(late), mem=max(r[2] for r in recs), last=recs[-1][0],
-            loss=recs[-1][1], val=float(vals[-1][1]) if vals else float("nan"),
+            tps=sum(r[3] for r in late) / len(late),
+            mem=max(r[2] for r in recs),
+            last=recs[-1][0],
+            loss=recs[-1][1],
+            val=float(vals[-1][1]) if vals else float("nan"),
             curve=" ".join(f"{s}:{l:.2f}" for s, l, _, _ in recs),
         )
     if not rows:
         print("no run logged a training step")
         return
     base = next(iter(rows.values()))
-    print(f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first | train loss, last step | validation loss |")
+    print(
+        f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first | train loss, last step | validation loss |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
-        print(f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f}x | {r['mem']:.2f} | "
-              f"{r['mem'] / base['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} |")
+        print(
+            f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f}x | {r['mem']:.2f} | "
+            f"{r['mem'] / base['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} |"
+        )
     print()
     for name, r in rows.items():
         print(f"loss curve {name}: {r['curve']}")

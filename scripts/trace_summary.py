@@ -46,8 +46,14 @@ def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
     # a CUDA trace holds each ProfilerStep#N twice: the host span and its copy on the GPU timeline
     # ("gpu_user_annotation"); counting both halves every per-step figure
-    steps = sorted((e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")
-                    and e.get("cat") != "gpu_user_annotation"), key=lambda e: e["ts"])
+    steps = sorted(
+        (
+            e
+            for e in events
+            if str(e.get("name", "")).startswith("ProfilerStep#") and e.get("cat") != "gpu_user_annotation"
+        ),
+        key=lambda e: e["ts"],
+    )
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     cpu_ops = [e for e in events if e.get("cat") == "cpu_op"]
     if not steps:
@@ -58,9 +64,13 @@ def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if e["ts"] >= t0]
     busy = union_length(spans)
     wall = t1 - t0
-    lines = [f"{n} profiled steps ({', '.join(e['name'] for e in steps)}): {wall / 1e3 / n:.1f} ms per step "
-             f"(first step start to last kernel end), kernel time {sum(b - a for a, b in spans) / 1e3 / n:.1f} ms "
-             f"per step, GPU busy {100 * busy / wall:.0f}%" if wall > 0 else f"{n} profiled steps, empty span"]
+    lines = [
+        f"{n} profiled steps ({', '.join(e['name'] for e in steps)}): {wall / 1e3 / n:.1f} ms per step "
+        f"(first step start to last kernel end), kernel time {sum(b - a for a, b in spans) / 1e3 / n:.1f} ms "
+        f"per step, GPU busy {100 * busy / wall:.0f}%"
+        if wall > 0
+        else f"{n} profiled steps, empty span"
+    ]
     groups: dict[str, float] = {}
     for e in kernels:
         if e["ts"] >= t0:
@@ -68,12 +78,17 @@ def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
     if groups:
         total = sum(groups.values())
         lines += ["", "| kernel group | ms / step | share |", "| --- | --- | --- |"]
-        lines += [f"| {g} | {t / 1e3 / n:.2f} | {100 * t / total:.0f}% |"
-                  for g, t in sorted(groups.items(), key=lambda kv: -kv[1])]
+        lines += [
+            f"| {g} | {t / 1e3 / n:.2f} | {100 * t / total:.0f}% |"
+            for g, t in sorted(groups.items(), key=lambda kv: -kv[1])
+        ]
         gaps = idle_gaps(spans)
         big = [g for g in gaps if g >= 1000]
-        lines += ["", f"GPU idle gaps: {len(gaps) / n:.1f} per step, {sum(gaps) / 1e3 / n:.2f} ms per step; "
-                      f"{len(big) / n:.1f} per step of 1 ms or more, {sum(big) / 1e3 / n:.2f} ms per step"]
+        lines += [
+            "",
+            f"GPU idle gaps: {len(gaps) / n:.1f} per step, {sum(gaps) / 1e3 / n:.2f} ms per step; "
+            f"{len(big) / n:.1f} per step of 1 ms or more, {sum(big) / 1e3 / n:.2f} ms per step",
+        ]
     if kernel_rows:
         by_kernel: dict[str, list[float]] = {}
         for e in kernels:

@@ -33,9 +33,22 @@ DEFICIENT_EVENTS = [e for e in os.environ.get("ADAHOP_DEBUG_DEFICIENT_AT_STEP", 
 KILL_AT = os.environ.get("ADAHOP_DEBUG_KILL_AT_STEP")
 COUNT_COLLECTIVES = os.environ.get("ADAHOP_DEBUG_COUNT_COLLECTIVES") == "1"
 
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
-               "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
-               "all_to_all_single", "gather", "scatter", "barrier")
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "gather",
+    "scatter",
+    "barrier",
+)
 CALLS: Counter = Counter()  # this step's counts (COUNT_COLLECTIVES)
 
 
@@ -67,9 +80,13 @@ class DebugTrainer(AdaHOPTrainer):
         device = super()._deferred_check_device()
         if device is None and DEFICIENT_EVENTS and self.step > self._sync_until_step:
             return self.device  # the CPU stand-in of the GPU path's deferred check
-        if (device is None and COUNT_COLLECTIVES and self.adahop_converters and self.step > self._sync_until_step
-                and not any(c.mx.kernels.exactness_check == "per_gemm" or self._observes(c)
-                            for c in self.adahop_converters)):
+        if (
+            device is None
+            and COUNT_COLLECTIVES
+            and self.adahop_converters
+            and self.step > self._sync_until_step
+            and not any(c.mx.kernels.exactness_check == "per_gemm" or self._observes(c) for c in self.adahop_converters)
+        ):
             return self.device  # the steps where the GPU fast path defers its check
         return device
 
@@ -92,9 +109,11 @@ class DebugTrainer(AdaHOPTrainer):
         calibrating = any(c.calibrator.calibrating for c in self.adahop_converters)
         super().train_step(data_iterator)
         if COUNT_COLLECTIVES:
-            logger.info(f"[adahop-debug] step {self.step}: microbatches {CALLS['microbatches']}, exactness "
-                        f"all_reduce {CALLS['exactness']}, plan collectives {CALLS['plan']}, "
-                        f"calibrating {int(calibrating)}")
+            logger.info(
+                f"[adahop-debug] step {self.step}: microbatches {CALLS['microbatches']}, exactness "
+                f"all_reduce {CALLS['exactness']}, plan collectives {CALLS['plan']}, "
+                f"calibrating {int(calibrating)}"
+            )
         if KILL_AT and self.step == int(KILL_AT):
             logger.warning(f"[adahop] ADAHOP_DEBUG_KILL_AT_STEP={KILL_AT}: killing rank now")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -81,7 +81,11 @@ def test_causal_mask_matches_sdpa_when_queries_and_keys_differ():
     import adahop.attention as att
 
     g = torch.Generator().manual_seed(2)
-    q, k, v = torch.randn(1, 1, 32, 32, generator=g), torch.randn(1, 1, 64, 32, generator=g), torch.randn(1, 1, 64, 32, generator=g)
+    q, k, v = (
+        torch.randn(1, 1, 32, 32, generator=g),
+        torch.randn(1, 1, 64, 32, generator=g),
+        torch.randn(1, 1, 64, 32, generator=g),
+    )
     identity = lambda t, axis, rounding="nearest", hadamard=None: t.float()  # noqa: E731  (quantizer off)
     orig, att._q = att._q, identity
     try:

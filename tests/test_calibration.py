@@ -64,7 +64,11 @@ def test_votes_majority_plan_and_modes(tmp_path):
     assert not cal.calibrating
     plan = cal.plan
     l0, l1 = plan["layers"]["layers.0.w"], plan["layers"]["layers.1.w"]
-    assert (l0["labels"]["x"]["label"], l0["labels"]["w"]["label"], l0["labels"]["g"]["label"]) == ("col", "none", "row")
+    assert (l0["labels"]["x"]["label"], l0["labels"]["w"]["label"], l0["labels"]["g"]["label"]) == (
+        "col",
+        "none",
+        "row",
+    )
     assert l0["labels"]["x"]["votes"] == {"row": 0, "col": 3, "none": 0}
     assert l1["labels"]["x"]["label"] == "none" and l1["labels"]["x"]["votes"]["col"] == 1  # 2 of 3 say none
     keys = slot_pair_keys("col", "none", "row")
@@ -117,12 +121,21 @@ def test_state_dict_round_trip_mid_calibration_and_fixed():
 
 def test_plan_file_skips_calibration(tmp_path):
     layers = _layers()
-    plan = {"layers": {f: {"modes": {"forward_y": "full_precision", "backward_gx": "none",
-                                     "backward_gw": "inner_outlier_extract_right"}} for f in layers}}
+    plan = {
+        "layers": {
+            f: {
+                "modes": {
+                    "forward_y": "full_precision",
+                    "backward_gx": "none",
+                    "backward_gw": "inner_outlier_extract_right",
+                }
+            }
+            for f in layers
+        }
+    }
     p = tmp_path / "plan.json"
     write_json_atomic(str(p), plan)
-    cal = Calibrator(layers, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=5,
-                     plan_file=str(p))
+    cal = Calibrator(layers, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=5, plan_file=str(p))
     assert not cal.calibrating
     assert layers["layers.1.w"].modes["forward_y"] == "full_precision"
     assert cal.plan["source"].startswith("plan_file:")
@@ -152,8 +165,16 @@ def test_visualization_pngs(tmp_path):
     from adahop.visualize import render_patterns
 
     layers = _layers()
-    cal = Calibrator(layers, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=1,
-                     visualize=True, visualization_folder="pat", visualization_max_pixels=32)
+    cal = Calibrator(
+        layers,
+        table=dict(SEED_TABLE),
+        uniform_mode="hadamard",
+        calibrate=True,
+        steps=1,
+        visualize=True,
+        visualization_folder="pat",
+        visualization_max_pixels=32,
+    )
     cal.dump_folder = str(tmp_path)
     w = torch.randn(64, 64)
     for i in range(2):

@@ -48,8 +48,14 @@ def test_crafted_metadata_refused_by_every_cli(tmp_path, cli):
     marker = tmp_path / "ran"
     (step / ".metadata").write_bytes(pickle.dumps(RunsCommand(marker)))
     more = [a.format(tmp=tmp_path) for a in CLIS[cli]]
-    r = subprocess.run([sys.executable, "-m", cli, "--checkpoint_path", str(step), *more], cwd=REPO, env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", cli, "--checkpoint_path", str(step), *more],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     [line] = error_lines(r.stderr)
     assert f"refusing to load checkpoint {step}" in line and "posix.system" in line and "trust" in line

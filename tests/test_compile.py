@@ -20,10 +20,18 @@ def fresh_dynamo():
 
 def _block(modes, sr=False, randomized=False):
     torch.manual_seed(0)
-    kw = dict(forward_y=modes[0], backward_gx=modes[1], backward_gw=modes[2], use_sr_grad=sr,
-              randomized_hadamard=randomized, outlier_k=8, hadamard_seed=7)
-    return torch.nn.Sequential(AdaHOPLinear(64, 96, bias=False, **kw), torch.nn.SiLU(),
-                               AdaHOPLinear(96, 64, bias=True, **kw))
+    kw = dict(
+        forward_y=modes[0],
+        backward_gx=modes[1],
+        backward_gw=modes[2],
+        use_sr_grad=sr,
+        randomized_hadamard=randomized,
+        outlier_k=8,
+        hadamard_seed=7,
+    )
+    return torch.nn.Sequential(
+        AdaHOPLinear(64, 96, bias=False, **kw), torch.nn.SiLU(), AdaHOPLinear(96, 64, bias=True, **kw)
+    )
 
 
 def _step(model, x, seed):
@@ -44,8 +52,11 @@ def _inputs(dtype):
     return x.to(dtype)
 
 
-MODE_TRIPLES = [(m, m, m) for m in MODES] + [(OE_LEFT, OE_RIGHT, FULL_PRECISION), (NONE, FULL_PRECISION, OE_RIGHT),
-                                            (OE_RIGHT, OE_LEFT, HADAMARD)]
+MODE_TRIPLES = [(m, m, m) for m in MODES] + [
+    (OE_LEFT, OE_RIGHT, FULL_PRECISION),
+    (NONE, FULL_PRECISION, OE_RIGHT),
+    (OE_RIGHT, OE_LEFT, HADAMARD),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -94,8 +105,11 @@ def test_custom_ops_pass_opcheck(modes):
     keep_x = x.detach() if modes[2] == FULL_PRECISION else torch.empty(0)
     keep_w = w.detach() if modes[1] != OE_RIGHT else torch.empty(0)
     gy = torch.randn(80, 96)
-    torch.library.opcheck(linear_backward, (gy, keep_x, keep_w, saved, recipe.key, True, True, 64, torch.float32,
-                                            torch.float32), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        linear_backward,
+        (gy, keep_x, keep_w, saved, recipe.key, True, True, 64, torch.float32, torch.float32),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 def test_layers_of_the_same_modes_share_one_key():
@@ -103,7 +117,9 @@ def test_layers_of_the_same_modes_share_one_key():
     random-signs seed must share it, or every block would compile a graph of its own."""
     a, b = LinearRecipe(hadamard_seed=1), LinearRecipe(hadamard_seed=2)
     assert a.key == b.key and LinearRecipe.from_key(a.key).forward_y == HADAMARD
-    ra, rb = LinearRecipe(randomized_hadamard=True, hadamard_seed=1), LinearRecipe(randomized_hadamard=True,
-                                                                                   hadamard_seed=2)
+    ra, rb = (
+        LinearRecipe(randomized_hadamard=True, hadamard_seed=1),
+        LinearRecipe(randomized_hadamard=True, hadamard_seed=2),
+    )
     assert ra.key != rb.key and LinearRecipe.from_key(ra.key).hadamard_seed == 1
     assert LinearRecipe(forward_y=NONE).key != a.key

@@ -19,8 +19,11 @@ moe_mod = pytest.importorskip("torchtitan.models.moe.moe")
 IN, OUT = 64, 96
 COUNTS = [37, 0, 5, 64, 0, 1]  # ragged, empty, tiny, aligned
 PAD_ROWS = 7  # alignment padding after the last group
-MODE_TRIPLES = [(m, m, m) for m in MODES] + [(OE_LEFT, OE_RIGHT, FULL_PRECISION), (NONE, FULL_PRECISION, OE_RIGHT),
-                                            (OE_RIGHT, OE_LEFT, HADAMARD)]
+MODE_TRIPLES = [(m, m, m) for m in MODES] + [
+    (OE_LEFT, OE_RIGHT, FULL_PRECISION),
+    (NONE, FULL_PRECISION, OE_RIGHT),
+    (OE_RIGHT, OE_LEFT, HADAMARD),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +153,11 @@ def _experts(sr):
     ex = moe_mod.GroupedExperts(dim=IN, hidden_dim=OUT, num_experts=4, use_grouped_mm=False)
     with torch.no_grad():
         ex.init_weights(0.05)
-    modes = {"w1": (HADAMARD, OE_RIGHT, NONE), "w2": (OE_LEFT, HADAMARD, OE_RIGHT), "w3": (NONE, FULL_PRECISION, HADAMARD)}
+    modes = {
+        "w1": (HADAMARD, OE_RIGHT, NONE),
+        "w2": (OE_LEFT, HADAMARD, OE_RIGHT),
+        "w3": (NONE, FULL_PRECISION, HADAMARD),
+    }
     AdaHOPGroupedExperts.from_experts(ex, {n: LinearRecipe(*m, use_sr_grad=sr, outlier_k=4) for n, m in modes.items()})
     sizes = torch.tensor([40, 0, 13, 43])
     return ex, sizes, torch.randn(int(sizes.sum()) + 4, IN)
@@ -199,8 +206,11 @@ def test_grouped_ops_pass_opcheck(modes):
     keep_x = x if modes[2] == FULL_PRECISION else torch.empty(0)
     keep_w = w if modes[1] != OE_RIGHT else torch.empty(0)
     gy = torch.randn(x.shape[0], OUT)
-    torch.library.opcheck(grouped_backward, (gy, keep_x, keep_w, sizes, list(out[1:]), recipe.key, True, True, IN,
-                                             torch.float32, torch.float32), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        grouped_backward,
+        (gy, keep_x, keep_w, sizes, list(out[1:]), recipe.key, True, True, IN, torch.float32, torch.float32),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 # ------------------------------------------------------------------------------------------ attention
@@ -259,21 +269,27 @@ def test_attention_compiled_with_inductor_gives_the_eager_bits(sr):
 def test_attention_ops_pass_opcheck(causal):
     # [B, T, H, D] transposed to [B, H, T, D], as torchtitan's attention passes them: the gradients' strides are
     # the GEMMs' (contiguous), not the inputs'
-    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
-               for t in _qkv(torch.float32, tq=32, tk=96))
+    q, k, v = (
+        t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True) for t in _qkv(torch.float32, tq=32, tk=96)
+    )
     assert not q.is_contiguous()
     torch.library.opcheck(attention_forward, (q, k, v, 0.125, causal, 32, False))
     o, p = attention_forward(q.detach(), k.detach(), v.detach(), 0.125, causal, 32, False)
     for sr in (False, True):  # stochastic rounding draws anew each call: fake shapes and schema only
-        torch.library.opcheck(attention_backward, (torch.randn_like(o), q.detach(), k.detach(), v.detach(), p, 0.125,
-                                                   32, sr), test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(
+            attention_backward,
+            (torch.randn_like(o), q.detach(), k.detach(), v.detach(), p, 0.125, 32, sr),
+            test_utils=("test_schema", "test_faketensor"),
+        )
 
 
 # ------------------------------------------------------------------------------------------ GPU fast path
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
-                    reason="needs CUDA sm90+ (the fused quantizer and fp8 GEMMs)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+    reason="needs CUDA sm90+ (the fused quantizer and fp8 GEMMs)",
+)
 @pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
 @pytest.mark.parametrize("mode", MODES)
 def test_grouped_and_attention_compiled_with_inductor_on_the_fast_path(mode, sr):

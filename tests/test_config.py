@@ -83,13 +83,20 @@ def test_seed_readme_block_parses(seed_config):
 def test_cli_overrides_keep_working(tmp_path):
     p = tmp_path / "seed.toml"
     p.write_text(SEED_README_TOML)
-    c = parse([
-        "--job.config_file", str(p),
-        "--quantize.linear.mx.calibration.layer_transform_config.col-col", "hadamard",
-        "--quantize.linear.mx.calibration.calibration_steps", "7",
-        "--quantize.linear.mx.outlier_k", "16",
-        "--training.steps", "9",
-    ])
+    c = parse(
+        [
+            "--job.config_file",
+            str(p),
+            "--quantize.linear.mx.calibration.layer_transform_config.col-col",
+            "hadamard",
+            "--quantize.linear.mx.calibration.calibration_steps",
+            "7",
+            "--quantize.linear.mx.outlier_k",
+            "16",
+            "--training.steps",
+            "9",
+        ]
+    )
     mx = c.quantize.linear.mx
     assert mx.calibration.layer_transform_config["col-col"] == "hadamard"
     assert mx.calibration.layer_transform_config["row-none"] == "inner_outlier_extract_left"
@@ -107,26 +114,67 @@ def test_custom_config_module_added_once():
 @pytest.mark.parametrize(
     "mutate, key, value, allowed",
     [
-        (lambda mx, c: mx.calibration.layer_transform_config.__setitem__("row-row", "rotate"),
-         'layer_transform_config."row-row"', "rotate", "hadamard"),
-        (lambda mx, c: mx.calibration.layer_transform_config.__setitem__("diag-row", "hadamard"),
-         "layer_transform_config", "diag-row", "row-row"),
+        (
+            lambda mx, c: mx.calibration.layer_transform_config.__setitem__("row-row", "rotate"),
+            'layer_transform_config."row-row"',
+            "rotate",
+            "hadamard",
+        ),
+        (
+            lambda mx, c: mx.calibration.layer_transform_config.__setitem__("diag-row", "hadamard"),
+            "layer_transform_config",
+            "diag-row",
+            "row-row",
+        ),
         (lambda mx, c: setattr(mx, "recipe_name", "mxfp8_cublas"), "recipe_name", "mxfp8_cublas", "mxfp4_1d1d"),
-        (lambda mx, c: setattr(mx.calibration, "calibration_steps", 31) or setattr(c.training, "steps", 30),
-         "calibration_steps", "31", "training.steps = 30"),
-        (lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True) or setattr(c.parallelism, "expert_parallel_degree", 2),
-         "enable_mxfp4_gmm", "True", "expert_parallel_degree"),
-        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "enable_mxfp4_gmm", True),
-         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx.enable_mxfp4_gmm is on"),
-        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "enable_mxfp4_fa", True),
-         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx.enable_mxfp4_fa is on"),
-        (lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "quant_error_freq", 5),
-         "parallelism.tensor_parallel_degree", "2", "1 while quantize.linear.mx.quant_error_freq is on"),
-        (lambda mx, c: setattr(mx.calibration, "visualization_max_pixels", -1),
-         "calibration.visualization_max_pixels", "-1", "a positive integer"),
+        (
+            lambda mx, c: setattr(mx.calibration, "calibration_steps", 31) or setattr(c.training, "steps", 30),
+            "calibration_steps",
+            "31",
+            "training.steps = 30",
+        ),
+        (
+            lambda mx, c: setattr(mx, "enable_mxfp4_gmm", True) or setattr(c.parallelism, "expert_parallel_degree", 2),
+            "enable_mxfp4_gmm",
+            "True",
+            "expert_parallel_degree",
+        ),
+        (
+            lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "enable_mxfp4_gmm", True),
+            "parallelism.tensor_parallel_degree",
+            "2",
+            "1 while quantize.linear.mx.enable_mxfp4_gmm is on",
+        ),
+        (
+            lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "enable_mxfp4_fa", True),
+            "parallelism.tensor_parallel_degree",
+            "2",
+            "1 while quantize.linear.mx.enable_mxfp4_fa is on",
+        ),
+        (
+            lambda mx, c: setattr(c.parallelism, "tensor_parallel_degree", 2) or setattr(mx, "quant_error_freq", 5),
+            "parallelism.tensor_parallel_degree",
+            "2",
+            "1 while quantize.linear.mx.quant_error_freq is on",
+        ),
+        (
+            lambda mx, c: setattr(mx.calibration, "visualization_max_pixels", -1),
+            "calibration.visualization_max_pixels",
+            "-1",
+            "a positive integer",
+        ),
     ],
-    ids=["unknown-mode", "unknown-pair-key", "recipe", "calibration-steps", "gmm-ep", "tensor-parallel-gmm",
-         "tensor-parallel-fa", "tensor-parallel-qerr", "visualization-max-pixels"],
+    ids=[
+        "unknown-mode",
+        "unknown-pair-key",
+        "recipe",
+        "calibration-steps",
+        "gmm-ep",
+        "tensor-parallel-gmm",
+        "tensor-parallel-fa",
+        "tensor-parallel-qerr",
+        "visualization-max-pixels",
+    ],
 )
 def test_invalid_values_refused_with_key_value_allowed(seed_config, mutate, key, value, allowed):
     c = copy.deepcopy(seed_config)
@@ -154,11 +202,18 @@ def test_tensor_parallel_allowed_for_linears_or_when_nothing_is_converted(seed_c
     validate_mx(c)
 
 
-@pytest.mark.parametrize("key, value, enable", [
-    ("training.steps", -1, None), ("training.steps", 0, None), ("training.local_batch_size", 0, None),
-    ("training.seq_len", 0, None), ("metrics.log_freq", 0, None),
-    ("validation.freq", 0, "validation.enable"), ("checkpoint.interval", 0, "checkpoint.enable"),
-])
+@pytest.mark.parametrize(
+    "key, value, enable",
+    [
+        ("training.steps", -1, None),
+        ("training.steps", 0, None),
+        ("training.local_batch_size", 0, None),
+        ("training.seq_len", 0, None),
+        ("metrics.log_freq", 0, None),
+        ("validation.freq", 0, "validation.enable"),
+        ("checkpoint.interval", 0, "checkpoint.enable"),
+    ],
+)
 def test_upstream_values_below_their_minimum_refused_up_front(seed_config, key, value, enable):
     c = copy.deepcopy(seed_config)
     section, name = key.split(".")
@@ -268,8 +323,12 @@ def test_kernels_tile_b_is_typed_config_checked_before_training(seed_config):
     with pytest.raises(ConfigError) as e:
         validate_job_config(seed_config, check_model=False)
     assert "quantize.linear.mx.kernels.tile_b" in str(e.value) and "'1'" in str(e.value) and "weights" in str(e.value)
-    want = {"none": (False, False, False), "forward": (True, False, False), "weights": (True, True, False),
-            "all": (True, True, True)}
+    want = {
+        "none": (False, False, False),
+        "forward": (True, False, False),
+        "weights": (True, True, False),
+        "all": (True, True, True),
+    }
     for choice, slots in want.items():
         seed_config.quantize.linear.mx.kernels.tile_b = choice
         validate_job_config(seed_config, check_model=False)

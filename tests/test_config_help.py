@@ -40,8 +40,14 @@ def our_keys() -> dict[str, tuple[object, str]]:
 
 
 def test_every_field_has_a_docstring_and_it_is_the_help_text():
-    for cls in (config.Calibration, config.Kernels, config.MXLinear, config.QuantizedLinear, config.Quantize,
-                config.JobConfig):
+    for cls in (
+        config.Calibration,
+        config.Kernels,
+        config.MXLinear,
+        config.QuantizedLinear,
+        config.Quantize,
+        config.JobConfig,
+    ):
         docs = config._field_docstrings(cls)
         for f in dataclasses.fields(cls):
             assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
@@ -51,8 +57,9 @@ def test_every_field_has_a_docstring_and_it_is_the_help_text():
 @pytest.fixture(scope="module")
 def help_text() -> str:
     env = {**os.environ, "COLUMNS": "80"}  # one column of boxes: each key's text in one piece
-    r = subprocess.run([sys.executable, "-m", "adahop.train", "--help"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "adahop.train", "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 
@@ -64,7 +71,7 @@ def flat(text: str) -> str:
 def help_section(help_text: str, title: str) -> str:
     start = help_text.index(f"─ {title} options ")
     end = help_text.find("╭─", start)
-    return help_text[start:end if end > 0 else None]
+    return help_text[start : end if end > 0 else None]
 
 
 def help_entry(help_text: str, key: str) -> tuple[str, str]:
@@ -106,7 +113,7 @@ def docs_defaults() -> dict[str, object]:
 def test_help_and_docs_give_every_key_its_text_and_default(help_text):
     documented = docs_defaults()
     keys = our_keys()
-    assert set(keys) == set(documented), (set(keys) ^ set(documented))
+    assert set(keys) == set(documented), set(keys) ^ set(documented)
     for key, (default, doc) in keys.items():
         text, shown = help_entry(help_text, key)
         assert shown == help_default(default), (key, shown, default)

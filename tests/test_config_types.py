@@ -167,8 +167,10 @@ def test_right_types_pass(tmp_path):
 
     check_config_types(merged_config_cls()())
     p = tmp_path / "ok.toml"
-    p.write_text('[optimizer]\nlr = 1\n[training]\nmax_norm = 2\n[quantize.grouped_mm.mx]\nfqns = "experts"\n'
-                 '[quantize.linear.mx.calibration.layer_transform_config]\n"col-col" = "hadamard"\n')
+    p.write_text(
+        '[optimizer]\nlr = 1\n[training]\nmax_norm = 2\n[quantize.grouped_mm.mx]\nfqns = "experts"\n'
+        '[quantize.linear.mx.calibration.layer_transform_config]\n"col-col" = "hadamard"\n'
+    )
     check_config_file(args_for(p))
     validate_job_config(parse(args_for(p)), check_model=False)
     for shipped in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
@@ -182,12 +184,15 @@ def test_bool_is_no_int_and_int_is_a_float():
     assert matches("fused", Literal["fused", "foreach"]) and not matches("x", Literal["fused"])
 
 
-@pytest.mark.parametrize("text, key, expect", [
-    ("[training]\nstepz = 4\n", "training.stepz", "unknown key"),
-    ("[trainin]\nsteps = 4\n", "trainin", "the top level"),
-    ("training = 5\n", "training", "a table [training]"),
-    ("[quantize.linear.mx]\ncalibration = 3\n", "quantize.linear.mx.calibration", "a table"),
-])
+@pytest.mark.parametrize(
+    "text, key, expect",
+    [
+        ("[training]\nstepz = 4\n", "training.stepz", "unknown key"),
+        ("[trainin]\nsteps = 4\n", "trainin", "the top level"),
+        ("training = 5\n", "training", "a table [training]"),
+        ("[quantize.linear.mx]\ncalibration = 3\n", "quantize.linear.mx.calibration", "a table"),
+    ],
+)
 def test_unknown_keys_and_scalar_sections_refused(tmp_path, text, key, expect):
     p = tmp_path / "bad.toml"
     p.write_text(text)

@@ -20,11 +20,22 @@ from adahop.plan_wiring import wire
 def _job_config(**mx_overrides):
     from torchtitan.config import ConfigManager
 
-    c = ConfigManager().parse_args([
-        "--job.custom_config_module", "adahop.config", "--model.name", "adahop_llama3",
-        "--model.flavor", "nano", "--model.converters", "quantize.linear.mx", "--training.steps", "40",
-        "--training.seq_len", "64",
-    ])
+    c = ConfigManager().parse_args(
+        [
+            "--job.custom_config_module",
+            "adahop.config",
+            "--model.name",
+            "adahop_llama3",
+            "--model.flavor",
+            "nano",
+            "--model.converters",
+            "quantize.linear.mx",
+            "--training.steps",
+            "40",
+            "--training.seq_len",
+            "64",
+        ]
+    )
     mx = c.quantize.linear.mx
     mx_overrides = {"calibration.use_HT_calibration": True, **mx_overrides}
     for k, v in mx_overrides.items():
@@ -180,11 +191,19 @@ def test_quant_error_metric():
     conv = AdaHOPConverter(_job_config(quant_error_freq=1, quant_error_tokens=64), None)
     conv.convert(model)
     logged = []
-    wire(conv, [model], trainer=types.SimpleNamespace(step=1, metrics_processor=types.SimpleNamespace(
-        logger=types.SimpleNamespace(log=lambda m, s: logged.append((m, s))))))
+    wire(
+        conv,
+        [model],
+        trainer=types.SimpleNamespace(
+            step=1,
+            metrics_processor=types.SimpleNamespace(
+                logger=types.SimpleNamespace(log=lambda m, s: logged.append((m, s)))
+            ),
+        ),
+    )
     model(torch.randint(0, 8192, (2, 64))).float().logsumexp(-1).mean().backward()
     conv.post_optimizer_hook([model])
-    (metrics, step), = logged
+    ((metrics, step),) = logged
     assert step == 1
     for slot in ("forward_y", "backward_gx", "backward_gw"):
         v = metrics[f"adahop_qerr/{slot}/mean"]
@@ -211,8 +230,9 @@ def test_convert_swaps_modules_and_does_nothing_else(tmp_path):
     plan_file.write_text(json.dumps(plan))
     dump = tmp_path / "dump"
     dump.mkdir()
-    jc = _job_config(**{"calibration.use_HT_calibration": False, "calibration.plan_file": str(plan_file),
-                        "quant_error_freq": 2})
+    jc = _job_config(
+        **{"calibration.use_HT_calibration": False, "calibration.plan_file": str(plan_file), "quant_error_freq": 2}
+    )
     jc.job.dump_folder = str(dump)
     conv = AdaHOPConverter(jc, None)
     conv.convert(model)

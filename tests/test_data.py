@@ -50,9 +50,14 @@ def tokenizer():
 
 
 def test_embedded_assets_exist_and_are_small():
-    for p in (TRAIN_FILE, VALIDATION_FILE, ASSETS_DIR / "SOURCES.md", ASSETS_DIR / "stats.json",
-              Path(default_assets_path()) / "tokenizer.json",
-              Path(default_assets_path()) / "tokenizer_config.json"):
+    for p in (
+        TRAIN_FILE,
+        VALIDATION_FILE,
+        ASSETS_DIR / "SOURCES.md",
+        ASSETS_DIR / "stats.json",
+        Path(default_assets_path()) / "tokenizer.json",
+        Path(default_assets_path()) / "tokenizer_config.json",
+    ):
         assert p.is_file(), p
     total = sum(p.stat().st_size for p in ASSETS_DIR.rglob("*") if p.is_file())
     assert total < 15_000_000, f"assets are {total} bytes; keep them well below 15 MB"
@@ -85,13 +90,16 @@ def test_tokenizer_loads_in_torchtitan_with_bos_eos(tokenizer):
     assert ids[0] == 0 and ids[-1] == 1 and 0 not in ids[1:-1] and 1 not in ids[1:-1]
 
 
-@pytest.mark.parametrize("text", [
-    "It is a truth universally acknowledged, that a single man in possession of a good "
-    "fortune, must be in want of a wife.",
-    "In 1790, the President addressed Congress: “Fellow-Citizens of the Senate…” — 42%!",
-    "def f(x):\n    return x ** 2  # café, naïve, 東京, 😀\n\n\ttabs and  double  spaces ",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "It is a truth universally acknowledged, that a single man in possession of a good "
+        "fortune, must be in want of a wife.",
+        "In 1790, the President addressed Congress: “Fellow-Citizens of the Senate…” — 42%!",
+        "def f(x):\n    return x ** 2  # café, naïve, 東京, 😀\n\n\ttabs and  double  spaces ",
+        "",
+    ],
+)
 def test_tokenizer_round_trips(tokenizer, text):
     ids = tokenizer.encode(text, add_bos=False, add_eos=False)
     assert all(0 <= i < VOCAB_SIZE for i in ids)
@@ -99,8 +107,10 @@ def test_tokenizer_round_trips(tokenizer, text):
 
 
 def test_tokenizer_compresses_english(tokenizer):
-    text = ("The Congress has before it many questions of great importance to the welfare of "
-            "the people, and I trust that they will receive the careful attention they deserve.")
+    text = (
+        "The Congress has before it many questions of great importance to the welfare of "
+        "the people, and I trust that they will receive the careful attention they deserve."
+    )
     assert len(text) / len(tokenizer.encode(text, add_bos=False, add_eos=False)) > 3.5
 
 

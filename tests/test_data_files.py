@@ -18,8 +18,17 @@ BINARY = bytes(range(256)) * 4
 def parse(args: list[str]):
     from torchtitan.config import ConfigManager
 
-    return ConfigManager().parse_args(["--job.custom_config_module", "adahop.config", "--training.dataset",
-                                       "adahop_text", "--model.hf_assets_path", str(TOKENIZER_DIR), *args])
+    return ConfigManager().parse_args(
+        [
+            "--job.custom_config_module",
+            "adahop.config",
+            "--training.dataset",
+            "adahop_text",
+            "--model.hf_assets_path",
+            str(TOKENIZER_DIR),
+            *args,
+        ]
+    )
 
 
 def write(path, data: bytes):
@@ -74,23 +83,29 @@ def test_bad_file_in_a_dataset_folder_refused(tmp_path):
 def test_unregistered_dataset_name_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         validate_job_config(parse(["--training.dataset", "adahop_txt"]), check_model=False)
-    assert e.value.key == "training.dataset" and "adahop_text_val" in str(e.value) and "register_local_dataset" in str(e.value)
+    assert (
+        e.value.key == "training.dataset"
+        and "adahop_text_val" in str(e.value)
+        and "register_local_dataset" in str(e.value)
+    )
     validate_job_config(parse(["--training.dataset", "AdaHOP_Text"]), check_model=False)  # as torchtitan: any case
 
 
 def test_good_files_pass(tmp_path):
     for name, data in [("t.txt", "ünïcode text\n".encode()), ("t.jsonl.gz", b'{"text": "a"}\n')]:
-        validate_job_config(parse(["--training.dataset_path", str(write(tmp_path / name, data))]),
-                            check_model=False)
+        validate_job_config(parse(["--training.dataset_path", str(write(tmp_path / name, data))]), check_model=False)
     validate_job_config(parse([]), check_model=False)  # the embedded split and tokenizer
 
 
-@pytest.mark.parametrize("name, data, problem", [
-    ("tokenizer.json", b"", "the file is empty"),
-    ("tokenizer.json", BINARY, "binary data"),
-    ("tokenizer.json", b'{"model": ', "not valid JSON"),
-    ("tokenizer_config.json", b"  ", "the file is empty"),
-])
+@pytest.mark.parametrize(
+    "name, data, problem",
+    [
+        ("tokenizer.json", b"", "the file is empty"),
+        ("tokenizer.json", BINARY, "binary data"),
+        ("tokenizer.json", b'{"model": ', "not valid JSON"),
+        ("tokenizer_config.json", b"  ", "the file is empty"),
+    ],
+)
 def test_bad_tokenizer_file_refused_naming_it(tmp_path, name, data, problem):
     folder = tmp_path / "tok"
     shutil.copytree(TOKENIZER_DIR, folder)

@@ -145,8 +145,11 @@ def test_plan_entry_that_runs_code_refused(trained, tmp_path, capsys):
     (run / "checkpoint").mkdir(parents=True)
     shutil.copy(dump / "adahop_job.json", run)
     metadata = check_checkpoint(dump / "checkpoint" / "step-6")
-    model = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in metadata.state_dict_metadata.items()
-             if k.split(".")[0] in ("tok_embeddings", "layers", "norm", "output")}
+    model = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in metadata.state_dict_metadata.items()
+        if k.split(".")[0] in ("tok_embeddings", "layers", "norm", "output")
+    }
     load_checkpoint_entries(model, dump / "checkpoint" / "step-6", metadata)
     marker = tmp_path / "ran"
     step = run / "checkpoint" / "step-6"

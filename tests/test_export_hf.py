@@ -34,7 +34,10 @@ def test_logits_match(checkpoint, tmp_path):
 
     path, model = checkpoint
     out = tmp_path / "hf"
-    assert main(["--checkpoint_path", str(path), "--out", str(out), "--dtype", "float32", "--job.config_file", CONFIG]) == 0
+    assert (
+        main(["--checkpoint_path", str(path), "--out", str(out), "--dtype", "float32", "--job.config_file", CONFIG])
+        == 0
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
     tokens = torch.randint(0, 8192, (2, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -85,19 +88,32 @@ def test_llama3_rope_parameters_keep_the_frequencies():
 
     from adahop.export_hf import llama3_rope
 
-    rs = SimpleNamespace(scaling_factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                         original_max_position_embeddings=8192)
+    rs = SimpleNamespace(
+        scaling_factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+    )
 
     def inv_freq(rope, max_position):
-        cfg = LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=max_position,
-                          rope_parameters={"rope_theta": 500000.0, **rope})
+        cfg = LlamaConfig(
+            hidden_size=256,
+            num_attention_heads=4,
+            max_position_embeddings=max_position,
+            rope_parameters={"rope_theta": 500000.0, **rope},
+        )
         return ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")[0]
 
     as_trained = llama3_rope(rs, 128)
     assert as_trained["original_max_position_embeddings"] == 127
     assert llama3_rope(rs, 16384)["original_max_position_embeddings"] == 8192  # below: left as it is
-    want = inv_freq({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192}, 16384)
+    want = inv_freq(
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        16384,
+    )
     torch.testing.assert_close(inv_freq(as_trained, 128), want, rtol=1e-6, atol=0)  # float32 rounding
 
 
@@ -105,14 +121,30 @@ def test_missing_and_mismatching_checkpoints_refused(checkpoint, tmp_path, capsy
     from adahop.export_hf import main
 
     path, _ = checkpoint
-    assert main(["--checkpoint_path", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--job.config_file", CONFIG]) == 2
+    assert (
+        main(["--checkpoint_path", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--job.config_file", CONFIG])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
-    rc = main(["--checkpoint_path", str(path), "--out", str(tmp_path / "o"), "--job.config_file", CONFIG,
-               "--model.flavor", "125M"])
+    rc = main(
+        [
+            "--checkpoint_path",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+            "--job.config_file",
+            CONFIG,
+            "--model.flavor",
+            "125M",
+        ]
+    )
     assert rc == 2 and "shape" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
     (tmp_path / "broken").mkdir()
-    assert main(["--checkpoint_path", str(tmp_path / "broken"), "--out", str(tmp_path / "o"), "--job.config_file", CONFIG]) == 2
+    assert (
+        main(["--checkpoint_path", str(tmp_path / "broken"), "--out", str(tmp_path / "o"), "--job.config_file", CONFIG])
+        == 2
+    )
     assert "not a readable DCP checkpoint" in capsys.readouterr().err
 
 

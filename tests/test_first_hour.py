@@ -29,8 +29,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- cpu-test -->"
 TINY_STEPS = 4
-TINY = ["--training.steps", str(TINY_STEPS), "--quantize.linear.mx.calibration.calibration_steps", "2",
-        "--validation.steps", "2", "--metrics.log_freq", "1"]
+TINY = [
+    "--training.steps",
+    str(TINY_STEPS),
+    "--quantize.linear.mx.calibration.calibration_steps",
+    "2",
+    "--validation.steps",
+    "2",
+    "--metrics.log_freq",
+    "1",
+]
 #: messages a CPU run must not print (issue 25: they alarm without helping)
 NOISE = re.compile(r"lspci|Peak flops undefined|set_vital|tests/assets/tokenizer")
 TRAIN_RE = re.compile(r"(?<!validate )step:\s*(\d+)\s+(?:\x1b\[[0-9;]*m)?loss:\s*([0-9.]+)")
@@ -64,14 +72,35 @@ def fresh_clone(dest: Path) -> Path:
 
 
 def run(cmd: str, cwd: Path, timeout: float = 600) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                        "NNODES", "NODE_RANK", "RDZV_ENDPOINT", "RDZV_ID")}  # run_train.sh's launch variables
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "NNODES",
+            "NODE_RANK",
+            "RDZV_ENDPOINT",
+            "RDZV_ID",
+        )
+    }  # run_train.sh's launch variables
     env["PYTHONPATH"] = str(cwd)  # the clone's adahop, not the checkout the environment was installed from
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHON"] = sys.executable  # run_train.sh's interpreter
-    r = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=timeout)
+    r = subprocess.run(
+        ["bash", "-c", cmd],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, f"`{cmd}` exited {r.returncode}:\n{r.stdout[-4000:]}"
     return r.stdout
 

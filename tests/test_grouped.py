@@ -93,11 +93,14 @@ def per_group_linear(x, w, counts, recipe):
     return torch.cat(outs + [x.new_zeros(x.shape[0] - start, w.shape[1])])
 
 
-@pytest.mark.parametrize("counts, hadamard_size, randomized", [
-    (COUNTS, 32, False),
-    (COUNTS, 64, True),  # groups padded to 64 tokens, random signs of each group's padded length
-    ([1] * 6, 64, False),  # the most padding six groups can have: the saved buffers are full
-])
+@pytest.mark.parametrize(
+    "counts, hadamard_size, randomized",
+    [
+        (COUNTS, 32, False),
+        (COUNTS, 64, True),  # groups padded to 64 tokens, random signs of each group's padded length
+        ([1] * 6, 64, False),  # the most padding six groups can have: the saved buffers are full
+    ],
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_groups_give_the_bits_of_one_linear_per_group(mode, counts, hadamard_size, randomized):
     """What the grouped ops keep for backward (flat packed buffers sized from the shapes) is read back per group
@@ -107,11 +110,20 @@ def test_groups_give_the_bits_of_one_linear_per_group(mode, counts, hadamard_siz
     x[:, 3] *= 20
     w = torch.randn(len(counts), 128, IN, generator=g) * 0.1  # both dims multiples of the Hadamard sizes
     gy = torch.randn(x.shape[0], 128, generator=g)
-    recipe = LinearRecipe(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=4,
-                          hadamard_size=hadamard_size, randomized_hadamard=randomized, hadamard_seed=5)
+    recipe = LinearRecipe(
+        forward_y=mode,
+        backward_gx=mode,
+        backward_gw=mode,
+        outlier_k=4,
+        hadamard_size=hadamard_size,
+        randomized_hadamard=randomized,
+        hadamard_seed=5,
+    )
     got, want = [], []
-    for fn, out in ((lambda a, b: mxfp4_grouped_mm(a, b, torch.tensor(counts), recipe), got),
-                    (lambda a, b: per_group_linear(a, b, counts, recipe), want)):
+    for fn, out in (
+        (lambda a, b: mxfp4_grouped_mm(a, b, torch.tensor(counts), recipe), got),
+        (lambda a, b: per_group_linear(a, b, counts, recipe), want),
+    ):
         xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         y = fn(xr, wr)
         y.backward(gy)
@@ -120,9 +132,14 @@ def test_groups_give_the_bits_of_one_linear_per_group(mode, counts, hadamard_siz
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("mode, keeps_x, keeps_w", [
-    ("hadamard", False, True), ("inner_outlier_extract_right", False, False), ("full_precision", True, True),
-])
+@pytest.mark.parametrize(
+    "mode, keeps_x, keeps_w",
+    [
+        ("hadamard", False, True),
+        ("inner_outlier_extract_right", False, False),
+        ("full_precision", True, True),
+    ],
+)
 def test_backward_keeps_packed_x_and_the_weight_by_reference(mode, keeps_x, keeps_w):
     """x is kept packed (full_precision: x itself), W by reference (OE-right for gx: its packed copy instead)."""
     x, w, gy = operands()

@@ -27,7 +27,9 @@ def test_orthogonal_and_gemm_invariant():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(16, 128, generator=g), torch.randn(24, 128, generator=g)
     s = random_signs(128, seed=3)
-    torch.testing.assert_close(block_hadamard(a, signs=s) @ block_hadamard(b, signs=s).t(), a @ b.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        block_hadamard(a, signs=s) @ block_hadamard(b, signs=s).t(), a @ b.t(), rtol=1e-5, atol=1e-5
+    )
     h = hadamard_matrix(64)
     torch.testing.assert_close(h @ h.t(), torch.eye(64, dtype=torch.float64))
     assert np.allclose(h.numpy(), ref_hadamard(64))
@@ -90,12 +92,18 @@ def test_every_hadamard_size_runs_on_the_gpu_fast_path(monkeypatch):
         assert kq._hadamard_block(size) == size
 
 
-@pytest.mark.parametrize("size, args, refused", [
-    (64, ["--model.flavor", "tiny"], None),
-    (64, ["--model.flavor", "nano"], "'layers.0.attention.wk' with dims [32, 64]"),  # n_kv_heads * head_dim = 32
-    (128, ["--model.flavor", "tiny", "--quantize.linear.mx.enable_mxfp4_fa"],
-     "'layers.0.attention.inner_attention head_dim' with dims [64]"),
-])
+@pytest.mark.parametrize(
+    "size, args, refused",
+    [
+        (64, ["--model.flavor", "tiny"], None),
+        (64, ["--model.flavor", "nano"], "'layers.0.attention.wk' with dims [32, 64]"),  # n_kv_heads * head_dim = 32
+        (
+            128,
+            ["--model.flavor", "tiny", "--quantize.linear.mx.enable_mxfp4_fa"],
+            "'layers.0.attention.inner_attention head_dim' with dims [64]",
+        ),
+    ],
+)
 def test_hadamard_size_must_divide_the_converted_dims(size, args, refused):
     """Above the MX block a size must divide every converted GEMM's dims: refused before the model is built
     for training (the layers refused it at their construction or first step)."""

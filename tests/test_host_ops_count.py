@@ -11,8 +11,14 @@ from train_helpers import REPO, env
 def counts(extra_env=None, modes=("hadamard", "full_precision")):
     e = env()
     e.update(extra_env or {})
-    r = subprocess.run([sys.executable, "scripts/host_ops_count.py", "--tokens", "128", "--features", "256",
-                        "--modes", *modes], cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "scripts/host_ops_count.py", "--tokens", "128", "--features", "256", "--modes", *modes],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {}
     for line in r.stdout.splitlines():

@@ -64,7 +64,9 @@ def test_slot_matches_definition(slot, mode):
     assert rel(got, want) < tol
     # and the check can tell modes apart: the definition of every other mode is further away
     for other in MODES:
-        if other != mode and not (slot == "backward_gw" and {mode, other} == {"hadamard", "inner_outlier_extract_left"}):
+        if other != mode and not (
+            slot == "backward_gw" and {mode, other} == {"hadamard", "inner_outlier_extract_left"}
+        ):
             assert rel(got, expected(slot, other, x, w, gy)) > 10 * tol
 
 
@@ -73,8 +75,10 @@ def test_randomized_hadamard_uses_fixed_signs_per_slot():
     y, _, _ = run(x, w, gy, randomized_hadamard=True)
     recipe = LinearRecipe(randomized_hadamard=True)
     signs = recipe.signs_for("forward_y", IN, "cpu").double().numpy()
-    want = ref.fake_quant(ref.block_hadamard(x.double().numpy(), 32, signs)) @ ref.fake_quant(
-        ref.block_hadamard(w.double().numpy(), 32, signs)).T
+    want = (
+        ref.fake_quant(ref.block_hadamard(x.double().numpy(), 32, signs))
+        @ ref.fake_quant(ref.block_hadamard(w.double().numpy(), 32, signs)).T
+    )
     assert rel(y, want) < 3e-3
     assert rel(y, expected("forward_y", "hadamard", x, w, gy)) > 3e-2
     y2, _, _ = run(x, w, gy, randomized_hadamard=True)
@@ -212,8 +216,9 @@ def test_extraction_takes_its_rows_as_a_set(mode, monkeypatch):
     monkeypatch.setattr(linear, "top_rows", lambda t, k: real(t, k).sort(descending=True).values)
     got_desc = run(x, w, gy, **modes)
     perm = torch.Generator().manual_seed(1)
-    monkeypatch.setattr(linear, "top_rows",
-                        lambda t, k: (lambda r: r[torch.randperm(r.numel(), generator=perm)])(real(t, k)))
+    monkeypatch.setattr(
+        linear, "top_rows", lambda t, k: (lambda r: r[torch.randperm(r.numel(), generator=perm)])(real(t, k))
+    )
     got_shuffled = run(x, w, gy, **modes)
     for got in (got_desc, got_shuffled):
         for a, b in zip(want, got):

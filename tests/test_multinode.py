@@ -35,30 +35,38 @@ def _launch(tmp_path, recorder, **settings) -> tuple[subprocess.CompletedProcess
     out = tmp_path / "args.txt"
     out.unlink(missing_ok=True)
     e = env({"PYTHON": str(recorder), "ARGS_OUT": str(out), "NGPU": "1", **settings})
-    r = subprocess.run(["bash", str(RUN_TRAIN), "--training.steps", "5"], cwd=REPO, env=e, text=True,
-                       capture_output=True, timeout=60)
+    r = subprocess.run(
+        ["bash", str(RUN_TRAIN), "--training.steps", "5"], cwd=REPO, env=e, text=True, capture_output=True, timeout=60
+    )
     return r, (out.read_text().splitlines() if out.exists() else None)
 
 
-@pytest.mark.parametrize("settings, says", [
-    ({"NNODES": "2"}, "NNODES=2 needs a rendezvous address"),
-    ({"NNODES": "two"}, "NNODES=two: must be a whole number"),
-    ({"NNODES": "0"}, "NNODES=0: must be a whole number >= 1"),
-    ({"NNODES": "2", "MASTER_ADDR": "node0", "NODE_RANK": "2"}, "NODE_RANK=2 with NNODES=2: node ranks are 0 .. 1"),
-    ({"NODE_RANK": "1"}, "NODE_RANK=1 with NNODES=1"),
-    ({"NNODES": "2", "MASTER_ADDR": "node0", "NODE_RANK": "-1"}, "NODE_RANK=-1: must be a whole number"),
-    ({"NNODES": "2", "MASTER_ADDR": "node0"}, "NODE_RANK is not set"),
-    ({"NNODES": "2", "MASTER_ADDR": "node0", "RDZV_ENDPOINT": "node0:29500"}, "both set"),
-    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_PORT": "29500"}, "MASTER_PORT=29500 is set without MASTER_ADDR"),
-    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "http"},
-     "MASTER_PORT=http: must be a port number"),
-    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "70000"},
-     "MASTER_PORT=70000: must be a port number"),
-    ({"NNODES": "2", "RDZV_ENDPOINT": "node0"}, "RDZV_ENDPOINT=node0: must be host:port"),
-    ({"RDZV_ID": "7"}, "RDZV_ID=7 is set without RDZV_ENDPOINT"),
-    ({"NGPU": "1.5"}, "NGPU=1.5: must be a whole number"),
-    ({"LOG_RANK": "all"}, "LOG_RANK=all: must be local rank numbers"),
-])
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({"NNODES": "2"}, "NNODES=2 needs a rendezvous address"),
+        ({"NNODES": "two"}, "NNODES=two: must be a whole number"),
+        ({"NNODES": "0"}, "NNODES=0: must be a whole number >= 1"),
+        ({"NNODES": "2", "MASTER_ADDR": "node0", "NODE_RANK": "2"}, "NODE_RANK=2 with NNODES=2: node ranks are 0 .. 1"),
+        ({"NODE_RANK": "1"}, "NODE_RANK=1 with NNODES=1"),
+        ({"NNODES": "2", "MASTER_ADDR": "node0", "NODE_RANK": "-1"}, "NODE_RANK=-1: must be a whole number"),
+        ({"NNODES": "2", "MASTER_ADDR": "node0"}, "NODE_RANK is not set"),
+        ({"NNODES": "2", "MASTER_ADDR": "node0", "RDZV_ENDPOINT": "node0:29500"}, "both set"),
+        ({"NNODES": "2", "NODE_RANK": "0", "MASTER_PORT": "29500"}, "MASTER_PORT=29500 is set without MASTER_ADDR"),
+        (
+            {"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "http"},
+            "MASTER_PORT=http: must be a port number",
+        ),
+        (
+            {"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "node0", "MASTER_PORT": "70000"},
+            "MASTER_PORT=70000: must be a port number",
+        ),
+        ({"NNODES": "2", "RDZV_ENDPOINT": "node0"}, "RDZV_ENDPOINT=node0: must be host:port"),
+        ({"RDZV_ID": "7"}, "RDZV_ID=7 is set without RDZV_ENDPOINT"),
+        ({"NGPU": "1.5"}, "NGPU=1.5: must be a whole number"),
+        ({"LOG_RANK": "all"}, "LOG_RANK=all: must be local rank numbers"),
+    ],
+)
 def test_bad_launch_settings_refused_before_torchrun(tmp_path, recorder, settings, says):
     r, args = _launch(tmp_path, recorder, **settings)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -110,7 +118,9 @@ def test_slurm_script_starts_run_train_on_every_node(tmp_path, recorder):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _stub(bin_dir / "scontrol", 'printf "gpu-a\\ngpu-b\\n"\n')
-    _stub(bin_dir / "srun", """
+    _stub(
+        bin_dir / "srun",
+        """
 if [ "$1" = "--nodes=1" ]; then
   [ "$3 $4" = "-w gpu-a" ] && [ "$5 $6" = "hostname --ip-address" ] || { echo "srun stub: $*" >&2; exit 1; }
   echo "10.0.0.7 fe80::1"; exit 0
@@ -118,13 +128,24 @@ fi
 [ "$1" = "--ntasks-per-node=1" ] || { echo "srun stub: $*" >&2; exit 1; }
 shift
 for node in 0 1; do SLURM_NODEID=$node ARGS_OUT="$ARGS_OUT.$node" "$@" || exit; done
-""")
+""",
+    )
     out = tmp_path / "args"
-    e = env({"PATH": f"{bin_dir}:{env()['PATH']}", "PYTHON": str(recorder), "ARGS_OUT": str(out), "NGPU": "8",
-             "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_JOB_NUM_NODES": "2",
-             "SLURM_JOB_ID": "4242"})
-    r = subprocess.run(["bash", str(SLURM), "--training.steps", "7"], cwd=tmp_path, env=e, text=True,
-                       capture_output=True, timeout=60)
+    e = env(
+        {
+            "PATH": f"{bin_dir}:{env()['PATH']}",
+            "PYTHON": str(recorder),
+            "ARGS_OUT": str(out),
+            "NGPU": "8",
+            "SLURM_SUBMIT_DIR": str(REPO),
+            "SLURM_JOB_NODELIST": "gpu-[a-b]",
+            "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
+    r = subprocess.run(
+        ["bash", str(SLURM), "--training.steps", "7"], cwd=tmp_path, env=e, text=True, capture_output=True, timeout=60
+    )
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "2 nodes, rendezvous 10.0.0.7:29500" in r.stdout
     for node, host in (("0", "is_host=1"), ("1", "is_host=0")):
@@ -145,15 +166,35 @@ def _free_port() -> int:
 def test_two_nodes_on_one_machine_train_the_default_config(tmp_path, rendezvous):
     """Two run_train.sh "nodes" (NNODES=2, one CPU rank each, gloo) train configs/default.toml together."""
     port = _free_port()
-    where = ({"MASTER_ADDR": "localhost", "MASTER_PORT": str(port)} if rendezvous == "MASTER_ADDR"
-             else {"RDZV_ENDPOINT": f"localhost:{port}"})
-    args = ["--job.dump_folder", str(tmp_path / "out"), "--training.steps", "3", "--metrics.log_freq", "1",
-            "--quantize.linear.mx.calibration.calibration_steps", "1", "--validation.steps", "1",
-            "--checkpoint.no-enable"]
-    nodes = [subprocess.Popen(["bash", str(RUN_TRAIN), *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env({"NNODES": "2", "NODE_RANK": str(rank), "NGPU": "1",
-                                                                 **where}))
-             for rank in (1, 0)]  # node 1 first: it waits for node 0's rendezvous
+    where = (
+        {"MASTER_ADDR": "localhost", "MASTER_PORT": str(port)}
+        if rendezvous == "MASTER_ADDR"
+        else {"RDZV_ENDPOINT": f"localhost:{port}"}
+    )
+    args = [
+        "--job.dump_folder",
+        str(tmp_path / "out"),
+        "--training.steps",
+        "3",
+        "--metrics.log_freq",
+        "1",
+        "--quantize.linear.mx.calibration.calibration_steps",
+        "1",
+        "--validation.steps",
+        "1",
+        "--checkpoint.no-enable",
+    ]
+    nodes = [
+        subprocess.Popen(
+            ["bash", str(RUN_TRAIN), *args],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env({"NNODES": "2", "NODE_RANK": str(rank), "NGPU": "1", **where}),
+        )
+        for rank in (1, 0)
+    ]  # node 1 first: it waits for node 0's rendezvous
     try:
         outs = [p.communicate(timeout=300)[0] for p in nodes]
     finally:
@@ -166,8 +207,11 @@ def test_two_nodes_on_one_machine_train_the_default_config(tmp_path, rendezvous)
     assert sorted(l0) == [1, 2, 3] and l0 == l1, (l0, l1)
 
 
-COUNT_RE = re.compile(r"^\[default(\d+)\]:.*\[adahop-debug\] step (\d+): microbatches (\d+), exactness all_reduce "
-                      r"(\d+), plan collectives (\d+), calibrating ([01])", re.M)
+COUNT_RE = re.compile(
+    r"^\[default(\d+)\]:.*\[adahop-debug\] step (\d+): microbatches (\d+), exactness all_reduce "
+    r"(\d+), plan collectives (\d+), calibrating ([01])",
+    re.M,
+)
 
 
 @pytest.mark.slow
@@ -176,8 +220,11 @@ def test_one_exactness_all_reduce_per_step_and_plan_agreement_only_while_calibra
     all-reduces once per optimizer step, and plan agreement (adahop/calibration.py) communicates in the
     calibration steps only."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text(base_toml(tmp_path / "out", steps=4, calibration_steps=2).replace(
-        "local_batch_size = 2\n", "local_batch_size = 2\nglobal_batch_size = 8\n"))
+    cfg.write_text(
+        base_toml(tmp_path / "out", steps=4, calibration_steps=2).replace(
+            "local_batch_size = 2\n", "local_batch_size = 2\nglobal_batch_size = 8\n"
+        )
+    )
     r = run_train(cfg, nproc=2, extra_env={"ADAHOP_DEBUG_COUNT_COLLECTIVES": "1"})
     assert r.returncode == 0, r.stdout[-4000:]
     counts = {(int(m[0]), int(m[1])): tuple(map(int, m[2:])) for m in COUNT_RE.findall(r.stdout)}

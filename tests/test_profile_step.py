@@ -8,9 +8,27 @@ from train_helpers import REPO, env
 
 
 def test_profile_step_prints_both_tables():
-    r = subprocess.run([sys.executable, "scripts/profile_step.py", "--job.config_file", "configs/default.toml",
-                        "--batch", "1", "--seq", "64", "--steps", "1", "--rows", "3"],
-                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "scripts/profile_step.py",
+            "--job.config_file",
+            "configs/default.toml",
+            "--batch",
+            "1",
+            "--seq",
+            "64",
+            "--steps",
+            "1",
+            "--rows",
+            "3",
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     for row in ("| bf16 |", "| adahop, sync per GEMM |", "| adahop (as trained: deferred check) |", "| group |"):

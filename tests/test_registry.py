@@ -73,10 +73,20 @@ def test_no_other_upstream_entry_changed(registries):
 def _job_config(*converters):
     from torchtitan.config import ConfigManager
 
-    return ConfigManager().parse_args([
-        "--job.custom_config_module", "adahop.config", "--model.name", "adahop_llama3", "--model.flavor", "nano",
-        "--model.converters", ",".join(converters), "--training.seq_len", "64",
-    ])
+    return ConfigManager().parse_args(
+        [
+            "--job.custom_config_module",
+            "adahop.config",
+            "--model.name",
+            "adahop_llama3",
+            "--model.flavor",
+            "nano",
+            "--model.converters",
+            ",".join(converters),
+            "--training.seq_len",
+            "64",
+        ]
+    )
 
 
 def test_adahop_name_builds_and_converts_through_torchtitan():

@@ -17,8 +17,10 @@ from adahop.resume import PLAN_KEY, check_resume, checkpoint_to_load, checkpoint
 
 
 def job(tmp_path, *args):
-    return load_job_config(None, ["--job.config_file", "configs/default.toml", "--job.dump_folder", str(tmp_path),
-                                  "--checkpoint.enable", *args])
+    return load_job_config(
+        None,
+        ["--job.config_file", "configs/default.toml", "--job.dump_folder", str(tmp_path), "--checkpoint.enable", *args],
+    )
 
 
 def step_dir(tmp_path, name, marker=".metadata"):
@@ -54,12 +56,15 @@ def test_initial_load_path_counts_only_as_a_full_state(tmp_path):
     assert checkpoint_to_resume(full) == str(init)
 
 
-@pytest.mark.parametrize("args, world, want", [
-    ([], 8, 8),
-    (["--parallelism.tensor_parallel_degree", "2"], 8, 4),
-    (["--parallelism.data_parallel_replicate_degree", "2", "--parallelism.data_parallel_shard_degree", "2"], 4, 4),
-    (["--parallelism.context_parallel_degree", "2", "--parallelism.pipeline_parallel_degree", "2"], 8, 2),
-])
+@pytest.mark.parametrize(
+    "args, world, want",
+    [
+        ([], 8, 8),
+        (["--parallelism.tensor_parallel_degree", "2"], 8, 4),
+        (["--parallelism.data_parallel_replicate_degree", "2", "--parallelism.data_parallel_shard_degree", "2"], 4, 4),
+        (["--parallelism.context_parallel_degree", "2", "--parallelism.pipeline_parallel_degree", "2"], 8, 2),
+    ],
+)
 def test_dp_degree(tmp_path, args, world, want):
     assert dp_degree(job(tmp_path, *args), world) == want
 
@@ -84,8 +89,9 @@ def trained(tmp_path_factory):
 
 
 def resume_config(cfg, dump, *args):
-    return load_job_config(None, ["--job.config_file", str(cfg), "--job.dump_folder", str(dump),
-                                  "--training.steps", "4", *args])
+    return load_job_config(
+        None, ["--job.config_file", str(cfg), "--job.dump_folder", str(dump), "--training.steps", "4", *args]
+    )
 
 
 def copy_checkpoint(src, dst, keep=lambda key: True, replace=None):
@@ -97,8 +103,11 @@ def copy_checkpoint(src, dst, keep=lambda key: True, replace=None):
 
     warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)  # one process on purpose
     md = FileSystemReader(str(src)).read_metadata().state_dict_metadata
-    tensors = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in md.items()
-               if isinstance(m, TensorStorageMetadata) and keep(k)}
+    tensors = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in md.items()
+        if isinstance(m, TensorStorageMetadata) and keep(k)
+    }
     dcp.load(tensors, checkpoint_id=str(src), no_dist=True)
     plain = saved_values(str(src), [k for k, m in md.items() if not isinstance(m, TensorStorageMetadata) and keep(k)])
     dcp.save({**tensors, **plain, **(replace or {})}, checkpoint_id=str(dst), no_dist=True)
@@ -121,13 +130,17 @@ def test_unchanged_resume_passes(trained):
     check_resume(resume_config(*trained), 1)
 
 
-@pytest.mark.parametrize("args, key, saved, current", [
-    ([TABLE, "hadamard"], 'layer_transform_config."row-none"', "'inner_outlier_extract_left'", "'hadamard'"),
-    (["--quantize.linear.mx.calibration.pattern_threshold", "3"], "calibration.pattern_threshold", "4.0", "3.0"),
-    (["--quantize.linear.mx.outlier_k", "8"], "quantize.linear.mx.outlier_k", "64", "8"),
-    (["--quantize.linear.mx.calibration.calibration_steps", "2"], "calibration.calibration_steps", "1", "2"),
-    (["--quantize.linear.mx.calibration.no-use-HT-calibration"], "use_HT_calibration", "True", "False"),
-], ids=["table", "threshold", "outlier_k", "calibration_steps", "no-calibration"])
+@pytest.mark.parametrize(
+    "args, key, saved, current",
+    [
+        ([TABLE, "hadamard"], 'layer_transform_config."row-none"', "'inner_outlier_extract_left'", "'hadamard'"),
+        (["--quantize.linear.mx.calibration.pattern_threshold", "3"], "calibration.pattern_threshold", "4.0", "3.0"),
+        (["--quantize.linear.mx.outlier_k", "8"], "quantize.linear.mx.outlier_k", "64", "8"),
+        (["--quantize.linear.mx.calibration.calibration_steps", "2"], "calibration.calibration_steps", "1", "2"),
+        (["--quantize.linear.mx.calibration.no-use-HT-calibration"], "use_HT_calibration", "True", "False"),
+    ],
+    ids=["table", "threshold", "outlier_k", "calibration_steps", "no-calibration"],
+)
 def test_resume_with_other_plan_settings_refused(trained, args, key, saved, current):
     """The resumed run kept the checkpoint's plan while adahop_job.json recorded the new values."""
     with pytest.raises(ConfigError) as e:
@@ -141,14 +154,28 @@ def test_resume_with_other_plan_settings_refused(trained, args, key, saved, curr
 def test_plan_file_or_excluded_plan_resume_with_new_settings(trained):
     cfg, dump = trained
     changed = [TABLE, "hadamard", "--quantize.linear.mx.outlier_k", "8"]
-    check_resume(resume_config(cfg, dump, *changed, "--quantize.linear.mx.calibration.plan_file",
-                               str(dump / "adahop_plan.json")), 1)
+    check_resume(
+        resume_config(
+            cfg, dump, *changed, "--quantize.linear.mx.calibration.plan_file", str(dump / "adahop_plan.json")
+        ),
+        1,
+    )
     check_resume(resume_config(cfg, dump, *changed, "--checkpoint.exclude_from_loading", "adahop"), 1)
     # without the plan the run calibrates again from step 3: 3 calibration steps do not fit in steps 3..4
-    with pytest.raises(ConfigError, match="calibration_steps = 3; allowed: at most 2, the steps left after the "
-                                          "resumed step 2"):
-        check_resume(resume_config(cfg, dump, "--checkpoint.exclude_from_loading", "adahop",
-                                   "--quantize.linear.mx.calibration.calibration_steps", "3"), 1)
+    with pytest.raises(
+        ConfigError, match="calibration_steps = 3; allowed: at most 2, the steps left after the resumed step 2"
+    ):
+        check_resume(
+            resume_config(
+                cfg,
+                dump,
+                "--checkpoint.exclude_from_loading",
+                "adahop",
+                "--quantize.linear.mx.calibration.calibration_steps",
+                "3",
+            ),
+            1,
+        )
 
 
 def test_a_loaded_plan_is_the_checkpoints_whatever_the_config(trained):
@@ -160,8 +187,9 @@ def test_a_loaded_plan_is_the_checkpoints_whatever_the_config(trained):
     state = plan_state(dump)
     layers = {f: AdaHOPLinear(64, 64, bias=False) for f in state["fqns"]}
     mx = resume_config(cfg, dump, TABLE, "hadamard").quantize.linear.mx
-    cal = Calibrator(layers, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=1,
-                     settings=plan_settings(mx))
+    cal = Calibrator(
+        layers, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=1, settings=plan_settings(mx)
+    )
     cal.load_state_dict({"adahop_state_json": json.dumps(state)})
     assert cal.plan["layers"] == state["plan"]["layers"]
     assert json.loads(cal.state_dict()["adahop_state_json"])["settings"] == plan_settings(mx)
@@ -174,8 +202,11 @@ def test_mid_calibration_checkpoint_checks_what_shaped_its_votes(trained, tmp_pa
     state = plan_state(dump)
     state.update(calibrating=True, plan=None, step=1)
     state["settings"]["calibration_steps"] = 3
-    copy_checkpoint(dump / "checkpoint" / "step-2", tmp_path / "run" / "checkpoint" / "step-2",
-                    replace={PLAN_KEY: json.dumps(state)})
+    copy_checkpoint(
+        dump / "checkpoint" / "step-2",
+        tmp_path / "run" / "checkpoint" / "step-2",
+        replace={PLAN_KEY: json.dumps(state)},
+    )
     args = ["--quantize.linear.mx.calibration.calibration_steps", "3"]
     check_resume(resume_config(cfg, tmp_path / "run", *args, TABLE, "hadamard"), 1)
     with pytest.raises(ConfigError, match="calibration votes of the resumed checkpoint"):
@@ -186,8 +217,11 @@ def test_checkpoint_without_saved_settings_is_checked_from_its_plan(trained, tmp
     cfg, dump = trained
     state = plan_state(dump)
     del state["settings"]
-    copy_checkpoint(dump / "checkpoint" / "step-2", tmp_path / "run" / "checkpoint" / "step-2",
-                    replace={PLAN_KEY: json.dumps(state)})
+    copy_checkpoint(
+        dump / "checkpoint" / "step-2",
+        tmp_path / "run" / "checkpoint" / "step-2",
+        replace={PLAN_KEY: json.dumps(state)},
+    )
     check_resume(resume_config(cfg, tmp_path / "run"), 1)
     with pytest.raises(ConfigError, match='layer_transform_config."row-none"'):
         check_resume(resume_config(cfg, tmp_path / "run", TABLE, "hadamard"), 1)
@@ -196,15 +230,21 @@ def test_checkpoint_without_saved_settings_is_checked_from_its_plan(trained, tmp
 def test_training_steps_below_the_checkpoint_refused(trained):
     """It printed "Training completed" and exited 0 without a step."""
     cfg, dump = trained
-    with pytest.raises(ConfigError, match=r"training.steps = 1; allowed: at least 2, the step of the resumed "
-                                          r"checkpoint .*step-2.*--checkpoint.load_step N \(N <= 1\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"training.steps = 1; allowed: at least 2, the step of the resumed "
+        r"checkpoint .*step-2.*--checkpoint.load_step N \(N <= 1\)",
+    ):
         check_resume(resume_config(cfg, dump, "--training.steps", "1"), 1)
     check_resume(resume_config(cfg, dump, "--training.steps", "2"), 1)  # nothing to train: a warning
 
 
 def test_other_flavor_refused_naming_both(trained):
-    with pytest.raises(ConfigError, match=r"model.flavor = 'tiny'; allowed: the flavor of the resumed "
-                                          r"checkpoint: 'nano'.*--model.flavor nano"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.flavor = 'tiny'; allowed: the flavor of the resumed "
+        r"checkpoint: 'nano'.*--model.flavor nano",
+    ):
         check_resume(resume_config(*trained, "--model.flavor", "tiny"), 1)
 
 
@@ -212,16 +252,20 @@ def test_checkpoint_with_more_layers_refused(trained, tmp_path):
     """DCP loads only the keys asked for: a checkpoint with a third layer loaded silently into two."""
     cfg, dump = trained
     src = dump / "checkpoint" / "step-2"
-    copy_checkpoint(src, tmp_path / "run" / "checkpoint" / "step-2",
-                    replace={"layers.2.ffn_norm.weight": torch.ones(64)})
+    copy_checkpoint(
+        src, tmp_path / "run" / "checkpoint" / "step-2", replace={"layers.2.ffn_norm.weight": torch.ones(64)}
+    )
     with pytest.raises(ConfigError, match="layers.2.ffn_norm.weight is \\[64\\] there and absent in flavor 'nano'"):
         check_resume(resume_config(cfg, tmp_path / "run"), 1)
 
 
 def test_checkpoint_without_plan_names_exclude_adahop(trained, tmp_path):
     cfg, dump = trained
-    copy_checkpoint(dump / "checkpoint" / "step-2", tmp_path / "run" / "checkpoint" / "step-2",
-                    keep=lambda k: not k.startswith("adahop."))
+    copy_checkpoint(
+        dump / "checkpoint" / "step-2",
+        tmp_path / "run" / "checkpoint" / "step-2",
+        keep=lambda k: not k.startswith("adahop."),
+    )
     with pytest.raises(CheckpointError, match="no AdaHOP plan.*--checkpoint.exclude_from_loading adahop"):
         check_resume(resume_config(cfg, tmp_path / "run"), 1)
     check_resume(resume_config(cfg, tmp_path / "run", "--checkpoint.exclude_from_loading", "adahop"), 1)
@@ -236,8 +280,9 @@ def test_model_only_checkpoint_named_as_such(trained, tmp_path):
     model_keys = lambda k: not k.startswith(("optimizer.", "lr_scheduler.", "dataloader.", "train_state.", "adahop."))
     copy_checkpoint(dump / "checkpoint" / "step-2", tmp_path / "run" / "checkpoint" / "step-2", keep=model_keys)
     for extra in ([], ["--checkpoint.exclude_from_loading", "adahop"]):
-        with pytest.raises(CheckpointError, match="holds the model only.*--checkpoint.load_step N.*"
-                                                  "--checkpoint.initial_load_path"):
+        with pytest.raises(
+            CheckpointError, match="holds the model only.*--checkpoint.load_step N.*--checkpoint.initial_load_path"
+        ):
             check_resume(resume_config(cfg, tmp_path / "run", *extra), 1)
 
 
@@ -282,8 +327,19 @@ def test_resume_with_a_plan_file_trains_with_that_plan(trained, tmp_path):
         entry["modes"] = {s: "full_precision" for s in entry["modes"]}
     plan_file = tmp_path / "p.json"
     plan_file.write_text(json.dumps(plan))
-    r = run_train(cfg, ["--job.dump_folder", str(run), "--training.steps", "3", TABLE, "hadamard",
-                        "--quantize.linear.mx.calibration.plan_file", str(plan_file)])
+    r = run_train(
+        cfg,
+        [
+            "--job.dump_folder",
+            str(run),
+            "--training.steps",
+            "3",
+            TABLE,
+            "hadamard",
+            "--quantize.linear.mx.calibration.plan_file",
+            str(plan_file),
+        ],
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     assert "Loading the checkpoint" in r.stdout and "a resumed checkpoint's plan is not loaded" in r.stdout
     assert sorted(losses(r.stdout)) == [3]

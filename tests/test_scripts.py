@@ -21,9 +21,19 @@ def test_scripts_folder_holds_tools_and_the_gpu_tasks_only():
 @pytest.mark.parametrize("tool", TOOLS, ids=lambda p: p.name)
 def test_every_tool_answers_help(tool, tmp_path):
     cmd = [sys.executable, str(tool), "--help"] if tool.suffix == ".py" else ["bash", str(tool), "--help"]
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "HOME": str(tmp_path),
-                            "PYTHONPATH": str(SCRIPTS.parent)})
+    r = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "OUT": str(tmp_path / "out"),
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(SCRIPTS.parent),
+        },
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert len(r.stdout.strip().splitlines()) >= 2, r.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / ".whl").exists()  # it did none of its work

@@ -26,8 +26,20 @@ def test_offline_sweep_cli_writes_report(tmp_path, capsys):
     tables = tmp_path / "tables.toml"
     tables.write_text(tables_toml({"seed": SEED_TABLE, "plain": {k: "none" for k in PAIR_KEYS}}))
     out = tmp_path / "sweep"
-    rc = main(["--tables", str(tables), "--steps", "1", "--max_tokens", "128", "--out", str(out),
-               "--job.config_file", str(cfg)])
+    rc = main(
+        [
+            "--tables",
+            str(tables),
+            "--steps",
+            "1",
+            "--max_tokens",
+            "128",
+            "--out",
+            str(out),
+            "--job.config_file",
+            str(cfg),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err[-2000:]
     report = (out / "report.md").read_text()
     assert "| seed |" in report and "| plain |" in report and "best (found)" in report
@@ -56,7 +68,9 @@ def test_online_sweep_two_tables_parallel_resumable(tmp_path, capsys, monkeypatc
     from adahop.sweep.__main__ import main
 
     cfg = tmp_path / "run.toml"
-    cfg.write_text(base_toml(tmp_path / "dump", steps=4, calibration_steps=2) + """
+    cfg.write_text(
+        base_toml(tmp_path / "dump", steps=4, calibration_steps=2)
+        + """
 [validation]
 enable = true
 dataset = "adahop_text_val"
@@ -64,7 +78,8 @@ local_batch_size = 2
 seq_len = 64
 freq = 4
 steps = 2
-""")
+"""
+    )
     tables = tmp_path / "tables.toml"
     tables.write_text(tables_toml({"seed": SEED_TABLE, "plain": {k: "none" for k in PAIR_KEYS}}))
     out = tmp_path / "online"
@@ -95,13 +110,35 @@ def test_patterns_cli_draws_a_model(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(base_toml(tmp_path / "dump", steps=4))
     out = tmp_path / "maps"
-    r = subprocess.run([sys.executable, "-m", "adahop.patterns", "--job.config_file", str(cfg), "--out", str(out),
-                        "--max_tokens", "128"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adahop.patterns",
+            "--job.config_file",
+            str(cfg),
+            "--out",
+            str(out),
+            "--max_tokens",
+            "128",
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "summary.png" in pngs and any("layers.0.attention.wq" in n for n in pngs)
-    bad = subprocess.run([sys.executable, "-m", "adahop.patterns", "--checkpoint_path", str(tmp_path / "none")],
-                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "adahop.patterns", "--checkpoint_path", str(tmp_path / "none")],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr
 
 
@@ -134,8 +171,10 @@ def fake_launcher(monkeypatch, behaviour: dict[str, tuple[float, int]]) -> list:
         name = log_path.parent.name
         live = sum(c["proc"].poll() is None for c in calls)  # runs still going when this one starts
         sleep_s, code = behaviour.get(name, (0.0, 0))
-        script = (f"import sys, time; time.sleep({sleep_s}); print('step:  1  loss:  2.0'); "
-                  f"print('validate step:  1  loss:  {2 + len(name) / 10}'); sys.exit({code})")
+        script = (
+            f"import sys, time; time.sleep({sleep_s}); print('step:  1  loss:  2.0'); "
+            f"print('validate step:  1  loss:  {2 + len(name) / 10}'); sys.exit({code})"
+        )
         proc = real([sys.executable, "-c", script], env, log_path)
         calls.append({"name": name, "cmd": cmd, "env": env, "live": live, "proc": proc})
         return proc
@@ -163,7 +202,10 @@ def test_online_gpu_groups_get_their_devices(tmp_path, capsys, monkeypatch):
     assert main(args) == 0, capsys.readouterr().err[-2000:]
     # a and b start at once on the two groups; c takes the group of a, which ends first
     assert [(c["name"], c["env"]["CUDA_VISIBLE_DEVICES"], c["live"]) for c in calls] == [
-        ("a", "0,1", 0), ("b", "2,3", 1), ("c", "0,1", 1)]
+        ("a", "0,1", 0),
+        ("b", "2,3", 1),
+        ("c", "0,1", 1),
+    ]
     for c in calls:
         assert c["env"]["NCCL_SOCKET_IFNAME"] == "eth7"  # the rest of the environment passes through
         assert "MASTER_PORT" not in c["env"]  # but each run picks its own rendezvous
@@ -182,7 +224,11 @@ def test_online_sequential_failure_keeps_the_others_and_resumes(tmp_path, capsys
     args = online_args(tmp_path, ["a", "bad", "c"], "--parallel", "1")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "1 of 3 table(s) failed" in err and "table bad" in err and str(tmp_path / "out" / "runs" / "bad" / "train.log") in err
+    assert (
+        "1 of 3 table(s) failed" in err
+        and "table bad" in err
+        and str(tmp_path / "out" / "runs" / "bad" / "train.log") in err
+    )
     assert [c["live"] for c in calls] == [0, 0, 0]  # one after another
     assert all("CUDA_VISIBLE_DEVICES" not in c["env"] for c in calls)
     runs = tmp_path / "out" / "runs"
@@ -195,15 +241,18 @@ def test_online_sequential_failure_keeps_the_others_and_resumes(tmp_path, capsys
     assert [c["name"] for c in calls] == ["bad"]
 
 
-@pytest.mark.parametrize("more, words", [
-    (["--gpus", "0,1,1"], ["--gpus 0,1,1", "GPU 1 given more than once"]),
-    (["--gpus", "0,x"], ["--gpus '0,x'", "non-negative GPU ids"]),
-    (["--gpus", "0,-1"], ["--gpus '0,-1'", "non-negative GPU ids"]),
-    (["--gpus", "0,1,2", "--nproc", "2"], ["--gpus 0,1,2 (3 GPUs)", "--nproc 2", "multiple of 2"]),
-    (["--gpus", "0,1", "--parallel", "2"], ["--gpus 0,1 and --parallel 2 exclude each other"]),
-    (["--parallel", "0"], ["--parallel 0: must be >= 1"]),
-    (["--parallel", "2", "--nproc", "2"], ["--parallel 2 with --nproc 2", "place them with --gpus"]),
-])
+@pytest.mark.parametrize(
+    "more, words",
+    [
+        (["--gpus", "0,1,1"], ["--gpus 0,1,1", "GPU 1 given more than once"]),
+        (["--gpus", "0,x"], ["--gpus '0,x'", "non-negative GPU ids"]),
+        (["--gpus", "0,-1"], ["--gpus '0,-1'", "non-negative GPU ids"]),
+        (["--gpus", "0,1,2", "--nproc", "2"], ["--gpus 0,1,2 (3 GPUs)", "--nproc 2", "multiple of 2"]),
+        (["--gpus", "0,1", "--parallel", "2"], ["--gpus 0,1 and --parallel 2 exclude each other"]),
+        (["--parallel", "0"], ["--parallel 0: must be >= 1"]),
+        (["--parallel", "2", "--nproc", "2"], ["--parallel 2 with --nproc 2", "place them with --gpus"]),
+    ],
+)
 def test_online_gpus_and_parallel_refused_before_training(tmp_path, capsys, monkeypatch, more, words):
     from adahop.sweep.__main__ import main
 
@@ -280,9 +329,12 @@ def test_online_sweep_shows_each_runs_steps_on_the_console(tmp_path, capsys, mon
     real = online.launch
 
     def launch(cmd, env, log_path):  # a run that logs like adahop.train: total steps, then two step lines
-        lines = ["Trainer is initialized with local batch size 2, total steps 2 (warmup 1)",
-                 "step:  1  loss:  3.0  tps: 10  steps/s: 0.50  left: 2s",
-                 "validate step:  1  loss:  3.5", "step:  2  loss:  2.5  tps: 10  steps/s: 0.50  left: 0s"]
+        lines = [
+            "Trainer is initialized with local batch size 2, total steps 2 (warmup 1)",
+            "step:  1  loss:  3.0  tps: 10  steps/s: 0.50  left: 2s",
+            "validate step:  1  loss:  3.5",
+            "step:  2  loss:  2.5  tps: 10  steps/s: 0.50  left: 0s",
+        ]
         script = "import time\n" + "".join(f"print({line!r}, flush=True); time.sleep(0.3)\n" for line in lines)
         return real([sys.executable, "-c", script], env, log_path)
 
@@ -299,8 +351,9 @@ def test_log_progress_reads_only_what_the_log_gained(tmp_path):
     log = tmp_path / "train.log"
     progress = LogProgress(log)
     assert not progress.poll()  # no log yet
-    log.write_text("total steps 10 (warmup 2)\n\x1b[31mstep:  1  \x1b[32mloss:  9.1  steps/s: 1.50  left: 6s\n"
-                   "step:  2  loss:")  # an unfinished line
+    log.write_text(
+        "total steps 10 (warmup 2)\n\x1b[31mstep:  1  \x1b[32mloss:  9.1  steps/s: 1.50  left: 6s\nstep:  2  loss:"
+    )  # an unfinished line
     assert progress.poll() and progress.describe() == "step 1/10, 1.50 steps/s, 6s left"
     assert not progress.poll()  # nothing new
     with log.open("a") as f:

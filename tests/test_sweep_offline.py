@@ -99,9 +99,19 @@ def test_report_marks_tables_outside_the_allowed_modes(measured, tmp_path):
 
     fp_table = dict(SEED_TABLE, **{k: "full_precision" for k in PAIR_KEYS[:3]})
     best, unobserved = best_table(measured, SEED_TABLE)
-    text = write_offline_report(tmp_path, measured, {"none": {k: "none" for k in PAIR_KEYS}, "fp": fp_table}, best, unobserved,
-                                allowed=tuple(DEFAULT_ALLOWED)).read_text()
+    text = write_offline_report(
+        tmp_path,
+        measured,
+        {"none": {k: "none" for k in PAIR_KEYS}, "fp": fp_table},
+        best,
+        unobserved,
+        allowed=tuple(DEFAULT_ALLOWED),
+    ).read_text()
     assert "full_precision" not in DEFAULT_ALLOWED
-    rows = {line.split("|")[2].strip(): line for line in text.split("## Best table")[0].splitlines() if line[:3] in {f"| {i}" for i in range(1, 10)}}
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in text.split("## Best table")[0].splitlines()
+        if line[:3] in {f"| {i}" for i in range(1, 10)}
+    }
     assert rows["fp"].rstrip(" |").endswith("full_precision")
     assert rows["none"].rstrip().endswith("|  |") and "chosen from the modes" in text

@@ -44,19 +44,24 @@ def _layer_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> 
         torch.manual_seed(0)
         kw = dict(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=4)
         # colwise -> rowwise, as a Llama MLP / attention uses them; the norm between them keeps SP in the chain
-        model = torch.nn.Sequential(torch.nn.LayerNorm(64), AdaHOPLinear(64, 128, bias=False, **kw),
-                                    AdaHOPLinear(128, 64, bias=False, **kw))
+        model = torch.nn.Sequential(
+            torch.nn.LayerNorm(64), AdaHOPLinear(64, 128, bias=False, **kw), AdaHOPLinear(128, 64, bias=False, **kw)
+        )
         with torch.no_grad():
             model[1].weight[3] *= 20  # an outlier output channel: the OE modes pick it on either layout
         x = torch.randn(2, 16, 64)
         ref = {k: v.clone() for k, v in model.state_dict().items()}
         from torch.distributed.tensor import Shard
 
-        parallelize_module(model, mesh, {
-            "0": SequenceParallel(),
-            "1": ColwiseParallel(input_layouts=Shard(1)),
-            "2": RowwiseParallel(output_layouts=Shard(1)),
-        })
+        parallelize_module(
+            model,
+            mesh,
+            {
+                "0": SequenceParallel(),
+                "1": ColwiseParallel(input_layouts=Shard(1)),
+                "2": RowwiseParallel(output_layouts=Shard(1)),
+            },
+        )
         xs = x.chunk(world, dim=1)[rank].clone().requires_grad_()
         y = model(xs)  # local Shard(1) of the sequence
         y.backward(torch.ones_like(y) * torch.linspace(-1, 1, y.shape[-1]))
@@ -67,8 +72,10 @@ def _layer_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> 
             w, follower = full_operand(model[i].weight.detach())
             assert torch.equal(w, ref[f"{i}.weight"]) and follower == (rank != 0)
         grads = {k: _plain(p.grad.full_tensor()) for k, p in model.named_parameters()}
-        torch.save({"y": _plain(y), "gx": _plain(xs.grad), "grads": grads, "state": ref, "x": x},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"y": _plain(y), "gx": _plain(xs.grad), "grads": grads, "state": ref, "x": x},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
         dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
@@ -80,8 +87,9 @@ def test_layer_under_tp_mesh_matches_unsharded(mode):
         mp.spawn(_layer_worker, args=(2, _port(), d, mode), nprocs=2, join=True)
         parts = [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(2)]
     kw = dict(forward_y=mode, backward_gx=mode, backward_gw=mode, outlier_k=4)
-    model = torch.nn.Sequential(torch.nn.LayerNorm(64), AdaHOPLinear(64, 128, bias=False, **kw),
-                                AdaHOPLinear(128, 64, bias=False, **kw))
+    model = torch.nn.Sequential(
+        torch.nn.LayerNorm(64), AdaHOPLinear(64, 128, bias=False, **kw), AdaHOPLinear(128, 64, bias=False, **kw)
+    )
     model.load_state_dict(parts[0]["state"])
     x = parts[0]["x"].clone().requires_grad_()
     y = model(x)
@@ -100,8 +108,9 @@ def test_layer_under_tp_mesh_matches_unsharded(mode):
     ln.load_state_dict({"weight": state["0.weight"], "bias": state["0.bias"]})
     xr = parts[0]["x"].clone().requires_grad_()
     h = ln(xr)
-    y_ref = sum(mxfp4_linear(mxfp4_linear(h, w1c, **kw), w2c, **kw)
-                for w1c, w2c in zip(w1.chunk(2, dim=0), w2.chunk(2, dim=1)))
+    y_ref = sum(
+        mxfp4_linear(mxfp4_linear(h, w1c, **kw), w2c, **kw) for w1c, w2c in zip(w1.chunk(2, dim=0), w2.chunk(2, dim=1))
+    )
     y_ref.backward(torch.ones_like(y_ref) * torch.linspace(-1, 1, y_ref.shape[-1]))
     exact = dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(y_tp, y_ref.detach(), **exact)
@@ -134,13 +143,31 @@ def tp_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp")
     cfg = root / "job.toml"
     cfg.write_text(base_toml(root / "unused", steps=STEPS, calibration_steps=3))
-    seed = run_train(cfg, [*FLAVOR_ARGS, "--job.dump_folder", str(root / "seed"), "--checkpoint.enable",
-                           "--checkpoint.create_seed_checkpoint", "--training.steps", "1",
-                           "--quantize.linear.mx.calibration.calibration_steps", "1",
-                           "--parallelism.data_parallel_shard_degree", "1"])
+    seed = run_train(
+        cfg,
+        [
+            *FLAVOR_ARGS,
+            "--job.dump_folder",
+            str(root / "seed"),
+            "--checkpoint.enable",
+            "--checkpoint.create_seed_checkpoint",
+            "--training.steps",
+            "1",
+            "--quantize.linear.mx.calibration.calibration_steps",
+            "1",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+        ],
+    )
     assert seed.returncode == 0, seed.stdout[-3000:]
-    common = [*FLAVOR_ARGS, "--checkpoint.enable", "--checkpoint.interval", "1000",
-              "--checkpoint.initial_load_path", str(root / "seed" / "checkpoint" / "step-0")]
+    common = [
+        *FLAVOR_ARGS,
+        "--checkpoint.enable",
+        "--checkpoint.interval",
+        "1000",
+        "--checkpoint.initial_load_path",
+        str(root / "seed" / "checkpoint" / "step-0"),
+    ]
 
     def run(name: str, nproc: int, *args: str):
         out = root / name
@@ -153,9 +180,14 @@ def tp_runs(tmp_path_factory):
 
 def _decisions(plan: dict) -> dict:
     """The plan's decisions (labels with their votes, pair keys, modes); the scores separately, see below."""
-    return {f: {"pair_keys": e["pair_keys"], "modes": e["modes"],
-                "labels": {t: {k: v for k, v in lab.items() if not k.endswith("_score")} for t, lab in e["labels"].items()}}
-            for f, e in plan["layers"].items()}
+    return {
+        f: {
+            "pair_keys": e["pair_keys"],
+            "modes": e["modes"],
+            "labels": {t: {k: v for k, v in lab.items() if not k.endswith("_score")} for t, lab in e["labels"].items()},
+        }
+        for f, e in plan["layers"].items()
+    }
 
 
 def _scores(plan: dict) -> list[float]:
@@ -183,8 +215,9 @@ def test_tp2_trains_as_tp1(tp_runs):
 
 
 def test_fsdp2_x_tp2_trains_as_fsdp2(tp_runs):
-    both = tp_runs("fsdp2_tp2", 4, "--parallelism.tensor_parallel_degree", "2",
-                   "--parallelism.data_parallel_shard_degree", "2")
+    both = tp_runs(
+        "fsdp2_tp2", 4, "--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree", "2"
+    )
     assert "Applied Tensor Parallelism" in both[0] and "Applied FSDP" in both[0]
     _same_training(both, tp_runs("fsdp2", 2, "--parallelism.data_parallel_shard_degree", "2"))
 
@@ -195,11 +228,15 @@ def test_tp_shards_that_cut_an_mx_block_refused_before_the_model_is_built(tmp_pa
     cfg = tmp_path / "job.toml"
     cfg.write_text(base_toml(tmp_path / "out", steps=2, calibration_steps=1))
     # nano: wk / wv have 32 output features (one KV head of 32): 16 per rank under TP=2
-    r = run_train(cfg, ["--experimental.custom_import", "adahop_tp_flavors",
-                        "--parallelism.tensor_parallel_degree", "2"], nproc=2)
+    r = run_train(
+        cfg, ["--experimental.custom_import", "adahop_tp_flavors", "--parallelism.tensor_parallel_degree", "2"], nproc=2
+    )
     assert r.returncode != 0
-    assert ("parallelism.tensor_parallel_degree = 2" in r.stdout and "layers.0.attention.wk.out_features = 32" in r.stdout
-            and "multiple of 32 per rank" in r.stdout), r.stdout[-3000:]
+    assert (
+        "parallelism.tensor_parallel_degree = 2" in r.stdout
+        and "layers.0.attention.wk.out_features = 32" in r.stdout
+        and "multiple of 32 per rank" in r.stdout
+    ), r.stdout[-3000:]
     assert "Applied Tensor Parallelism" not in r.stdout
 
 

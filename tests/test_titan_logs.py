@@ -73,7 +73,13 @@ def test_library_warnings_that_alarm_are_ignored():
 
 def test_format_duration():
     assert [logs.format_duration(s) for s in (0, 4.4, 59.6, 125, 3720, float("nan"))] == [
-        "0s", "4s", "1m00s", "2m05s", "1h02m", "?"]
+        "0s",
+        "4s",
+        "1m00s",
+        "2m05s",
+        "1h02m",
+        "?",
+    ]
 
 
 def _processor(steps: int, peak_known: bool, reset: str = "\x1b[39m"):
@@ -96,8 +102,9 @@ def test_step_line_rewrite(titan_log):
     line = "\x1b[31mstep:  2  loss:  9.5  tps: 671  \x1b[36mtflops: 0.02  \x1b[35mmfu: nan%\x1b[39m"
     with logs._filter(logs.titan_logger, logs._AppendToStepLine("  steps/s: 1.00  left: 3s", "\x1b[39m", False)):
         logs.titan_logger.info(line)
-    assert titan_log[-1][1] == ("\x1b[31mstep:  2  loss:  9.5  tps: 671  \x1b[36mtflops: n/a  \x1b[35mmfu: n/a"
-                                "  steps/s: 1.00  left: 3s\x1b[39m")
+    assert titan_log[-1][1] == (
+        "\x1b[31mstep:  2  loss:  9.5  tps: 671  \x1b[36mtflops: n/a  \x1b[35mmfu: n/a  steps/s: 1.00  left: 3s\x1b[39m"
+    )
     with logs._filter(logs.titan_logger, logs._AppendToStepLine("  steps/s: 1.00  left: 3s", "", True)):
         logs.titan_logger.info("step:  2  tflops: 312.50  mfu: 41.20%")
     assert titan_log[-1][1] == "step:  2  tflops: 312.50  mfu: 41.20%  steps/s: 1.00  left: 3s"

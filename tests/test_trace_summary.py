@@ -20,17 +20,25 @@ def test_union_and_gaps_of_overlapping_intervals():
 
 def test_summary_of_a_hand_made_trace():
     ev = lambda name, cat, ts, dur: {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur}  # noqa: E731
-    trace = {"traceEvents": [
-        ev("ProfilerStep#7", "user_annotation", 0, 1000), ev("ProfilerStep#8", "user_annotation", 1000, 1000),
-        # a CUDA trace's GPU-timeline copies of the step spans: not steps of their own
-        ev("ProfilerStep#7", "gpu_user_annotation", 100, 500), ev("ProfilerStep#8", "gpu_user_annotation", 1500, 400),
-        ev("_quantize_kernel", "kernel", 100, 200), ev("nvjet_sm90_qqtst_Avec128_Bvec128", "kernel", 200, 400),
-        ev("sm90_xmma_gemm_bf16", "kernel", 1500, 400),  # ends at 1900: span 0..2000
-        ev("nvjet_sm90_qrtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "kernel", 1600, 0),  # tensorwise fp8 (e4m3 x e5m2)
-        ev("aten::_scaled_mm", "cpu_op", 150, 50), ev("aten::_scaled_mm", "cpu_op", 1100, 30),
-        ev("aten::empty", "cpu_op", 120, 5),
-        {"ph": "i", "name": "instant"},  # events without a duration are ignored
-    ]}
+    trace = {
+        "traceEvents": [
+            ev("ProfilerStep#7", "user_annotation", 0, 1000),
+            ev("ProfilerStep#8", "user_annotation", 1000, 1000),
+            # a CUDA trace's GPU-timeline copies of the step spans: not steps of their own
+            ev("ProfilerStep#7", "gpu_user_annotation", 100, 500),
+            ev("ProfilerStep#8", "gpu_user_annotation", 1500, 400),
+            ev("_quantize_kernel", "kernel", 100, 200),
+            ev("nvjet_sm90_qqtst_Avec128_Bvec128", "kernel", 200, 400),
+            ev("sm90_xmma_gemm_bf16", "kernel", 1500, 400),  # ends at 1900: span 0..2000
+            ev(
+                "nvjet_sm90_qrtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "kernel", 1600, 0
+            ),  # tensorwise fp8 (e4m3 x e5m2)
+            ev("aten::_scaled_mm", "cpu_op", 150, 50),
+            ev("aten::_scaled_mm", "cpu_op", 1100, 30),
+            ev("aten::empty", "cpu_op", 120, 5),
+            {"ph": "i", "name": "instant"},  # events without a duration are ignored
+        ]
+    }
     out = summarize(trace)
     # 2 steps over 2000 us: 1.0 ms per step; kernel time 1000 us / 2; busy = union (100..600, 1500..1900) = 900
     assert "2 profiled steps (ProfilerStep#7, ProfilerStep#8): 1.0 ms per step" in out
@@ -54,13 +62,22 @@ def test_a_trace_without_steps_is_refused():
 def test_reads_a_real_profiler_trace(tmp_path):
     path = tmp_path / "rank0_trace.json"
     sched = torch.profiler.schedule(wait=0, warmup=1, active=2)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=sched,
-                                on_trace_ready=lambda p: p.export_chrome_trace(str(path))) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU],
+        schedule=sched,
+        on_trace_ready=lambda p: p.export_chrome_trace(str(path)),
+    ) as prof:
         for _ in range(3):
             torch.randn(64, 64) @ torch.randn(64, 64)
             prof.step()
-    r = subprocess.run([sys.executable, "scripts/trace_summary.py", str(path), "--rows", "5"], cwd=REPO, env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "scripts/trace_summary.py", str(path), "--rows", "5"],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 profiled steps" in r.stdout and "aten::mm" in r.stdout, r.stdout
     json.loads(path.read_text())  # what it read is the profiler's own JSON

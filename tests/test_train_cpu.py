@@ -65,8 +65,9 @@ def reference_run(tmp_path_factory):
     """Uninterrupted 2-rank run (7 steps, calibration over 3) that the resumed runs must match."""
     tmp = tmp_path_factory.mktemp("reference")
     dump = tmp / "ref"
-    ref = run_train(_write(tmp, "ref.toml", base_toml(dump, steps=7, calibration_steps=3) + CKPT.format(interval=4)),
-                    nproc=2)
+    ref = run_train(
+        _write(tmp, "ref.toml", base_toml(dump, steps=7, calibration_steps=3) + CKPT.format(interval=4)), nproc=2
+    )
     assert ref.returncode == 0, ref.stdout[-4000:]
     return ref, dump
 
@@ -123,11 +124,12 @@ def test_step_with_dropped_blocks_is_redone_exactly(tmp_path):
     (simulated at steps 4, 5 and 6 on both ranks: row slots overflowed, a block dropped twice) is run again
     from the same batches and the same random state (stochastic rounding on) before the optimizer sees it, so the
     run equals one without the events."""
-    sr = "\n[quantize.linear.mx]\nfilter_fqns = [\"output\"]\nuse_sr_grad = true\n"
+    sr = '\n[quantize.linear.mx]\nfilter_fqns = ["output"]\nuse_sr_grad = true\n'
     runs = {}
     for name, env in (("plain", {}), ("redo", {"ADAHOP_DEBUG_DEFICIENT_AT_STEP": "4:rows,5,6"})):
         text = base_toml(tmp_path / name, steps=7, calibration_steps=3).replace(
-            '[quantize.linear.mx]\nfilter_fqns = ["output"]\n', sr)
+            '[quantize.linear.mx]\nfilter_fqns = ["output"]\n', sr
+        )
         runs[name] = run_train(_write(tmp_path, f"{name}.toml", text), nproc=2, extra_env=env)
         assert runs[name].returncode == 0, runs[name].stdout[-4000:]
     redo = [line for line in runs["redo"].stdout.splitlines() if "running the step again" in line]
@@ -170,13 +172,34 @@ def test_seed_readme_toml_trains(tmp_path):
 
     cfg = _write(tmp_path, "seed.toml", SEED_README_TOML)
     dump = tmp_path / "out"
-    r = run_train(cfg, [
-        "--job.dump_folder", str(dump), "--model.name", "adahop_llama3", "--model.flavor", "nano",
-        "--model.hf_assets_path", str(TOKENIZER), *DATA_ARGS, "--training.steps", "32",
-        "--training.local_batch_size", "1", "--training.seq_len", "64",
-        "--training.mixed_precision_param", "float32", "--activation_checkpoint.mode", "none",
-        "--metrics.log_freq", "8", "--lr_scheduler.warmup_steps", "4",
-    ])
+    r = run_train(
+        cfg,
+        [
+            "--job.dump_folder",
+            str(dump),
+            "--model.name",
+            "adahop_llama3",
+            "--model.flavor",
+            "nano",
+            "--model.hf_assets_path",
+            str(TOKENIZER),
+            *DATA_ARGS,
+            "--training.steps",
+            "32",
+            "--training.local_batch_size",
+            "1",
+            "--training.seq_len",
+            "64",
+            "--training.mixed_precision_param",
+            "float32",
+            "--activation_checkpoint.mode",
+            "none",
+            "--metrics.log_freq",
+            "8",
+            "--lr_scheduler.warmup_steps",
+            "4",
+        ],
+    )
     assert r.returncode == 0, r.stdout[-4000:]
     assert "[adahop] plan (calibration)" in r.stdout
     plan = json.loads((dump / "adahop_plan.json").read_text())
@@ -188,13 +211,28 @@ def test_plan_file_skips_calibration_and_quant_error_to_tensorboard(two_rank_run
     _, dump = two_rank_run
     plan_path = dump / "adahop_plan.json"
     out_dump = tmp_path / "out"
-    cfg = _write(tmp_path, "p.toml", base_toml(
-        out_dump, steps=2, calibration_steps=3,
-        extra=f'plan_file = "{plan_path}"\n',
-    ))
-    r = run_train(cfg, ["--metrics.enable_tensorboard", "--quantize.linear.mx.quant_error_freq", "1",
-                        "--quantize.linear.mx.quant_error_tokens", "64",
-                        "--quantize.linear.mx.kernels.deficient_report", str(tmp_path / "deficient")])
+    cfg = _write(
+        tmp_path,
+        "p.toml",
+        base_toml(
+            out_dump,
+            steps=2,
+            calibration_steps=3,
+            extra=f'plan_file = "{plan_path}"\n',
+        ),
+    )
+    r = run_train(
+        cfg,
+        [
+            "--metrics.enable_tensorboard",
+            "--quantize.linear.mx.quant_error_freq",
+            "1",
+            "--quantize.linear.mx.quant_error_tokens",
+            "64",
+            "--quantize.linear.mx.kernels.deficient_report",
+            str(tmp_path / "deficient"),
+        ],
+    )
     assert r.returncode == 0, r.stdout[-4000:]
     assert "[adahop] plan (plan_file:" in r.stdout and "calibration of outlier patterns" not in r.stdout
     # kernels.deficient_report: written by the trainer when training ends (CPU: the reference path, no fp8 GEMM)
@@ -219,19 +257,36 @@ def test_plan_file_skips_calibration_and_quant_error_to_tensorboard(two_rank_run
 
 
 INVALID = [
-    ("mode", ["--quantize.linear.mx.calibration.layer_transform_config.row-row", "rotate"],
-     ['layer_transform_config."row-row"', "'rotate'", "inner_outlier_extract_left"]),
+    (
+        "mode",
+        ["--quantize.linear.mx.calibration.layer_transform_config.row-row", "rotate"],
+        ['layer_transform_config."row-row"', "'rotate'", "inner_outlier_extract_left"],
+    ),
     ("pair-key", None, ["layer_transform_config", "'diag-row'", "none-col"]),
-    ("recipe", ["--quantize.linear.mx.recipe_name", "mxfp8_cublas"],
-     ["recipe_name", "'mxfp8_cublas'", "mxfp4_1d1d"]),
-    ("dims", ["--experimental.custom_import", "adahop_test_flavors", "--model.flavor", "nano_odd_vocab",
-              "--quantize.linear.mx.filter_fqns", "layers.99"],
-     ["filter_fqns", "'output'", "[8200, 64]"]),
-    ("calibration-steps", ["--quantize.linear.mx.calibration.calibration_steps", "9", "--training.steps", "8"],
-     ["calibration_steps", "9", "training.steps = 8"]),
+    ("recipe", ["--quantize.linear.mx.recipe_name", "mxfp8_cublas"], ["recipe_name", "'mxfp8_cublas'", "mxfp4_1d1d"]),
+    (
+        "dims",
+        [
+            "--experimental.custom_import",
+            "adahop_test_flavors",
+            "--model.flavor",
+            "nano_odd_vocab",
+            "--quantize.linear.mx.filter_fqns",
+            "layers.99",
+        ],
+        ["filter_fqns", "'output'", "[8200, 64]"],
+    ),
+    (
+        "calibration-steps",
+        ["--quantize.linear.mx.calibration.calibration_steps", "9", "--training.steps", "8"],
+        ["calibration_steps", "9", "training.steps = 8"],
+    ),
     ("gmm", ["--quantize.linear.mx.enable_mxfp4_gmm"], ["enable_mxfp4_gmm", "True", "without MoE experts"]),
-    ("fa", ["--quantize.linear.mx.enable_mxfp4_fa", "--model.flavor", "debugmodel_flex_attn"],
-     ["enable_mxfp4_fa", "True", 'attn_type = "sdpa"', "FlexAttentionWrapper"]),
+    (
+        "fa",
+        ["--quantize.linear.mx.enable_mxfp4_fa", "--model.flavor", "debugmodel_flex_attn"],
+        ["enable_mxfp4_fa", "True", 'attn_type = "sdpa"', "FlexAttentionWrapper"],
+    ),
 ]
 
 

@@ -9,8 +9,7 @@ from train_helpers import REPO, base_toml, command, env
 
 
 def run(config, args=()) -> subprocess.CompletedProcess:
-    return subprocess.run(command(config, list(args)), cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(command(config, list(args)), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
 
 
 def error_lines(r: subprocess.CompletedProcess) -> list[str]:
@@ -38,8 +37,10 @@ def test_config_error_in_the_trainer_is_one_message(tmp_path):
     assert "Building adahop_llama3" not in r.stdout + r.stderr  # refused before the model is built
 
 
-@pytest.mark.parametrize("name", ["ADAHOP_TILE_B", "ADAHOP_SYNC_EVERY_GEMM", "ADAHOP_DEFICIENT_REPORT",
-                                  "ADAHOP_DUAL_QUANT", "ADAHOP_SIDE_STREAM"])
+@pytest.mark.parametrize(
+    "name",
+    ["ADAHOP_TILE_B", "ADAHOP_SYNC_EVERY_GEMM", "ADAHOP_DEFICIENT_REPORT", "ADAHOP_DUAL_QUANT", "ADAHOP_SIDE_STREAM"],
+)
 def test_removed_environment_switches_refused_naming_the_replacement(name):
     from adahop.config import ConfigError
     from adahop.train import REMOVED_SWITCHES, check_removed_switches

@@ -7,8 +7,12 @@ import pytest
 from train_helpers import base_toml, losses, run_train
 
 MOE_ARGS = [
-    "--model.name", "adahop_qwen3", "--model.flavor", "moe_nano",
-    "--quantize.linear.mx.filter_fqns", "output,router.gate",
+    "--model.name",
+    "adahop_qwen3",
+    "--model.flavor",
+    "moe_nano",
+    "--quantize.linear.mx.filter_fqns",
+    "output,router.gate",
     "--quantize.linear.mx.enable_mxfp4_gmm",
 ]
 
@@ -26,7 +30,11 @@ def test_moe_trains_with_calibrated_expert_layers(tmp_path):
     assert sorted(experts) == sorted(f"layers.{i}.moe.experts.mx_{w}" for i in range(2) for w in ("w1", "w2", "w3"))
     for f in experts:
         entry = plan["layers"][f]
-        assert set(entry["labels"]) == {"x", "w", "g"} and set(entry["modes"]) == {"forward_y", "backward_gx", "backward_gw"}
+        assert set(entry["labels"]) == {"x", "w", "g"} and set(entry["modes"]) == {
+            "forward_y",
+            "backward_gx",
+            "backward_gw",
+        }
     assert not any("router.gate" in f for f in plan["layers"])
     steps = losses(r.stdout)
     assert 6 in steps and all(v == v for v in steps.values())  # finite losses through the last step

@@ -75,23 +75,47 @@ def env(extra: dict | None = None) -> dict:
     e.setdefault("OMP_NUM_THREADS", "1")
     e["PYTHONUNBUFFERED"] = "1"
     # the caller's launch settings (torchrun's, and run_train.sh's for several nodes) would reach the runs
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "NNODES", "NODE_RANK", "RDZV_ENDPOINT", "RDZV_ID"):
+    for k in (
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "NNODES",
+        "NODE_RANK",
+        "RDZV_ENDPOINT",
+        "RDZV_ID",
+    ):
         if k not in (extra or {}):
             e.pop(k, None)
     return e
 
 
-def command(config: Path, args: list[str] = (), nproc: int = 1, log_dir: Path | None = None,
-            module: str = "adahop.train") -> list[str]:
+def command(
+    config: Path, args: list[str] = (), nproc: int = 1, log_dir: Path | None = None, module: str = "adahop.train"
+) -> list[str]:
     """The training command; `module` debug_train runs the trainer with the tests' hooks (tests/debug_train.py)."""
     if nproc == 1:
         return [sys.executable, "-m", module, "--job.config_file", str(config), *args]
     logs = ["--log-dir", str(log_dir), "--redirects", "3"] if log_dir is not None else []
     return [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--tee", "3", *logs,
-        "-m", module, "--job.config_file", str(config), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "localhost:0",
+        "--tee",
+        "3",
+        *logs,
+        "-m",
+        module,
+        "--job.config_file",
+        str(config),
+        *args,
     ]
 
 
@@ -106,30 +130,44 @@ def _rank_logs(log_dir: Path, nproc: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def run_train(config: Path, args: list[str] = (), nproc: int = 1, timeout: float = 600,
-              extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(
+    config: Path, args: list[str] = (), nproc: int = 1, timeout: float = 600, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     log_dir = None
     if nproc > 1:
         log_dir = Path(tempfile.mkdtemp(prefix="adahop_ranklogs_"))
     module = "debug_train" if any(k.startswith("ADAHOP_DEBUG_") for k in extra_env or {}) else "adahop.train"
     r = subprocess.run(
-        command(config, args, nproc, log_dir, module), cwd=REPO, env=env(extra_env), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        command(config, args, nproc, log_dir, module),
+        cwd=REPO,
+        env=env(extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
     )
     if log_dir is not None:
         per_rank = _rank_logs(log_dir, nproc)
         shutil.rmtree(log_dir, ignore_errors=True)
         if per_rank.strip():
-            r.stdout = per_rank + "\n---- console ----\n" + "\n".join(
-                line for line in r.stdout.splitlines() if not line.startswith("[default"))
+            r.stdout = (
+                per_rank
+                + "\n---- console ----\n"
+                + "\n".join(line for line in r.stdout.splitlines() if not line.startswith("[default"))
+            )
     return r
 
 
 def run_until(config: Path, pattern: str, args: list[str] = (), nproc: int = 1, timeout: float = 600) -> str:
     """Start training, SIGKILL the whole process group as soon as `pattern` appears in the output."""
     proc = subprocess.Popen(
-        command(config, args, nproc), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        command(config, args, nproc),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     out = []
     deadline = time.time() + timeout

@@ -43,8 +43,12 @@ VALIDATION_DATASET = "adahop_text_val"
 _DEFAULT_VAL_SOURCES = ("gutenberg", "sotu", "python_docs", "wikipedia")
 
 _LOCAL_FORMATS = {  # file suffix -> datasets builder name
-    ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text",
-    ".csv": "csv", ".arrow": "arrow",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".csv": "csv",
+    ".arrow": "arrow",
 }
 _BINARY_FORMATS = ("parquet", "arrow")
 
@@ -111,13 +115,15 @@ def local_data_files(dataset: str, dataset_path: str | None) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        return [f for f in sorted(p.rglob("*")) if f.is_file() and _format_of(f)
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        return [
+            f
+            for f in sorted(p.rglob("*"))
+            if f.is_file() and _format_of(f) and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        ]
     return []
 
 
-def load_text_dataset(path: str, split: str = "train", streaming: bool | None = None,
-                      name: str | None = None):
+def load_text_dataset(path: str, split: str = "train", streaming: bool | None = None, name: str | None = None):
     """Load a local file/folder or a Hugging Face hub dataset as a `datasets` dataset.
 
     - a local file (.jsonl/.json/.parquet/.txt/.csv, optionally .gz): loaded with the
@@ -137,12 +143,10 @@ def load_text_dataset(path: str, split: str = "train", streaming: bool | None = 
         problem = data_file_problem(p)
         if problem:
             raise ValueError(f"data file {p}: {problem}")
-        return load_dataset(_format_of(p), data_files=str(p.resolve()), split="train",
-                            streaming=bool(streaming))
+        return load_dataset(_format_of(p), data_files=str(p.resolve()), split="train", streaming=bool(streaming))
     if p.is_dir():
         return load_dataset(str(p.resolve()), name=name, split=split, streaming=bool(streaming))
-    return load_dataset(path, name=name, split=split,
-                        streaming=True if streaming is None else streaming)
+    return load_dataset(path, name=name, split=split, streaming=True if streaming is None else streaming)
 
 
 def interleave_by_source(sources: list[str], sizes: list[int]) -> list[int]:
@@ -245,9 +249,7 @@ def register_datasets() -> list[str]:
     names = [TRAIN_DATASET, VALIDATION_DATASET]
     for source in validation_sources():
         key = f"{VALIDATION_DATASET}_{source}"
-        registry[key] = DatasetConfig(
-            str(VALIDATION_FILE), partial(_load_source_subset, source=source), text
-        )
+        registry[key] = DatasetConfig(str(VALIDATION_FILE), partial(_load_source_subset, source=source), text)
         names.append(key)
     return names
 

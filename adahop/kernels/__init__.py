@@ -21,8 +21,9 @@ def kernels_replaced(wrap):
     """Inside the block every kernel of JIT_KERNELS is `wrap(jit)` where the wrappers look it up (restored
     after, also on error); yields the stand-ins by kernel name. For the tools that record or count the
     launches without changing the wrappers."""
-    kernels = [(mod, name, getattr(mod, name)) for mod, name in
-               ((importlib.import_module(m), n) for m, n in JIT_KERNELS)]
+    kernels = [
+        (mod, name, getattr(mod, name)) for mod, name in ((importlib.import_module(m), n) for m, n in JIT_KERNELS)
+    ]
     standins = {}
     try:
         for mod, name, jit in kernels:

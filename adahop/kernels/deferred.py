@@ -30,8 +30,10 @@ class DeficientBlocksInStep(RuntimeError):
     def __init__(self, count: int):
         self.count = count
         # the count adds blocks and, from the GEMMs that recompute rows, flagged rows beyond their row slots
-        super().__init__(f"{count} MXFP4 block(s) (or rows beyond a GEMM's row slots) of this step could not be "
-                         "held in fp8 and were left out")
+        super().__init__(
+            f"{count} MXFP4 block(s) (or rows beyond a GEMM's row slots) of this step could not be "
+            "held in fp8 and were left out"
+        )
 
 
 @contextmanager

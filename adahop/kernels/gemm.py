@@ -44,9 +44,19 @@ def reset_stats() -> None:
 
 
 def _record(tag: str, side: str, op: "FastOperand", mask: Optional[torch.Tensor]) -> None:
-    rec = DEFICIENT_BY_TAG.setdefault(f"{tag}:{side}", {"gemms": 0, "blocks": 0, "deficient": 0,
-                                                           "gemms_with_any": 0, "tiles": 0, "tiles_with_any": 0,
-                                                           "gaps": {}, "shapes": {}})
+    rec = DEFICIENT_BY_TAG.setdefault(
+        f"{tag}:{side}",
+        {
+            "gemms": 0,
+            "blocks": 0,
+            "deficient": 0,
+            "gemms_with_any": 0,
+            "tiles": 0,
+            "tiles_with_any": 0,
+            "gaps": {},
+            "shapes": {},
+        },
+    )
     R, K = op.fp8.shape
     rec["gemms"] += 1
     rec["blocks"] += R * K // 32
@@ -74,8 +84,10 @@ def dump_deficient_report(path: str) -> None:
 
     from ..files import write_text_atomic
 
-    report = {"stats": {**STATS, "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
-              "by_tag": DEFICIENT_BY_TAG}
+    report = {
+        "stats": {**STATS, "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
+        "by_tag": DEFICIENT_BY_TAG,
+    }
     write_text_atomic(path, json.dumps(report, indent=1, sort_keys=True))
 
 
@@ -145,7 +157,9 @@ def _scaled_mm(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.
     return _scaled_mm_parts(a.fp8, a.gscale, b, out_dtype)
 
 
-def _scaled_mm_parts(a_fp8: torch.Tensor, a_gscale: torch.Tensor, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
+def _scaled_mm_parts(
+    a_fp8: torch.Tensor, a_gscale: torch.Tensor, b: FastOperand, out_dtype: torch.dtype
+) -> torch.Tensor:
     """A @ B^T on cuBLAS's blockwise fp8 GEMM: A [M, K] e4m3 or e5m2 with 1x128 scales a_gscale [K/128, M];
     B e4m3 (cuBLAS takes e5m2 on one side only)."""
     scale_a = a_gscale.t()  # [M, K/128], column-major

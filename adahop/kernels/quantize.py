@@ -59,6 +59,7 @@ def fp8_window(wide: bool) -> tuple[int, int]:
 def fp8_dtype(wide: bool) -> torch.dtype:
     return torch.float8_e5m2 if wide else torch.float8_e4m3fn
 
+
 ROUND_NEAREST = 0
 ROUND_SR_PHILOX = 1  # uniforms from Philox: output i % 4 of tl.rand4x(seed, i // 4), i = r * K + k
 ROUND_SR_GIVEN = 2  # uniforms read from a float32 [R, K] tensor (tests: same draws as the reference)
@@ -162,17 +163,22 @@ def _code_bytes(idx, neg, A: tl.constexpr, L: tl.constexpr):
 
 
 @triton.jit
-def _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid, KTOT, idx, neg, e, nonfinite,
-              A: tl.constexpr, L: tl.constexpr):
+def _store_mx(
+    packed_ptr, scales_ptr, rows64, row_ok, pid, KTOT, idx, neg, e, nonfinite, A: tl.constexpr, L: tl.constexpr
+):
     """Store the MXFP4 form of a tile of A rows x L along K (code indices idx and signs neg, reshaping to
     [A, L]; block exponents e and non-finite flags [A, L/32]) into a K-major operand with KTOT along K, at
     K offset pid * L: packed codes [., KTOT/2] and E8M0 bytes [., KTOT/32] (255 for a non-finite block)."""
     pcols = pid * (L // 2) + tl.arange(0, L // 2)
-    tl.store(packed_ptr + rows64[:, None] * (KTOT // 2) + pcols[None, :], _code_bytes(idx, neg, A, L),
-             mask=row_ok[:, None])
+    tl.store(
+        packed_ptr + rows64[:, None] * (KTOT // 2) + pcols[None, :], _code_bytes(idx, neg, A, L), mask=row_ok[:, None]
+    )
     scols = pid * (L // 32) + tl.arange(0, L // 32)
-    tl.store(scales_ptr + rows64[:, None] * (KTOT // 32) + scols[None, :],
-             tl.where(nonfinite, 255, e + 127).to(tl.uint8), mask=row_ok[:, None])
+    tl.store(
+        scales_ptr + rows64[:, None] * (KTOT // 32) + scols[None, :],
+        tl.where(nonfinite, 255, e + 127).to(tl.uint8),
+        mask=row_ok[:, None],
+    )
 
 
 @triton.jit
@@ -188,9 +194,25 @@ def _widen(x, IN_BF16: tl.constexpr):
 
 @triton.jit
 def _fp8_emit(
-    qabs, neg, e, nonfinite, nonzero, rows, pid_k, R, K,
-    fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, GS_STRIDE,
-    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr, ON_DEFICIENT: tl.constexpr,
+    qabs,
+    neg,
+    e,
+    nonfinite,
+    nonzero,
+    rows,
+    pid_k,
+    R,
+    K,
+    fp8_ptr,
+    gscale_ptr,
+    count_ptr,
+    rowflag_ptr,
+    GS_STRIDE,
+    BR: tl.constexpr,
+    TILE: tl.constexpr,
+    HW_CVT: tl.constexpr,
+    WIDE: tl.constexpr,
+    ON_DEFICIENT: tl.constexpr,
 ):
     """Write the fp8 form of one [BR, 128] tile given E2M1 magnitudes qabs [BR, 4, 32] (float32), their
     signs, block exponents e [BR, 4] (int32), non-finite flags [BR, 4] and which blocks hold a nonzero
@@ -337,10 +359,21 @@ def _e2m1_index(qabs):
 
 @triton.jit
 def _quantize_kernel(
-    x_ptr, stride_r, stride_k,
-    signs_ptr, zero_ptr, u_ptr,
-    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr,
-    R, K, seed,
+    x_ptr,
+    stride_r,
+    stride_k,
+    signs_ptr,
+    zero_ptr,
+    u_ptr,
+    packed_ptr,
+    scales_ptr,
+    fp8_ptr,
+    gscale_ptr,
+    count_ptr,
+    rowflag_ptr,
+    R,
+    K,
+    seed,
     BR: tl.constexpr,
     K_CONTIG: tl.constexpr,
     HSIZE: tl.constexpr,
@@ -396,8 +429,27 @@ def _quantize_kernel(
     if WRITE_PACKED:
         _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid_k, K, idx, neg, e, nonfinite, BR, BK)
     if WRITE_FP8:
-        _fp8_emit(qabs, neg, e, nonfinite, _block_nonzero(qabs, amax, e, ROUNDING, 2), rows, pid_k, R, K,
-                  fp8_ptr, gscale_ptr, count_ptr, rowflag_ptr, R, BR, TILE, HW_CVT, WIDE, ROWFLAG)
+        _fp8_emit(
+            qabs,
+            neg,
+            e,
+            nonfinite,
+            _block_nonzero(qabs, amax, e, ROUNDING, 2),
+            rows,
+            pid_k,
+            R,
+            K,
+            fp8_ptr,
+            gscale_ptr,
+            count_ptr,
+            rowflag_ptr,
+            R,
+            BR,
+            TILE,
+            HW_CVT,
+            WIDE,
+            ROWFLAG,
+        )
 
 
 @triton.jit
@@ -413,10 +465,20 @@ def _butterfly_t(y, BK: tl.constexpr, BR: tl.constexpr, H: tl.constexpr):
 
 @triton.jit
 def _quantize_kernel_t(
-    x_ptr, stride_r, stride_k,
-    signs_ptr, zero_ptr, u_ptr,
-    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr,
-    R, K, seed,
+    x_ptr,
+    stride_r,
+    stride_k,
+    signs_ptr,
+    zero_ptr,
+    u_ptr,
+    packed_ptr,
+    scales_ptr,
+    fp8_ptr,
+    gscale_ptr,
+    count_ptr,
+    R,
+    K,
+    seed,
     BR: tl.constexpr,
     HSIZE: tl.constexpr,
     HSCALE: tl.constexpr,
@@ -515,14 +577,25 @@ def _load_packed(packed_ptr, scales_ptr, src64, ok, pid_k, K, BR: tl.constexpr):
     scols = pid_k * NB + tl.arange(0, NB)
     sbyte = tl.load(scales_ptr + src64[:, None] * (K // 32) + scols[None, :], mask=ok[:, None], other=0).to(tl.int32)
     idx = code & 7
-    qabs = tl.where(idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0))
+    qabs = tl.where(
+        idx < 4, idx.to(tl.float32) * 0.5, tl.where(idx < 6, (idx - 2).to(tl.float32), (idx - 4).to(tl.float32) * 2.0)
+    )
     return qabs, (code & 8) != 0, sbyte - 127, sbyte == 255
 
 
 @triton.jit
 def _reencode_kernel(
-    packed_ptr, scales_ptr, fp8_ptr, gscale_ptr, count_ptr, R, K,
-    BR: tl.constexpr, TILE: tl.constexpr, HW_CVT: tl.constexpr, WIDE: tl.constexpr,
+    packed_ptr,
+    scales_ptr,
+    fp8_ptr,
+    gscale_ptr,
+    count_ptr,
+    R,
+    K,
+    BR: tl.constexpr,
+    TILE: tl.constexpr,
+    HW_CVT: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Saved packed MXFP4 ([R, K/2] codes + [R, K/32] scales, K-major) -> fp8 e4m3 (e5m2 if WIDE) + group
     scales."""
@@ -531,15 +604,43 @@ def _reencode_kernel(
     rows = pid_r * BR + tl.arange(0, BR)
     row_ok = rows < R
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, rows.to(tl.int64), row_ok, pid_k, K, BR)
-    _fp8_emit(qabs, neg, e, nonfinite, tl.max(qabs, axis=2) > 0, rows, pid_k, R, K, fp8_ptr, gscale_ptr,
-              count_ptr, count_ptr, R, BR, TILE, HW_CVT, WIDE, 0)
+    _fp8_emit(
+        qabs,
+        neg,
+        e,
+        nonfinite,
+        tl.max(qabs, axis=2) > 0,
+        rows,
+        pid_k,
+        R,
+        K,
+        fp8_ptr,
+        gscale_ptr,
+        count_ptr,
+        count_ptr,
+        R,
+        BR,
+        TILE,
+        HW_CVT,
+        WIDE,
+        0,
+    )
 
 
 @triton.jit
 def _row_split_kernel(
-    packed_ptr, scales_ptr, rows_ptr, NSEL, K,
-    hi_ptr, hi_gscale_ptr, lo_ptr, lo_gscale_ptr, count_ptr,
-    BR: tl.constexpr, HW_CVT: tl.constexpr,
+    packed_ptr,
+    scales_ptr,
+    rows_ptr,
+    NSEL,
+    K,
+    hi_ptr,
+    hi_gscale_ptr,
+    lo_ptr,
+    lo_gscale_ptr,
+    count_ptr,
+    BR: tl.constexpr,
+    HW_CVT: tl.constexpr,
 ):
     """For the NSEL selected rows of a packed K-major operand, the wide (e5m2) fp8 form in two exact parts,
     stacked in one [2 NSEL, K] operand (hi rows first) with its [K/128, 2 NSEL] scales, so that one GEMM
@@ -554,15 +655,53 @@ def _row_split_kernel(
     src = tl.load(rows_ptr + sel, mask=sel_ok, other=0).to(tl.int64)
     qabs, neg, e, nonfinite = _load_packed(packed_ptr, scales_ptr, src, sel_ok, pid_k, K, BR)
     nonzero = tl.max(qabs, axis=2) > 0
-    _fp8_emit(qabs, neg, e, nonfinite, nonzero, sel, pid_k, NSEL, K, hi_ptr, hi_gscale_ptr,
-              count_ptr, count_ptr, 2 * NSEL, BR, False, HW_CVT, True, 2)  # its deficient blocks go to the lo part
+    _fp8_emit(
+        qabs,
+        neg,
+        e,
+        nonfinite,
+        nonzero,
+        sel,
+        pid_k,
+        NSEL,
+        K,
+        hi_ptr,
+        hi_gscale_ptr,
+        count_ptr,
+        count_ptr,
+        2 * NSEL,
+        BR,
+        False,
+        HW_CVT,
+        True,
+        2,
+    )  # its deficient blocks go to the lo part
     e_fin = tl.where(nonfinite, -127, e)
     G = tl.maximum(tl.max(e_fin, axis=1) - 13, -126)
     deficient = nonzero & (e_fin - G[:, None] < -15) & (~nonfinite)
     qlo = tl.where(deficient[:, :, None], qabs, 0.0)
     elo = tl.where(deficient, e, -127)
-    _fp8_emit(qlo, neg, elo, deficient & nonfinite, tl.max(qlo, axis=2) > 0, sel, pid_k, NSEL, K, lo_ptr,
-              lo_gscale_ptr, count_ptr, count_ptr, 2 * NSEL, BR, False, HW_CVT, True, 0)
+    _fp8_emit(
+        qlo,
+        neg,
+        elo,
+        deficient & nonfinite,
+        tl.max(qlo, axis=2) > 0,
+        sel,
+        pid_k,
+        NSEL,
+        K,
+        lo_ptr,
+        lo_gscale_ptr,
+        count_ptr,
+        count_ptr,
+        2 * NSEL,
+        BR,
+        False,
+        HW_CVT,
+        True,
+        0,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -583,8 +722,17 @@ def hadamard_scale(block: int) -> float:
 # takes "trans" with a Hadamard (faster on the H100: its butterflies along axis 0 compile badly in "t") and
 # "t" without one. 128x128 tiles transposed in the chip (W^T) run at 32 warps: at 8 their sm_90 build spills
 # registers. scripts/bench_linear.py --tune overrides these entries to time alternatives.
-TUNING = {"contig": (32, 8), "strided": (16, 4), "tile": (128, 8), "tile_strided": (128, 32), "hv_contig": 2,
-          "hv_strided": 0, "reencode": (32, 4), "strided_kernel": "auto", "strided_t": (32, 4)}
+TUNING = {
+    "contig": (32, 8),
+    "strided": (16, 4),
+    "tile": (128, 8),
+    "tile_strided": (128, 32),
+    "hv_contig": 2,
+    "hv_strided": 0,
+    "reencode": (32, 4),
+    "strided_kernel": "auto",
+    "strided_t": (32, 4),
+}
 
 
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
@@ -659,8 +807,10 @@ def fused_quantize(
     if K % GROUP != 0:
         raise ValueError(f"the fused quantizer needs K % {GROUP} == 0, got K={K}")
     if row_flags and not (write_fp8 and write_packed):
-        raise ValueError("row_flags marks the rows the fp8 form cannot hold for the GEMM to recompute from the "
-                         "packed form: it needs write_fp8=True and write_packed=True")
+        raise ValueError(
+            "row_flags marks the rows the fp8 form cannot hold for the GEMM to recompute from the "
+            "packed form: it needs write_fp8=True and write_packed=True"
+        )
     if tile and R % 128 != 0:
         raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
     hsize = _hadamard_block(hadamard_size)
@@ -701,29 +851,67 @@ def fused_quantize(
     if not k_contig and not tile and strided_kernel == "t" and not row_flags:
         br, warps = TUNING["strided_t"]
         _quantize_kernel_t[(triton.cdiv(R, br), K // GROUP)](
-            t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
-            signs if signs is not None else dummy, zero if zero is not None else dummy,
+            t.view(torch.int16) if t.dtype == torch.bfloat16 else t,
+            stride_r,
+            stride_k,
+            signs if signs is not None else dummy,
+            zero if zero is not None else dummy,
             uniforms if uniforms is not None else dummy,
-            packed, scales, fp8, gscale, count,
-            R, K, int(seed) & 0x7FFFFFFF,
-            BR=br, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
-            HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
-            WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, IN_BF16=t.dtype == torch.bfloat16,
-            HW_CVT=_hw_cvt(t), WIDE=wide, num_warps=warps,
+            packed,
+            scales,
+            fp8,
+            gscale,
+            count,
+            R,
+            K,
+            int(seed) & 0x7FFFFFFF,
+            BR=br,
+            HSIZE=hsize,
+            HSCALE=hadamard_scale(hsize) if hsize else 1.0,
+            HAS_SIGNS=signs is not None,
+            HAS_ZERO=zero is not None,
+            ROUNDING=mode,
+            WRITE_PACKED=write_packed,
+            WRITE_FP8=write_fp8,
+            IN_BF16=t.dtype == torch.bfloat16,
+            HW_CVT=_hw_cvt(t),
+            WIDE=wide,
+            num_warps=warps,
         )
         return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, None)
     grid = (triton.cdiv(R, br), K // GROUP)
     _quantize_kernel[grid](
-        t.view(torch.int16) if t.dtype == torch.bfloat16 else t, stride_r, stride_k,
-        signs if signs is not None else dummy, zero if zero is not None else dummy,
+        t.view(torch.int16) if t.dtype == torch.bfloat16 else t,
+        stride_r,
+        stride_k,
+        signs if signs is not None else dummy,
+        zero if zero is not None else dummy,
         uniforms if uniforms is not None else dummy,
-        packed, scales, fp8, gscale, count, flags,
-        R, K, int(seed) & 0x7FFFFFFF,
-        BR=br, K_CONTIG=k_contig, HSIZE=hsize, HSCALE=hadamard_scale(hsize) if hsize else 1.0,
-        HAS_SIGNS=signs is not None, HAS_ZERO=zero is not None, ROUNDING=mode,
-        WRITE_PACKED=write_packed, WRITE_FP8=write_fp8, TILE=tile,
-        IN_BF16=t.dtype == torch.bfloat16, HVARIANT=TUNING["hv_contig" if k_contig else "hv_strided"],
-        HW_CVT=_hw_cvt(t), WIDE=wide, ROWFLAG=1 if row_flags else 0, num_warps=warps,
+        packed,
+        scales,
+        fp8,
+        gscale,
+        count,
+        flags,
+        R,
+        K,
+        int(seed) & 0x7FFFFFFF,
+        BR=br,
+        K_CONTIG=k_contig,
+        HSIZE=hsize,
+        HSCALE=hadamard_scale(hsize) if hsize else 1.0,
+        HAS_SIGNS=signs is not None,
+        HAS_ZERO=zero is not None,
+        ROUNDING=mode,
+        WRITE_PACKED=write_packed,
+        WRITE_FP8=write_fp8,
+        TILE=tile,
+        IN_BF16=t.dtype == torch.bfloat16,
+        HVARIANT=TUNING["hv_contig" if k_contig else "hv_strided"],
+        HW_CVT=_hw_cvt(t),
+        WIDE=wide,
+        ROWFLAG=1 if row_flags else 0,
+        num_warps=warps,
     )
     return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)
 
@@ -744,7 +932,9 @@ def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = F
     """fp8 form of a saved K-major packed operand (packed [R, K/2], scales [R, K/32]); e5m2 with `wide`."""
     R, K = packed.shape[0], packed.shape[1] * 2
     if K % GROUP != 0 or scales.shape != (R, K // 32):
-        raise ValueError(f"re-encode needs K % {GROUP} == 0 and scales [R, K/32]; got {tuple(packed.shape)}, {tuple(scales.shape)}")
+        raise ValueError(
+            f"re-encode needs K % {GROUP} == 0 and scales [R, K/32]; got {tuple(packed.shape)}, {tuple(scales.shape)}"
+        )
     if tile and R % 128 != 0:
         raise ValueError(f"128x128 tile scales need rows % 128 == 0, got {R}")
     dev = packed.device
@@ -753,8 +943,20 @@ def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = F
     count = _count_buffer(dev)
     br, warps = TUNING["tile"] if tile else TUNING["reencode"]
     grid = (triton.cdiv(R, br), K // GROUP)
-    _reencode_kernel[grid](packed.contiguous(), scales.contiguous(), fp8, gscale, count, R, K, BR=br, TILE=tile,
-                          HW_CVT=_hw_cvt(packed), WIDE=wide, num_warps=warps)
+    _reencode_kernel[grid](
+        packed.contiguous(),
+        scales.contiguous(),
+        fp8,
+        gscale,
+        count,
+        R,
+        K,
+        BR=br,
+        TILE=tile,
+        HW_CVT=_hw_cvt(packed),
+        WIDE=wide,
+        num_warps=warps,
+    )
     return {"fp8": fp8.view(fp8_dtype(wide)), "gscale": gscale, "count": count}
 
 
@@ -772,11 +974,18 @@ def fused_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tens
     lo, lo_gs = both[n:], both_gs[:, n:]
     br, warps = TUNING["reencode"]
     _row_split_kernel[(triton.cdiv(n, br), K // GROUP)](
-        packed, scales, rows, n, K, both, both_gs, lo, lo_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps)
+        packed, scales, rows, n, K, both, both_gs, lo, lo_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps
+    )
     e5 = fp8_dtype(True)
     both = both.view(e5)
-    return {"both": both, "both_gscale": both_gs, "hi": both[:n], "hi_gscale": both_gs[:, :n], "lo": lo.view(e5),
-            "lo_gscale": lo_gs}
+    return {
+        "both": both,
+        "both_gscale": both_gs,
+        "hi": both[:n],
+        "hi_gscale": both_gs[:, :n],
+        "lo": lo.view(e5),
+        "lo_gscale": lo_gs,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -800,7 +1009,9 @@ def group_exponents(scales: torch.Tensor, tile: bool = False, wide: bool = False
     return torch.clamp(gmax - fp8_window(wide)[1], min=-126)
 
 
-def deficient_blocks(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False, wide: bool = False) -> torch.Tensor:
+def deficient_blocks(
+    packed: torch.Tensor, scales: torch.Tensor, tile: bool = False, wide: bool = False
+) -> torch.Tensor:
     """bool [R, K/32]: nonzero finite blocks whose exponent sits more than 14 (wide: 28) below the group
     maximum (the blocks the fp8 form holds as zero)."""
     e, nonfinite = block_exponents(scales)
@@ -813,8 +1024,9 @@ def deficient_blocks(packed: torch.Tensor, scales: torch.Tensor, tile: bool = Fa
     return nonzero & ~nonfinite & ((e - G) < fp8_window(wide)[0])
 
 
-def reference_fp8(packed: torch.Tensor, scales: torch.Tensor, tile: bool = False,
-                  wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_fp8(
+    packed: torch.Tensor, scales: torch.Tensor, tile: bool = False, wide: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp8 e4m3 (wide: e5m2) [R, K] as uint8 bits, gscale fp32 like the kernels') computed in torch from
     packed MXFP4."""
     from ..mx.format import e2m1_values, unpack_nibbles
@@ -845,5 +1057,10 @@ def reference_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.
     p_lo = torch.where(defi.repeat_interleave(16, 1), p, torch.zeros_like(p))
     s_lo = torch.where(defi, sc, torch.zeros_like(sc))  # byte 0: exponent -127, holds nothing here
     lo, lo_gs = reference_fp8(p_lo, s_lo, wide=True)
-    return {"hi": hi, "hi_gscale": hi_gs, "lo": lo, "lo_gscale": lo_gs,
-            "beyond": int(deficient_blocks(p_lo, s_lo, wide=True).sum())}
+    return {
+        "hi": hi,
+        "hi_gscale": hi_gs,
+        "lo": lo,
+        "lo_gscale": lo_gs,
+        "beyond": int(deficient_blocks(p_lo, s_lo, wide=True).sum()),
+    }

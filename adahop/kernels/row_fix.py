@@ -30,8 +30,16 @@ NUM_WARPS = 8
 
 @triton.jit
 def _row_fix_index_kernel(
-    flags_ptr, R, rows_ptr, CAP, rows_fixed_ptr, count_ptr, peak_ptr, RATIO_ONE,
-    HAS_PEAK: tl.constexpr, CHUNK: tl.constexpr,
+    flags_ptr,
+    R,
+    rows_ptr,
+    CAP,
+    rows_fixed_ptr,
+    count_ptr,
+    peak_ptr,
+    RATIO_ONE,
+    HAS_PEAK: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     n = tl.zeros([], dtype=tl.int32)
     for start in range(0, R, CHUNK):
@@ -51,8 +59,14 @@ def _row_fix_index_kernel(
             tl.atomic_max(peak_ptr, n.to(tl.int64) * RATIO_ONE // R)
 
 
-def row_fix_index(flags: torch.Tensor, cap: int, rows_fixed: torch.Tensor, count: torch.Tensor,
-                  peak: Optional[torch.Tensor], ratio_one: int) -> torch.Tensor:
+def row_fix_index(
+    flags: torch.Tensor,
+    cap: int,
+    rows_fixed: torch.Tensor,
+    count: torch.Tensor,
+    peak: Optional[torch.Tensor],
+    ratio_one: int,
+) -> torch.Tensor:
     """The `cap` row slots of `flags` (see the module docstring), updating rows_fixed (int64 [1]), count
     (int32 [1]) and, if given, peak (int64 [1]) on the device. Returns rows (int64 [cap])."""
     if flags.dim() != 1 or flags.dtype != torch.uint8:
@@ -60,18 +74,37 @@ def row_fix_index(flags: torch.Tensor, cap: int, rows_fixed: torch.Tensor, count
     R = flags.shape[0]
     if not 0 < cap <= R:
         raise ValueError(f"row slots must be in 1..{R} (the rows), got {cap}")
-    if rows_fixed.dtype != torch.int64 or count.dtype != torch.int32 or (peak is not None and peak.dtype != torch.int64):
+    if (
+        rows_fixed.dtype != torch.int64
+        or count.dtype != torch.int32
+        or (peak is not None and peak.dtype != torch.int64)
+    ):
         raise ValueError("rows_fixed and peak are int64 [1] counters, count an int32 [1] one")
     rows = torch.empty(cap, dtype=torch.int64, device=flags.device)
     _row_fix_index_kernel[(1,)](
-        flags, R, rows, cap, rows_fixed, count, peak if peak is not None else rows_fixed, ratio_one,
-        HAS_PEAK=peak is not None, CHUNK=CHUNK, num_warps=NUM_WARPS,
+        flags,
+        R,
+        rows,
+        cap,
+        rows_fixed,
+        count,
+        peak if peak is not None else rows_fixed,
+        ratio_one,
+        HAS_PEAK=peak is not None,
+        CHUNK=CHUNK,
+        num_warps=NUM_WARPS,
     )
     return rows
 
 
-def reference_row_fix_index(flags: torch.Tensor, cap: int, rows_fixed: torch.Tensor, count: torch.Tensor,
-                            peak: Optional[torch.Tensor], ratio_one: int) -> torch.Tensor:
+def reference_row_fix_index(
+    flags: torch.Tensor,
+    cap: int,
+    rows_fixed: torch.Tensor,
+    count: torch.Tensor,
+    peak: Optional[torch.Tensor],
+    ratio_one: int,
+) -> torch.Tensor:
     """torch restatement of row_fix_index (same results, same counter updates)."""
     R = flags.shape[0]
     rows = torch.nonzero_static(flags, size=cap, fill_value=0).squeeze(1)

@@ -23,12 +23,27 @@ from adahop.models.llama3 import extend_train_spec
 
 def _moe(dim, layers, heads, kv, head_dim, experts, top_k, inter, use_grouped_mm) -> Qwen3ModelArgs:
     return Qwen3ModelArgs(
-        vocab_size=8192, max_seq_len=4096, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv,
-        head_dim=head_dim, qk_norm=True, hidden_dim=4 * dim, rope_theta=1000000, moe_enabled=True,
+        vocab_size=8192,
+        max_seq_len=4096,
+        dim=dim,
+        n_layers=layers,
+        n_heads=heads,
+        n_kv_heads=kv,
+        head_dim=head_dim,
+        qk_norm=True,
+        hidden_dim=4 * dim,
+        rope_theta=1000000,
+        moe_enabled=True,
         moe_inter_dim=inter,
         moe_args=MoEArgs(
-            num_experts=experts, num_shared_experts=0, top_k=top_k, score_func="softmax", route_norm=True,
-            route_scale=1.0, score_before_experts=False, use_grouped_mm=use_grouped_mm,
+            num_experts=experts,
+            num_shared_experts=0,
+            top_k=top_k,
+            score_func="softmax",
+            route_norm=True,
+            route_scale=1.0,
+            score_before_experts=False,
+            use_grouped_mm=use_grouped_mm,
         ),
     )
 
@@ -43,4 +58,3 @@ MOE_FLAVORS: dict[str, Qwen3ModelArgs] = {
 
 def get_train_spec() -> TrainSpec:
     return extend_train_spec(_qwen3_train_spec(), MOE_FLAVORS)
-

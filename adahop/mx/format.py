@@ -53,9 +53,7 @@ def check_axis(ndim: int, axis: int) -> int:
 
 def check_real(x: torch.Tensor) -> None:
     if x.is_complex():
-        raise TypeError(
-            f"MXFP4 quantizes real numbers, got a {x.dtype} tensor: quantize x.real and x.imag separately"
-        )
+        raise TypeError(f"MXFP4 quantizes real numbers, got a {x.dtype} tensor: quantize x.real and x.imag separately")
 
 
 def to_blocks(x: torch.Tensor, axis: int) -> torch.Tensor:

@@ -94,12 +94,22 @@ def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
     extra = rest[:i] + rest[i + 2 :]  # every other override goes to each training run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[adahop] {len(tables)} tables, {len(slots)} at a time; logs in {out / 'runs'}/<table>/train.log",
-          file=sys.stderr)
+    print(
+        f"[adahop] {len(tables)} tables, {len(slots)} at a time; logs in {out / 'runs'}/<table>/train.log",
+        file=sys.stderr,
+    )
     with tqdm(total=len(tables), desc="tables", file=sys.stderr) as bar:
-        results = run_tables(tables, config, out, extra, args.nproc, slots, on_finish=lambda name: bar.update(1),
-                             on_progress=lambda name, text: tqdm.write(f"[adahop] {name}: {text}", file=sys.stderr),
-                             threads_per_run=threads)
+        results = run_tables(
+            tables,
+            config,
+            out,
+            extra,
+            args.nproc,
+            slots,
+            on_finish=lambda name: bar.update(1),
+            on_progress=lambda name, text: tqdm.write(f"[adahop] {name}: {text}", file=sys.stderr),
+            threads_per_run=threads,
+        )
     report = write_online_report(out, results, context=f"Config {config}, overrides {extra or 'none'}.")
     print(report.read_text().split("![")[0])
     print(f"[adahop] sweep report: {report}")
@@ -107,8 +117,9 @@ def online(args, tables: dict[str, dict[str, str]], rest: list[str]) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adahop.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m adahop.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tables", required=True, help="TOML file with [tables.<name>] sections")
     p.add_argument("--checkpoint_path", default=None, help="DCP step folder to take the weights from")
     p.add_argument("--steps", type=int, default=2, help="forward/backward steps to capture operands from")
@@ -118,10 +129,19 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--min_gain", type=float, default=0.10, help="error cut a costlier mode must bring")
     p.add_argument("--online", action="store_true", help="rank tables by short training runs instead")
     p.add_argument("--nproc", type=int, default=1, help="online: ranks per training run (torchrun)")
-    p.add_argument("--gpus", default="", help="online: GPU ids (0,1,2,3), split into groups of --nproc, one "
-                   "table per group at once (default: no pinning; see --parallel)")
-    p.add_argument("--parallel", type=int, default=None, help="online: training runs at once without GPU pinning "
-                   "(default: on CPU, as many as the cores give 2 threads each; with a GPU, 1)")
+    p.add_argument(
+        "--gpus",
+        default="",
+        help="online: GPU ids (0,1,2,3), split into groups of --nproc, one "
+        "table per group at once (default: no pinning; see --parallel)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="online: training runs at once without GPU pinning "
+        "(default: on CPU, as many as the cores give 2 threads each; with a GPU, 1)",
+    )
     args, rest = p.parse_known_args(argv)
     if not args.online and (args.gpus or args.parallel is not None):
         raise UsageError("--gpus and --parallel only apply to --online")
@@ -144,7 +164,8 @@ def _main(argv: list[str] | None) -> int:
     from tqdm import tqdm
 
     measured = measure_layers(
-        captured, threshold=mx.calibration.pattern_threshold or DEFAULT_THRESHOLD,
+        captured,
+        threshold=mx.calibration.pattern_threshold or DEFAULT_THRESHOLD,
         recipe_kwargs={"outlier_k": int(mx.outlier_k), "hadamard_size": int(mx.hadamard_size)},
         progress=lambda it: tqdm(it, desc="layers x modes", file=sys.stderr),
     )
@@ -152,7 +173,11 @@ def _main(argv: list[str] | None) -> int:
     best, unseen = best_table(measured, resolved_table(mx), allowed, args.min_gain)
     source = f"checkpoint {args.checkpoint_path}" if args.checkpoint_path else "a fresh initialization"
     report = write_offline_report(
-        args.out, measured, tables, best, unseen,
+        args.out,
+        measured,
+        tables,
+        best,
+        unseen,
         context=f"Model {job_config.model.name}/{job_config.model.flavor} from {source}; operands of "
         f"{args.steps} training step(s), up to {args.max_tokens} tokens per layer.",
         allowed=tuple(allowed),

@@ -28,7 +28,9 @@ def training_steps(model, job_config):
     return step
 
 
-def capture_from_config(job_config, checkpoint_path: str | None, steps: int, max_tokens: int) -> dict[str, CapturedLayer]:
+def capture_from_config(
+    job_config, checkpoint_path: str | None, steps: int, max_tokens: int
+) -> dict[str, CapturedLayer]:
     """Build and convert the config's model (weights from `checkpoint_path` if given) and capture x, W, g
     of every AdaHOP layer over `steps` training steps."""
     from ..config import validate_job_config

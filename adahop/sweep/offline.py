@@ -43,12 +43,17 @@ def capture_operands(
     if grouped:
         # an expert stack's W is [experts * out, in] while its g has one expert's width: its GEMMs need
         # the group sizes, which the observer does not see; say so rather than score them wrongly
-        print(f"[adahop] offline sweep scores linears only; {len(grouped)} MoE expert stacks left out "
-              f"(e.g. {grouped[0]})", file=sys.stderr)
+        print(
+            f"[adahop] offline sweep scores linears only; {len(grouped)} MoE expert stacks left out "
+            f"(e.g. {grouped[0]})",
+            file=sys.stderr,
+        )
     if not layers:
-        raise UsageError("the model has no AdaHOP linear layers to capture: the config must list "
-                         "\"quantize.linear.mx\" in model.converters, and quantize.linear.mx.filter_fqns must leave "
-                         "some Linear layers to convert")
+        raise UsageError(
+            "the model has no AdaHOP linear layers to capture: the config must list "
+            '"quantize.linear.mx" in model.converters, and quantize.linear.mx.filter_fqns must leave '
+            "some Linear layers to convert"
+        )
     captured = {fqn: CapturedLayer() for fqn in layers}
     saved = {fqn: m.observer for fqn, m in layers.items()}
 
@@ -132,7 +137,9 @@ def check_table(table: dict[str, str], name: str = "table") -> dict[str, str]:
         raise UsageError(f"{name}: unknown pair key(s) {unknown}; allowed: {', '.join(PAIR_KEYS)}")
     missing = [k for k in PAIR_KEYS if k not in table]
     if missing:
-        raise UsageError(f"{name}: missing pair key(s) {missing}; a table gives a mode for all of {', '.join(PAIR_KEYS)}")
+        raise UsageError(
+            f"{name}: missing pair key(s) {missing}; a table gives a mode for all of {', '.join(PAIR_KEYS)}"
+        )
     for key, mode in table.items():
         try:
             check_mode(mode, f"{name}[{key!r}]")

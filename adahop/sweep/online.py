@@ -67,8 +67,17 @@ def parse_log(text: str) -> dict:
 
 
 # set by torchrun / adahop.train for one process group; runs started at once must each choose their own
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 #: CPU threads a training run is given when --parallel is left to the machine's cores
@@ -110,7 +119,9 @@ def gpu_slots(gpus: str, nproc: int, parallel: int) -> list[str | None]:
         raise UsageError(f"--gpus {gpus!r}: expected non-negative GPU ids separated by commas, e.g. --gpus 0,1,2,3")
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
-        raise UsageError(f"--gpus {gpus}: GPU {', '.join(map(str, twice))} given more than once; the ids must be distinct")
+        raise UsageError(
+            f"--gpus {gpus}: GPU {', '.join(map(str, twice))} given more than once; the ids must be distinct"
+        )
     if len(ids) % nproc:
         raise UsageError(
             f"--gpus {gpus} ({len(ids)} GPUs) cannot be split into groups of --nproc {nproc}: give a multiple of "
@@ -129,8 +140,10 @@ def cached_result(name: str, table: dict[str, str], out: Path, extra: list[str])
     try:
         cached = json.loads(result_file.read_text())
     except ValueError as e:
-        raise UsageError(f"{result_file} is not a result this sweep wrote ({e}): delete {run_dir} to train "
-                         f"table {name!r} again, or use another --out") from None
+        raise UsageError(
+            f"{result_file} is not a result this sweep wrote ({e}): delete {run_dir} to train "
+            f"table {name!r} again, or use another --out"
+        ) from None
     if cached.get("table") != table or cached.get("overrides") != extra:
         raise UsageError(
             f"{run_dir} holds the result of a different table or different overrides than table {name!r} "
@@ -140,12 +153,35 @@ def cached_result(name: str, table: dict[str, str], out: Path, extra: list[str])
 
 
 def train_command(run_dir: Path, table: dict[str, str], config: str, extra: list[str], nproc: int) -> list[str]:
-    train = ["-m", "adahop.train", "--job.config_file", config, "--job.dump_folder", str(run_dir),
-             "--metrics.disable_color_printing", *table_args(table), *extra]
+    train = [
+        "-m",
+        "adahop.train",
+        "--job.config_file",
+        config,
+        "--job.dump_folder",
+        str(run_dir),
+        "--metrics.disable_color_printing",
+        *table_args(table),
+        *extra,
+    ]
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--rdzv_backend",
-                "c10d", "--rdzv_endpoint", "localhost:0", "--local-ranks-filter", "0", "--role", "rank", "--tee", "3",
-                *train]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            "localhost:0",
+            "--local-ranks-filter",
+            "0",
+            "--role",
+            "rank",
+            "--tee",
+            "3",
+            *train,
+        ]
     return [sys.executable, *train]
 
 
@@ -212,10 +248,18 @@ def finish_table(name: str, table: dict[str, str], out: Path, extra: list[str], 
     return result
 
 
-def run_tables(tables: dict[str, dict[str, str]], config: str, out: Path, extra: list[str], nproc: int = 1,
-               slots: Sequence[str | None] = (None,), on_finish: Callable[[str], object] | None = None,
-               poll_s: float = 0.5, on_progress: Callable[[str, str], object] | None = None,
-               threads_per_run: int | None = None) -> dict[str, dict]:
+def run_tables(
+    tables: dict[str, dict[str, str]],
+    config: str,
+    out: Path,
+    extra: list[str],
+    nproc: int = 1,
+    slots: Sequence[str | None] = (None,),
+    on_finish: Callable[[str], object] | None = None,
+    poll_s: float = 0.5,
+    on_progress: Callable[[str, str], object] | None = None,
+    threads_per_run: int | None = None,
+) -> dict[str, dict]:
     """Train every table without a stored result, one run per slot at a time (a slot: the CUDA_VISIBLE_DEVICES
     of its runs, or None to leave the environment as it is); returns the results in the order of `tables`.
     `on_finish(name)` is called for each table as its stored result is found or its run ends; `on_progress(name,

@@ -82,23 +82,35 @@ def write_offline_report(
         "",
     ]
     if allowed is not None:
-        lines += [f"The best table is chosen from the modes {', '.join(allowed)}; tables using other modes are "
-                  "marked in the last column.", ""]
-    lines += ["| rank | table | score | vs best | modes outside the best table's choice |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"The best table is chosen from the modes {', '.join(allowed)}; tables using other modes are "
+            "marked in the last column.",
+            "",
+        ]
+    lines += [
+        "| rank | table | score | vs best | modes outside the best table's choice |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for i, name in enumerate(ranked, 1):
         extra = sorted({m for m in all_tables[name].values() if allowed is not None and m not in allowed})
-        lines.append(f"| {i} | {name} | {scores[name]:.4f} | {100 * (scores[name] / best_score - 1):+.1f}% | "
-                     f"{', '.join(extra)} |")
+        lines.append(
+            f"| {i} | {name} | {scores[name]:.4f} | {100 * (scores[name] / best_score - 1):+.1f}% | "
+            f"{', '.join(extra)} |"
+        )
     lines += ["", "## Best table found", "", "| key | mode | note |", "| --- | --- | --- |"]
     for key in PAIR_KEYS:
-        lines.append(f"| {key} | {best[key]} | {'not seen in any layer: kept from the fallback' if key in unobserved else ''} |")
+        lines.append(
+            f"| {key} | {best[key]} | {'not seen in any layer: kept from the fallback' if key in unobserved else ''} |"
+        )
     lines += ["", "```toml", "[quantize.linear.mx.calibration.layer_transform_config]"]
     lines += [f'"{k}" = "{best[k]}"' for k in PAIR_KEYS] + ["```", ""]
     lines += ["## Layers", "", "| layer | x | W | g | " + " | ".join(f"{s} key" for s in SLOTS) + " |"]
     lines.append("| --- " * (4 + len(SLOTS)) + "|")
     for fqn, m in measurements.items():
         lines.append(
-            f"| {fqn} | {m.labels['x']} | {m.labels['w']} | {m.labels['g']} | " + " | ".join(m.keys[s] for s in SLOTS) + " |"
+            f"| {fqn} | {m.labels['x']} | {m.labels['w']} | {m.labels['g']} | "
+            + " | ".join(m.keys[s] for s in SLOTS)
+            + " |"
         )
     lines += ["", "![errors per layer](layer_errors.png)", "", "![ranking](ranking.png)", ""]
     report = out / "report.md"
@@ -108,9 +120,7 @@ def write_offline_report(
         "best_table": best,
         "unobserved_keys": sorted(unobserved),
         "tables": all_tables,
-        "layers": {
-            fqn: {"labels": m.labels, "keys": m.keys, "errors": m.errors} for fqn, m in measurements.items()
-        },
+        "layers": {fqn: {"labels": m.labels, "keys": m.keys, "errors": m.errors} for fqn, m in measurements.items()},
         "modes": list(MODES),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))

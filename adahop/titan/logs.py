@@ -33,9 +33,7 @@ from torchtitan.tools.logging import logger as titan_logger
 from .cpu import has_accelerator
 
 #: torchtitan log messages shown at DEBUG instead (patterns searched from the start of the message)
-QUIET_ALWAYS = (
-    re.compile(r"model\.safetensors\.index\.json not found at hf_assets_path"),
-)
+QUIET_ALWAYS = (re.compile(r"model\.safetensors\.index\.json not found at hf_assets_path"),)
 QUIET_ON_CPU = (
     re.compile(r"Error running lspci"),
     re.compile(r"Peak flops undefined for"),
@@ -119,7 +117,9 @@ class AdaHOPMetricsProcessor(MetricsProcessor):
         if not self.peak_flops_known:
             # torchtitan would divide by an A100's peak: NaN keeps TensorBoard / W&B from showing a made-up share
             self.gpu_peak_flops = float("nan")
-            titan_logger.info("[adahop] the CPU has no peak FLOPS in torchtitan's table: tflops and mfu are shown as n/a")
+            titan_logger.info(
+                "[adahop] the CPU has no peak FLOPS in torchtitan's table: tflops and mfu are shown as n/a"
+            )
         self._last_log = (0, time.perf_counter())
 
     def step_rate_suffix(self, step: int, now: float) -> str:

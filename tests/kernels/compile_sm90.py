@@ -58,39 +58,94 @@ def bf16(*shape):
 SIGNS = torch.ones(K)
 # (name, the wrapper call, spilled bytes per thread tolerated)
 CASES = [
-    ("quantize x along K, H32, wide + packed + row flags (input-gradient g)",
-     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, signs=SIGNS, wide=True, row_flags=True), 0),
-    ("quantize along K, H32, fp8 only (deferred operand)",
-     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False), 0),
-    ("quantize along K, H32, stochastic",
-     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, rounding="stochastic", seed=1), 0),
-    ("quantize along dim 0, H32, packed only (x^T saved for backward)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_fp8=False), 0),
-    ("quantize along dim 0, H32, wide fp8 (g^T)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True), 0),
-    ("quantize along dim 0, H32, wide fp8, stochastic (g^T with SR)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True,
-                              rounding="stochastic", seed=1), 0),
-    ("quantize along dim 0, no Hadamard, stochastic (the loaded-layout kernel)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True, rounding="stochastic", seed=1), 0),
-    ("quantize along dim 0, no Hadamard (the loaded-layout kernel)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True), 0),
-    ("quantize, 128x128 tile, fp8 (W of the forward GEMM)",
-     lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False, tile=True), 0),
-    ("quantize, 128x128 tile, along dim 0 (W^T)",
-     lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True), 0),
-    ("re-encode, wide",
-     lambda: q.fused_reencode(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
-                              wide=True), 0),
-    ("re-encode, 128x128 tile",
-     lambda: q.fused_reencode(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
-                              tile=True), 0),
-    ("row split",
-     lambda: q.fused_row_split(torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8),
-                               torch.arange(0, R, 7), torch.zeros(1, dtype=torch.int32)), 0),
-    ("row slots and counters (one program; per element: per flag of a chunk)",
-     lambda: row_fix.row_fix_index(torch.zeros(R, dtype=torch.uint8), 16, torch.zeros(1, dtype=torch.int64),
-                                   torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64), 1 << 20), 0),
+    (
+        "quantize x along K, H32, wide + packed + row flags (input-gradient g)",
+        lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, signs=SIGNS, wide=True, row_flags=True),
+        0,
+    ),
+    (
+        "quantize along K, H32, fp8 only (deferred operand)",
+        lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False),
+        0,
+    ),
+    (
+        "quantize along K, H32, stochastic",
+        lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, rounding="stochastic", seed=1),
+        0,
+    ),
+    (
+        "quantize along dim 0, H32, packed only (x^T saved for backward)",
+        lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_fp8=False),
+        0,
+    ),
+    (
+        "quantize along dim 0, H32, wide fp8 (g^T)",
+        lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True),
+        0,
+    ),
+    (
+        "quantize along dim 0, H32, wide fp8, stochastic (g^T with SR)",
+        lambda: q.fused_quantize(
+            bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, wide=True, rounding="stochastic", seed=1
+        ),
+        0,
+    ),
+    (
+        "quantize along dim 0, no Hadamard, stochastic (the loaded-layout kernel)",
+        lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True, rounding="stochastic", seed=1),
+        0,
+    ),
+    (
+        "quantize along dim 0, no Hadamard (the loaded-layout kernel)",
+        lambda: q.fused_quantize(bf16(K, R), k_dim=0, write_packed=False, wide=True),
+        0,
+    ),
+    (
+        "quantize, 128x128 tile, fp8 (W of the forward GEMM)",
+        lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False, tile=True),
+        0,
+    ),
+    (
+        "quantize, 128x128 tile, along dim 0 (W^T)",
+        lambda: q.fused_quantize(bf16(K, R), k_dim=0, hadamard_size=32, write_packed=False, tile=True),
+        0,
+    ),
+    (
+        "re-encode, wide",
+        lambda: q.fused_reencode(
+            torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8), wide=True
+        ),
+        0,
+    ),
+    (
+        "re-encode, 128x128 tile",
+        lambda: q.fused_reencode(
+            torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8), tile=True
+        ),
+        0,
+    ),
+    (
+        "row split",
+        lambda: q.fused_row_split(
+            torch.zeros(R, K // 2, dtype=torch.uint8),
+            torch.zeros(R, K // 32, dtype=torch.uint8),
+            torch.arange(0, R, 7),
+            torch.zeros(1, dtype=torch.int32),
+        ),
+        0,
+    ),
+    (
+        "row slots and counters (one program; per element: per flag of a chunk)",
+        lambda: row_fix.row_fix_index(
+            torch.zeros(R, dtype=torch.uint8),
+            16,
+            torch.zeros(1, dtype=torch.int64),
+            torch.zeros(1, dtype=torch.int32),
+            torch.zeros(1, dtype=torch.int64),
+            1 << 20,
+        ),
+        0,
+    ),
 ]
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -102,10 +157,12 @@ def resource_use(cubin: bytes) -> tuple[int, int, int]:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path], capture_output=True, text=True,
-                             check=True).stdout
-        sass = subprocess.run([os.path.join(BIN, "nvdisasm"), "-c", path], capture_output=True, text=True,
-                              check=True).stdout
+        res = subprocess.run(
+            [os.path.join(BIN, "cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True
+        ).stdout
+        sass = subprocess.run(
+            [os.path.join(BIN, "nvdisasm"), "-c", path], capture_output=True, text=True, check=True
+        ).stdout
     regs, stack = (int(re.search(rf"{key}:(\d+)", res).group(1)) for key in ("REG", "STACK"))
     n = sum(1 for line in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]+\*/\s+(?!NOP\b)\S", line))
     return regs, stack, n
@@ -143,8 +200,10 @@ def main() -> int:
             regs, stack, n = resource_use(kernel.asm["cubin"])
             elems = consts["BR"] * 128 if "BR" in consts else consts["CHUNK"]  # what one program handles at once
             per_elem = n / (elems / (32 * warps))
-            line = (f"{name}: {jit.__name__}, {warps} warps, {regs} registers, stack {stack} B, "
-                    f"{per_elem:.0f} SASS instructions per element")
+            line = (
+                f"{name}: {jit.__name__}, {warps} warps, {regs} registers, stack {stack} B, "
+                f"{per_elem:.0f} SASS instructions per element"
+            )
             if stack > max_stack:
                 failed += 1
                 print(f"FAILED (spills registers) {line}")

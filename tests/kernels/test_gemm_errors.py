@@ -29,9 +29,11 @@ def _raising(error):
     return scaled_mm
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
-                                   torch.AcceleratorError("CUDA error: an illegal memory access")],
-                         ids=["oom", "device-fault"])
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory"), torch.AcceleratorError("CUDA error: an illegal memory access")],
+    ids=["oom", "device-fault"],
+)
 def test_out_of_memory_and_device_faults_propagate(fast_path, monkeypatch, error):
     a, b = _operands()
     monkeypatch.setattr(gemm, "_scaled_mm_parts", _raising(error))
@@ -51,9 +53,11 @@ def test_a_refused_shape_takes_the_fallback_with_the_same_numbers(fast_path, mon
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
-                                   torch.AcceleratorError("CUDA error: an illegal memory access")],
-                         ids=["oom", "device-fault"])
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory"), torch.AcceleratorError("CUDA error: an illegal memory access")],
+    ids=["oom", "device-fault"],
+)
 def test_bf16_matmul_lets_out_of_memory_and_device_faults_propagate(monkeypatch, error):
     monkeypatch.setattr(backend, "fast_device", lambda device: True)
     monkeypatch.setattr(torch, "mm", _raising(error))

@@ -288,8 +288,9 @@ def test_linear_gradient_with_far_apart_blocks_matches_reference():
 
     def run():
         xx = x.clone().requires_grad_()
-        mxfp4_linear(xx, w.clone().requires_grad_(), forward_y=NONE, backward_gx=NONE,
-                     backward_gw=FULL_PRECISION).backward(gy)  # g^T along tokens would hold the gaps too
+        mxfp4_linear(
+            xx, w.clone().requires_grad_(), forward_y=NONE, backward_gx=NONE, backward_gw=FULL_PRECISION
+        ).backward(gy)  # g^T along tokens would hold the gaps too
         return xx.grad
 
     with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())):
@@ -324,10 +325,18 @@ def test_grouped_gemm_with_empty_and_tiny_groups_on_the_fast_path():
 
 
 @pytest.mark.parametrize("sr", [False, True])
-@pytest.mark.parametrize("modes", [("hadamard",) * 3, ("none",) * 3, ("inner_outlier_extract_left",) * 3,
-                                   ("inner_outlier_extract_right",) * 3, ("full_precision",) * 3,
-                                   ("inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision")],
-                         ids=lambda modes: "-".join(modes))
+@pytest.mark.parametrize(
+    "modes",
+    [
+        ("hadamard",) * 3,
+        ("none",) * 3,
+        ("inner_outlier_extract_left",) * 3,
+        ("inner_outlier_extract_right",) * 3,
+        ("full_precision",) * 3,
+        ("inner_outlier_extract_left", "inner_outlier_extract_right", "full_precision"),
+    ],
+    ids=lambda modes: "-".join(modes),
+)
 def test_linear_compiled_with_inductor_gives_the_eager_bits(modes, sr):
     """torch.compile (inductor, fullgraph) of an AdaHOP linear on the fast path: y, gx and gw are the eager bits,
     stochastic rounding included (the same torch seed draws the same Philox seeds)."""
@@ -335,8 +344,18 @@ def test_linear_compiled_with_inductor_gives_the_eager_bits(modes, sr):
 
     torch._dynamo.reset()
     torch.manual_seed(3)
-    layer = AdaHOPLinear(512, 384, bias=False, device="cuda", dtype=torch.bfloat16, forward_y=modes[0],
-                         backward_gx=modes[1], backward_gw=modes[2], use_sr_grad=sr, outlier_k=16)
+    layer = AdaHOPLinear(
+        512,
+        384,
+        bias=False,
+        device="cuda",
+        dtype=torch.bfloat16,
+        forward_y=modes[0],
+        backward_gx=modes[1],
+        backward_gw=modes[2],
+        use_sr_grad=sr,
+        outlier_k=16,
+    )
     x = torch.randn(1000, 512, device="cuda", dtype=torch.bfloat16)
     x[:, 3] *= 30
     gy = torch.randn(1000, 384, device="cuda", dtype=torch.bfloat16)

@@ -28,9 +28,13 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 def reference(t, *, k_dim=1, hadamard_size=None, signs=None, zero_rows=None, rounding="nearest", generator=None):
     """Packed codes and scales of the torch reference (backend's reference branch, forced)."""
-    k_major = backend.transform(t.cpu(), k_dim=k_dim, hadamard_size=hadamard_size,
-                                signs=None if signs is None else signs.cpu(),
-                                zero_rows=None if zero_rows is None else zero_rows.cpu())
+    k_major = backend.transform(
+        t.cpu(),
+        k_dim=k_dim,
+        hadamard_size=hadamard_size,
+        signs=None if signs is None else signs.cpu(),
+        zero_rows=None if zero_rows is None else zero_rows.cpu(),
+    )
     from adahop.mx import quantize_blocks
 
     q = quantize_blocks(k_major, axis=-1, rounding=rounding, generator=generator)
@@ -123,8 +127,40 @@ def _grid_block(e: int, values) -> torch.Tensor:
 
 def adversarial_rows() -> torch.Tensor:
     """Rows of 256 (two fp8 groups) built to hit the corner cases of the format."""
-    ties = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0, -7.0,
-            4.0, 6.0, 6.5, 7.5, 0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 3.0, -6.0, 0.125, 0.2, 0.3, 7.99]
+    ties = [
+        0.25,
+        0.75,
+        1.25,
+        1.75,
+        2.5,
+        3.5,
+        5.0,
+        7.0,
+        -0.25,
+        -0.75,
+        -1.25,
+        -1.75,
+        -2.5,
+        -3.5,
+        -5.0,
+        -7.0,
+        4.0,
+        6.0,
+        6.5,
+        7.5,
+        0.0,
+        -0.0,
+        0.5,
+        1.0,
+        1.5,
+        2.0,
+        3.0,
+        -6.0,
+        0.125,
+        0.2,
+        0.3,
+        7.99,
+    ]
     rows = []
     row = torch.cat([_grid_block(e, ties) for e in (0, -3, 5, 17, -20, 40, -60, 100)])
     rows.append(row)
@@ -139,11 +175,21 @@ def adversarial_rows() -> torch.Tensor:
     rows.append(torch.randn(256) * 1e-40)  # fp32 subnormals
     rows.append(torch.randn(256) * 2.0**-126)
     # exponents far apart inside one 128-group: deficient blocks (gap > 14) and gaps of exactly 14, 15
-    r = torch.cat([torch.randn(32) * 2.0**20, torch.randn(32) * 2.0**4, torch.randn(32) * 2.0**6, torch.randn(32),
-                   torch.randn(32) * 2.0**30, torch.randn(32) * 2.0**15, torch.randn(32) * 2.0**16, torch.zeros(32)])
+    r = torch.cat(
+        [
+            torch.randn(32) * 2.0**20,
+            torch.randn(32) * 2.0**4,
+            torch.randn(32) * 2.0**6,
+            torch.randn(32),
+            torch.randn(32) * 2.0**30,
+            torch.randn(32) * 2.0**15,
+            torch.randn(32) * 2.0**16,
+            torch.zeros(32),
+        ]
+    )
     rows.append(r)
     r = torch.full((256,), 1.0)
-    r[::7] = -2.0**-130
+    r[::7] = -(2.0**-130)
     rows.append(r)
     rows.append(torch.full((256,), 3.4e38))
     rows.append(torch.full((256,), -1e-45))
@@ -152,8 +198,15 @@ def adversarial_rows() -> torch.Tensor:
     # block), 2^-129 is 0.25 and ties to 0 (an empty one); the same again with a second element per block
     r = torch.zeros(256)
     r[:32] = 1.0
-    r[40], r[70], r[128:160], r[170], r[171], r[200], r[201] = 1.5 * 2.0**-129, 2.0**-129, 1.0, 1.5 * 2.0**-129, \
-        2.0**-130, 2.0**-129, -(2.0**-129)
+    r[40], r[70], r[128:160], r[170], r[171], r[200], r[201] = (
+        1.5 * 2.0**-129,
+        2.0**-129,
+        1.0,
+        1.5 * 2.0**-129,
+        2.0**-130,
+        2.0**-129,
+        -(2.0**-129),
+    )
     rows.append(r)
     return torch.stack(rows)
 
@@ -217,8 +270,8 @@ def test_correction_restores_the_exact_gemm():
     fa = FastOperand(a["fp8"], a["gscale"], a["count"], a["packed"], a["scales"])
     fb = FastOperand(b["fp8"], b["gscale"], b["count"], b["packed"], b["scales"], tile=True)
     assert fa.count.item() > 0 and fb.count.item() > 0
-    exact = (fa.dequantize().double() @ fb.dequantize().double().t())
-    out = (fa.fp8_dequantize() @ fb.fp8_dequantize().t())
+    exact = fa.dequantize().double() @ fb.dequantize().double().t()
+    out = fa.fp8_dequantize() @ fb.fp8_dequantize().t()
     assert not torch.allclose(out.double(), exact, rtol=1e-5, atol=0)
     da = deficient_blocks(fa.packed, fa.scales)
     db = deficient_blocks(fb.packed, fb.scales, tile=True)
@@ -250,8 +303,7 @@ def test_philox_draws_of_neighbours_are_independent(k_dim):
     ups = []
     for seed in range(16):
         t = x.to(DEV) if k_dim == 1 else x.t().contiguous().to(DEV)
-        out = fused_quantize(t, k_dim=k_dim, hadamard_size=None, rounding="stochastic", seed=seed + 1,
-                             write_fp8=False)
+        out = fused_quantize(t, k_dim=k_dim, hadamard_size=None, rounding="stochastic", seed=seed + 1, write_fp8=False)
         ups.append(dequantize_mxfp4(out["packed"].cpu(), out["scales"].cpu()) > 2.5)
     up = torch.cat(ups).double()  # [1024 draws, 256 along K]
     assert abs(up.mean().item() - 0.5) < 0.02
@@ -266,8 +318,15 @@ def test_launch_variants_give_the_same_bits(hvariant, strided_kernel, rows_warps
     from adahop.kernels.quantize import TUNING
 
     saved = dict(TUNING)
-    TUNING.update(contig=rows_warps, strided=rows_warps, reencode=rows_warps, hv_contig=hvariant, hv_strided=hvariant,
-                  strided_t=rows_warps, strided_kernel=strided_kernel)
+    TUNING.update(
+        contig=rows_warps,
+        strided=rows_warps,
+        reencode=rows_warps,
+        hv_contig=hvariant,
+        hv_strided=hvariant,
+        strided_t=rows_warps,
+        strided_kernel=strided_kernel,
+    )
     try:
         t = torch.cat([adversarial_rows(), torch.randn(70, 256)]).to(torch.bfloat16)
         check_against_reference(t, k_dim=1, hadamard_size=32)
@@ -315,7 +374,7 @@ def far_apart_rows(n_rows=48, K=256, seed=11):
     for r in range(n_rows):
         gap = 10 + (r * 7) % 31
         blk = (r * 5) % (K // 32)
-        t[r, blk * 32:(blk + 1) * 32] *= 2.0 ** gap * (-1) ** r
+        t[r, blk * 32 : (blk + 1) * 32] *= 2.0**gap * (-1) ** r
     t[3] = 0.0
     t[4, 40] = float("nan")
     return t
@@ -336,8 +395,9 @@ def test_wide_form_matches_reference(k_dim, hsize, rounding):
     t = far_apart_rows().to(torch.bfloat16)
     tt = t if k_dim == 1 else t.t().contiguous()
     check_against_reference(tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms_seed=5, wide=True)
-    check_against_reference(tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms_seed=5, wide=True,
-                            row_flags=True)
+    check_against_reference(
+        tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms_seed=5, wide=True, row_flags=True
+    )
 
 
 def test_wide_form_holds_gaps_up_to_28_exactly():
@@ -372,8 +432,8 @@ def test_row_split_is_exact_and_matches_reference():
 
     t = far_apart_rows()
     t[7, :128] = torch.randn(128)  # row 7's first group: blocks at 2^0, 2^30, 2^60, 2^0: block 0 and 3
-    t[7, 32:64] *= 2.0 ** 30        # lie 30 below the lo part's own maximum (block 1): beyond both parts
-    t[7, 64:96] *= 2.0 ** 60
+    t[7, 32:64] *= 2.0**30  # lie 30 below the lo part's own maximum (block 1): beyond both parts
+    t[7, 64:96] *= 2.0**60
     ref_packed, ref_scales = reference(t, hadamard_size=None)
     rows = torch.tensor([0, 7, 20, 21, 35, 0], dtype=torch.int64)  # a repeat, like the padded slots
     count = torch.zeros(1, dtype=torch.int32, device=DEV)
@@ -421,7 +481,7 @@ def test_fix_rows_makes_the_gemm_exact(out_dtype):
     for r, gap in ((2, 31), (9, 40), (30, 50)):
         # block 0 of these rows: +-2^gap, which cancels exactly against B's constant block 0, so the rows'
         # products are the small blocks alone; these lie beyond the wide form's 28 and the fp8 GEMM drops them
-        a_t[r, 0:32] = alternating * 2.0 ** gap
+        a_t[r, 0:32] = alternating * 2.0**gap
     b_t = torch.randn(96, 256, generator=g)
     b_t[:, 0:32] = torch.randn(96, 1, generator=g)
     fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
@@ -433,7 +493,7 @@ def test_fix_rows_makes_the_gemm_exact(out_dtype):
     _fix_rows(fa, fb, out)
     # float32 out: the interpreter's float32 GEMM, or cuBLAS's fp8 accumulation on the GPU (see
     # tests/kernels/test_gpu_path.py: not a full fp32 accumulator inside 128-long chunks)
-    tol = (1e-4 if DEV == "cuda" else 1e-6) if out_dtype == torch.float32 else 2 ** -8
+    tol = (1e-4 if DEV == "cuda" else 1e-6) if out_dtype == torch.float32 else 2**-8
     err = row_err(out, exact)
     assert err < tol, err
     assert int(fa.count.item()) == 0
@@ -444,7 +504,7 @@ def test_fix_rows_beyond_capacity_are_counted():
 
     g = torch.Generator().manual_seed(10)
     a_t = torch.randn(64, 256, generator=g)
-    a_t[:20, 0:32] *= 2.0 ** 35  # 20 flagged rows, room for ROW_FIX_MIN = 16 (M = 64)
+    a_t[:20, 0:32] *= 2.0**35  # 20 flagged rows, room for ROW_FIX_MIN = 16 (M = 64)
     fa, fb = _fast_pair(a_t, torch.randn(32, 256, generator=g), write_packed=True, row_flags=True)
     cap = gemm.row_fix_capacity(64)
     out = gemm._scaled_mm(fa, fb, torch.float32)
@@ -471,7 +531,7 @@ def test_row_slots_grow_after_an_overflow_and_then_hold_the_rows(default_row_slo
     m = 1024
     a_t = torch.randn(m, 128, generator=g)
     flagged = torch.randperm(m, generator=g)[:40]
-    a_t[flagged, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0 ** 40  # beyond the wide form's 28
+    a_t[flagged, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0**40  # beyond the wide form's 28
     b_t = torch.randn(48, 128, generator=g)
     b_t[:, 0:32] = torch.randn(48, 1, generator=g)
     assert gemm.row_fix_capacity(m) == 16 and gemm.grow_row_slots(DEV) is None  # nothing overflowed yet
@@ -515,7 +575,7 @@ def test_small_gemms_do_not_grow_the_slots(default_row_slots):
     gemm = default_row_slots
     g = torch.Generator().manual_seed(14)
     a_t = torch.randn(64, 128, generator=g)
-    a_t[:20, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0 ** 40  # 20 flagged rows, 16 slots
+    a_t[:20, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0**40  # 20 flagged rows, 16 slots
     with deferred.deferred_check(DEV) as counter:
         fa, fb = _fast_pair(a_t, torch.randn(32, 128, generator=g), write_packed=True, row_flags=True)
         gemm._fix_rows(fa, fb, gemm._scaled_mm(fa, fb, torch.float32))
@@ -528,11 +588,14 @@ def test_row_fix_capacity_and_empty_operand(default_row_slots):
 
     assert [gemm.row_fix_capacity(m) for m in (0, 5, 64, 9000, 32768)] == [0, 5, 16, 32, 64]
     k = 256
-    empty = FastOperand(torch.empty(0, k, dtype=torch.float8_e5m2, device=DEV),
-                        torch.empty(k // 128, 0, device=DEV), torch.zeros(1, dtype=torch.int32, device=DEV),
-                        torch.empty(0, k // 2, dtype=torch.uint8, device=DEV),
-                        torch.empty(0, k // 32, dtype=torch.uint8, device=DEV),
-                        row_flags=torch.empty(0, dtype=torch.uint8, device=DEV))
+    empty = FastOperand(
+        torch.empty(0, k, dtype=torch.float8_e5m2, device=DEV),
+        torch.empty(k // 128, 0, device=DEV),
+        torch.zeros(1, dtype=torch.int32, device=DEV),
+        torch.empty(0, k // 2, dtype=torch.uint8, device=DEV),
+        torch.empty(0, k // 32, dtype=torch.uint8, device=DEV),
+        row_flags=torch.empty(0, dtype=torch.uint8, device=DEV),
+    )
     b = fused_quantize(torch.randn(32, k).to(DEV), hadamard_size=None)
     fb = FastOperand(b["fp8"], b["gscale"], b["count"], b["packed"], b["scales"])
     out = torch.empty(0, 32, device=DEV)
@@ -545,7 +608,7 @@ def test_fix_rows_falls_back_when_the_fp8_gemm_is_refused(monkeypatch):
 
     g = torch.Generator().manual_seed(12)
     a_t = torch.randn(64, 256, generator=g)
-    a_t[7, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0 ** 45
+    a_t[7, 0:32] = torch.tensor([1.0, -1.0]).repeat(16) * 2.0**45
     b_t = torch.randn(48, 256, generator=g)
     b_t[:, 0:32] = torch.randn(48, 1, generator=g)
     fa, fb = _fast_pair(a_t, b_t, write_packed=True, row_flags=True)
@@ -593,4 +656,3 @@ def test_deficient_blocks_recorded_by_slot_only_while_recording():
         gemm.record_deficient(False)
         gemm.reset_stats()
         backend.fast_device = real
-

@@ -13,9 +13,11 @@ RATIO_ONE = 1 << 20
 
 
 def counters(rows_fixed=0, count=0, peak=0):
-    return (torch.tensor([rows_fixed], dtype=torch.int64, device=DEV),
-            torch.tensor([count], dtype=torch.int32, device=DEV),
-            torch.tensor([peak], dtype=torch.int64, device=DEV))
+    return (
+        torch.tensor([rows_fixed], dtype=torch.int64, device=DEV),
+        torch.tensor([count], dtype=torch.int32, device=DEV),
+        torch.tensor([peak], dtype=torch.int64, device=DEV),
+    )
 
 
 def flags_of(R, flagged, value=1):
@@ -26,8 +28,14 @@ def flags_of(R, flagged, value=1):
 
 # (R, cap, flagged rows): none, fewer than the slots, exactly the slots, more, all; across chunk borders
 CASES = [
-    (1, 1, []), (1, 1, [0]), (5, 5, [1, 4]), (64, 16, []), (64, 16, [3, 17, 40]),
-    (64, 16, list(range(0, 64, 4))), (64, 16, list(range(0, 64, 3))), (64, 16, list(range(64))),
+    (1, 1, []),
+    (1, 1, [0]),
+    (5, 5, [1, 4]),
+    (64, 16, []),
+    (64, 16, [3, 17, 40]),
+    (64, 16, list(range(0, 64, 4))),
+    (64, 16, list(range(0, 64, 3))),
+    (64, 16, list(range(64))),
     (CHUNK + 7, 16, [0, CHUNK - 1, CHUNK, CHUNK + 6]),
     (3 * CHUNK + 100, 48, list(range(5, 3 * CHUNK + 100, 61))),  # 52 flagged: overflow across chunks
     (2 * CHUNK, 2 * CHUNK, list(range(1, 2 * CHUNK, 2))),  # slots beyond one chunk

@@ -30,8 +30,7 @@ class Doc:
     id: str
 
     def to_json(self) -> str:
-        return json.dumps({"text": self.text, "source": self.source, "id": self.id},
-                          ensure_ascii=False)
+        return json.dumps({"text": self.text, "source": self.source, "id": self.id}, ensure_ascii=False)
 
 
 def water_fill(available: dict[str, int], budget: int | None) -> dict[str, int]:
@@ -113,8 +112,7 @@ def assemble(
         return sum(len(d.text) for d in docs)
 
     train_alloc = water_fill({s: chars(d) for s, d in train_pool.items()}, max_train_chars)
-    train = [d for s in sorted(train_pool)
-             for d in _sample(train_pool[s], train_alloc[s], rng_train)]
+    train = [d for s in sorted(train_pool) for d in _sample(train_pool[s], train_alloc[s], rng_train)]
 
     # Validation: sources never trained on vs held-out parts of training sources.
     unseen = {s: chars(d) for s, d in val_pool.items() if s not in train_pool}
@@ -122,10 +120,10 @@ def assemble(
     if max_val_chars is None:
         val_alloc = {**unseen, **seen}
     else:
-        unseen_budget = int(max_val_chars * HELD_OUT_SOURCE_SHARE) if (unseen and seen) else (
-            max_val_chars if unseen else 0)
-        val_alloc = {**water_fill(unseen, unseen_budget),
-                     **water_fill(seen, max_val_chars - unseen_budget)}
+        unseen_budget = (
+            int(max_val_chars * HELD_OUT_SOURCE_SHARE) if (unseen and seen) else (max_val_chars if unseen else 0)
+        )
+        val_alloc = {**water_fill(unseen, unseen_budget), **water_fill(seen, max_val_chars - unseen_budget)}
     val = [d for s in sorted(val_pool) for d in _sample(val_pool[s], val_alloc[s], rng_val)]
 
     # Shuffled so that any prefix (torchtitan reads files in order; validation may stop
@@ -148,8 +146,7 @@ def write_jsonl_gz(docs: Iterable[Doc], path: str | Path) -> None:
     """Write documents as gzip'd JSON lines; mtime=0 makes the bytes reproducible."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
-                                                compresslevel=9, filename="") as gz:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9, filename="") as gz:
         with io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as f:
             for d in docs:
                 f.write(d.to_json() + "\n")
@@ -164,8 +161,11 @@ def split_stats(docs: Sequence[Doc], tokenizer=None) -> dict:
     """Counts per split and per source; tokens only if a `tokenizers.Tokenizer` is given."""
 
     def count(ds: Sequence[Doc]) -> dict:
-        out = {"docs": len(ds), "chars": sum(len(d.text) for d in ds),
-               "utf8_bytes": sum(len(d.text.encode("utf-8")) for d in ds)}
+        out = {
+            "docs": len(ds),
+            "chars": sum(len(d.text) for d in ds),
+            "utf8_bytes": sum(len(d.text.encode("utf-8")) for d in ds),
+        }
         if tokenizer is not None:
             # +2 per document: the BOS/EOS torchtitan adds around each document.
             enc = tokenizer.encode_batch([d.text for d in ds])

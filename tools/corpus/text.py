@@ -57,19 +57,13 @@ def normalize_whitespace(text: str, collapse_inner: bool = True) -> str:
 # Gutenberg etexts wrap the book between marker lines; the wording changed over the years
 # ("THIS PROJECT GUTENBERG EBOOK", "THE PROJECT GUTENBERG EBOOK", "Etext"...), hence the
 # loose patterns. Only the text between the markers is the book.
-_GB_START = re.compile(
-    r"^\s*\*{3}\s*START OF (THIS|THE) PROJECT GUTENBERG E-?(BOOK|TEXT).*$", re.I | re.M
-)
-_GB_END = re.compile(
-    r"^\s*(\*{3}\s*)?END OF (THIS|THE) PROJECT GUTENBERG E-?(BOOK|TEXT).*$", re.I | re.M
-)
+_GB_START = re.compile(r"^\s*\*{3}\s*START OF (THIS|THE) PROJECT GUTENBERG E-?(BOOK|TEXT).*$", re.I | re.M)
+_GB_END = re.compile(r"^\s*(\*{3}\s*)?END OF (THIS|THE) PROJECT GUTENBERG E-?(BOOK|TEXT).*$", re.I | re.M)
 # Older files carry a small-print licence block and end with "End of Project Gutenberg's X".
 _GB_SMALL_PRINT_END = re.compile(r"^\s*\*?END\*?\s*THE SMALL PRINT.*$", re.I | re.M)
 _GB_TAIL = re.compile(r"^\s*End of (the )?Project Gutenberg'?s?\b.*$", re.I | re.M)
 # Credit lines that precede the text ("Produced by ...") are not part of the book either.
-_GB_PRODUCED_BY = re.compile(
-    r"\A\s*(Produced|Prepared|Transcribed) by\b[^\n]*(\n[^\n]+)*\n\n", re.I
-)
+_GB_PRODUCED_BY = re.compile(r"\A\s*(Produced|Prepared|Transcribed) by\b[^\n]*(\n[^\n]+)*\n\n", re.I)
 # _italic_ markup in plain-text etexts.
 _GB_ITALIC = re.compile(r"(?<![\w_])_([^_\n]+?)_(?![\w_])")
 
@@ -84,11 +78,11 @@ def strip_gutenberg_boilerplate(text: str) -> str:
     """
     m = _GB_START.search(text)
     if m:
-        text = text[m.end():]
+        text = text[m.end() :]
     else:
         m = _GB_SMALL_PRINT_END.search(text)
         if m:
-            text = text[m.end():]
+            text = text[m.end() :]
     for pattern in (_GB_END, _GB_TAIL):
         m = pattern.search(text)
         if m:
@@ -135,9 +129,24 @@ _RST_EXPLICIT = re.compile(r"^\.\.(\s+(.*))?$")  # any ".. something" markup lin
 _RST_DIRECTIVE = re.compile(r"^([\w:-]+)::")  # "name:: args" after the ".. "
 # Directives whose bodies are index entries / metadata, not prose or code.
 _RST_DROP_DIRECTIVES = {
-    "index", "highlight", "sectionauthor", "moduleauthor", "toctree", "only", "include",
-    "raw", "kernel-doc", "kernel-abi", "kernel-feat", "kernel-include", "contents",
-    "spelling", "impl-detail", "audit-event", "audit-event-table", "availability",
+    "index",
+    "highlight",
+    "sectionauthor",
+    "moduleauthor",
+    "toctree",
+    "only",
+    "include",
+    "raw",
+    "kernel-doc",
+    "kernel-abi",
+    "kernel-feat",
+    "kernel-include",
+    "contents",
+    "spelling",
+    "impl-detail",
+    "audit-event",
+    "audit-event-table",
+    "availability",
 }
 
 
@@ -177,15 +186,60 @@ def clean_rst(text: str) -> str:
 # Directives whose bodies are code, program output, math, pictures, tables or generated
 # API listings: dropped with their bodies when reST is read as prose (rst_to_prose).
 _RST_CODE_DIRECTIVES = {
-    "code", "code-block", "sourcecode", "literalinclude", "doctest", "testcode",
-    "testoutput", "testsetup", "testcleanup", "ipython", "plot", "math", "jupyter-execute",
-    "code-cell", "graphviz", "digraph", "image", "figure", "csv-table", "list-table", "table",
-    "tabularcolumns", "autosummary", "automodule", "autoclass", "autofunction",
-    "automethod", "autodata", "autoattribute", "autoexception", "autoprogram",
-    "currentmodule", "module", "py:module", "py:currentmodule", "program",
-    "productionlist", "mermaid", "parsed-literal", "prompt", "exec", "bibliography",
-    "inheritance-diagram", "autoclasstree", "include", "raw", "only", "toctree", "index",
-    "highlight", "literal", "cmake-module", "tab-set-code", "rst-class",
+    "code",
+    "code-block",
+    "sourcecode",
+    "literalinclude",
+    "doctest",
+    "testcode",
+    "testoutput",
+    "testsetup",
+    "testcleanup",
+    "ipython",
+    "plot",
+    "math",
+    "jupyter-execute",
+    "code-cell",
+    "graphviz",
+    "digraph",
+    "image",
+    "figure",
+    "csv-table",
+    "list-table",
+    "table",
+    "tabularcolumns",
+    "autosummary",
+    "automodule",
+    "autoclass",
+    "autofunction",
+    "automethod",
+    "autodata",
+    "autoattribute",
+    "autoexception",
+    "autoprogram",
+    "currentmodule",
+    "module",
+    "py:module",
+    "py:currentmodule",
+    "program",
+    "productionlist",
+    "mermaid",
+    "parsed-literal",
+    "prompt",
+    "exec",
+    "bibliography",
+    "inheritance-diagram",
+    "autoclasstree",
+    "include",
+    "raw",
+    "only",
+    "toctree",
+    "index",
+    "highlight",
+    "literal",
+    "cmake-module",
+    "tab-set-code",
+    "rst-class",
 }
 _RST_DIRECTIVE_LINE = re.compile(r"^(\s*)\.\.\s+([\w:.-]+)::\s*(.*)$")
 _RST_OPTION = re.compile(r"^\s+:[\w -]+:")
@@ -198,17 +252,20 @@ _RST_LIST_ITEM = re.compile(r"^\s*([-*+•]|\d+[.)]|#\.|\(?[a-z0-9]\))\s")
 # (":param x: ..." -> "param x: ...").
 _RST_STRONG = re.compile(r"\*\*([^*\s](?:[^*]*?[^*\s])?)\*\*")
 _RST_EMPH = re.compile(r"(?<![\w*])\*([^*\s](?:[^*]*?[^*\s])?)\*(?![\w*])")
-_RST_INLINE = [(re.compile(p), r) for p, r in (
-    (r"\s?\[(#\w*|\d+|\*)\]_", ""),
-    (r":[\w:+.-]+:`([^`<]*?)\s*<[^`>]*>`", r"\1"),
-    (r":[\w:+.-]+:`~[^`]*\.([^`.]+)`", r"\1"),
-    (r":[\w:+.-]+:`[~!]?([^`]*)`", r"\1"),
-    (r"``(.+?)``", r"\1"),
-    (r"`([^`<]*?)\s*<[^`>]*>`__?", r"\1"),
-    (r"`([^`]+)`__?", r"\1"),
-    (r"(?<![\w`])`([^`]+)`(?![\w`_])", r"\1"),
-    (r"\|(\w[^|]*)\|(?:__?)?", r"\1"),
-)] + [(_RST_STRONG, r"\1"), (_RST_EMPH, r"\1"), (re.compile(r"^:([^:`\n]+):\s*"), r"\1: ")]
+_RST_INLINE = [
+    (re.compile(p), r)
+    for p, r in (
+        (r"\s?\[(#\w*|\d+|\*)\]_", ""),
+        (r":[\w:+.-]+:`([^`<]*?)\s*<[^`>]*>`", r"\1"),
+        (r":[\w:+.-]+:`~[^`]*\.([^`.]+)`", r"\1"),
+        (r":[\w:+.-]+:`[~!]?([^`]*)`", r"\1"),
+        (r"``(.+?)``", r"\1"),
+        (r"`([^`<]*?)\s*<[^`>]*>`__?", r"\1"),
+        (r"`([^`]+)`__?", r"\1"),
+        (r"(?<![\w`])`([^`]+)`(?![\w`_])", r"\1"),
+        (r"\|(\w[^|]*)\|(?:__?)?", r"\1"),
+    )
+] + [(_RST_STRONG, r"\1"), (_RST_EMPH, r"\1"), (re.compile(r"^:([^:`\n]+):\s*"), r"\1: ")]
 
 
 def _substitute_all(patterns: list, text: str) -> str:
@@ -464,19 +521,82 @@ class ParagraphDeduper:
 
 # Tags that end a paragraph (their text stands on its own) and void tags (no end tag).
 _HTML_BLOCK = {
-    "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "div",
-    "dl", "dt", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5",
-    "h6", "header", "hr", "html", "li", "main", "ol", "p", "section", "summary", "table",
-    "td", "th", "tr", "ul", "details",
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "body",
+    "caption",
+    "center",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "html",
+    "li",
+    "main",
+    "ol",
+    "p",
+    "section",
+    "summary",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
+    "details",
 }
-_HTML_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-              "param", "source", "track", "wbr"}
+_HTML_VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "param",
+    "source",
+    "track",
+    "wbr",
+}
 # Never text: scripts, styles, the <head> (its <title> repeats the first heading), forms,
 # navigation and page footers; <pre> holds code, program output or command synopses, and <table>
 # cells read as fragments, so both are dropped by default (sources may keep them).
-HTML_DROP_TAGS = frozenset({"script", "style", "head", "noscript", "nav", "footer", "svg",
-                            "math", "template", "iframe", "object", "button", "select",
-                            "textarea", "pre", "table"})
+HTML_DROP_TAGS = frozenset(
+    {
+        "script",
+        "style",
+        "head",
+        "noscript",
+        "nav",
+        "footer",
+        "svg",
+        "math",
+        "template",
+        "iframe",
+        "object",
+        "button",
+        "select",
+        "textarea",
+        "pre",
+        "table",
+    }
+)
 _WS = re.compile(r"\s+")
 
 
@@ -678,8 +798,11 @@ def pod_to_text(text: str) -> str:
         if not para.strip():
             continue
         if para.startswith("="):
-            cmd, _, rest = para[1:].partition(" ") if " " in para.split("\n")[0] else (
-                para[1:].split("\n", 1)[0], "", para.split("\n", 1)[1] if "\n" in para else "")
+            cmd, _, rest = (
+                para[1:].partition(" ")
+                if " " in para.split("\n")[0]
+                else (para[1:].split("\n", 1)[0], "", para.split("\n", 1)[1] if "\n" in para else "")
+            )
             cmd = cmd.strip()
             rest = " ".join(rest.split())
             if cmd == "cut":
@@ -716,11 +839,15 @@ _MD_REF_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S")
 _MD_LIST_ITEM = re.compile(r"^\s*([-*+]|\d+[.)])\s+")
 # Inline markup -> its text: images (dropped), [links](url) and [links][ref], `code`,
 # **strong** and *emphasis* (as in reST), _emphasis_ and __strong__, inline HTML tags.
-_MD_INLINE = [(re.compile(r"!\[[^\]]*\]\([^)]*\)"), ""),
-              (re.compile(r"\[([^\]]+)\](\([^)]*\)|\[[^\]]*\])"), r"\1"),
-              (re.compile(r"`+([^`]+?)`+"), r"\1"), (_RST_STRONG, r"\1"), (_RST_EMPH, r"\1"),
-              (re.compile(r"(?<!\w)__?([^_\s][^_]*?)__?(?!\w)"), r"\1"),
-              (re.compile(r"</?[a-zA-Z][^>]*>"), "")]
+_MD_INLINE = [
+    (re.compile(r"!\[[^\]]*\]\([^)]*\)"), ""),
+    (re.compile(r"\[([^\]]+)\](\([^)]*\)|\[[^\]]*\])"), r"\1"),
+    (re.compile(r"`+([^`]+?)`+"), r"\1"),
+    (_RST_STRONG, r"\1"),
+    (_RST_EMPH, r"\1"),
+    (re.compile(r"(?<!\w)__?([^_\s][^_]*?)__?(?!\w)"), r"\1"),
+    (re.compile(r"</?[a-zA-Z][^>]*>"), ""),
+]
 
 
 def markdown_inline(text: str) -> str:

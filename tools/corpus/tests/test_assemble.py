@@ -24,8 +24,13 @@ def test_water_fill():
 def test_assemble_keeps_held_out_separate_and_honest():
     shared = "This exact paragraph is quoted in both a held-out and a training document."
     raw = [
-        RawDoc("books", "b1", f"Training text one, long enough to be interesting.\n\n{shared}"
-               "\n\nMore training text that stays in the corpus after de-duplication.", False),
+        RawDoc(
+            "books",
+            "b1",
+            f"Training text one, long enough to be interesting.\n\n{shared}"
+            "\n\nMore training text that stays in the corpus after de-duplication.",
+            False,
+        ),
         RawDoc("books", "b2", "Second training book with its own words and sentences.", False),
         RawDoc("books", "b3", f"A held-out book.\n\n{shared}", True),
         RawDoc("wiki", "w1", "An encyclopedia lead that is only ever used for validation.", True),
@@ -47,6 +52,7 @@ def test_shipped_splits_share_no_document():
     train_hashes = {text_hash(d["text"]) for d in train}
     val_hashes = {text_hash(d["text"]) for d in val}
     assert not train_hashes & val_hashes
+
     # Stronger: no original book/speech/page is split across both, and no long paragraph
     # of validation appears (up to case/punctuation) in training.
     def origin(d):

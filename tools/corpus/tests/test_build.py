@@ -39,8 +39,7 @@ def test_default_sources_are_permissive_and_copyleft_is_opt_in():
     assert embedded == ["gutenberg", "sotu", "python_docs", "wikipedia"]
     assert set(embedded) < set(full) and len(full) >= 20
     assert "linux_docs" not in full and not SOURCES["linux_docs"].default
-    assert bc.parse_args(["--out", "/tmp/x", "--sources", "+linux_docs"]).sources == (
-        full + ["linux_docs"])
+    assert bc.parse_args(["--out", "/tmp/x", "--sources", "+linux_docs"]).sources == (full + ["linux_docs"])
     for name in full:
         licence = SOURCES[name].licence
         if name == "wikipedia":  # CC BY-SA, but validation only: never trained on
@@ -56,6 +55,11 @@ def test_default_sources_are_permissive_and_copyleft_is_opt_in():
 
 
 def test_launcher_help_from_another_folder(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_corpus.py"), "--help"], cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_corpus.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--embedded" in out and "--train-tokenizer" in out

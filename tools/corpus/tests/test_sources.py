@@ -20,15 +20,16 @@ def test_html_prose_drops_navigation_and_matching_paragraphs():
     import re
 
     convert = html_prose(drop_paragraph=re.compile(r"^[\w-]+:$"))
-    html = ('<div class="nosearch">Small. Fast. Reliable.</div><p>select-stmt:</p>'
-            '<p>The SELECT statement is used to query the database.</p>'
-            '<a class="test-arrow">Run</a>')
+    html = (
+        '<div class="nosearch">Small. Fast. Reliable.</div><p>select-stmt:</p>'
+        "<p>The SELECT statement is used to query the database.</p>"
+        '<a class="test-arrow">Run</a>'
+    )
     assert convert(html) == "The SELECT statement is used to query the database."
 
 
 def test_node_markdown():
-    assert sources._node_markdown("> Stability: 2 - Stable\n\nA {Buffer} or {string}.") == (
-        "A Buffer or string.")
+    assert sources._node_markdown("> Stability: 2 - Stable\n\nA {Buffer} or {string}.") == ("A Buffer or string.")
 
 
 def test_doc_reader_on_a_fake_package(tmp_path):
@@ -42,8 +43,9 @@ def test_doc_reader_on_a_fake_package(tmp_path):
     (base / "copy.html").symlink_to(base / "sub" / "page0.html")  # same file twice
     with gzip.open(base / "zipped.html.gz", "wt") as f:
         f.write(body)
-    read = doc_reader("pkg_docs", "usr/share/doc/pkg/html", ("**/*.html", "*.html.gz"),
-                      html_prose(), skip=("genindex",), every=5)
+    read = doc_reader(
+        "pkg_docs", "usr/share/doc/pkg/html", ("**/*.html", "*.html.gz"), html_prose(), skip=("genindex",), every=5
+    )
     docs = list(read(tmp_path))
     ids = [d.doc_id for d in docs]
     assert ids == sorted(ids) and len(ids) == len(set(ids)) == 31
@@ -87,10 +89,11 @@ def test_sword_commentary_reader_and_osis(tmp_path):
 
 
 def test_parse_copyright():
-    text = ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
-            "Upstream-Name: foo\n\nFiles: debian/*\nCopyright: 2020 Packager\nLicense: GPL-2+"
-            "\n\nFiles: *\nCopyright: 2001-2023 The Foo   Developers\n 2010 Another Person\n"
-            "License: BSD-3-Clause\n")
-    assert sources.parse_copyright(text) == (
-        "2001-2023 The Foo Developers; 2010 Another Person")
+    text = (
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+        "Upstream-Name: foo\n\nFiles: debian/*\nCopyright: 2020 Packager\nLicense: GPL-2+"
+        "\n\nFiles: *\nCopyright: 2001-2023 The Foo   Developers\n 2010 Another Person\n"
+        "License: BSD-3-Clause\n"
+    )
+    assert sources.parse_copyright(text) == ("2001-2023 The Foo Developers; 2010 Another Person")
     assert sources.parse_copyright("This package was debianized by ...") is None

@@ -53,8 +53,10 @@ def test_clean_gutenberg_sample():
     assert "Project Gutenberg" not in out and "Produced by" not in out and "\r" not in out
     assert "editions" not in out and "START OF" not in out
     # prose unwrapped into one line, italics marks dropped, double space collapsed
-    assert ("torrents, except at occasional intervals, when it was checked by a violent gust "
-            "of wind which swept up the streets. He was very tired.") in out
+    assert (
+        "torrents, except at occasional intervals, when it was checked by a violent gust "
+        "of wind which swept up the streets. He was very tired."
+    ) in out
     # verse keeps its line break
     assert out.endswith("Tyger Tyger, burning bright,\nIn the forests of the night;")
 
@@ -70,10 +72,12 @@ def test_normalize_whitespace():
 
 
 def test_clean_rst_keeps_prose_and_code_drops_markup():
-    rst = (".. _tut-intro:\n\n**********\nIntroduction\n**********\n\n"
-           ".. index::\n   single: foo\n   single: bar\n\n"
-           "Some *prose* with :func:`len`. Example::\n\n   >>>     x = 1\n\n"
-           ".. note::\n\n   Keep this note.\n\n.. a comment\n   continued\n\nEnd.")
+    rst = (
+        ".. _tut-intro:\n\n**********\nIntroduction\n**********\n\n"
+        ".. index::\n   single: foo\n   single: bar\n\n"
+        "Some *prose* with :func:`len`. Example::\n\n   >>>     x = 1\n\n"
+        ".. note::\n\n   Keep this note.\n\n.. a comment\n   continued\n\nEnd."
+    )
     out = clean_rst(rst)
     assert out.startswith("Introduction\n\nSome *prose*")
     assert ">>>     x = 1" in out and ".. note::" in out and "Keep this note." in out
@@ -118,7 +122,6 @@ def test_paragraph_deduper():
     assert dd.dropped_documents == 1 and dd.dropped_paragraphs == 3
 
 
-
 # ------------------------------------------------------------------------------ HTML
 
 PAGE = """<!DOCTYPE html><html><head><title>Page title</title>
@@ -139,13 +142,13 @@ UPDATE accounts SET balance = balance - 100.00;</pre>
 
 
 def test_html_to_text_keeps_prose_drops_markup_code_tables():
-    out = html_to_text(PAGE, drop_classes={"navheader", "sphinxsidebar", "footer",
-                                           "headerlink"})
+    out = html_to_text(PAGE, drop_classes={"navheader", "sphinxsidebar", "footer", "headerlink"})
     assert out.split("\n\n") == [
         "Transactions",
-        "A transaction bundles several steps into a single, all-or-nothing operation — "
-        "see BEGIN & COMMIT.",
-        "first item", "second\nline", "Nested part.",
+        "A transaction bundles several steps into a single, all-or-nothing operation — see BEGIN & COMMIT.",
+        "first item",
+        "second\nline",
+        "Nested part.",
     ]
 
 
@@ -159,8 +162,10 @@ def test_html_to_text_main_element_and_void_tags():
     assert "UPDATE accounts" in out and "cell" in out
     assert "Prev" not in out and "Copyright" not in out and "Search" not in out
     # several main elements (rustdoc: one div.docblock per item), XHTML void tags
-    html = ('<div class="docblock"><p>One.</p></div><p>outside</p><br/><hr />'
-            '<div class="docblock"><p>Two<br/>lines.</p><div>inner</div></div>')
+    html = (
+        '<div class="docblock"><p>One.</p></div><p>outside</p><br/><hr />'
+        '<div class="docblock"><p>Two<br/>lines.</p><div>inner</div></div>'
+    )
     out = html_to_text(html, main=lambda t, a: "docblock" in (a.get("class") or ""))
     assert out == "One.\n\nTwo\nlines.\n\ninner"
 
@@ -224,7 +229,8 @@ def test_rst_to_prose():
     assert paras[1] == (
         "Learning the parameters of a prediction function and testing it on the same "
         "data is a methodological mistake, called k-fold CV: see train_test_split and "
-        "the guide, cv=5 or NumPy.")
+        "the guide, cv=5 or NumPy."
+    )
     assert "Let's load the iris data set:" in paras
     assert "We can now sample a training set." in paras
     assert "Keep this note." in paras
@@ -232,8 +238,7 @@ def test_rst_to_prose():
     assert "Evaluate a score by cross-validation." in paras
     assert "* first item continues here\n* second item" in paras
     assert paras[-1] == "param cv: Determines the splitting strategy."
-    for gone in (">>>", "load_iris", "0.96", "dropped", "currentmodule", ":class:",
-                 "xval", "=====", "[1]", "https"):
+    for gone in (">>>", "load_iris", "0.96", "dropped", "currentmodule", ":class:", "xval", "=====", "[1]", "https"):
         assert gone not in out, gone
 
 
@@ -280,13 +285,15 @@ more_perl_code();
 def test_pod_to_text():
     out = pod_to_text(POD)
     assert out.split("\n\n") == [
-        "NAME", "perlfilter - Source Filters", "DESCRIPTION",
+        "NAME",
+        "perlfilter - Source Filters",
+        "DESCRIPTION",
         'This article is about source filters, see "open" in perlfunc and the manual; '
         "$a <=> $b compares, <tag> is escaped, non breaking and here.",
-        "First point", "Explained here.",
+        "First point",
+        "Explained here.",
     ]
-    assert pod_inline("B<bold I<nested>> C<<< a >> b >>> E<eacute> E<0x41>") == (
-        "bold nested a >> b é A")
+    assert pod_inline("B<bold I<nested>> C<<< a >> b >>> E<eacute> E<0x41>") == ("bold nested a >> b é A")
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -318,7 +325,6 @@ const fs = require('node:fs');
 def test_markdown_to_text():
     assert markdown_to_text(MD).split("\n\n") == [
         "File system",
-        "The node:fs module enables interacting with the file system, see POSIX and "
-        "fs.open().",
+        "The node:fs module enables interacting with the file system, see POSIX and fs.open().",
         "* path {string} the path\n* mode {integer}",
     ]
