@@ -25,6 +25,15 @@ def test_ci_runs_the_readme_test_command():
     assert readme_commands()[1] in ci.splitlines()
 
 
+def test_ci_lints_with_the_pre_commit_ruff_version():
+    """CI runs ruff check and ruff format --check before the tests, with the ruff of .pre-commit-config.yaml."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    pinned = re.search(r"ruff==([\d.]+)", ci)
+    hook = re.search(r"ruff-pre-commit\s+rev: v([\d.]+)", (ROOT / ".pre-commit-config.yaml").read_text())
+    assert pinned and hook and pinned.group(1) == hook.group(1)
+    assert ci.index("ruff check .") < ci.index("ruff format --check .") < ci.index("python -m pytest")
+
+
 def test_paths_named_in_readme_and_docs_exist():
     """A config, script or doc named in the README or docs/ exists (renames must update the docs)."""
     files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
