@@ -37,7 +37,8 @@ def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | No
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int) -> None:
     if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
-            f"expected q [B, H, Tq, D] and k = v [B, H, Tk, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"expected q [B, H, Tq, D] and k = v [B, H, Tk, D], got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
     for name, n in (("query length", q.shape[2]), ("key length", k.shape[2]), ("head_dim", q.shape[3])):
         if n % BLOCK_SIZE:

@@ -100,7 +100,9 @@ def load_plan_file(path: str) -> dict:
         with open(path) as f:
             plan = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError("quantize.linear.mx.calibration.plan_file", path, "a readable adahop_plan.json", str(e))
+        raise ConfigError(
+            "quantize.linear.mx.calibration.plan_file", path, "a readable adahop_plan.json", str(e)
+        ) from None
     if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
         raise ConfigError("quantize.linear.mx.calibration.plan_file", path, "a JSON object with a 'layers' table")
     for fqn, entry in plan["layers"].items():

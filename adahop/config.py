@@ -286,7 +286,8 @@ def validate_mx(job_config) -> None:
             "parallelism.tensor_parallel_degree",
             tp,
             f"1 while quantize.linear.mx.{tp_refused[0]} is on",
-            "tensor parallelism works with the AdaHOP linears only (docs/training.md, 'Tensor and sequence parallelism'): set "
+            "tensor parallelism works with the AdaHOP linears only "
+            "(docs/training.md, 'Tensor and sequence parallelism'): set "
             + ", ".join(f"quantize.linear.mx.{k} = {'0' if k == 'quant_error_freq' else 'false'}" for k in tp_refused)
             + ", or use data parallelism (parallelism.data_parallel_shard_degree)",
         )

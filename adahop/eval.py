@@ -136,7 +136,8 @@ def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None
 def table(results: dict) -> str:
     rows = [("all", results["overall"])] + list(results.get("by_source", {}).items())
     lines = [
-        f"checkpoint: {results['checkpoint']} ({'MXFP4 plan forward' if results['quantized'] else 'high-precision forward'})",
+        f"checkpoint: {results['checkpoint']} "
+        f"({'MXFP4 plan forward' if results['quantized'] else 'high-precision forward'})",
         "",
         "| data | loss | perplexity | batches | tokens |",
         "| --- | --- | --- | --- | --- |",

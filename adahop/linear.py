@@ -626,6 +626,7 @@ class AdaHOPLinear(AdaHOPModes, nn.Linear):
     def extra_repr(self) -> str:
         r = self.recipe
         return (
-            f"{super().extra_repr()}, forward_y={r.forward_y}, backward_gx={r.backward_gx}, backward_gw={r.backward_gw}, "
+            f"{super().extra_repr()}, forward_y={r.forward_y}, backward_gx={r.backward_gx}, "
+            f"backward_gw={r.backward_gw}, "
             f"use_sr_grad={r.use_sr_grad}, randomized_hadamard={r.randomized_hadamard}, hadamard_size={r.hadamard_size}"
         )

@@ -218,7 +218,8 @@ class AdaHOPTrainer(titan_train.Trainer):
             key = "adahop" if i == 0 else f"adahop_{i}"
             self.checkpointer.states[key] = wiring.state()
             cal = conv.calibrator
-            # torchtitan's CheckpointManager sets exclude_from_loading only when checkpointing is on (else nothing loads)
+            # torchtitan's CheckpointManager sets exclude_from_loading only when checkpointing is on
+            # (else nothing loads)
             excluded = getattr(self.checkpointer, "exclude_from_loading", None)
             if cal.plan_file and excluded is not None and key not in excluded:
                 # plan_file is how a resumed run changes its plan (adahop.resume): the checkpoint's is not loaded

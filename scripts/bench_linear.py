@@ -302,7 +302,12 @@ def gemm_only(M, N, K, dev, rep):
         ("fp8 1x128.128x128 ->fp32", sbt.t(), torch.float32),
     ):
         try:
-            res[name] = bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa.t(), scale_b=scale_b, out_dtype=od), rep)
+            res[name] = bench(
+                lambda scale_b=scale_b, od=od: torch._scaled_mm(
+                    a8, b8.t(), scale_a=sa.t(), scale_b=scale_b, out_dtype=od
+                ),
+                rep,
+            )
         except Exception as exc:
             res[name] = f"{type(exc).__name__}: {exc}"[:200]
     return res
@@ -411,7 +416,10 @@ def main():
                         row.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
                         traceback.print_exc()
                 bf = row["t"]["bf16"]
-                line = f"{model:12s} T={T:5d} {sname:8s} [{fin}->{fout}] bf16 fwd/bwd/fb {bf[0]:.3f}/{bf[1]:.3f}/{bf[2]:.3f} ms |"
+                line = (
+                    f"{model:12s} T={T:5d} {sname:8s} [{fin}->{fout}] "
+                    f"bf16 fwd/bwd/fb {bf[0]:.3f}/{bf[1]:.3f}/{bf[2]:.3f} ms |"
+                )
                 for name, tt in row["t"].items():
                     if name != "bf16" and tt:
                         line += f" {name} {bf[2] / tt[2]:.2f}x"
@@ -431,7 +439,8 @@ def main():
 
 def print_tables(results):
     print(
-        f"\n## {results['device']}  {results['date']}  torch {results['torch']}  triton {results['triton']}  torchao {results['torchao']}"
+        f"\n## {results['device']}  {results['date']}  torch {results['torch']}  triton {results['triton']}  "
+        f"torchao {results['torchao']}"
     )
     bw = results.get("bandwidth_16384x4096")
     if bw:

@@ -58,7 +58,8 @@ def main():
     after = a.cal + 5
     print(f"Tokens/s per GPU: mean of the rank-0 log lines after step {after}; total = per GPU x GPUs.\n")
     print(
-        "| run | GPUs | local batch | steps | tokens/s per GPU | total tokens/s | peak memory GiB (rank 0) | loss, last step | validation loss |"
+        "| run | GPUs | local batch | steps | tokens/s per GPU | total tokens/s "
+        "| peak memory GiB (rank 0) | loss, last step | validation loss |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     total = {}
@@ -72,14 +73,16 @@ def main():
         total[name] = tps * n
         vals = runs[name]["val"].get(0, {})
         print(
-            f"| {name} | {n} | {8 // n} | {max(r0)} | {tps:.0f} | {tps * n:.0f} | {max(v[1] for v in r0.values()):.2f} | "
+            f"| {name} | {n} | {8 // n} | {max(r0)} | {tps:.0f} | {tps * n:.0f} | "
+            f"{max(v[1] for v in r0.values()):.2f} | "
             f"{r0[max(r0)][0]:.4f} | {vals[max(vals)] if vals else float('nan'):.4f} |"
         )
     print()
     for kind in ("bf16", "adahop"):
         if f"{kind}_1gpu" in total and f"{kind}_2gpu" in total:
             print(
-                f"- scaling {kind}, 1 -> 2 GPUs at the same global batch: {total[f'{kind}_2gpu'] / total[f'{kind}_1gpu']:.2f}x total tokens/s"
+                f"- scaling {kind}, 1 -> 2 GPUs at the same global batch: "
+                f"{total[f'{kind}_2gpu'] / total[f'{kind}_1gpu']:.2f}x total tokens/s"
             )
     for n in ("1gpu", "2gpu"):
         if f"adahop_{n}" in total and f"bf16_{n}" in total:
@@ -113,7 +116,8 @@ def main():
     )
     print(
         f"- ... with --checkpoint.exclude_from_loading dataloader: "
-        f"{diffs(runs['one_resumed']['recs'].get(0, {}), base, range(a.half + 1, a.half + 6))} (vs the 2-GPU run; other data)"
+        f"{diffs(runs['one_resumed']['recs'].get(0, {}), base, range(a.half + 1, a.half + 6))} "
+        "(vs the 2-GPU run; other data)"
     )
     for name in NGPU:
         r0 = runs[name]["recs"].get(0, {})

@@ -147,7 +147,8 @@ def main():
     say(f"| bf16 | {1e3 * bf16_s:.1f} | {ntok / bf16_s:.0f} | 1.00x |")
     say(f"| adahop, sync per GEMM | {1e3 * sync_s:.1f} | {ntok / sync_s:.0f} | {bf16_s / sync_s:.2f}x |")
     say(
-        f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} | {bf16_s / adahop_s:.2f}x |\n"
+        f"| adahop (as trained: deferred check) | {1e3 * adahop_s:.1f} | {ntok / adahop_s:.0f} "
+        f"| {bf16_s / adahop_s:.2f}x |\n"
     )
 
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])

@@ -18,7 +18,8 @@ Recipes are CLI overrides of one config, so model, data, seed, schedule and toke
 Each recipe trains in <out>/<recipe> with checkpoints: an interrupted run resumes from its last checkpoint
 (torchtitan does this by itself), a finished one (<out>/<recipe>/done.json) is not run again, so the
 experiment can span several sessions. --parallel N runs N recipes at once (one GPU holds several 100M
-models); with --gpus 0,1 each run is pinned to one of the GPUs (CUDA_VISIBLE_DEVICES) and N run on each. Extra --section.key value arguments go to every run (e.g. --training.steps for a short try).
+models); with --gpus 0,1 each run is pinned to one of the GPUs (CUDA_VISIBLE_DEVICES) and N run on each.
+Extra --section.key value arguments go to every run (e.g. --training.steps for a short try).
 The report has the final training / validation loss and perplexity per recipe, the gap to BF16, the
 AdaHOP plan summaries, a loss-curve plot (PNG next to the report) and the exact commands.
 """
@@ -285,8 +286,8 @@ def write_report(
         f"Written by `scripts/quality_experiment.py` on {time.strftime('%Y-%m-%d')} from the finished recipes "
         f"(this machine: {device}; each run's own device and date are in the table).",
         "",
-        "| recipe | steps | final train loss | last val loss (step) | val perplexity | val gap to BF16 | best val loss (step) "
-        "| tokens/s (last log) | device, date |",
+        "| recipe | steps | final train loss | last val loss (step) | val perplexity | val gap to BF16 "
+        "| best val loss (step) | tokens/s (last log) | device, date |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r, res in results.items():
@@ -298,7 +299,8 @@ def write_report(
         best = f"{min(finite.values()):.4f} ({min(finite, key=finite.get)})" if finite else "-"
         meta = res.get("meta", {})
         lines.append(
-            f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} ({v_step}) | {math.exp(v) if v == v else math.nan:.2f} | "
+            f"| {r} | {steps} | {_last(res['train']):.4f} | {v:.4f} ({v_step}) | "
+            f"{math.exp(v) if v == v else math.nan:.2f} | "
             f"{gap} | {best} | {_last(res['tps']) if res['tps'] else '-'} | "
             f"{meta.get('device', '?')}, {meta.get('date', '?')} |"
         )

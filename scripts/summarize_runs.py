@@ -26,7 +26,7 @@ def main():
             text = ANSI.sub("", open(f"{a.log_dir}/train_{name}.log", errors="replace").read())
         except OSError:
             continue
-        recs = [(int(s), float(l), float(m), int(t.replace(",", ""))) for s, l, m, t in TRAIN.findall(text)]
+        recs = [(int(s), float(loss), float(m), int(t.replace(",", ""))) for s, loss, m, t in TRAIN.findall(text)]
         if not recs:
             continue
         late = [r for r in recs if r[0] > a.after and (a.until is None or r[0] <= a.until)] or recs[-1:]
@@ -37,14 +37,15 @@ def main():
             last=recs[-1][0],
             loss=recs[-1][1],
             val=float(vals[-1][1]) if vals else float("nan"),
-            curve=" ".join(f"{s}:{l:.2f}" for s, l, _, _ in recs),
+            curve=" ".join(f"{s}:{loss:.2f}" for s, loss, _, _ in recs),
         )
     if not rows:
         print("no run logged a training step")
         return
     base = next(iter(rows.values()))
     print(
-        f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first | train loss, last step | validation loss |"
+        f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first "
+        "| train loss, last step | validation loss |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():

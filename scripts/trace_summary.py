@@ -5,7 +5,8 @@
 
 Prints the profiled steps' wall time (the ProfilerStep#N spans), the GPU kernel time by group (the groups of
 scripts/profile_step.py), how busy the GPU was (the union of kernel intervals over the steps' span: a GPU
-idle between kernels is waiting for the host), the GPU's idle gaps, the kernels by name (`--kernels N`, the N longest), and the host ops by inclusive time.
+idle between kernels is waiting for the host), the GPU's idle gaps, the kernels by name (`--kernels N`, the N
+longest), and the host ops by inclusive time.
 """
 
 from __future__ import annotations

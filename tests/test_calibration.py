@@ -52,7 +52,7 @@ def test_votes_majority_plan_and_modes(tmp_path):
     layers = _layers()
     cal = Calibrator(layers, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=3)
     cal.dump_folder = str(tmp_path)
-    assert all(l.modes == {s: "hadamard" for s in SLOTS} for l in layers.values())
+    assert all(layer.modes == {s: "hadamard" for s in SLOTS} for layer in layers.values())
     w = torch.randn(64, 64)
     for step in range(3):
         # layer 0: x col-outliers, g row-outliers; layer 1: plain gaussian (one odd step)
@@ -116,7 +116,7 @@ def test_state_dict_round_trip_mid_calibration_and_fixed():
     cal3 = Calibrator(layers3, table=dict(SEED_TABLE), uniform_mode="hadamard", calibrate=True, steps=2)
     cal3.load_state_dict(cal.state_dict())
     assert not cal3.calibrating
-    assert {f: l.modes for f, l in layers3.items()} == {f: l.modes for f, l in layers.items()}
+    assert {f: layer.modes for f, layer in layers3.items()} == {f: layer.modes for f, layer in layers.items()}
 
 
 def test_plan_file_skips_calibration(tmp_path):
@@ -158,7 +158,7 @@ def test_uniform_plan_without_calibration():
     cal = Calibrator(layers, table=dict(SEED_TABLE), uniform_mode="none", calibrate=False, steps=30)
     assert not cal.calibrating
     assert summarize_modes(cal.plan["layers"])["none"] == 6
-    assert all(l.modes == {s: "none" for s in SLOTS} for l in layers.values())
+    assert all(layer.modes == {s: "none" for s in SLOTS} for layer in layers.values())
 
 
 def test_visualization_pngs(tmp_path):

@@ -73,7 +73,7 @@ def test_real_metadata_passes_and_data_files_are_checked(tmp_path):
     load_checkpoint_entries(state, step)
     assert state["note"] == "plain data" and state["w"][1, 2] == 5
     # the metadata may only point to files inside the folder
-    for index, info in metadata.storage_data.items():
+    for _index, info in metadata.storage_data.items():
         info.relative_path = "../elsewhere.distcp"
     (step / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(CheckpointError, match="outside the folder"):

@@ -113,8 +113,8 @@ def test_new_group_sizes_reuse_the_compiled_graph():
     with torch.compiler.set_stance("fail_on_recompile"):
         for counts in ([t, 0, 0, 0, 0, 0], [0] * 6, [1, 2, 3, 4, 5, 6], [20, 20, 20, 20, 20, 14]):
             sizes = torch.tensor(counts)
-            want = _step(lambda a, b: mod(a, b, sizes), (x, w), seed=1)
-            _assert_same_bits(want, _step(lambda a, b: compiled(a, b, sizes), (x, w), seed=1))
+            want = _step(lambda a, b, sizes=sizes: mod(a, b, sizes), (x, w), seed=1)
+            _assert_same_bits(want, _step(lambda a, b, sizes=sizes: compiled(a, b, sizes), (x, w), seed=1))
 
 
 @pytest.mark.parametrize("backward_under_autocast", [False, True])

@@ -106,7 +106,7 @@ def test_uniform_modes_without_calibration():
     wire(conv, [model])
     assert model.layers["1"].feed_forward.w3.modes == {s: "none" for s in ("forward_y", "backward_gx", "backward_gw")}
     assert not conv.calibrator.calibrating and conv.calibrator.plan["source"] == "uniform"
-    assert all(l.observer is None for l in conv.layers.values())
+    assert all(layer.observer is None for layer in conv.layers.values())
 
 
 def test_disabled_linear_converts_nothing():
@@ -168,8 +168,8 @@ def test_calibration_through_training_steps(tmp_path):
         if step == 0:
             assert conv.calibrator.calibrating and conv.calibrator.votes.sum() == 14 * 3
     assert not conv.calibrator.calibrating
-    assert all(l.observer is None for l in conv.layers.values())
-    modes = {f: l.modes for f, l in conv.layers.items()}
+    assert all(layer.observer is None for layer in conv.layers.values())
+    modes = {f: layer.modes for f, layer in conv.layers.items()}
     assert modes == {f: e["modes"] for f, e in conv.calibrator.plan["layers"].items()}
     assert (tmp_path / "adahop_plan.json").is_file()
 

@@ -229,7 +229,7 @@ def test_one_exactness_all_reduce_per_step_and_plan_agreement_only_while_calibra
     assert r.returncode == 0, r.stdout[-4000:]
     counts = {(int(m[0]), int(m[1])): tuple(map(int, m[2:])) for m in COUNT_RE.findall(r.stdout)}
     assert sorted(counts) == [(rank, step) for rank in (0, 1) for step in (1, 2, 3, 4)], r.stdout[-4000:]
-    for (rank, step), (microbatches, exactness, plan, calibrating) in counts.items():
+    for (_rank, step), (microbatches, exactness, plan, calibrating) in counts.items():
         assert microbatches == 2
         if step <= 2:  # observed steps run the per-GEMM check (no deferred all-reduce); votes are summed
             assert (calibrating, exactness) == (1, 0) and plan >= 1, counts

@@ -64,10 +64,12 @@ def test_quieted_messages_still_show_at_debug(titan_log):
 def test_library_warnings_that_alarm_are_ignored():
     logs.quiet_messages()
     with warnings.catch_warnings(record=True) as caught:
-        warnings.warn("'set_vital' is deprecated, please do not call", UserWarning)
+        warnings.warn("'set_vital' is deprecated, please do not call", UserWarning, stacklevel=2)
         if not has_accelerator():
-            warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling autocast.", UserWarning)
-        warnings.warn("something else", UserWarning)
+            warnings.warn(
+                "In CPU autocast, but the target dtype is not supported. Disabling autocast.", UserWarning, stacklevel=2
+            )
+        warnings.warn("something else", UserWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something else"]
 
 

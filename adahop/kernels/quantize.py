@@ -966,7 +966,7 @@ def fused_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tens
     _row_split_kernel): both = hi rows then lo rows, fp8 e5m2 [2n, K] with both_gscale [K/128, 2n] (one
     GEMM operand), and hi / lo / hi_gscale / lo_gscale, their views; blocks neither part holds are added
     to `count`."""
-    R, K = packed.shape[0], packed.shape[1] * 2
+    K = packed.shape[1] * 2
     n = rows.numel()
     dev = packed.device
     both = torch.empty((2 * n, K), dtype=torch.uint8, device=dev)

@@ -10,9 +10,9 @@ Scheduling (run_tables): the runs go through a list of slots, one run per slot a
 starting on a slot as soon as its run ends. Slots come from gpu_slots: --gpus 0,1,2,3 with --nproc 2 gives
 two slots, whose runs see CUDA_VISIBLE_DEVICES=0,1 and 2,3; without --gpus, --parallel N gives N slots without
 GPU pinning (default: on CPU as many as the cores allow, auto_parallel; else 1, one run after another). Each
-run's logged steps are reported as they come (on_progress: the step, steps/s, time left). A failed run does not stop the others: every run that
-succeeds stores its result.json, and the failures are raised together at the end, so the same command trains
-only the failed tables again.
+run's logged steps are reported as they come (on_progress: the step, steps/s, time left). A failed run does not
+stop the others: every run that succeeds stores its result.json, and the failures are raised together at the
+end, so the same command trains only the failed tables again.
 """
 
 from __future__ import annotations
