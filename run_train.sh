@@ -84,6 +84,9 @@ elif [ -n "${RDZV_ENDPOINT:-}" ]; then
 else
   rendezvous=(--rdzv_backend c10d --rdzv_endpoint="localhost:0")
 fi
+# every check of the config (and of a resumed checkpoint) in one process first: bad input is then one message,
+# not one per rank under torchrun's failure report
+"$PYTHON" -m adahop.train --preflight $((NNODES * NGPU)) --job.config_file "$CONFIG_FILE" "$@" || exit $?
 # as upstream torchtitan's launcher: fewer fragmented blocks in the CUDA caching allocator
 export PYTORCH_ALLOC_CONF=${PYTORCH_ALLOC_CONF:-"expandable_segments:True"}
 

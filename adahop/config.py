@@ -430,6 +430,16 @@ def validate_upstream_values(job_config) -> None:
         )
 
 
+def _hub_name(path: str) -> bool:
+    """Whether a dataset_path that is not on disk reads as a Hugging Face hub dataset ("allenai/c4", "wikitext"):
+    relative, at most one "/", no file suffix; an absolute, home, ./ or ../ path or a file name is a local path."""
+    import re
+
+    return re.fullmatch(r"\w[\w.-]*(/\w[\w.-]*)?", path) is not None and not re.search(
+        r"\.(jsonl?|parquet|txt|csv|arrow)(\.gz)?$", path
+    )
+
+
 def validate_data_files(job_config) -> None:
     """The local data files and tokenizer files of the run: not empty, text where text is expected."""
     from adahop.data.datasets import data_file_problem, local_data_files, registered_datasets
@@ -445,6 +455,17 @@ def validate_data_files(job_config) -> None:
                 "a registered dataset: " + ", ".join(registered_datasets()),
                 "register another with adahop.data.register_local_dataset (docs/data.md)",
             )
+        if (
+            cfg.dataset_path
+            and not os.path.exists(os.path.expanduser(cfg.dataset_path))
+            and not _hub_name(cfg.dataset_path)
+        ):
+            raise ConfigError(
+                f"{section}.dataset_path",
+                cfg.dataset_path,
+                "an existing data file or folder, or a Hugging Face hub dataset name",
+                "no such file or folder",
+            )
         for path in local_data_files(cfg.dataset, cfg.dataset_path):
             problem = data_file_problem(path)
             if problem:
@@ -455,6 +476,14 @@ def validate_data_files(job_config) -> None:
                     "a data file with at least one sample (UTF-8 text for .txt / .json / .jsonl / .csv)",
                     f"{path}: {problem}",
                 )
+    assets = job_config.model.hf_assets_path
+    if assets and not os.path.isdir(assets):
+        raise ConfigError(
+            "model.hf_assets_path",
+            assets,
+            "a folder holding tokenizer.json (and tokenizer_config.json)",
+            "no such folder; the embedded tokenizer is adahop/data/assets/tokenizer",
+        )
     found = tokenizer_file_problem(job_config.model.hf_assets_path)
     if found:
         path, problem = found

@@ -293,8 +293,18 @@ def check_resume(job_config, world_size: int) -> None:
     if found is None:
         return
     step_dir, model_only = found
+    ckpt = job_config.checkpoint
+    folder = os.path.join(job_config.job.dump_folder, ckpt.folder)
+    if ckpt.load_step != -1 and os.path.isdir(folder) and not os.path.exists(step_dir):
+        saved = sorted(int(m.group(1)) for name in os.listdir(folder) if (m := _STEP_DIR.search(name)))
+        raise ConfigError(
+            "checkpoint.load_step",
+            ckpt.load_step,
+            f"a step saved in {folder}: " + (", ".join(map(str, saved)) or "none yet"),
+            "leave --checkpoint.load_step out to resume the latest one",
+        )
     if not os.path.isfile(os.path.join(step_dir, ".metadata")):
-        return  # a load_step that does not exist is upstream's error to report
+        return  # not a DCP checkpoint (e.g. safetensors): upstream reads and reports it
     from .checkpoint_io import check_checkpoint
 
     # damaged or crafted checkpoints are refused here, naming the file (and the previous loadable step)

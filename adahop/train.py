@@ -85,6 +85,30 @@ def resolve_repo_paths(job_config) -> None:
             job_config.model.hf_assets_path = candidate
 
 
+def check_job(job_config, world_size: int) -> None:
+    """Every check of a run's config and resumed checkpoint that needs no process group (raises ConfigError /
+    CheckpointError): what AdaHOPTrainer runs first, and what `preflight` runs before a launcher starts ranks."""
+    # a user module may register flavors/datasets: import it before validating (torchtitan imports it again in
+    # Trainer.__init__, a no-op)
+    if job_config.experimental.custom_import:
+        importlib.import_module(job_config.experimental.custom_import)
+    resolve_repo_paths(job_config)
+    validate_job_config(job_config, check_model=True)
+    check_resume(job_config, world_size)
+
+
+def preflight(argv: list[str], world_size: int) -> None:
+    """The checks of one run, from its command line (torchtitan arguments), in this process: run_train.sh calls it
+    (`python -m adahop.train --preflight WORLD_SIZE ...`) before torchrun, so that bad input is one message, not
+    one per rank under torchrun's failure report."""
+    check_removed_switches()
+    args = with_custom_config_module(argv)
+    check_config_file(args)
+    from adahop.config import _config_manager
+
+    check_job(_config_manager().parse_args(args), world_size)
+
+
 def write_job_file(job_config) -> None:
     """<dump_folder>/adahop_job.json: the whole job config, so that eval / export / sweep tools can
     rebuild the model of a checkpoint without being told the TOML again (rank 0, atomic)."""
@@ -195,14 +219,8 @@ class AdaHOPTrainer(titan_train.Trainer):
     """torchtitan's Trainer with adahop config validation up front and the plan in the checkpoint."""
 
     def __init__(self, job_config):
-        # a user module may register flavors/datasets: import it before validating (torchtitan
-        # imports it again in Trainer.__init__, a no-op)
-        if job_config.experimental.custom_import:
-            importlib.import_module(job_config.experimental.custom_import)
-        resolve_repo_paths(job_config)
         # every adahop check, before the distributed init, the model, the data or any step
-        validate_job_config(job_config, check_model=True)
-        check_resume(job_config, int(os.environ.get("WORLD_SIZE", "1")))
+        check_job(job_config, int(os.environ.get("WORLD_SIZE", "1")))
         from adahop.converter import active_converters
 
         before = set(map(id, active_converters()))
@@ -366,8 +384,15 @@ def check_removed_switches(environ=os.environ) -> None:
 
 
 def _main(argv: list[str] | None, trainer: type = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--preflight"]:
+        from adahop.cli import UsageError
+
+        if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
+            raise UsageError("--preflight takes the world size (a whole number >= 1) first, then the run's arguments")
+        return preflight(argv[2:], int(argv[1]))
     check_removed_switches()
-    args = with_custom_config_module(sys.argv[1:] if argv is None else argv)
+    args = with_custom_config_module(argv)
     check_config_file(args)  # before torchtitan reads it: it takes TOML values without a type check
     ensure_single_process_env()
     _set_cli_args(args)

@@ -59,7 +59,10 @@ def parse(args: list[str]):
 def seed_config(tmp_path):
     p = tmp_path / "seed.toml"
     p.write_text(SEED_README_TOML)
-    return parse(["--job.config_file", str(p), "--model.name", "adahop_llama3", "--model.flavor", "nano"])
+    # the seed block names no tokenizer folder (torchtitan's default does not exist here): the embedded one
+    tokenizer = str(REPO / "adahop" / "data" / "assets" / "tokenizer")
+    args = ["--model.name", "adahop_llama3", "--model.flavor", "nano", "--model.hf_assets_path", tokenizer]
+    return parse(["--job.config_file", str(p), *args])
 
 
 def test_seed_readme_block_parses(seed_config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 from train_helpers import REPO, base_toml, command, env
@@ -49,3 +50,64 @@ def test_removed_environment_switches_refused_naming_the_replacement(name):
         check_removed_switches({name: "1"})
     assert name in str(e.value) and REMOVED_SWITCHES[name].split()[0] in str(e.value)
     check_removed_switches({"ADAHOP_FORCE_REFERENCE": "1"})  # still a debugging switch: not refused
+
+
+@pytest.mark.parametrize(
+    "args, key, says",
+    [
+        (["--training.dataset_path", "/nonexistent/corpus.jsonl"], "training.dataset_path", "no such file or folder"),
+        (["--model.hf_assets_path", "/nonexistent/tokenizer"], "model.hf_assets_path", "no such folder"),
+    ],
+    ids=["dataset_path", "hf_assets_path"],
+)
+def test_missing_data_and_tokenizer_paths_are_one_message(tmp_path, args, key, says):
+    """A path that does not exist is refused by name before anything is built (it failed in the data loader or
+    the tokenizer, under a traceback)."""
+    config = tmp_path / "ok.toml"
+    config.write_text(base_toml(tmp_path / "out", steps=4, calibration_steps=2))
+    lines = error_lines(run(config, args))
+    assert len(lines) == 1 and f"invalid config: {key} = '{args[1]}'" in lines[0] and says in lines[0], lines
+
+
+def test_a_load_step_that_was_not_saved_is_one_message_listing_the_saved_ones(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoint" / "step-4").mkdir(parents=True)  # what a run saved (the check reads the folder names)
+    (out / "checkpoint" / "step-8").mkdir()
+    config = tmp_path / "ok.toml"
+    config.write_text(base_toml(out, steps=12, calibration_steps=2))
+    lines = error_lines(run(config, ["--checkpoint.enable", "--checkpoint.load_step", "6"]))
+    assert lines == [
+        f"error: invalid config: checkpoint.load_step = 6; allowed: a step saved in {out / 'checkpoint'}: 4, 8. "
+        "leave --checkpoint.load_step out to resume the latest one"
+    ], lines
+
+
+def test_run_train_checks_the_config_once_before_torchrun_starts_ranks(tmp_path):
+    """run_train.sh's preflight: a config error is the trainer's one line, with no torchrun failure report."""
+    config = tmp_path / "ok.toml"
+    config.write_text(base_toml(tmp_path / "out", steps=4, calibration_steps=2))
+    r = subprocess.run(
+        ["./run_train.sh", "--quantize.linear.mx.calibration.visualization_max_pixels", "-1"],
+        cwd=REPO,
+        env={**env(), "CONFIG_FILE": str(config), "NGPU": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = error_lines(r)
+    assert len(lines) == 1 and "visualization_max_pixels = -1" in lines[0], r.stderr
+    assert "ChildFailedError" not in r.stderr and "[rank" not in r.stdout + r.stderr  # no rank was started
+
+
+def test_preflight_needs_a_world_size():
+    r = subprocess.run(
+        [sys.executable, "-m", "adahop.train", "--preflight", "two"],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert error_lines(r) == [
+        "error: --preflight takes the world size (a whole number >= 1) first, then the run's arguments"
+    ], r.stderr

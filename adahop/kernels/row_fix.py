@@ -8,9 +8,9 @@ A left operand's quantizer flags the rows holding a block its wide fp8 form cann
     count       += max(n - cap, 0): flagged rows without a slot, so the step is redone exactly;
     peak        = max(peak, n * ratio_one // R if n > cap else 0): the largest overflowing fraction,
                 from which the slots grow (adahop.kernels.gemm.grow_row_slots).
-In torch that is a dozen small ops a GEMM (nonzero_static, a sum, comparisons, three in-place updates),
-whose host cost is a fifth of a training step's on the 1B model (docs/benchmarks.md, session 7). The
-kernel is one program: a prefix sum over the flags in chunks, then the four results.
+In torch that is a dozen small ops a GEMM (nonzero_static, a sum, comparisons, three in-place updates), each
+a launch from the host, for every input-gradient GEMM of a step. The kernel is one program: a prefix sum over
+the flags in chunks, then the four results.
 
 `reference_row_fix_index` restates it in torch; the kernel must match it exactly.
 """
