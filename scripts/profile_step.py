@@ -112,7 +112,7 @@ def build(job, device: str, convert: bool, fsdp: bool):
     return model, margs
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="")
     p.add_argument("--batch", type=int, default=8)
@@ -120,7 +120,7 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 over torchrun's ranks (bf16 compute)")
-    args, rest = p.parse_known_args()
+    args, rest = p.parse_known_args(argv)
     cuda = torch.cuda.is_available()
     rank = _init_distributed(cuda)
     device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"

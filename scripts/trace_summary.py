@@ -112,12 +112,12 @@ def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
     return "\n".join(lines)
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace")
     p.add_argument("--rows", type=int, default=30, help="host ops listed")
     p.add_argument("--kernels", type=int, default=0, help="GPU kernels listed by name (0: none)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     with open(args.trace) as f:
         print(summarize(json.load(f), args.rows, args.kernels))
 

@@ -1,15 +1,14 @@
 """scripts/trace_summary.py: the numbers of a hand-made trace, and a real torch.profiler trace read end to end."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
-from train_helpers import REPO, env
+from train_helpers import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from trace_summary import idle_gaps, summarize, union_length  # noqa: E402
+from trace_summary import idle_gaps, main, summarize, union_length  # noqa: E402
 
 
 def test_union_and_gaps_of_overlapping_intervals():
@@ -59,7 +58,7 @@ def test_a_trace_without_steps_is_refused():
         summarize({"traceEvents": [{"ph": "X", "name": "aten::mm", "cat": "cpu_op", "ts": 0, "dur": 1}]})
 
 
-def test_reads_a_real_profiler_trace(tmp_path):
+def test_reads_a_real_profiler_trace(tmp_path, capsys):
     path = tmp_path / "rank0_trace.json"
     sched = torch.profiler.schedule(wait=0, warmup=1, active=2)
     with torch.profiler.profile(
@@ -70,14 +69,7 @@ def test_reads_a_real_profiler_trace(tmp_path):
         for _ in range(3):
             torch.randn(64, 64) @ torch.randn(64, 64)
             prof.step()
-    r = subprocess.run(
-        [sys.executable, "scripts/trace_summary.py", str(path), "--rows", "5"],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 profiled steps" in r.stdout and "aten::mm" in r.stdout, r.stdout
+    main([str(path), "--rows", "5"])  # the command line's own entry point
+    out = capsys.readouterr().out
+    assert "2 profiled steps" in out and "aten::mm" in out, out
     json.loads(path.read_text())  # what it read is the profiler's own JSON
