@@ -85,12 +85,11 @@ def summary_line(plan: dict) -> str:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
+    """`path` holds `obj` as JSON, or is left as it was (adahop.files.write_text_atomic); its folder is made."""
+    from .files import write_text_atomic
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def load_plan_file(path: str) -> dict:

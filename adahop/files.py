@@ -33,6 +33,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def _umask() -> int:
+    """The process's umask. Read from /proc where it is there: setting it to read it (os.umask) would leave other
+    threads of the process creating files with a zero umask for that moment."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -117,12 +117,11 @@ def write_job_file(job_config) -> None:
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    from adahop.files import write_text_atomic
+
     os.makedirs(job_config.job.dump_folder, exist_ok=True)
     path = os.path.join(job_config.job.dump_folder, "adahop_job.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dataclasses.asdict(job_config), f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(dataclasses.asdict(job_config), indent=2, default=str))
 
 
 def validate_same_batches(validator) -> None:
