@@ -1,7 +1,7 @@
 """MXFP4 attention (enable_mxfp4_fa): Q K^T and P V, forward and backward, in MXFP4.
 
 Reference semantics in plain torch (the score matrix is materialized, so this is for correctness and
-small models; a fused kernel is future work). Every GEMM quantizes both operands along its inner
+small models; there is no fused kernel). Every GEMM quantizes both operands along its inner
 dimension K:
 
 | GEMM | K | transform |

@@ -238,8 +238,8 @@ def materialize_for_gemm(
     fast path are returned as they are."""
     if not (a.is_fast() and bt.is_fast()):
         return a, bt
-    # 128x128 B scales only where K / 128 is a multiple of 4: the H100 runs saw wrong results with
-    # K / 128 in (2, 3) and right ones with (4, 32) (a scale-row alignment cuBLAS seems to assume)
+    # 128x128 B scales only where K / 128 is a multiple of 4: on the H100 cuBLAS gives wrong results with
+    # K / 128 in (2, 3) and right ones with (4, 32) (it seems to assume a scale-row alignment)
     k = a.k_dim_size()
     tile = tile_b and k is not None and (k // 128) % 4 == 0
     return Operand(fast=a.materialize(left=True, fix_rows=fix_rows)), Operand(fast=bt.materialize(tile=tile))

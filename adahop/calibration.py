@@ -167,8 +167,8 @@ def plan_kind(state: dict) -> str:
 
 
 def _saved_settings(state: dict) -> dict[str, Any]:
-    """The settings a checkpointed state was made with; a checkpoint written before they were saved gives
-    those its plan records."""
+    """The settings a checkpointed state was made with; for a checkpoint that does not hold them, those its
+    plan records."""
     if "settings" in state:
         return state["settings"]
     plan = state.get("plan")

@@ -24,8 +24,8 @@ def top_rows(k_major: torch.Tensor, k: int) -> torch.Tensor:
 
     Non-finite rows rank first, so a NaN/Inf row goes through the BF16 path where it stays visible. The users
     take the indices as a set (zeroed rows, a gather and an index_add_ of distinct rows, each row's product
-    computed on its own), so no order is imposed: a sort was one more launch per OE slot (~110 a step on the
-    1B model).
+    computed on its own), so no order is imposed: a sort would be one more launch per OE slot (~110 a step on
+    the 1B model).
     """
     check_outlier_k(k)
     k = min(k, k_major.shape[0])

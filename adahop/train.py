@@ -148,7 +148,7 @@ def validate_same_batches(validator) -> None:
 # after a step had to be redone, that many steps run on the exact per-GEMM path before deferring again
 # (a burst of redos would double the cost). Short, and skipped when the redo came from too few row slots
 # (adahop.kernels.gemm.grow_row_slots gives more instead): the per-GEMM path costs about 2x per step, so a
-# long backoff cost more than the redos it saved (docs/kernels.md).
+# long backoff costs more than the redos it saves (docs/kernels.md).
 REDO_BACKOFF_STEPS = 10
 
 
@@ -351,7 +351,7 @@ def _set_cli_args(args: list[str]) -> None:
     """torchtitan.train.main parses ``ConfigManager.parse_args()``'s default argument, the list
     ``sys.argv[1:]`` taken when torchtitan.config.manager was imported; refill that list in place.
 
-    A patch of upstream state that stays: main(trainer_class) takes no arguments and builds its own
+    A patch of upstream state, needed because main(trainer_class) takes no arguments and builds its own
     ConfigManager, so there is no other way to hand it ours (docs/training.md, "Patches of upstream state")."""
     sys.argv = [sys.argv[0]] + list(args)
     from torchtitan.config.manager import ConfigManager
@@ -361,7 +361,8 @@ def _set_cli_args(args: list[str]) -> None:
         defaults[0][:] = list(args)
 
 
-# Environment switches of earlier versions: a run that sets one would otherwise train without what it asked for
+# Environment switches adahop does not read, each with what to use instead: a run that sets one would otherwise
+# train without what it asked for
 REMOVED_SWITCHES = {
     "ADAHOP_TILE_B": "--quantize.linear.mx.kernels.tile_b none|forward|weights|all (1 was all)",
     "ADAHOP_SYNC_EVERY_GEMM": "--quantize.linear.mx.kernels.exactness_check per_gemm",
@@ -372,7 +373,7 @@ REMOVED_SWITCHES = {
 
 
 def check_removed_switches(environ=os.environ) -> None:
-    """Refuse an environment switch that no longer exists, naming what replaced it. Raises ConfigError."""
+    """Refuse an environment switch of REMOVED_SWITCHES, naming what to use instead. Raises ConfigError."""
     from adahop.config import ConfigError
 
     for name, instead in REMOVED_SWITCHES.items():

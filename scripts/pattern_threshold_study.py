@@ -1,7 +1,6 @@
 """Choose the pattern threshold: scores of structure-free tensors vs tensors with planted outliers.
 
-Writes a markdown report (default docs/patterns_study.md is not used; the table is printed and
-pasted into docs/patterns.md by hand together with the reasoning).
+Prints a markdown report; docs/patterns.md holds its tables, with the reasoning behind the default.
 
     python scripts/pattern_threshold_study.py [--trials 5]
 """

@@ -17,8 +17,9 @@ Recipes are CLI overrides of one config, so model, data, seed, schedule and toke
 
 Each recipe trains in <out>/<recipe> with checkpoints: an interrupted run resumes from its last checkpoint
 (torchtitan does this by itself), a finished one (<out>/<recipe>/done.json) is not run again, so the
-experiment can span several sessions. --parallel N runs N recipes at once (one GPU holds several 100M
-models); with --gpus 0,1 each run is pinned to one of the GPUs (CUDA_VISIBLE_DEVICES) and N run on each.
+experiment can span several invocations (e.g. several leases of a GPU machine). --parallel N runs N recipes at
+once (one GPU holds several 100M models); with --gpus 0,1 each run is pinned to one of the GPUs
+(CUDA_VISIBLE_DEVICES) and N run on each.
 Extra --section.key value arguments go to every run (e.g. --training.steps for a short try).
 The report has the final training / validation loss and perplexity per recipe, the gap to BF16, the
 AdaHOP plan summaries, a loss-curve plot (PNG next to the report) and the exact commands.

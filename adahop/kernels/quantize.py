@@ -742,7 +742,7 @@ def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
 
 
 # Read once: triton.jit decides at decoration (import) whether the kernels are interpreted, and a lookup
-# per launch was a measurable part of the host's time per GEMM.
+# per launch would be a measurable part of the host's time per GEMM.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -1,5 +1,5 @@
 """Glue between adahop and upstream torchtitan 0.2.2, through its extension points; the few patches of upstream
-state that remain, each with why, are listed in docs/training.md ("Patches of upstream state").
+state, each with why it is needed, are listed in docs/training.md ("Patches of upstream state").
 
 ``setup()`` (idempotent; also run on ``import adahop.titan``, so the module can be given to
 torchtitan's own trainer as ``--experimental.custom_import adahop.titan``):
@@ -31,7 +31,7 @@ def register_converters() -> None:
     through torchtitan's public register_model_converter; and the one override of an upstream registry entry:
     ``quantize.linear.mx`` -> AdaHOPConverter.
 
-    The override stays because ``quantize.linear.mx`` is the name the user's configs and the AdaHOP seed
+    The override is needed because ``quantize.linear.mx`` is the name the user's configs and the AdaHOP seed
     repository use, upstream registers its torchao MXFP8 converter (Blackwell only) under it, and
     register_model_converter refuses a name twice. That converter stays reachable as ``quantize.linear.mxfp8``.
     Idempotent."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call on nvidia-h200-x2 (issue 9): FSDP with NCCL over 2 GPUs, Llama-3.2-1B shape.
+# One device call on nvidia-h200-x2: FSDP with NCCL over 2 GPUs, Llama-3.2-1B shape.
 #   1. BF16 and AdaHOP on one GPU with local batch 8 (side by side, one per GPU);
 #   2. BF16 and AdaHOP on two GPUs with local batch 4 (the same global batch), every rank's log kept,
 #      AdaHOP checkpointed at the half-way step;

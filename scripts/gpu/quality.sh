@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quality experiment (issue 8) on a leased GPU machine, in the background across device calls.
+# The quality experiment on a leased GPU machine, in the background across device calls.
 #   bash scripts/gpu.sh quality start [RECIPES...]   start scripts/quality_experiment.py detached (setsid) on
 #                                                    every GPU, then return; default: every recipe not yet in
 #                                                    docs/quality/runs/
@@ -10,13 +10,13 @@
 # The machine is held only while calls follow each other (it goes back after 30 s idle), so call `wait`
 # again at once after each return. Every call leaves in $OUT: status.txt and results.tar.gz (done.json and
 # the log of each recipe); commit the done.json files as docs/quality/runs/<recipe>.json so that a later
-# session starts only the recipes still missing (a stored result of another experiment is refused). The
+# `start` runs only the recipes still missing (a stored result of another experiment is refused). The
 # training text is the committed data/quality_corpus (configs/quality_100m.toml); carry .whl. Checkpoints are
 # off on the device (the machine is bare at every lease, and a checkpoint cannot travel back): a recipe
 # must finish within one lease. Environment: PER_GPU (recipes at once on each GPU, default 2), EXTRA (more
 # overrides for every run; they become part of each result's signature).
-# One GPU, 30 minutes of device time: three or four recipes a session (three MXFP4 runs at ~90-110k tokens/s
-# each, ~17-20 min; BF16 and float8 are faster); docs/quality/notes.md says which are still missing.
+# One GPU and 30 minutes of device time hold three or four recipes (three MXFP4 runs at ~90-110k tokens/s
+# each, ~17-20 min; BF16 and float8 are faster); docs/quality/runs/ holds the finished ones.
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source scripts/gpu/env.sh
@@ -43,7 +43,7 @@ case "${1:-}" in
     shift
     [ -f data/quality_corpus/train.jsonl.gz ] || { echo "no data/quality_corpus/train.jsonl.gz" >&2; exit 2; }
     mkdir -p "$RUN"
-    for f in docs/quality/runs/*.json; do  # recipes finished in earlier sessions
+    for f in docs/quality/runs/*.json; do  # recipes with a stored result
       [ -f "$f" ] || continue; r=$(basename "$f" .json); mkdir -p "$RUN/$r"; cp "$f" "$RUN/$r/done.json"
     done
     recipes=("$@"); [ ${#recipes[@]} -eq 0 ] && recipes=("${ALL[@]}")

@@ -1,4 +1,4 @@
-# Sourced by the device scripts: one short run of the 1B config (BF16 or AdaHOP), as the session-7 records use it.
+# Sourced by the device scripts: one short run of the 1B config (BF16 or AdaHOP).
 #   run_1b NAME TILE [extra torchtitan args...]: TILE "bf16" runs configs/llama1b_bf16.toml, else
 #   configs/llama1b_adahop.toml with [quantize.linear.mx.kernels] tile_b = TILE (none, forward, weights, all);
 #   STEPS steps (default 80), --debug.seed 1234, log every 5,
