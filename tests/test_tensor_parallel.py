@@ -284,3 +284,61 @@ def test_tp_degree_that_splits_no_whole_heads_refused():
     check_tp_dims(model, mx, 2)
     with pytest.raises(ConfigError, match=r"attention\.n_kv_heads = 2 cannot be split over 4 ranks"):
         check_tp_dims(model, mx, 4)
+
+
+def test_moe_tiny_trains_with_tp2_as_tp1(tmp_path):
+    """The MoE tiny model (Qwen3: AdaHOP linears, experts in high precision under torchtitan's expert TP plan, the
+    attention as DTensors on CPU through adahop.titan's CPU flash-attention sharding) trains with TP=2 as with TP=1
+    from one seed checkpoint: losses within 1e-3, the same plan."""
+    from train_helpers import REPO, run_train
+
+    cfg = REPO / "configs" / "moe_tiny.toml"
+    common = ["--parallelism.data_parallel_shard_degree", "1", "--validation.no-enable", "--metrics.log_freq", "1"]
+    seed = run_train(
+        cfg,
+        [
+            *common,
+            "--job.dump_folder",
+            str(tmp_path / "seed"),
+            "--checkpoint.enable",
+            "--checkpoint.create_seed_checkpoint",
+            "--training.steps",
+            "1",
+            "--quantize.linear.mx.calibration.calibration_steps",
+            "1",
+        ],
+    )
+    assert seed.returncode == 0, seed.stdout[-3000:]
+    runs = {}
+    for tp in (1, 2):
+        out = tmp_path / f"tp{tp}"
+        r = run_train(
+            cfg,
+            [
+                *common,
+                "--job.dump_folder",
+                str(out),
+                "--training.steps",
+                "6",
+                "--quantize.linear.mx.calibration.calibration_steps",
+                "2",
+                "--quantize.linear.mx.no-enable-mxfp4-gmm",
+                "--parallelism.tensor_parallel_degree",
+                str(tp),
+                "--checkpoint.enable",
+                "--checkpoint.interval",
+                "1000",
+                "--checkpoint.initial_load_path",
+                str(tmp_path / "seed" / "checkpoint" / "step-0"),
+            ],
+            nproc=tp,
+        )
+        assert r.returncode == 0, r.stdout[-5000:]
+        runs[tp] = (r.stdout, json.loads((out / "adahop_plan.json").read_text()))
+    assert "Applied Tensor Parallelism" in runs[2][0]
+    from train_helpers import losses
+
+    l1, l2 = losses(runs[1][0], 0), losses(runs[2][0], 0)
+    assert sorted(l1) == sorted(l2) == list(range(1, 7)), (l1, l2)
+    assert all(l2[s] == pytest.approx(l1[s], rel=1e-3) for s in l1), (l1, l2)
+    assert _decisions(runs[2][1]) == _decisions(runs[1][1])

@@ -206,4 +206,7 @@ def install_cpu_shims() -> bool:
         if hasattr(mod, "device_module"):
             mod.device_module = shim
     install_moe_histc_fallback()
+    from .cpu_sdpa_sharding import install_cpu_sdpa_sharding
+
+    install_cpu_sdpa_sharding()
     return True
