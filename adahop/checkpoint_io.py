@@ -126,15 +126,6 @@ def model_args_for(job_config):
     return spec, args
 
 
-def check_dataset(job_config, section: str) -> None:
-    """ConfigError unless `<section>.dataset` ("training" or "validation") is a registered text dataset."""
-    from torchtitan.hf_datasets.text_datasets import DATASETS
-
-    name = getattr(job_config, section).dataset
-    if name not in DATASETS:
-        raise ConfigError(f"{section}.dataset", name, ", ".join(DATASETS))
-
-
 def build_model(job_config, device: str = "cpu") -> tuple[nn.Module, object]:
     spec, args = model_args_for(job_config)
     with torch.device("meta"):

@@ -440,21 +440,30 @@ def _hub_name(path: str) -> bool:
     )
 
 
+def check_dataset(job_config, section: str) -> None:
+    """ConfigError unless `<section>.dataset` ("training" or "validation") names a registered text dataset, in any
+    case (torchtitan lower-cases the name)."""
+    from adahop.data.datasets import registered_datasets
+
+    name = getattr(job_config, section).dataset
+    if name.lower() not in registered_datasets():
+        raise ConfigError(
+            f"{section}.dataset",
+            name,
+            "a registered dataset: " + ", ".join(registered_datasets()),
+            "register another with adahop.data.register_local_dataset (docs/data.md)",
+        )
+
+
 def validate_data_files(job_config) -> None:
     """The local data files and tokenizer files of the run: not empty, text where text is expected."""
-    from adahop.data.datasets import data_file_problem, local_data_files, registered_datasets
+    from adahop.data.datasets import data_file_problem, local_data_files
     from adahop.data.tokenizer import tokenizer_file_problem
 
     sections = ["training"] + (["validation"] if job_config.validation.enable else [])
     for section in sections:
+        check_dataset(job_config, section)
         cfg = getattr(job_config, section)
-        if cfg.dataset.lower() not in registered_datasets():  # torchtitan lower-cases the name
-            raise ConfigError(
-                f"{section}.dataset",
-                cfg.dataset,
-                "a registered dataset: " + ", ".join(registered_datasets()),
-                "register another with adahop.data.register_local_dataset (docs/data.md)",
-            )
         if (
             cfg.dataset_path
             and not os.path.exists(os.path.expanduser(cfg.dataset_path))

@@ -26,12 +26,12 @@ from .checkpoint_io import (
     CheckpointError,
     build_model,
     check_checkpoint,
-    check_dataset,
     load_checkpoint_entries,
     load_job_config,
     load_model_state,
 )
 from .cli import UsageError, run_cli
+from .config import check_dataset
 from .files import write_text_atomic
 
 

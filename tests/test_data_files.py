@@ -114,3 +114,15 @@ def test_bad_tokenizer_file_refused_naming_it(tmp_path, name, data, problem):
         validate_job_config(parse(["--model.hf_assets_path", str(folder)]), check_model=False)
     msg = str(e.value)
     assert e.value.key == "model.hf_assets_path" and str(folder / name) in msg and problem in msg, msg
+
+
+def test_tools_take_the_dataset_name_in_any_case_as_training_does():
+    """eval and sweep check a checkpoint's dataset with the trainer's own check (torchtitan lower-cases the name):
+    a run trained with "AdaHOP_Text" is not refused by the tools that read it."""
+    from adahop.config import ConfigError, check_dataset
+
+    job = parse(["--validation.dataset", "AdaHOP_Text_Val"])
+    check_dataset(job, "validation")
+    job.validation.dataset = "no_such_corpus"
+    with pytest.raises(ConfigError, match=r"validation\.dataset = 'no_such_corpus'; allowed: a registered dataset"):
+        check_dataset(job, "validation")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checkpoint_io import build_model, check_dataset, load_model_state
+from ..checkpoint_io import build_model, load_model_state
+from ..config import check_dataset
 from .offline import CapturedLayer, capture_operands
 
 
