@@ -16,6 +16,7 @@ import io
 import json
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -51,16 +52,23 @@ def _cli_keys(args: list[str]) -> set[str]:
     return keys
 
 
-def _overlay(obj, values: dict, skip: set[str], prefix: str = "") -> None:
-    """Set the dataclass tree `obj` from the nested dict `values`, except the dotted keys in `skip`."""
+def _overlay(obj, values: dict, skip: set[str], where: str, unknown: list[str], prefix: str = "") -> None:
+    """Set the dataclass tree `obj` from the nested dict `values` (read from `where`), except the dotted keys in
+    `skip`. Each value must have its field's type (ConfigError naming the key and `where`); keys the config does
+    not have are collected in `unknown`."""
+    from .config_types import check_value
+
+    fields = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in values.items():
-        if not hasattr(obj, name):
-            continue
         key = f"{prefix}{name}"
+        if name not in fields:
+            unknown.append(key)
+            continue
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _overlay(current, value, skip, key + ".")
+            _overlay(current, value, skip, where, unknown, key + ".")
         elif key not in skip:
+            check_value(key, value, fields[name].type, f"in {where}")
             setattr(obj, name, value)
 
 
@@ -103,7 +111,12 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
             assets = from_root
         args += ["--model.hf_assets_path", str(assets)]  # else torchtitan warns that its default path is missing
     config = ConfigManager().parse_args(args)
-    _overlay(config, job, _cli_keys(args))
+    unknown: list[str] = []
+    _overlay(config, job, _cli_keys(args), str(job_file), unknown)
+    if unknown:  # a job file of another adahop / torchtitan version: said, not silently dropped
+        print(
+            f"[adahop] {job_file}: not keys of this version's config, not used: {', '.join(unknown)}", file=sys.stderr
+        )
     return config
 
 
