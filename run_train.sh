@@ -66,6 +66,11 @@ LOG_RANK=${LOG_RANK:-0}
 if [ -z "${PYTHON:-}" ]; then
   if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
 fi
+for arg in "$@"; do
+  case $arg in --job.config_file | --job.config_file=* | --job.config-file | --job.config-file=*)
+    die "$arg: the config file is CONFIG_FILE here (this script passes --job.config_file itself, and the first one given wins): run CONFIG_FILE=<toml> ./run_train.sh [overrides]" ;;
+  esac
+done
 CONFIG_FILE=${CONFIG_FILE:-"configs/default.toml"}
 if [ -z "${NGPU:-}" ]; then
   NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 1)")

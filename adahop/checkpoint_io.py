@@ -105,6 +105,8 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
         ) from None
     model = job.get("model")
     assets = model.get("hf_assets_path") if isinstance(model, dict) else None
+    if assets is not None and not isinstance(assets, str):
+        raise ConfigError("model.hf_assets_path", assets, "a string (the tokenizer folder)", f"in {job_file}")
     if assets and "model.hf_assets_path" not in _cli_keys(args):
         from_root = Path(__file__).resolve().parents[1] / assets  # a run started in the repository root
         if not Path(assets).exists() and from_root.exists():  # read from another folder: the same tokenizer

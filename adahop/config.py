@@ -408,8 +408,8 @@ def _get(job_config, key: str):
     return job_config
 
 
-#: dataloader worker processes the text datasets take: torchtitan's HuggingFaceTextDataset does not split its
-#: samples between workers, so each of N workers would yield every batch (N copies of the data, silently)
+#: dataloader worker processes local text data takes: torchtitan's HuggingFaceTextDataset does not split a map-style
+#: dataset's samples between workers, so each of N workers would yield every batch (N copies of the data, silently)
 MAX_DATALOADER_WORKERS = 1
 
 
@@ -420,14 +420,8 @@ def validate_upstream_values(job_config) -> None:
         if value < minimum and (when is None or _get(job_config, when)):
             raise ConfigError(key, value, f"an integer >= {minimum}")
     workers = job_config.training.dataloader.num_workers
-    if not 0 <= workers <= MAX_DATALOADER_WORKERS:
-        raise ConfigError(
-            "training.dataloader.num_workers",
-            workers,
-            f"0 or {MAX_DATALOADER_WORKERS}",
-            "the text datasets are not split between dataloader workers: with more, each worker "
-            "would yield every batch again (1 worker already tokenizes a batch ahead of the step)",
-        )
+    if workers < 0:
+        raise ConfigError("training.dataloader.num_workers", workers, "an integer >= 0 (0: load in the main process)")
 
 
 def _hub_name(path: str) -> bool:
@@ -435,6 +429,8 @@ def _hub_name(path: str) -> bool:
     relative, at most one "/", no file suffix; an absolute, home, ./ or ../ path or a file name is a local path."""
     import re
 
+    if os.path.exists(path.split("/")[0]):  # "data/corpuss": a typo of a local path, not a hub owner "data"
+        return False
     return re.fullmatch(r"\w[\w.-]*(/\w[\w.-]*)?", path) is not None and not re.search(
         r"\.(jsonl?|parquet|txt|csv|arrow)(\.gz)?$", path
     )
@@ -473,9 +469,26 @@ def validate_data_files(job_config) -> None:
                 f"{section}.dataset_path",
                 cfg.dataset_path,
                 "an existing data file or folder, or a Hugging Face hub dataset name",
-                "no such file or folder",
+                f"no such file or folder (a relative path is read from {os.getcwd()})",
             )
-        for path in local_data_files(cfg.dataset, cfg.dataset_path):
+        local = local_data_files(cfg.dataset, cfg.dataset_path)
+        if cfg.dataset_path and os.path.isdir(os.path.expanduser(cfg.dataset_path)) and not local:
+            raise ConfigError(
+                f"{section}.dataset_path",
+                cfg.dataset_path,
+                "a data file, or a folder holding .jsonl / .json / .parquet / .txt / .csv files",
+                "the folder holds none",
+            )
+        if section == "training" and local and job_config.training.dataloader.num_workers > MAX_DATALOADER_WORKERS:
+            raise ConfigError(
+                "training.dataloader.num_workers",
+                job_config.training.dataloader.num_workers,
+                f"0 or {MAX_DATALOADER_WORKERS} for local data",
+                "local data is read map-style and not split between dataloader workers: with more, each worker "
+                "would yield every batch again (1 worker already tokenizes a batch ahead of the step; a streamed "
+                "hub dataset splits its shards between workers)",
+            )
+        for path in local:
             problem = data_file_problem(path)
             if problem:
                 key = f"{section}.dataset_path" if cfg.dataset_path else f"{section}.dataset"
@@ -486,13 +499,11 @@ def validate_data_files(job_config) -> None:
                     f"{path}: {problem}",
                 )
     assets = job_config.model.hf_assets_path
-    if assets and not os.path.isdir(assets):
-        raise ConfigError(
-            "model.hf_assets_path",
-            assets,
-            "a folder holding tokenizer.json (and tokenizer_config.json)",
-            "no such folder; the embedded tokenizer is adahop/data/assets/tokenizer",
-        )
+    allowed = "a folder holding tokenizer.json (or vocab.json / vocab.txt), e.g. adahop/data/assets/tokenizer"
+    if not assets or not os.path.isdir(assets):
+        raise ConfigError("model.hf_assets_path", assets, allowed, "no such folder")
+    if not any(os.path.isfile(os.path.join(assets, f)) for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
+        raise ConfigError("model.hf_assets_path", assets, allowed, "the folder holds none of them")
     found = tokenizer_file_problem(job_config.model.hf_assets_path)
     if found:
         path, problem = found

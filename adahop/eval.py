@@ -125,7 +125,7 @@ def evaluate(checkpoint_path: str, cli_args: list[str], steps: int | None = None
         results["overall"]["tokens_by_source"] = by_source
     from .data.datasets import VALIDATION_DATASET, validation_sources
 
-    if main == VALIDATION_DATASET:
+    if main.lower() == VALIDATION_DATASET:  # torchtitan takes the name in any case
         results["by_source"] = {
             src: dataset_loss(model, job_config, f"{VALIDATION_DATASET}_{src}", steps, src)
             for src in validation_sources()

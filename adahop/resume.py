@@ -286,16 +286,56 @@ def check_resume_plan(job_config, step_dir: str, state: dict | None, step: int) 
     )
 
 
+def check_load_settings(job_config) -> None:
+    """ConfigError for load settings that torchtitan would ignore without a word (a load_step with checkpointing
+    off, or with no checkpoint folder to read it from) or fail on under a traceback (an initial_load_path that is no
+    folder)."""
+    ckpt = job_config.checkpoint
+    folder = os.path.join(job_config.job.dump_folder, ckpt.folder)
+    if ckpt.load_step != -1:
+        if not ckpt.enable:
+            raise ConfigError(
+                "checkpoint.load_step",
+                ckpt.load_step,
+                "-1 (unset) while checkpoint.enable is false",
+                "nothing is loaded without checkpointing: add --checkpoint.enable, or leave load_step out",
+            )
+        if not os.path.isdir(folder):
+            if ckpt.initial_load_path:
+                hint = (
+                    f"{folder} does not exist yet, so the run starts from checkpoint.initial_load_path "
+                    f"{ckpt.initial_load_path} and would not use load_step: give one of the two"
+                )
+            else:
+                hint = f"{folder} does not exist: is job.dump_folder the folder of the run to resume?"
+            raise ConfigError(
+                "checkpoint.load_step", ckpt.load_step, "a step saved in the run's checkpoint folder", hint
+            )
+    if (
+        ckpt.enable
+        and ckpt.initial_load_path
+        and not os.path.isdir(folder)
+        and not os.path.isdir(ckpt.initial_load_path)
+    ):
+        raise ConfigError(
+            "checkpoint.initial_load_path",
+            ckpt.initial_load_path,
+            "a checkpoint step folder (e.g. <run>/checkpoint/step-N)",
+            "no such folder",
+        )
+
+
 def check_resume(job_config, world_size: int) -> None:
     """Every check of the checkpoint this run will load against its config (see the module docstring);
     nothing to do for a fresh start. Raises ConfigError / CheckpointError."""
+    check_load_settings(job_config)
     found = checkpoint_to_load(job_config)
     if found is None:
         return
     step_dir, model_only = found
     ckpt = job_config.checkpoint
     folder = os.path.join(job_config.job.dump_folder, ckpt.folder)
-    if ckpt.load_step != -1 and os.path.isdir(folder) and not os.path.exists(step_dir):
+    if ckpt.load_step != -1 and os.path.isdir(folder) and not os.path.isdir(step_dir):
         saved = sorted(int(m.group(1)) for name in os.listdir(folder) if (m := _STEP_DIR.search(name)))
         raise ConfigError(
             "checkpoint.load_step",
@@ -304,7 +344,14 @@ def check_resume(job_config, world_size: int) -> None:
             "leave --checkpoint.load_step out to resume the latest one",
         )
     if not os.path.isfile(os.path.join(step_dir, ".metadata")):
-        return  # not a DCP checkpoint (e.g. safetensors): upstream reads and reports it
+        if os.path.isfile(os.path.join(step_dir, "model.safetensors.index.json")):
+            return  # a safetensors checkpoint: upstream reads and reports it
+        raise ConfigError(
+            "checkpoint.initial_load_path" if step_dir == ckpt.initial_load_path else "checkpoint.load_step",
+            ckpt.initial_load_path if step_dir == ckpt.initial_load_path else ckpt.load_step,
+            "a step folder holding a checkpoint (DCP .metadata or model.safetensors.index.json)",
+            f"{step_dir} holds neither (an interrupted save?): load an earlier step",
+        )
     from .checkpoint_io import check_checkpoint
 
     # damaged or crafted checkpoints are refused here, naming the file (and the previous loadable step)

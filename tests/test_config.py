@@ -230,20 +230,27 @@ def test_upstream_values_below_their_minimum_refused_up_front(seed_config, key, 
     assert e.value.key == key and f"{key} = {value}" in str(e.value) and "an integer >= 1" in str(e.value)
 
 
-@pytest.mark.parametrize("workers", [2, 8, -1])
-def test_dataloader_workers_that_would_repeat_batches_are_refused(seed_config, workers):
-    """torchtitan's text datasets give every dataloader worker all of their samples: 2 workers would train on
-    each batch twice. 0 and 1 are allowed (1 tokenizes a batch ahead, as the GPU configs do)."""
+@pytest.mark.parametrize("workers", [2, 8])
+def test_dataloader_workers_that_would_repeat_local_batches_are_refused(seed_config, workers):
+    """torchtitan's text datasets give every dataloader worker all the samples of local (map-style) data: 2 workers
+    would train on each batch twice. 0 and 1 are allowed; a streamed hub dataset splits its shards between
+    workers, so more are allowed there."""
     c = copy.deepcopy(seed_config)
     c.quantize.linear.mx.calibration.use_HT_calibration = False
+    c.training.dataset = "adahop_text"  # the embedded corpus: local files
     for allowed in (0, 1):
         c.training.dataloader.num_workers = allowed
         validate_job_config(c, check_model=False)
     c.training.dataloader.num_workers = workers
     with pytest.raises(ConfigError) as e:
         validate_job_config(c, check_model=False)
-    assert e.value.key == "training.dataloader.num_workers" and "allowed: 0 or 1" in str(e.value)
+    assert e.value.key == "training.dataloader.num_workers" and "allowed: 0 or 1 for local data" in str(e.value)
     assert "every batch again" in str(e.value)
+    c.training.dataset = "c4"  # streamed from the hub (nothing is read here)
+    validate_job_config(c, check_model=False)
+    c.training.dataloader.num_workers = -1
+    with pytest.raises(ConfigError, match=r"num_workers = -1; allowed: an integer >= 0"):
+        validate_job_config(c, check_model=False)
 
 
 def test_compile_of_the_loss_alone_is_allowed(seed_config):

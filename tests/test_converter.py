@@ -13,6 +13,7 @@ import torch
 import adahop.titan  # noqa: F401
 from adahop.config import ConfigError
 from adahop.converter import AdaHOPConverter, hadamard_seed
+from adahop.data import TOKENIZER_DIR
 from adahop.linear import AdaHOPLinear
 from adahop.plan_wiring import wire
 
@@ -34,6 +35,8 @@ def _job_config(**mx_overrides):
             "40",
             "--training.seq_len",
             "64",
+            "--model.hf_assets_path",
+            str(TOKENIZER_DIR),  # the embedded tokenizer (torchtitan's default folder does not exist here)
         ]
     )
     mx = c.quantize.linear.mx

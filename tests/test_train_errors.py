@@ -111,3 +111,84 @@ def test_preflight_needs_a_world_size():
     assert error_lines(r) == [
         "error: --preflight takes the world size (a whole number >= 1) first, then the run's arguments"
     ], r.stderr
+
+
+@pytest.mark.parametrize(
+    "setup, args, key, says",
+    [
+        (
+            None,
+            ["--checkpoint.no-enable", "--checkpoint.load_step", "3"],
+            "checkpoint.load_step",
+            "add --checkpoint.enable",
+        ),
+        (
+            None,
+            ["--checkpoint.enable", "--checkpoint.load_step", "3"],
+            "checkpoint.load_step",
+            "does not exist: is job.dump_folder",
+        ),
+        (
+            None,
+            ["--checkpoint.enable", "--checkpoint.load_step", "3", "--checkpoint.initial_load_path", "{tmp}"],
+            "checkpoint.load_step",
+            "give one of the two",
+        ),
+        (
+            None,
+            ["--checkpoint.enable", "--checkpoint.initial_load_path", "{tmp}/nope/step-9"],
+            "checkpoint.initial_load_path",
+            "no such folder",
+        ),
+        (
+            "empty_step",
+            ["--checkpoint.enable", "--checkpoint.load_step", "7"],
+            "checkpoint.load_step",
+            "an interrupted save?",
+        ),
+        ("empty_dir", ["--training.dataset_path", "{tmp}/empty"], "training.dataset_path", "the folder holds none"),
+        (None, ["--training.dataset_path", "data/no_such_corpus"], "training.dataset_path", "no such file or folder"),
+        (
+            "empty_dir",
+            ["--model.hf_assets_path", "{tmp}/empty"],
+            "model.hf_assets_path",
+            "the folder holds none of them",
+        ),
+    ],
+    ids=[
+        "load_step-no-checkpointing",
+        "load_step-fresh-folder",
+        "load_step-and-initial_load_path",
+        "initial_load_path-missing",
+        "load_step-empty-step",
+        "dataset_path-no-data-files",
+        "dataset_path-local-typo",
+        "hf_assets_path-no-tokenizer",
+    ],
+)
+def test_load_and_path_settings_that_would_be_ignored_or_fail_late_are_one_message(tmp_path, setup, args, key, says):
+    """Settings torchtitan would ignore without a word (a load_step with nothing to load it from) or fail on under
+    a traceback (an empty step folder, a data folder without data, a tokenizer folder without a tokenizer)."""
+    out = tmp_path / "out"
+    if setup == "empty_step":
+        (out / "checkpoint" / "step-7").mkdir(parents=True)
+    if setup == "empty_dir":
+        (tmp_path / "empty").mkdir()
+    config = tmp_path / "ok.toml"
+    config.write_text(base_toml(out, steps=4, calibration_steps=2))
+    lines = error_lines(run(config, [a.replace("{tmp}", str(tmp_path)) for a in args]))
+    assert len(lines) == 1 and f"invalid config: {key} = " in lines[0] and says in lines[0], lines
+
+
+def test_run_train_refuses_a_second_config_file():
+    """run_train.sh passes CONFIG_FILE as --job.config_file itself, and the first one given wins: a second one in the
+    arguments would be ignored without a word."""
+    r = subprocess.run(
+        ["./run_train.sh", "--job.config_file", "configs/llama1b_bf16.toml"],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "run CONFIG_FILE=<toml> ./run_train.sh" in r.stderr, r.stderr
