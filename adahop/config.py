@@ -528,6 +528,7 @@ def check_config_file(args: list[str]) -> None:
             path = value if eq else (args[i + 1] if i + 1 < len(args) else None)
             break
     if path is None:
+        check_cli_keys(args, _config_class(args, {}))
         return
     try:
         with open(path, "rb") as f:
@@ -536,13 +537,48 @@ def check_config_file(args: list[str]) -> None:
         raise ConfigError("job.config_file", path, "a readable TOML file", e.strerror or str(e)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("job.config_file", path, "a TOML file", f"not valid TOML: {e}") from None
+    config_cls = _config_class(args, values)
+    check_cli_keys(args, config_cls)
+    check_toml_values(values, config_cls, where=f"(in {path})")
+
+
+def _config_class(args: list[str], values: dict):
+    """The JobConfig class torchtitan builds for `args` (with the custom config module they name)."""
     try:
-        config_cls = _config_manager()._maybe_add_custom_config(args, values)
+        return _config_manager()._maybe_add_custom_config(args, values)
     except ImportError as e:
         raise ConfigError(
             "job.custom_config_module", e.name, "an importable module that defines JobConfig", str(e)
         ) from None
-    check_toml_values(values, config_cls, where=f"(in {path})")
+
+
+def check_cli_keys(args: list[str], config_cls) -> None:
+    """ConfigError for a `--section.key` argument that names no key of the config (tyro would print a box of
+    suggestions instead of one line). Takes `--section.no-key` for a boolean and any key below a table-valued key
+    (e.g. `layer_transform_config.col-col`); values are parsed by tyro."""
+    for arg in args:
+        if not arg.startswith("--") or "." not in arg.partition("=")[0]:
+            continue
+        name = arg[2:].partition("=")[0]
+        cls, section = config_cls, []
+        for i, part in enumerate(name.split(".")):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            key = part.replace("-", "_")
+            last = i == len(name.split(".")) - 1
+            f = fields.get(key)
+            if f is None and last and key.startswith("no_") and key[3:] in fields:
+                f = fields[key[3:]]
+            if f is None:
+                where = f"[{'.'.join(section)}]" if section else "the sections"
+                raise ConfigError(
+                    name,
+                    arg,
+                    f"the keys of {where}: " + ", ".join(fields),
+                    "an unknown command-line argument: check its spelling",
+                )
+            if not dataclasses.is_dataclass(f.type):
+                break  # a value key (a table key may have keys of its own below it)
+            cls, section = f.type, [*section, key]
 
 
 @functools.cache

@@ -192,3 +192,16 @@ def test_run_train_refuses_a_second_config_file():
         timeout=60,
     )
     assert r.returncode == 2 and "run CONFIG_FILE=<toml> ./run_train.sh" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "arg, key, section",
+    [("--training.stepz", "training.stepz", "[training]"), ("--trainin.steps", "trainin.steps", "the sections")],
+)
+def test_a_misspelled_command_line_key_is_one_message_listing_the_keys(tmp_path, arg, key, section):
+    """tyro prints a box of suggestions for an unknown argument; the check before it says it in one line."""
+    config = tmp_path / "ok.toml"
+    config.write_text(base_toml(tmp_path / "out", steps=4, calibration_steps=2))
+    lines = error_lines(run(config, [arg, "3", "--checkpoint.no-enable", "--model.no-print-after-conversion"]))
+    assert len(lines) == 1 and f"invalid config: {key} = '{arg}'; allowed: the keys of {section}: " in lines[0], lines
+    assert "check its spelling" in lines[0]
