@@ -43,6 +43,17 @@ def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
     return gaps
 
 
+def by_name(events: list[dict], t0: float) -> list[tuple[str, float, int]]:
+    """(name, total duration, count) of the events from `t0` on, per name, longest first."""
+    totals: dict[str, list[float]] = {}
+    for e in events:
+        if e["ts"] >= t0:
+            rec = totals.setdefault(e["name"], [0.0, 0])
+            rec[0] += e["dur"]
+            rec[1] += 1
+    return sorted(((name, t, c) for name, (t, c) in totals.items()), key=lambda r: -r[1])
+
+
 def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
     # a CUDA trace holds each ProfilerStep#N twice: the host span and its copy on the GPU timeline
@@ -91,23 +102,11 @@ def summarize(trace: dict, rows: int = 30, kernel_rows: int = 0) -> str:
             f"{len(big) / n:.1f} per step of 1 ms or more, {sum(big) / 1e3 / n:.2f} ms per step",
         ]
     if kernel_rows:
-        by_kernel: dict[str, list[float]] = {}
-        for e in kernels:
-            if e["ts"] >= t0:
-                rec = by_kernel.setdefault(e["name"], [0.0, 0])
-                rec[0] += e["dur"]
-                rec[1] += 1
         lines += ["", "kernels by GPU time (ms / step, launches / step, group):"]
-        for name, (t, c) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:kernel_rows]:
+        for name, t, c in by_name(kernels, t0)[:kernel_rows]:
             lines.append(f"  {t / 1e3 / n:9.2f}  x{c / n:<8.1f} {group_of(name):<18} {name[:110]}")
-    by_op: dict[str, list[float]] = {}
-    for e in cpu_ops:
-        if e["ts"] >= t0:
-            rec = by_op.setdefault(e["name"], [0.0, 0])
-            rec[0] += e["dur"]
-            rec[1] += 1
     lines += ["", "host ops by inclusive time (ms / step, calls / step):"]
-    for name, (t, c) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:rows]:
+    for name, t, c in by_name(cpu_ops, t0)[:rows]:
         lines.append(f"  {t / 1e3 / n:9.2f}  x{c / n:<8.0f} {name[:100]}")
     return "\n".join(lines)
 

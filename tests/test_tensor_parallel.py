@@ -136,19 +136,17 @@ FLAVOR_ARGS = ["--experimental.custom_import", "adahop_tp_flavors", "--model.fla
 STEPS = 10
 
 
-@pytest.fixture(scope="module")
-def tp_runs(tmp_path_factory):
-    from train_helpers import base_toml, run_train
+def write_seed_checkpoint(cfg, folder, args) -> None:
+    """One rank writes the initial weights (<folder>/checkpoint/step-0) every compared run starts from: DTensor's
+    random init differs from the unsharded one."""
+    from train_helpers import run_train
 
-    root = tmp_path_factory.mktemp("tp")
-    cfg = root / "job.toml"
-    cfg.write_text(base_toml(root / "unused", steps=STEPS, calibration_steps=3))
-    seed = run_train(
+    r = run_train(
         cfg,
         [
-            *FLAVOR_ARGS,
+            *args,
             "--job.dump_folder",
-            str(root / "seed"),
+            str(folder),
             "--checkpoint.enable",
             "--checkpoint.create_seed_checkpoint",
             "--training.steps",
@@ -159,7 +157,17 @@ def tp_runs(tmp_path_factory):
             "1",
         ],
     )
-    assert seed.returncode == 0, seed.stdout[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tp_runs(tmp_path_factory):
+    from train_helpers import base_toml, run_train
+
+    root = tmp_path_factory.mktemp("tp")
+    cfg = root / "job.toml"
+    cfg.write_text(base_toml(root / "unused", steps=STEPS, calibration_steps=3))
+    write_seed_checkpoint(cfg, root / "seed", FLAVOR_ARGS)
     common = [
         *FLAVOR_ARGS,
         "--checkpoint.enable",
@@ -294,21 +302,7 @@ def test_moe_tiny_trains_with_tp2_as_tp1(tmp_path):
 
     cfg = REPO / "configs" / "moe_tiny.toml"
     common = ["--parallelism.data_parallel_shard_degree", "1", "--validation.no-enable", "--metrics.log_freq", "1"]
-    seed = run_train(
-        cfg,
-        [
-            *common,
-            "--job.dump_folder",
-            str(tmp_path / "seed"),
-            "--checkpoint.enable",
-            "--checkpoint.create_seed_checkpoint",
-            "--training.steps",
-            "1",
-            "--quantize.linear.mx.calibration.calibration_steps",
-            "1",
-        ],
-    )
-    assert seed.returncode == 0, seed.stdout[-3000:]
+    write_seed_checkpoint(cfg, tmp_path / "seed", common)
     runs = {}
     for tp in (1, 2):
         out = tmp_path / f"tp{tp}"
