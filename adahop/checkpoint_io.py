@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 
 from .config import ConfigError, check_config_file
+from .config_types import check_value
+from .data.tokenizer import tokenizer_folder
 from .files import atomic_dir_write  # noqa: F401  (a public name of this module)
 
 JOB_FILE = "adahop_job.json"
@@ -56,8 +58,6 @@ def _overlay(obj, values: dict, skip: set[str], where: str, unknown: list[str], 
     """Set the dataclass tree `obj` from the nested dict `values` (read from `where`), except the dotted keys in
     `skip`. Each value must have its field's type (ConfigError naming the key and `where`); keys the config does
     not have are collected in `unknown`."""
-    from .config_types import check_value
-
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in values.items():
         key = f"{prefix}{name}"
@@ -105,13 +105,11 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
         ) from None
     model = job.get("model")
     assets = model.get("hf_assets_path") if isinstance(model, dict) else None
-    if assets is not None and not isinstance(assets, str):
-        raise ConfigError("model.hf_assets_path", assets, "a string (the tokenizer folder)", f"in {job_file}")
+    if assets is not None:  # used before _overlay checks the rest: checked here the same way
+        check_value("model.hf_assets_path", assets, str, f"in {job_file}")
     if assets and "model.hf_assets_path" not in _cli_keys(args):
-        from_root = Path(__file__).resolve().parents[1] / assets  # a run started in the repository root
-        if not Path(assets).exists() and from_root.exists():  # read from another folder: the same tokenizer
-            assets = from_root
-        args += ["--model.hf_assets_path", str(assets)]  # else torchtitan warns that its default path is missing
+        # a run started in the repository root, read from another folder: the same tokenizer
+        args += ["--model.hf_assets_path", tokenizer_folder(assets)]  # else torchtitan warns of its default path
     config = ConfigManager().parse_args(args)
     unknown: list[str] = []
     _overlay(config, job, _cli_keys(args), str(job_file), unknown)

@@ -460,11 +460,8 @@ def validate_data_files(job_config) -> None:
     for section in sections:
         check_dataset(job_config, section)
         cfg = getattr(job_config, section)
-        if (
-            cfg.dataset_path
-            and not os.path.exists(os.path.expanduser(cfg.dataset_path))
-            and not _hub_name(cfg.dataset_path)
-        ):
+        given = os.path.expanduser(cfg.dataset_path) if cfg.dataset_path else None
+        if given and not os.path.exists(given) and not _hub_name(cfg.dataset_path):
             raise ConfigError(
                 f"{section}.dataset_path",
                 cfg.dataset_path,
@@ -472,7 +469,7 @@ def validate_data_files(job_config) -> None:
                 f"no such file or folder (a relative path is read from {os.getcwd()})",
             )
         local = local_data_files(cfg.dataset, cfg.dataset_path)
-        if cfg.dataset_path and os.path.isdir(os.path.expanduser(cfg.dataset_path)) and not local:
+        if given and os.path.isdir(given) and not local:
             raise ConfigError(
                 f"{section}.dataset_path",
                 cfg.dataset_path,
@@ -560,11 +557,12 @@ def check_cli_keys(args: list[str], config_cls) -> None:
         if not arg.startswith("--") or "." not in arg.partition("=")[0]:
             continue
         name = arg[2:].partition("=")[0]
+        parts = name.split(".")
         cls, section = config_cls, []
-        for i, part in enumerate(name.split(".")):
+        for i, part in enumerate(parts):
             fields = {f.name: f for f in dataclasses.fields(cls)}
             key = part.replace("-", "_")
-            last = i == len(name.split(".")) - 1
+            last = i == len(parts) - 1
             f = fields.get(key)
             if f is None and last and key.startswith("no_") and key[3:] in fields:
                 f = fields[key[3:]]

@@ -346,9 +346,10 @@ def check_resume(job_config, world_size: int) -> None:
     if not os.path.isfile(os.path.join(step_dir, ".metadata")):
         if os.path.isfile(os.path.join(step_dir, "model.safetensors.index.json")):
             return  # a safetensors checkpoint: upstream reads and reports it
+        key = "initial_load_path" if step_dir == ckpt.initial_load_path else "load_step"
         raise ConfigError(
-            "checkpoint.initial_load_path" if step_dir == ckpt.initial_load_path else "checkpoint.load_step",
-            ckpt.initial_load_path if step_dir == ckpt.initial_load_path else ckpt.load_step,
+            f"checkpoint.{key}",
+            getattr(ckpt, key),
             "a step folder holding a checkpoint (DCP .metadata or model.safetensors.index.json)",
             f"{step_dir} holds neither (an interrupted save?): load an earlier step",
         )

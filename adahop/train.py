@@ -41,7 +41,6 @@ from adahop.plan_wiring import wire  # noqa: E402
 from adahop.resume import check_resume  # noqa: E402
 
 CUSTOM_CONFIG_MODULE = "adahop.config"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CCM_FLAGS = ("--job.custom_config_module", "--job.custom-config-module")
 
 
@@ -77,12 +76,10 @@ def with_custom_config_module(args: list[str]) -> list[str]:
 
 def resolve_repo_paths(job_config) -> None:
     """A relative ``model.hf_assets_path`` that does not exist from the working directory is looked
-    up from the repository root (so ``adahop/data/assets/tokenizer`` works from anywhere)."""
-    path = job_config.model.hf_assets_path
-    if path and not os.path.isabs(path) and not os.path.exists(path):
-        candidate = os.path.join(REPO_ROOT, path)
-        if os.path.exists(candidate):
-            job_config.model.hf_assets_path = candidate
+    up from the repository root (adahop.data.tokenizer.tokenizer_folder)."""
+    from adahop.data.tokenizer import tokenizer_folder
+
+    job_config.model.hf_assets_path = tokenizer_folder(job_config.model.hf_assets_path)
 
 
 def check_job(job_config, world_size: int) -> None:
@@ -101,12 +98,19 @@ def preflight(argv: list[str], world_size: int) -> None:
     """The checks of one run, from its command line (torchtitan arguments), in this process: run_train.sh calls it
     (`python -m adahop.train --preflight WORLD_SIZE ...`) before torchrun, so that bad input is one message, not
     one per rank under torchrun's failure report."""
+    from adahop.config import _config_manager
+
+    check_job(_config_manager().parse_args(checked_args(argv)), world_size)
+
+
+def checked_args(argv: list[str]) -> list[str]:
+    """The run's arguments with our config module added, after the checks that need no parsed config: removed
+    environment switches, and the TOML file's keys and value types and the command line's keys (before torchtitan
+    reads them: it takes TOML values without a type check)."""
     check_removed_switches()
     args = with_custom_config_module(argv)
     check_config_file(args)
-    from adahop.config import _config_manager
-
-    check_job(_config_manager().parse_args(args), world_size)
+    return args
 
 
 def write_job_file(job_config) -> None:
@@ -391,9 +395,7 @@ def _main(argv: list[str] | None, trainer: type = None) -> None:
         if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
             raise UsageError("--preflight takes the world size (a whole number >= 1) first, then the run's arguments")
         return preflight(argv[2:], int(argv[1]))
-    check_removed_switches()
-    args = with_custom_config_module(argv)
-    check_config_file(args)  # before torchtitan reads it: it takes TOML values without a type check
+    args = checked_args(argv)
     ensure_single_process_env()
     _set_cli_args(args)
     titan_train.main(trainer or AdaHOPTrainer)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from test_repo import readme_commands
-from train_helpers import VAL_RE
+from train_helpers import LAUNCH_VARIABLES, VAL_RE
 
 pytestmark = pytest.mark.slow
 
@@ -72,23 +72,7 @@ def fresh_clone(dest: Path) -> Path:
 
 
 def run(cmd: str, cwd: Path, timeout: float = 600) -> str:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "RANK",
-            "LOCAL_RANK",
-            "WORLD_SIZE",
-            "LOCAL_WORLD_SIZE",
-            "MASTER_ADDR",
-            "MASTER_PORT",
-            "NNODES",
-            "NODE_RANK",
-            "RDZV_ENDPOINT",
-            "RDZV_ID",
-        )
-    }  # run_train.sh's launch variables
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}  # run_train.sh's launch variables
     env["PYTHONPATH"] = str(cwd)  # the clone's adahop, not the checkout the environment was installed from
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHON"] = sys.executable  # run_train.sh's interpreter

@@ -66,6 +66,21 @@ calibration_steps = {calibration_steps}
 """
 
 
+#: the launch settings of torchrun and of run_train.sh (several nodes): a caller's would reach the runs started here
+LAUNCH_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NNODES",
+    "NODE_RANK",
+    "RDZV_ENDPOINT",
+    "RDZV_ID",
+)
+
+
 def env(extra: dict | None = None) -> dict:
     e = dict(os.environ)
     e.pop("ADAHOP_DEBUG_KILL_AT_STEP", None)
@@ -75,18 +90,7 @@ def env(extra: dict | None = None) -> dict:
     e.setdefault("OMP_NUM_THREADS", "1")
     e["PYTHONUNBUFFERED"] = "1"
     # the caller's launch settings (torchrun's, and run_train.sh's for several nodes) would reach the runs
-    for k in (
-        "RANK",
-        "LOCAL_RANK",
-        "WORLD_SIZE",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "NNODES",
-        "NODE_RANK",
-        "RDZV_ENDPOINT",
-        "RDZV_ID",
-    ):
+    for k in LAUNCH_VARIABLES:
         if k not in (extra or {}):
             e.pop(k, None)
     return e

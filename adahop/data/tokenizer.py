@@ -12,6 +12,7 @@ Training it is corpus building, outside the package: tools/corpus/bpe.py
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 BOS_TOKEN = "<|begin_of_text|>"
@@ -20,6 +21,16 @@ EOS_TOKEN = "<|end_of_text|>"
 SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN]
 #: the files torchtitan's HuggingFaceTokenizer reads from model.hf_assets_path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tokenizer_folder(path: str) -> str:
+    """`path`, or, where a relative `path` does not exist from the working folder, the same path from the repository
+    root if it exists there (so `adahop/data/assets/tokenizer` works from anywhere)."""
+    if path and not os.path.isabs(path) and not os.path.exists(path):
+        candidate = Path(__file__).resolve().parents[2] / path
+        if candidate.exists():
+            return str(candidate)
+    return path
 
 
 def tokenizer_file_problem(folder: str | Path) -> tuple[Path, str] | None:

@@ -16,18 +16,11 @@ import torch
 aten = torch.ops.aten
 
 
-def _forward_placements(op_schema):
+def _placements(tensors: int) -> list:
+    """Every tensor (outputs, then inputs) replicated, sharded by heads (dim 1) or by batch (dim 0)."""
     from torch.distributed.tensor import Replicate, Shard
 
-    # [output, logsumexp, query, key, value]
-    return [[Replicate()] * 5, [Shard(1)] * 5, [Shard(0)] * 5]
-
-
-def _backward_placements(op_schema):
-    from torch.distributed.tensor import Replicate, Shard
-
-    # [grad_q, grad_k, grad_v, grad_out, query, key, value, out, logsumexp]
-    return [[Replicate()] * 9, [Shard(1)] * 9, [Shard(0)] * 9]
+    return [[Replicate()] * tensors, [Shard(1)] * tensors, [Shard(0)] * tensors]
 
 
 def install_cpu_sdpa_sharding() -> bool:
@@ -48,11 +41,13 @@ def install_cpu_sdpa_sharding() -> bool:
     @register_op_strategy(forward, schema_info=RuntimeSchemaInfo(3))
     def _forward(op_schema):
         mesh = op_schema.get_mesh_from_args()
-        return expand_to_full_mesh_op_strategy(mesh, op_schema, _forward_placements(op_schema), input_index=2)
+        return expand_to_full_mesh_op_strategy(mesh, op_schema, _placements(5), input_index=2)  # out, lse; q, k, v
 
     @register_op_strategy(backward, schema_info=RuntimeSchemaInfo(6))
     def _backward(op_schema):
         mesh = op_schema.get_mesh_from_args(validate=False)
-        return expand_to_full_mesh_op_strategy(mesh, op_schema, _backward_placements(op_schema), input_index=3)
+        return expand_to_full_mesh_op_strategy(
+            mesh, op_schema, _placements(9), input_index=3
+        )  # dq dk dv; dout q k v out lse
 
     return True
