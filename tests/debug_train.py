@@ -21,7 +21,7 @@ from collections import Counter
 
 import torch
 
-from adahop.train import AdaHOPTrainer, main  # noqa: F401  (adahop.train sets up torchtitan first)
+from adahop.train import AdaHOPTrainer, exit_process, main  # noqa: F401  (adahop.train sets up torchtitan first)
 
 # isort: split
 from torchtitan.tools.logging import logger
@@ -120,4 +120,4 @@ class DebugTrainer(AdaHOPTrainer):
 
 
 if __name__ == "__main__":
-    sys.exit(main(trainer=DebugTrainer))
+    exit_process(main(trainer=DebugTrainer))
