@@ -31,9 +31,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from . import backend
+from . import backend, x_operands
 from .amp import autocast_inputs
-from .hadamard import check_hadamard_size, random_signs
+from .hadamard import check_hadamard_size
 from .modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT, SLOTS, check_mode
 from .mx import BLOCK_SIZE, MXFP4Tensor
 from .outliers import DEFAULT_OUTLIER_K, check_outlier_k, top_rows
@@ -74,6 +74,8 @@ class LinearRecipe:
         if not self.randomized_hadamard:
             fields["hadamard_seed"] = 0
         object.__setattr__(self, "key", json.dumps(fields, sort_keys=True))
+        # computed here: a compiled forward reads them, and the compiler does not trace zlib
+        object.__setattr__(self, "slot_seeds", {slot: _slot_seed(self.hadamard_seed, slot) for slot in SLOTS})
 
     @staticmethod
     @lru_cache(maxsize=None)
@@ -90,19 +92,18 @@ class LinearRecipe:
     def hadamard_size_for(self, slot: str) -> int | None:
         return self.hadamard_size if self.mode(slot) in (HADAMARD, OE_LEFT, OE_RIGHT) else None
 
-    def signs_for(self, slot: str, k: int, device) -> torch.Tensor | None:
+    def signs_seed(self, slot: str) -> int:
+        """The seed of `slot`'s random Hadamard signs, -1 where it has none."""
         if not self.randomized_hadamard or self.hadamard_size_for(slot) is None:
-            return None
-        return _signs(k, _slot_seed(self.hadamard_seed, slot), str(device))
+            return -1
+        return self.slot_seeds[slot]
+
+    def signs_for(self, slot: str, k: int, device) -> torch.Tensor | None:
+        return x_operands.signs(k, self.signs_seed(slot), device)
 
 
 def _slot_seed(seed: int, slot: str) -> int:
     return zlib.crc32(f"{seed}:{slot}".encode())
-
-
-@lru_cache(maxsize=256)
-def _signs(k: int, seed: int, device: str) -> torch.Tensor:
-    return random_signs(k, seed, device)
 
 
 @dataclass
@@ -160,8 +161,10 @@ def slot_gemm(
     slot: str,
     rounding: str,
     out_dtype: torch.dtype = torch.float32,
+    a_operand: Optional[backend.Operand] = None,
 ) -> torch.Tensor:
-    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored.
+    """out = A @ B for one slot, rounded once to `out_dtype`. `a` is the high-precision left operand as stored;
+    `a_operand` its quantized form where the caller has it already (modes that quantize all of `a`).
 
     The extracted rows/columns of OE modes are exact zeros in the MXFP4 GEMM, so adding their BF16 part
     after the rounding to `out_dtype` is the same single rounding."""
@@ -175,7 +178,8 @@ def slot_gemm(
         right_operand, _ = backend.quantize(bt_hp, hadamard_size=recipe.hadamard_size_for(slot), signs=signs)
     else:
         right_operand = right.gemm_operand()
-    a_operand = quantize_left(a, a_k_dim, recipe, slot, rounding, zero_rows=left_rows)
+    if a_operand is None or left_rows is not None:
+        a_operand = quantize_left(a, a_k_dim, recipe, slot, rounding, zero_rows=left_rows)
     out = backend.matmul(
         a_operand, right_operand, out_dtype, tag=slot, fix_rows=slot in ROW_FIX_SLOTS, tile_b=recipe.tile_b_for(slot)
     )
@@ -202,11 +206,14 @@ def _check_dims(in_features: int, out_features: int, recipe: LinearRecipe) -> No
             raise ValueError(f"{name}={dim} is not a multiple of hadamard_size={recipe.hadamard_size}")
 
 
-def forward_gemm(x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch.Tensor:
-    """The forward GEMM y = x W^T of `recipe` (no autograd bookkeeping)."""
+def forward_gemm(
+    x2d: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe, x_left: Optional[backend.Operand] = None
+) -> torch.Tensor:
+    """The forward GEMM y = x W^T of `recipe` (no autograd bookkeeping); `x_left`: x already quantized as its
+    left operand (adahop.x_operands), else quantized here."""
     mode = recipe.mode("forward_y")
     w_right = prepare_right(weight, 1, mode, recipe, "forward_y", for_saving=False)
-    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype)
+    return slot_gemm(x2d, 1, w_right, mode, recipe, "forward_y", "nearest", x2d.dtype, a_operand=x_left)
 
 
 def quantize_left(
@@ -282,7 +289,13 @@ def _right_parts(right: Optional[RightOperand], like: torch.Tensor) -> list[torc
 
 @torch.library.custom_op("adahop::linear_forward", mutates_args=())
 def linear_forward(
-    x2d: torch.Tensor, weight: torch.Tensor, recipe: str, save_gx: bool, save_gw: bool
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    recipe: str,
+    save_gx: bool,
+    save_gw: bool,
+    x_left: list[torch.Tensor],
+    x_saved: list[torch.Tensor],
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -295,19 +308,25 @@ def linear_forward(
     torch.Tensor,
 ]:
     """y = x2d @ weight^T under `recipe` (LinearRecipe.key), and what backward keeps (see above) for the
-    input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
+    input gradient (`save_gx`) and the weight gradient (`save_gw`). `x_left` / `x_saved`: x's quantized forms
+    from adahop.x_operands where the caller made them (see _shared_x_forms), else empty and made here; the
+    weight gradient's parts of the output are then empty (backward keeps `x_saved`)."""
     r = LinearRecipe.from_key(recipe)
-    y = forward_gemm(x2d, weight, r)
+    left = None
+    if x_left:
+        hsize = r.hadamard_size_for("forward_y") or 0
+        left = x_operands.left_operand(list(x_left), x2d, hsize, r.signs_seed("forward_y"))
+    y = forward_gemm(x2d, weight, r, left)
     gx_right = gw_right = None
     if save_gx and not _keeps_w(r):
         gx_right = prepare_right(weight, 0, OE_RIGHT, r, "backward_gx", for_saving=True)
-    if save_gw and not _keeps_x(r):
+    if save_gw and not _keeps_x(r) and not x_saved:
         gw_right = _x_for_gw(x2d, r)
     return (y, *_right_parts(gx_right, x2d), *_right_parts(gw_right, x2d))
 
 
 @linear_forward.register_fake
-def _(x2d, weight, recipe, save_gx, save_gw):
+def _(x2d, weight, recipe, save_gx, save_gw, x_left, x_saved):
     r = LinearRecipe.from_key(recipe)
     tokens, k = x2d.shape
     n = weight.shape[0]
@@ -325,7 +344,7 @@ def _(x2d, weight, recipe, save_gx, save_gw):
 
     if save_gx and not _keeps_w(r):
         parts[0:4] = kept(k, n, True)
-    if save_gw and not _keeps_x(r):
+    if save_gw and not _keeps_x(r) and not x_saved:
         multiple = _gw_row_multiple(r)
         parts[4:8] = kept(k, -(-tokens // multiple) * multiple, r.mode("backward_gw") == OE_RIGHT)
     return (x2d.new_empty((tokens, n)), *parts)
@@ -390,13 +409,15 @@ def _right_operand(parts: list[torch.Tensor], dtype: torch.dtype, oe_right: bool
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x2d, weight, recipe, save_gx, save_gw = inputs
+    x2d, weight, recipe, save_gx, save_gw, _, x_saved = inputs
     r = LinearRecipe.from_key(recipe)
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(
-        x2d if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None, *output[1:]
-    )
+    saved = list(output[1:])
+    if x_saved:  # x^T made outside the op (adahop.x_operands): kept as given, shared by the linears of one x
+        saved[4:6] = x_saved
+    ctx.save_for_backward(x2d if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None, *saved)
     ctx.recipe, ctx.save_gx, ctx.save_gw = recipe, save_gx, save_gw
+    ctx.n_left, ctx.n_saved = len(inputs[5]), len(x_saved)  # autograd wants a gradient list per input list
     ctx.in_features, ctx.x_dtype, ctx.w_dtype = x2d.shape[1], x2d.dtype, weight.dtype
 
 
@@ -415,7 +436,7 @@ def _backward(ctx, gy, *unused):
         ctx.x_dtype,
         ctx.w_dtype,
     )
-    return gx if need_gx else None, gw if need_gw else None, None, None, None
+    return gx if need_gx else None, gw if need_gw else None, None, None, None, [None] * ctx.n_left, [None] * ctx.n_saved
 
 
 linear_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -461,9 +482,29 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     (x, weight), amp_off = autocast_inputs(x, weight)  # the dtype F.linear would compute in
     x2d = x.reshape(-1, x.shape[-1])
     grad = torch.is_grad_enabled()
+    save_gx, save_gw = grad and x.requires_grad, grad and weight.requires_grad
     with amp_off:  # validation / inference (no gradient wanted) quantizes nothing for backward
-        y2d = linear_forward(x2d, weight, recipe.key, grad and x.requires_grad, grad and weight.requires_grad)[0]
+        x_left, x_saved = _shared_x_forms(x2d, recipe, save_gw)
+        y2d = linear_forward(x2d, weight, recipe.key, save_gx, save_gw, x_left, x_saved)[0]
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _shared_x_forms(
+    x2d: torch.Tensor, recipe: LinearRecipe, save_gw: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """x's quantized forms (forward left operand; x^T kept for the weight gradient) from their own ops, for the
+    modes that quantize all of x: a compiled graph computes each once for the linears that share x and their
+    settings (adahop.x_operands). Empty where the mode makes its own (OE, full precision)."""
+    x_left, x_saved = [], []
+    xd = x2d.detach()
+    if recipe.mode("forward_y") in (HADAMARD, NONE):
+        hsize = recipe.hadamard_size_for("forward_y") or 0
+        x_left = list(x_operands.quantize_left_operand(xd, hsize, recipe.signs_seed("forward_y")))
+    if save_gw and recipe.mode("backward_gw") in (HADAMARD, NONE):
+        hsize = recipe.hadamard_size_for("backward_gw") or 0
+        seed = recipe.signs_seed("backward_gw")
+        x_saved = list(x_operands.quantize_saved_operand(xd, _gw_row_multiple(recipe), hsize, seed))
+    return x_left, x_saved
 
 
 # ----------------------------------------------------------------------------------------------------

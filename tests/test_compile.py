@@ -99,8 +99,8 @@ def test_custom_ops_pass_opcheck(modes):
     torch.manual_seed(2)
     x = torch.randn(80, 64, requires_grad=True)
     w = torch.randn(96, 64, requires_grad=True)
-    torch.library.opcheck(linear_forward, (x, w, recipe.key, True, True))
-    out = linear_forward(x.detach(), w.detach(), recipe.key, True, True)
+    torch.library.opcheck(linear_forward, (x, w, recipe.key, True, True, [], []))
+    out = linear_forward(x.detach(), w.detach(), recipe.key, True, True, [], [])
     saved = list(out[1:])
     keep_x = x.detach() if modes[2] == FULL_PRECISION else torch.empty(0)
     keep_w = w.detach() if modes[1] != OE_RIGHT else torch.empty(0)
@@ -123,3 +123,45 @@ def test_layers_of_the_same_modes_share_one_key():
     )
     assert ra.key != rb.key and LinearRecipe.from_key(ra.key).hadamard_seed == 1
     assert LinearRecipe(forward_y=NONE).key != a.key
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_linears_reading_one_x_quantize_it_once_compiled(backend, monkeypatch):
+    """q, k and v read the same x: eager quantizes it per linear (three left operands, three saved x^T),
+    a compiled training step once per form (adahop.x_operands), with the same gradients."""
+    from adahop import backend as mx_backend
+
+    calls = {"left": 0, "saved": 0}
+    quantize = mx_backend.quantize
+
+    def counting(t, **kw):
+        if t.shape == x2d.shape and torch.equal(t, x2d):  # x itself (not W, not the output gradients)
+            calls["saved" if kw.get("packed") else "left"] += 1
+        return quantize(t, **kw)
+
+    monkeypatch.setattr(mx_backend, "quantize", counting)
+
+    class QKV(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (AdaHOPLinear(64, n, bias=False) for n in (64, 32, 32))
+
+        def forward(self, x):
+            return self.q(x).sum() + 2 * self.k(x).sum() + 3 * self.v(x).sum()
+
+    torch.manual_seed(0)
+    model, x = QKV(), torch.randn(4, 32, 64)
+    x2d = x.reshape(-1, 64)
+
+    def step(f):
+        calls.update(left=0, saved=0)
+        f(x).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return grads, dict(calls)
+
+    eager, eager_calls = step(model)
+    compiled, compiled_calls = step(torch.compile(model, backend=backend, fullgraph=True))
+    assert eager_calls == {"left": 3, "saved": 3}
+    assert compiled_calls == {"left": 1, "saved": 1}
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))

@@ -791,6 +791,7 @@ def fused_quantize(
     tile: bool = False,
     wide: bool = False,
     row_flags: bool = False,
+    count: torch.Tensor | None = None,
 ) -> dict:
     """Quantize a 2-D operand along K (dim `k_dim`) in one pass. Returns a dict of K-major outputs:
     packed [R, K/2] uint8, scales [R, K/32] uint8, fp8 [R, K] float8_e4m3fn (float8_e5m2 with `wide`),
@@ -799,7 +800,8 @@ def fused_quantize(
     rows marked in row_flags (uint8 [R], 1 = the row holds one), for the GEMM's exact row recomputation.
 
     rounding "stochastic" draws its uniforms from `uniforms` (float32 [R, K], K-major) when given,
-    else from Philox with `seed`."""
+    else from Philox with `seed`. `count`: the int32 [1] buffer the deficient blocks are added to (default: the
+    step's shared counter inside a deferred check, else a fresh one)."""
     if t.dim() != 2 or k_dim not in (0, 1):
         raise ValueError(f"expected a 2-D tensor and k_dim in (0, 1), got {tuple(t.shape)}, {k_dim}")
     K = t.shape[k_dim]
@@ -820,7 +822,7 @@ def fused_quantize(
     k_contig = k_dim == 1
     stride_r = t.stride(1 - k_dim)
     stride_k = t.stride(k_dim)
-    count = _count_buffer(dev)
+    count = _count_buffer(dev) if count is None else count
     packed = scales = fp8 = gscale = count  # the pointers of outputs not written (no allocation for them)
     if write_packed:
         packed = torch.empty((R, K // 2), dtype=torch.uint8, device=dev)

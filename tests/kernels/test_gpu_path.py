@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from adahop import backend
+from adahop import backend, x_operands
 from adahop.kernels import deferred, gemm
 from adahop.linear import mxfp4_linear
 from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
@@ -132,6 +132,45 @@ def test_nonfinite_propagates_like_reference():
     assert torch.equal(out.isnan(), ref.isnan())
     fin = ~ref.isnan()
     assert rel(out[fin], ref[fin]) < FP8_ACC_TOL
+
+
+@pytest.mark.parametrize("hsize", [0, 32])
+def test_x_left_operand_op_gives_the_linear_s_own_fp8_form(hsize):
+    """adahop.x_operands' fast path writes the same wide fp8 form, scales and count as the linear's deferred
+    operand, and holds exactly the reference's quantized values."""
+    x = torch.randn(512, 384, device="cuda", dtype=torch.bfloat16)
+    x[:, 3] *= 30
+    x[5, :32] *= 2.0**-20
+    fp8, gscale, count = x_operands.quantize_left_operand(x, hsize, -1)
+    own = backend.quantize(x, hadamard_size=hsize or None)[0].materialize(left=True)
+    assert fp8.dtype == own.fp8.dtype == torch.float8_e5m2
+    assert torch.equal(fp8.view(torch.uint8), own.fp8.view(torch.uint8)) and torch.equal(gscale, own.gscale)
+    assert int(count) == int(own.count)
+    with forced_reference():
+        values = x_operands.quantize_left_operand(x, hsize, -1)[0]
+    assert values.dtype == torch.float32
+    assert torch.equal(x_operands.left_operand([fp8, gscale, count], x, hsize, -1).fast.fp8_dequantize(), values)
+
+
+def test_linear_x_beyond_the_wide_window_is_corrected_or_redoes_the_step():
+    """x with a block 40 exponents below its group's largest: the wide fp8 form cannot hold it. Outside a
+    deferred check the GEMM corrects it exactly (the packed form rewritten from x); inside one the step's
+    check asks for the step to be redone."""
+    gemm.reset_stats()
+    x = torch.randn(256, 512, device="cuda")
+    x[3, :32] *= 2.0**40
+    w = torch.randn(384, 512, device="cuda") / 512**0.5
+    kw = dict(forward_y=NONE, backward_gx=NONE, backward_gw=NONE)
+    y = mxfp4_linear(x, w, **kw)
+    with forced_reference():
+        y_r = mxfp4_linear(x, w, **kw)
+    assert gemm.STATS["corrected_gemms"] >= 1
+    err = row_err(y, y_r.double())
+    assert err < 1e-4, err
+    with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())):
+        mxfp4_linear(x, w, **kw)
+        with pytest.raises(deferred.DeficientBlocksInStep):
+            deferred.raise_if_deficient()
 
 
 MODES = [HADAMARD, NONE, OE_LEFT, OE_RIGHT, FULL_PRECISION]
