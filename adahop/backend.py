@@ -10,7 +10,7 @@ The reference path below is plain torch: it produces dequantized float32 operand
 in float32. GPU kernels (adahop.kernels) must produce the same quantized operands bit for bit.
 
 Fast path (CUDA, compute capability >= 9.0, K % 128 == 0, Hadamard block <= 128, unless
-ADAHOP_FORCE_REFERENCE=1): one fused Triton pass (adahop.kernels.quantize) writes the packed MXFP4
+`[quantize.linear.mx.kernels] reference_only`): one fused Triton pass (adahop.kernels.quantize) writes the packed MXFP4
 form and/or its exact fp8 e4m3 re-encoding with per-128 scales, and the GEMM runs on cuBLAS's
 blockwise-scaled fp8 `torch._scaled_mm` (adahop.kernels.gemm), with an exact correction for the rare
 blocks fp8 cannot hold. The left operand of a GEMM is quantized when `matmul` sees it (deferred), so
@@ -22,19 +22,20 @@ given one): same distribution as the reference, not the same draws.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .hadamard import block_hadamard
+from .kernels.state import active
 from .mx import MXFP4Tensor, quantize_blocks
 
 
 def reference_forced() -> bool:
-    """ADAHOP_FORCE_REFERENCE=1 makes every device run the torch reference (for debugging kernels)."""
-    return os.environ.get("ADAHOP_FORCE_REFERENCE", "0") not in ("", "0", "false", "False")
+    """Whether every device runs the torch reference (the active FastPathState's force_reference:
+    `[quantize.linear.mx.kernels] reference_only`, for debugging kernels)."""
+    return active().force_reference
 
 
 # GEMM slots whose right operand is the weight (W for y, W^T for the input gradient): its magnitudes vary

@@ -85,6 +85,10 @@ class Kernels:
     step is redone exactly): "per_step" (once per optimizer step, no host sync inside forward / backward) or
     "per_gemm" (after every GEMM, corrected in place: slower, for diagnostics)."""
 
+    reference_only: bool = False
+    """(adahop) run the torch reference of every kernel on every device instead of the GPU fast path: the same
+    MXFP4 operands, GEMMs in float32, far slower. For debugging the kernels."""
+
     deficient_report: str = ""
     """(adahop) diagnostics: a path prefix; when training ends each rank writes <prefix>.<rank>.json with where
     the fp8 path met MXFP4 blocks it cannot hold (per GEMM slot and side, with their exponent gaps; recorded

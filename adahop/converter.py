@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn as nn
 
 from adahop.config import MX_BLOCK, ConfigError, mx_config, validate_mx
+from adahop.kernels.state import FastPathState, activate
 
 if TYPE_CHECKING:
     from adahop.plan_wiring import PlanWiring
@@ -237,6 +238,8 @@ class AdaHOPConverter:
         self.layers: dict[str, nn.Module] = {}  # the converted AdaHOP layers (linears, expert stacks) by fqn
         self.converted = False  # convert() ran (and enabled converts something)
         self.wiring: PlanWiring | None = None  # set by adahop.plan_wiring.wire
+        # what the GPU fast path keeps between calls for this job's layers: active from convert() on
+        self.fast_path = FastPathState(force_reference=bool(self.mx.kernels.reference_only))
         _INSTANCES.append(weakref.ref(self))
         from torchtitan.tools.logging import logger
 
@@ -292,6 +295,7 @@ class AdaHOPConverter:
 
         from adahop.linear import AdaHOPLinear
 
+        activate(self.fast_path)
         targets = select_targets(model, self.mx)
         for entry in unmatched_filters(model, self.mx.filter_fqns):
             logger.warning(

@@ -373,6 +373,7 @@ REMOVED_SWITCHES = {
     "ADAHOP_DEFICIENT_REPORT": "--quantize.linear.mx.kernels.deficient_report <prefix>",
     "ADAHOP_DUAL_QUANT": "nothing (removed: measured no faster); unset it",
     "ADAHOP_SIDE_STREAM": "nothing (removed: measured no faster); unset it",
+    "ADAHOP_FORCE_REFERENCE": "--quantize.linear.mx.kernels.reference_only",
 }
 
 

@@ -250,19 +250,21 @@ def quantizer_bandwidth(rows, k, dev, rep):
 
 def tune_quantizer(rows, k, dev, rep):
     """Sweep the fused quantizer's launch choices (same bits for all); returns {case: {config: GB/s}}."""
-    from adahop.kernels.quantize import TUNING, fused_quantize
+    from adahop.kernels.quantize import fused_quantize
+    from adahop.kernels.state import FastPathState, activate
 
     x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
     xt = x.t().contiguous().t()
     n = x.numel()
     nbytes = 2 * n + n * (1 + 0.5 + 1 / 32) + n / 128 * 4
-    saved = dict(TUNING)
+    state = FastPathState()
+    previous = activate(state)
     # (strided "t" = the in-layout kernel _quantize_kernel_t; hv0 / hv2 = the transpose-first kernel)
     res = {"contig": {}, "strided": {}}
     try:
         for hv in ("t", 0, 2):
             for br, nw in ((16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
-                TUNING.update(
+                state.tuning.update(
                     contig=(br, nw),
                     strided=(br, nw),
                     strided_t=(br, nw),
@@ -282,8 +284,7 @@ def tune_quantizer(rows, k, dev, rep):
                     except Exception as exc:
                         res[case][key] = f"{type(exc).__name__}"
     finally:
-        TUNING.clear()
-        TUNING.update(saved)
+        activate(previous)
     return res
 
 
@@ -430,7 +431,7 @@ def main():
                         json.dump(results, f, indent=1)
                 del x, w, gy
                 torch.cuda.empty_cache()
-    results["gemm_stats"] = dict(gemm.STATS)
+    results["gemm_stats"] = dict(gemm.stats())
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

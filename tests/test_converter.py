@@ -283,3 +283,30 @@ def test_wire_before_convert_refused():
     conv = AdaHOPConverter(_job_config(), None)
     with pytest.raises(RuntimeError, match="converted nothing"):
         wire(conv, [])
+
+
+def test_converter_owns_the_fast_path_state_and_activates_it():
+    """The kernels' counters, row slots, launch choices and the reference switch live in the converter's
+    FastPathState (adahop.kernels.state), active once it converts a model; reference_only sets its switch."""
+    from adahop import backend
+    from adahop.kernels import gemm, state
+
+    before = state.active()
+    gemms_before = before.stats["gemms"]
+    try:
+        conv = AdaHOPConverter(_job_config(), None)
+        forced_config = _job_config()
+        forced_config.quantize.linear.mx.kernels.reference_only = True
+        forced = AdaHOPConverter(forced_config, None)
+        assert not conv.fast_path.force_reference and forced.fast_path.force_reference
+        assert state.active() is before  # nothing changes before a model is converted
+        conv.convert(_nano())
+        assert state.active() is conv.fast_path and not backend.reference_forced()
+        gemm.stats()["gemms"] += 3
+        assert conv.fast_path.stats["gemms"] == 3 and before.stats["gemms"] == gemms_before
+        forced.convert(_nano())
+        assert state.active() is forced.fast_path and backend.reference_forced()
+        assert gemm.stats()["gemms"] == 0  # another job's counters start at zero
+        assert not backend.fast_device(torch.device("cuda", 0))  # the reference on every device
+    finally:
+        state.activate(before)

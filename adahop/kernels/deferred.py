@@ -10,9 +10,9 @@ the GEMMs run without looking, and ``raise_if_deficient()`` reads the counter on
 backward) and raises ``DeficientBlocksInStep`` if any block was dropped. The training loop
 (adahop.train.AdaHOPTrainer) then discards that step's gradients and runs the step again on the exact
 per-GEMM path, before the optimizer has seen anything: results are exactly those of the synchronous
-path, and the count is kept (STATS in adahop.kernels.gemm) rather than lost. Blocks that neither the wide fp8
+path, and the count is kept (adahop.kernels.gemm.stats()) rather than lost. Blocks that neither the wide fp8
 form nor the GEMM's row recomputation holds are rare (1-2 redone steps in 3100-step runs of the 100M model,
-none in the 1B runs of docs/benchmarks.md), so the rerun almost never happens.
+1-2 in 300-step runs of the 1B, docs/benchmarks.md), so the rerun is rare.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 
 import torch
 
-_COUNTER: Optional[torch.Tensor] = None  # int32 [1] on the device of the step, while deferred
+from .state import active
 
 
 class DeficientBlocksInStep(RuntimeError):
@@ -40,29 +40,29 @@ class DeficientBlocksInStep(RuntimeError):
 @contextmanager
 def deferred_check(device: torch.device | str) -> Iterator[torch.Tensor]:
     """Collect the deficient-block counts of every quantization on `device` into one counter."""
-    global _COUNTER
-    previous = _COUNTER
-    _COUNTER = torch.zeros(1, dtype=torch.int32, device=device)
+    state = active()
+    previous = state.step_counter
+    state.step_counter = counter = torch.zeros(1, dtype=torch.int32, device=device)
     try:
-        yield _COUNTER
+        yield counter
     finally:
-        _COUNTER = previous
+        state.step_counter = previous
 
 
 def counter_for(device: torch.device) -> Optional[torch.Tensor]:
     """The step's counter if a deferred check is active on `device`, else None (count per operand)."""
-    c = _COUNTER
+    c = active().step_counter
     return c if c is not None and c.device == device else None
 
 
 def deferred() -> bool:
-    return _COUNTER is not None
+    return active().step_counter is not None
 
 
 def raise_if_deficient(group=None) -> None:
     """Read the counter (one sync; agreed over the ranks, so every rank redoes the same steps) and raise
     DeficientBlocksInStep if any block was left out. A no-op outside ``deferred_check``."""
-    c = _COUNTER
+    c = active().step_counter
     if c is None:
         return
     total = c.clone()
@@ -71,13 +71,12 @@ def raise_if_deficient(group=None) -> None:
         dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
     n = int(total.item())
     if n:
-        from .gemm import STATS
-
-        STATS["redone_steps"] += 1  # the blocks are counted by the exact path that redoes the step
+        active().stats["redone_steps"] += 1  # the blocks are counted by the exact path that redoes the step
         raise DeficientBlocksInStep(n)
 
 
 def simulate_dropped_blocks(n: int = 1) -> None:
     """Test hook: count `n` blocks as left out in the active deferred check (no-op outside one)."""
-    if _COUNTER is not None:
-        _COUNTER.add_(n)
+    c = active().step_counter
+    if c is not None:
+        c.add_(n)

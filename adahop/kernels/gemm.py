@@ -25,26 +25,28 @@ import torch
 from ..mx.quantize import dequantize_mxfp4
 from .deferred import counter_for
 from .quantize import deficient_blocks
-
-# Running totals of what the fp8 path saw (host ints; updated where the count is read anyway).
-STATS = {"gemms": 0, "blocks": 0, "deficient_blocks": 0, "corrected_gemms": 0, "fallback_gemms": 0, "redone_steps": 0}
+from .state import active
 
 
-# Where deficient blocks were found, by "<slot>:<side>" (side a = left operand, b = right): GEMMs checked,
-# blocks checked, deficient blocks, GEMMs with any, 128x128 tiles holding any, and a histogram of the
-# exponent gaps (group maximum - block) of the deficient ones. Filled on the checked (per-GEMM) path only.
-DEFICIENT_BY_TAG: dict = {}
+def stats() -> dict:
+    """Running totals of what the fp8 path saw (the active FastPathState's: GEMMs, blocks, deficient blocks,
+    corrected and fallback GEMMs, redone steps)."""
+    return active().stats
 
 
 def reset_stats() -> None:
-    for k in STATS:
-        STATS[k] = 0
-    DEFICIENT_BY_TAG.clear()
-    _ROWS_FIXED.clear()
+    active().reset_stats()
+
+
+def deficient_by_tag() -> dict:
+    """Where deficient blocks were found, by "<slot>:<side>" (side a = left operand, b = right): GEMMs checked,
+    blocks checked, deficient blocks, GEMMs with any, 128x128 tiles holding any, and a histogram of the exponent
+    gaps (group maximum - block) of the deficient ones. Filled on the checked (per-GEMM) path while recording."""
+    return active().deficient_by_tag
 
 
 def _record(tag: str, side: str, op: "FastOperand", mask: Optional[torch.Tensor]) -> None:
-    rec = DEFICIENT_BY_TAG.setdefault(
+    rec = active().deficient_by_tag.setdefault(
         f"{tag}:{side}",
         {
             "gemms": 0,
@@ -79,27 +81,22 @@ def _record(tag: str, side: str, op: "FastOperand", mask: Optional[torch.Tensor]
 
 
 def dump_deficient_report(path: str) -> None:
-    """Write DEFICIENT_BY_TAG and STATS as JSON (atomically)."""
+    """Write deficient_by_tag() and stats() as JSON (atomically)."""
     import json
 
     from ..files import write_text_atomic
 
     report = {
-        "stats": {**STATS, "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
-        "by_tag": DEFICIENT_BY_TAG,
+        "stats": {**stats(), "rows_fixed": rows_fixed(), "row_slots_fraction": row_slots_fraction()},
+        "by_tag": deficient_by_tag(),
     }
     write_text_atomic(path, json.dumps(report, indent=1, sort_keys=True))
 
 
-# Diagnostics ([quantize.linear.mx.kernels] deficient_report): record where the fp8 form loses blocks, per GEMM
-# slot and side (DEFICIENT_BY_TAG), on the per-GEMM checked path. Switched on by the trainer, which writes the
-# report when training ends.
-_RECORD = {"on": False}
-
-
 def record_deficient(on: bool = True) -> None:
-    """Record DEFICIENT_BY_TAG from now on (or stop)."""
-    _RECORD["on"] = bool(on)
+    """Record deficient_by_tag() from now on (or stop): the diagnostics of [quantize.linear.mx.kernels]
+    deficient_report, switched on by the trainer, which writes the report when training ends."""
+    active().record_deficient = bool(on)
 
 
 def refused_by_cublas(error: RuntimeError) -> bool:
@@ -181,16 +178,11 @@ ROW_FIX_DIVISOR = 512
 # (12.5% more work in the input-gradient GEMM); beyond that a step is redone instead.
 ROW_FIX_MAX_FRACTION = 1 / 16
 _RATIO_ONE = 1 << 20  # flagged-row fractions are kept on the device as integers n * _RATIO_ONE // m
-_row_slots_fraction = 0.0  # of the rows, given as slots on top of the default (grown by grow_row_slots)
-_ROWS_FIXED: dict = {}  # device -> int64 [1]: rows flagged for recomputation, summed on the device
-# device -> int64 [1]: the largest flagged-row fraction (n * _RATIO_ONE // m) of a GEMM whose flagged rows
-# did not fit its slots, since the last grow_row_slots()
-_OVERFLOW_RATIO: dict = {}
 
 
 def row_fix_capacity(m: int) -> int:
     """Row slots of an [m, K] left operand: a multiple of 16 (cuBLAS-friendly GEMM shapes), at most m."""
-    want = max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR, math.ceil(m * _row_slots_fraction))
+    want = max(ROW_FIX_MIN, m // ROW_FIX_DIVISOR, math.ceil(m * active().row_slots_fraction))
     return min(m, -(-want // 16) * 16)
 
 
@@ -204,12 +196,12 @@ def _device_counter(table: dict, device: torch.device) -> torch.Tensor:
 
 def rows_fixed() -> int:
     """Rows recomputed exactly so far (reads the device counters: one sync; for reports)."""
-    return sum(int(t.item()) for t in _ROWS_FIXED.values())
+    return sum(int(t.item()) for t in active().rows_fixed.values())
 
 
 def row_slots_fraction() -> float:
     """The fraction of rows every row-fixing GEMM gets as slots beyond the default (0 until grown)."""
-    return _row_slots_fraction
+    return active().row_slots_fraction
 
 
 def _device_key(device: torch.device | str) -> torch.device:
@@ -226,9 +218,9 @@ def grow_row_slots(device: torch.device | str, group=None) -> Optional[float]:
     with as many far-apart rows stay on the fast path. Agreed over the ranks (one all-reduce, the same on
     every rank, so that they keep deferring the same steps). Returns the new fraction, or None if the slots
     were not what failed (a block neither part holds) or are already as large as allowed."""
-    global _row_slots_fraction
+    state = active()
     device = _device_key(device)
-    peak = _OVERFLOW_RATIO.get(device)
+    peak = state.overflow_ratio.get(device)
     ratio = peak.clone() if peak is not None else torch.zeros(1, dtype=torch.int64, device=device)
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
@@ -236,9 +228,9 @@ def grow_row_slots(device: torch.device | str, group=None) -> Optional[float]:
     if peak is not None:
         peak.zero_()
     wanted = min(ROW_FIX_MAX_FRACTION, 2 * int(ratio.item()) / _RATIO_ONE)
-    if wanted <= _row_slots_fraction:
+    if wanted <= state.row_slots_fraction:
         return None
-    _row_slots_fraction = wanted
+    state.row_slots_fraction = wanted
     return wanted
 
 
@@ -249,16 +241,15 @@ def simulate_row_overflow(device: torch.device | str, fraction: float) -> None:
 
     if not deferred():  # like the real record: only a deferred step's overflow redoes it and grows slots
         return
-    peak = _device_counter(_OVERFLOW_RATIO, _device_key(device))
+    peak = _device_counter(active().overflow_ratio, _device_key(device))
     peak.fill_(max(int(peak.item()), int(fraction * _RATIO_ONE)))
     simulate_dropped_blocks(1)
 
 
 def reset_row_slots() -> None:
     """Back to the default slots (tests; a new process starts there)."""
-    global _row_slots_fraction
-    _row_slots_fraction = 0.0
-    _OVERFLOW_RATIO.clear()
+    active().row_slots_fraction = 0.0
+    active().overflow_ratio.clear()
 
 
 def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
@@ -277,8 +268,9 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
     # only what redoes a step (the deferred check's counter) and only GEMMs that more slots can help
     # (below 256 rows the bound is under the 16 default) may grow the slots
     grows = a.count is counter_for(flags.device) and m * ROW_FIX_MAX_FRACTION > ROW_FIX_MIN
-    peak = _device_counter(_OVERFLOW_RATIO, flags.device) if grows else None
-    rows = row_fix_index(flags, cap, _device_counter(_ROWS_FIXED, flags.device), a.count, peak, _RATIO_ONE)
+    state = active()
+    peak = _device_counter(state.overflow_ratio, flags.device) if grows else None
+    rows = row_fix_index(flags, cap, _device_counter(state.rows_fixed, flags.device), a.count, peak, _RATIO_ONE)
     parts = fused_row_split(a.packed, a.scales, rows, a.count)
     try:
         both = _scaled_mm_parts(parts["both"], parts["both_gscale"], b, torch.float32)  # [2 cap, N]
@@ -286,7 +278,7 @@ def _fix_rows(a: FastOperand, b: FastOperand, out: torch.Tensor) -> None:
     except RuntimeError as e:  # a shape or dtype cuBLAS refuses: the same exact parts in float32
         if not refused_by_cublas(e):
             raise
-        STATS["fallback_gemms"] += 1
+        stats()["fallback_gemms"] += 1
         hi_lo = _dequantize_part(parts["hi"], parts["hi_gscale"]) + _dequantize_part(parts["lo"], parts["lo_gscale"])
         exact = hi_lo @ b.fp8_dequantize().t()
     out.index_copy_(0, rows, exact.to(out.dtype))
@@ -319,9 +311,10 @@ def _correction(a: FastOperand, b: FastOperand, da: torch.Tensor, db: torch.Tens
 
 @torch.compiler.disable
 def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Optional[str] = None) -> torch.Tensor:
-    """a @ b^T, MXFP4-exact (see module docstring). `tag` (the GEMM slot) only labels DEFICIENT_BY_TAG."""
-    STATS["gemms"] += 1
-    STATS["blocks"] += (a.fp8.numel() + b.fp8.numel()) // 32
+    """a @ b^T, MXFP4-exact (see module docstring). `tag` (the GEMM slot) only labels deficient_by_tag()."""
+    state = active()
+    state.stats["gemms"] += 1
+    state.stats["blocks"] += (a.fp8.numel() + b.fp8.numel()) // 32
     shared = counter_for(a.fp8.device)
     out = None
     if a.row_flags is not None:
@@ -332,7 +325,7 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Opti
         return out if out is not None else _scaled_mm_or_fallback(a, b, out_dtype)
     # one host sync per GEMM: never let a deficient block pass unnoticed
     counts = torch.stack((a.count[0], b.count[0])).tolist()
-    tag = tag if _RECORD["on"] else None
+    tag = tag if state.record_deficient else None
     if counts[0] == 0 and counts[1] == 0:
         if tag is not None:
             fixed = a.row_flags is not None and bool(a.row_flags.any())
@@ -340,8 +333,8 @@ def fp8_matmul(a: FastOperand, b: FastOperand, out_dtype: torch.dtype, tag: Opti
             _record(tag, "b", b, None)
         return out if out is not None else _scaled_mm_or_fallback(a, b, out_dtype)
     # the exact per-GEMM correction of every block the fp8 forms do not hold (row fixes included)
-    STATS["deficient_blocks"] += counts[0] + counts[1]
-    STATS["corrected_gemms"] += 1
+    state.stats["deficient_blocks"] += counts[0] + counts[1]
+    state.stats["corrected_gemms"] += 1
     a.ensure_packed()
     b.ensure_packed()
     try:
@@ -369,5 +362,5 @@ def _scaled_mm_or_fallback(a: FastOperand, b: FastOperand, out_dtype: torch.dtyp
 
 
 def _fallback(a: FastOperand, b: FastOperand, out_dtype: torch.dtype) -> torch.Tensor:
-    STATS["fallback_gemms"] += 1
+    stats()["fallback_gemms"] += 1
     return (a.fp8_dequantize() @ b.fp8_dequantize().t()).to(out_dtype)

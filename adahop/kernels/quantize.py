@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from .deferred import counter_for
+from .state import active
 
 GROUP = 128  # fp8 scale group along K (cuBLAS blockwise scaling granularity)
 MX_BLOCK = 32
@@ -713,32 +714,13 @@ def hadamard_scale(block: int) -> float:
     return struct.unpack("f", struct.pack("f", 1.0 / math.sqrt(block)))[0]
 
 
-# Launch choices: (rows per program, warps), and the butterfly formulation of the Hadamard (0:
-# permute/split/join, 2: multiply-add with the partner from an integer bit sum; same bits). Where K is
-# contiguous the multiply-add form builds to the fewest SASS instructions per element on sm_90
-# (tests/kernels/compile_sm90.py); where the tile is transposed in the chip the permute/split/join form does.
-# "strided_kernel": "t" computes transposed inputs in their loaded layout (_quantize_kernel_t), "trans"
-# transposes the float tile first (_quantize_kernel with K_CONTIG=False; also the tile-scale path), "auto"
-# takes "trans" with a Hadamard (faster on the H100: its butterflies along axis 0 compile badly in "t") and
-# "t" without one. 128x128 tiles transposed in the chip (W^T) run at 32 warps: at 8 their sm_90 build spills
-# registers. scripts/bench_linear.py --tune overrides these entries to time alternatives.
-TUNING = {
-    "contig": (32, 8),
-    "strided": (16, 4),
-    "tile": (128, 8),
-    "tile_strided": (128, 32),
-    "hv_contig": 2,
-    "hv_strided": 0,
-    "reencode": (32, 4),
-    "strided_kernel": "auto",
-    "strided_t": (32, 4),
-}
-
-
 def _block_rows(k_contig: bool, tile: bool) -> tuple[int, int]:
+    """(rows per program, warps) of a quantize launch, from the active state's launch choices
+    (adahop.kernels.state.DEFAULT_TUNING says what each entry means)."""
+    tuning = active().tuning
     if tile:
-        return TUNING["tile" if k_contig else "tile_strided"]
-    return TUNING["contig"] if k_contig else TUNING["strided"]
+        return tuning["tile" if k_contig else "tile_strided"]
+    return tuning["contig"] if k_contig else tuning["strided"]
 
 
 # Read once: triton.jit decides at decoration (import) whether the kernels are interpreted, and a lookup
@@ -847,11 +829,11 @@ def fused_quantize(
     signs = _signs_on(signs, K, dev)
     br, warps = _block_rows(k_contig, tile)
     dummy = count
-    strided_kernel = TUNING["strided_kernel"]
+    strided_kernel = active().tuning["strided_kernel"]
     if strided_kernel == "auto":
         strided_kernel = "trans" if hsize else "t"
     if not k_contig and not tile and strided_kernel == "t" and not row_flags:
-        br, warps = TUNING["strided_t"]
+        br, warps = active().tuning["strided_t"]
         _quantize_kernel_t[(triton.cdiv(R, br), K // GROUP)](
             t.view(torch.int16) if t.dtype == torch.bfloat16 else t,
             stride_r,
@@ -909,7 +891,7 @@ def fused_quantize(
         WRITE_FP8=write_fp8,
         TILE=tile,
         IN_BF16=t.dtype == torch.bfloat16,
-        HVARIANT=TUNING["hv_contig" if k_contig else "hv_strided"],
+        HVARIANT=active().tuning["hv_contig" if k_contig else "hv_strided"],
         HW_CVT=_hw_cvt(t),
         WIDE=wide,
         ROWFLAG=1 if row_flags else 0,
@@ -943,7 +925,7 @@ def fused_reencode(packed: torch.Tensor, scales: torch.Tensor, *, tile: bool = F
     fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
     gscale = torch.empty((R // 128, K // GROUP) if tile else (K // GROUP, R), dtype=torch.float32, device=dev)
     count = _count_buffer(dev)
-    br, warps = TUNING["tile"] if tile else TUNING["reencode"]
+    br, warps = active().tuning["tile" if tile else "reencode"]
     grid = (triton.cdiv(R, br), K // GROUP)
     _reencode_kernel[grid](
         packed.contiguous(),
@@ -974,7 +956,7 @@ def fused_row_split(packed: torch.Tensor, scales: torch.Tensor, rows: torch.Tens
     both = torch.empty((2 * n, K), dtype=torch.uint8, device=dev)
     both_gs = torch.empty((K // GROUP, 2 * n), dtype=torch.float32, device=dev)
     lo, lo_gs = both[n:], both_gs[:, n:]
-    br, warps = TUNING["reencode"]
+    br, warps = active().tuning["reencode"]
     _row_split_kernel[(triton.cdiv(n, br), K // GROUP)](
         packed, scales, rows, n, K, both, both_gs, lo, lo_gs, count, BR=br, HW_CVT=_hw_cvt(packed), num_warps=warps
     )

@@ -5,7 +5,7 @@
 # 2. trains the quality model (configs/quality_100m.toml, data/quality_corpus) with uniform Hadamard and with plain
 #    MXFP4 for STEPS steps (default 250) side by side, every GEMM checked (kernels.exactness_check = "per_gemm"), and
 #    writes per slot and side the deficient blocks, the 128x128 tiles holding them and their exponent gaps
-#    (adahop.kernels.gemm.DEFICIENT_BY_TAG) to $OUT/deficient_<recipe>.0.json, logs to $OUT.
+#    (adahop.kernels.gemm.deficient_by_tag()) to $OUT/deficient_<recipe>.0.json, logs to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source scripts/gpu/env.sh

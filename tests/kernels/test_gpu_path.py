@@ -1,16 +1,16 @@
 """The CUDA sm90+ fast path of adahop.backend (fused kernels + fp8 GEMM) against the torch reference
-(ADAHOP_FORCE_REFERENCE=1), on the GPU. Skipped without one; run by `bash scripts/gpu.sh tests` on the device."""
+([quantize.linear.mx.kernels] reference_only), on the GPU. Skipped without one; run by `bash scripts/gpu.sh tests`
+on the device."""
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 from adahop import backend, x_operands
-from adahop.kernels import deferred, gemm
+from adahop.kernels import deferred, gemm, state
 from adahop.linear import mxfp4_linear
 from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
 
@@ -27,15 +27,14 @@ FP8_ACC_TOL = 2e-5
 
 
 class forced_reference:
+    """The torch reference on the GPU too (what [quantize.linear.mx.kernels] reference_only sets)."""
+
     def __enter__(self):
-        self.old = os.environ.get("ADAHOP_FORCE_REFERENCE")
-        os.environ["ADAHOP_FORCE_REFERENCE"] = "1"
+        self.old = state.active().force_reference
+        state.active().force_reference = True
 
     def __exit__(self, *exc):
-        if self.old is None:
-            del os.environ["ADAHOP_FORCE_REFERENCE"]
-        else:
-            os.environ["ADAHOP_FORCE_REFERENCE"] = self.old
+        state.active().force_reference = self.old
 
 
 def rel(a, b):
@@ -98,7 +97,7 @@ def test_deficient_blocks_are_corrected_and_counted():
     b[:, 200] *= 2.0**25
     out, _, _, ra, rb = fast_and_reference(a, b, None)
     exact = ra.values.double() @ rb.values.double().t()
-    assert gemm.STATS["deficient_blocks"] > 0 and gemm.STATS["corrected_gemms"] == 1
+    assert gemm.stats()["deficient_blocks"] > 0 and gemm.stats()["corrected_gemms"] == 1
     assert rel(out, exact) < FP8_ACC_TOL
     # compare row by row: the small rows must be right too, not only the norm
     err = row_err(out, exact)
@@ -164,7 +163,7 @@ def test_linear_x_beyond_the_wide_window_is_corrected_or_redoes_the_step():
     y = mxfp4_linear(x, w, **kw)
     with forced_reference():
         y_r = mxfp4_linear(x, w, **kw)
-    assert gemm.STATS["corrected_gemms"] >= 1
+    assert gemm.stats()["corrected_gemms"] >= 1
     err = row_err(y, y_r.double())
     assert err < 1e-4, err
     with deferred.deferred_check(torch.device("cuda", torch.cuda.current_device())):
@@ -235,7 +234,7 @@ def test_linear_with_128x128_right_scales_matches_reference(mode, tile, monkeypa
         want = run()
     for g, r, name in zip(got, want, ("y", "gx", "gw")):
         assert rel(g, r) < 8e-3, (name, rel(g, r))
-    assert gemm.STATS["fallback_gemms"] == 0
+    assert gemm.stats()["fallback_gemms"] == 0
     assert tiled == {"forward_y": True, "backward_gx": tile != "forward", "backward_gw": tile == "all"}, tiled
 
 
@@ -274,7 +273,7 @@ def test_wide_left_operand_holds_gaps_up_to_28():
     b[:, :32] = torch.randn(384, 1, device="cuda")
     out, _, fa, ra, rb = fast_and_reference(a, b, None)
     exact = ra.values.double() @ rb.values.double().t()
-    assert gemm.STATS["corrected_gemms"] == 0 and gemm.STATS["deficient_blocks"] == 0
+    assert gemm.stats()["corrected_gemms"] == 0 and gemm.stats()["deficient_blocks"] == 0
     err = row_err(out, exact)
     assert err < 1e-4, err
 

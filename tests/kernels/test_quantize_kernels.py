@@ -315,10 +315,10 @@ def test_philox_draws_of_neighbours_are_independent(k_dim):
 @pytest.mark.parametrize("hvariant,strided_kernel", [(0, "trans"), (0, "t"), (2, "trans")])
 @pytest.mark.parametrize("rows_warps", [(16, 4), (64, 8)])
 def test_launch_variants_give_the_same_bits(hvariant, strided_kernel, rows_warps):
-    from adahop.kernels.quantize import TUNING
+    from adahop.kernels.state import FastPathState, activate
 
-    saved = dict(TUNING)
-    TUNING.update(
+    state = FastPathState()
+    state.tuning.update(
         contig=rows_warps,
         strided=rows_warps,
         reencode=rows_warps,
@@ -327,14 +327,14 @@ def test_launch_variants_give_the_same_bits(hvariant, strided_kernel, rows_warps
         strided_t=rows_warps,
         strided_kernel=strided_kernel,
     )
+    previous = activate(state)
     try:
         t = torch.cat([adversarial_rows(), torch.randn(70, 256)]).to(torch.bfloat16)
         check_against_reference(t, k_dim=1, hadamard_size=32)
         check_against_reference(t.t().contiguous(), k_dim=0, hadamard_size=32, signs=random_signs(256, 1))
         check_against_reference(t, k_dim=1, hadamard_size=128, rounding="stochastic", uniforms_seed=9)
     finally:
-        TUNING.clear()
-        TUNING.update(saved)
+        activate(previous)
 
 
 def test_deferred_check_collects_counts_and_raises():
@@ -357,7 +357,7 @@ def test_deferred_check_collects_counts_and_raises():
         with pytest.raises(deferred.DeficientBlocksInStep) as err:
             deferred.raise_if_deficient()
         assert err.value.count == alone + alone_re
-    assert not deferred.deferred() and gemm.STATS["redone_steps"] == 1
+    assert not deferred.deferred() and gemm.stats()["redone_steps"] == 1
     with deferred.deferred_check(torch.device(DEV)):
         fused_quantize(torch.randn(32, 256, device=DEV), hadamard_size=32)
         deferred.raise_if_deficient()  # ordinary data: no block left out, no exception
@@ -618,9 +618,9 @@ def test_fix_rows_falls_back_when_the_fp8_gemm_is_refused(monkeypatch):
         raise RuntimeError("refused (test)")
 
     monkeypatch.setattr(gemm, "_scaled_mm_parts", refuse)
-    before = gemm.STATS["fallback_gemms"]
+    before = gemm.stats()["fallback_gemms"]
     gemm._fix_rows(fa, fb, out)
-    assert gemm.STATS["fallback_gemms"] == before + 1
+    assert gemm.stats()["fallback_gemms"] == before + 1
     exact = fa.dequantize().double() @ fb.dequantize().double().t()
     err = row_err(out, exact)
     assert err < 1e-5, err
@@ -647,11 +647,11 @@ def test_deficient_blocks_recorded_by_slot_only_while_recording():
         fb, _ = backend.quantize(b.to(DEV), hadamard_size=None)
         gemm.reset_stats()
         backend.matmul(fa, fb, torch.float32, tag="forward_y")
-        assert gemm.DEFICIENT_BY_TAG == {}
+        assert gemm.deficient_by_tag() == {}
         gemm.record_deficient(True)
         fa, _ = backend.quantize(a.to(DEV), hadamard_size=None)
         backend.matmul(fa, fb, torch.float32, tag="forward_y")
-        assert gemm.DEFICIENT_BY_TAG["forward_y:a"]["deficient"] > 0, gemm.DEFICIENT_BY_TAG
+        assert gemm.deficient_by_tag()["forward_y:a"]["deficient"] > 0, gemm.deficient_by_tag()
     finally:
         gemm.record_deficient(False)
         gemm.reset_stats()
