@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, check_config_file
+from .config import ConfigError, check_config_file, validate_upstream_values
 from .config_types import check_value
 from .data.tokenizer import tokenizer_folder
 from .files import atomic_dir_write  # noqa: F401  (a public name of this module)
@@ -86,9 +86,13 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     args = list(cli_args)
     if not any(a.split("=", 1)[0] == "--job.custom_config_module" for a in args):
         args += ["--job.custom_config_module", "adahop.config"]
+    # a missing or broken TOML, an unknown key, a wrong type (in the TOML or on the command line): before torchtitan
+    # reads them
+    check_config_file(args)
     if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
-        check_config_file(args)  # a missing or broken TOML, an unknown key, a wrong type: before torchtitan reads it
-        return ConfigManager().parse_args(args)
+        config = ConfigManager().parse_args(args)
+        validate_upstream_values(config, evaluating=True)
+        return config
     job_file = find_job_file(checkpoint_path) if checkpoint_path is not None else None
     if job_file is None:
         where = f"in {checkpoint_path} or its parents" if checkpoint_path is not None else "(no --checkpoint_path)"
@@ -117,6 +121,7 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
         print(
             f"[adahop] {job_file}: not keys of this version's config, not used: {', '.join(unknown)}", file=sys.stderr
         )
+    validate_upstream_values(config, evaluating=True)
     return config
 
 

@@ -11,8 +11,9 @@ with ``dataclasses.is_dataclass``, which needs real types, not strings.
 import dataclasses
 import functools
 import os
+import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from adahop.modes import MODES, PAIR_KEYS, SEED_TABLE
 
@@ -417,11 +418,14 @@ def _get(job_config, key: str):
 MAX_DATALOADER_WORKERS = 1
 
 
-def validate_upstream_values(job_config) -> None:
-    """Range checks of torchtitan's own keys (their types are checked by check_config_types)."""
+def validate_upstream_values(job_config, evaluating: bool = False) -> None:
+    """Range checks of torchtitan's own keys (their types are checked by check_config_types). `evaluating`: for
+    the tools that read a run's config to evaluate its checkpoints (adahop.checkpoint_io.load_job_config), which
+    use the [validation] keys whether or not the run validated."""
     for key, (minimum, when) in _UPSTREAM_MINIMUM.items():
         value = _get(job_config, key)
-        if value < minimum and (when is None or _get(job_config, when)):
+        needed = when is None or _get(job_config, when) or (evaluating and when == "validation.enable")
+        if value < minimum and needed:
             raise ConfigError(key, value, f"an integer >= {minimum}")
     workers = job_config.training.dataloader.num_workers
     if workers < 0:
@@ -554,21 +558,23 @@ def _config_class(args: list[str], values: dict):
 
 
 def check_cli_keys(args: list[str], config_cls) -> None:
-    """ConfigError for a `--section.key` argument that names no key of the config (tyro would print a box of
-    suggestions instead of one line). Takes `--section.no-key` for a boolean and any key below a table-valued key
-    (e.g. `layer_transform_config.col-col`); values are parsed by tyro."""
-    for arg in args:
+    """ConfigError for a `--section.key` argument that names no key of the config, or whose value is not of the
+    key's type (tyro would print a box instead of one line). Takes `--section.no-key` for a boolean and any key
+    below a table-valued key (e.g. `layer_transform_config.col-col`); values of list and table keys are left
+    to tyro."""
+    for i, arg in enumerate(args):
         if not arg.startswith("--") or "." not in arg.partition("=")[0]:
             continue
-        name = arg[2:].partition("=")[0]
+        name, eq, inline = arg[2:].partition("=")
         parts = name.split(".")
         cls, section = config_cls, []
-        for i, part in enumerate(parts):
+        for j, part in enumerate(parts):
             fields = {f.name: f for f in dataclasses.fields(cls)}
             key = part.replace("-", "_")
-            last = i == len(parts) - 1
+            last = j == len(parts) - 1
             f = fields.get(key)
-            if f is None and last and key.startswith("no_") and key[3:] in fields:
+            negated = f is None and last and key.startswith("no_") and key[3:] in fields
+            if negated:
                 f = fields[key[3:]]
             if f is None:
                 where = f"[{'.'.join(section)}]" if section else "the sections"
@@ -579,8 +585,58 @@ def check_cli_keys(args: list[str], config_cls) -> None:
                     "an unknown command-line argument: check its spelling",
                 )
             if not dataclasses.is_dataclass(f.type):
-                break  # a value key (a table key may have keys of its own below it)
+                if last:  # a value key (a table key may have keys of its own below it)
+                    following = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+                    _check_cli_value(".".join([*section, f.name]), f.type, inline if eq else following, negated)
+                break
             cls, section = f.type, [*section, key]
+
+
+def _check_cli_value(key: str, tp, value: str | None, negated: bool) -> None:
+    """ConfigError unless the command-line text `value` (None: no value follows) parses as annotation `tp`."""
+    if tp is bool:
+        if value is not None:
+            raise ConfigError(
+                key, value, f"a flag without a value: --{key} sets it, --{_negated(key)} clears it", "drop the value"
+            )
+        return
+    if negated:
+        raise ConfigError(key, f"--{_negated(key)}", f"--{key} <value>: only true/false keys have a --no- form")
+    if value is None:
+        raise ConfigError(key, None, f"--{key} <value>", "a value must follow the key")
+    allowed, ok = _cli_parses(tp, value)
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _negated(key: str) -> str:
+    section, _, name = key.rpartition(".")
+    return f"{section}.no-{name}" if section else f"no-{name}"
+
+
+def _cli_parses(tp, value: str) -> tuple[str, bool]:
+    """(what the key takes, whether `value` is such a value) for the scalar annotations; other annotations
+    (lists, tables) pass."""
+    origin, options = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, options)), value in map(str, options)
+    if origin in (Union, types.UnionType):
+        arms = [a for a in options if a is not type(None)]
+        if type(None) in options and value == "None":
+            return "", True
+        results = [_cli_parses(a, value) for a in (float,) if int in arms and float in arms] or [
+            _cli_parses(a, value) for a in arms
+        ]  # int | float: "a number"
+        allowed = " or ".join(r[0] for r in results) + (" (or None)" if type(None) in options else "")
+        return allowed, any(r[1] for r in results)
+    for kind, noun in ((int, "an integer"), (float, "a number")):
+        if tp is kind:
+            try:
+                kind(value)
+            except ValueError:
+                return noun, False
+            return noun, True
+    return "", True
 
 
 @functools.cache

@@ -69,3 +69,30 @@ def test_keys_of_another_version_are_said_not_dropped_silently(tmp_path, capsys)
 def test_a_command_line_override_wins_over_the_job_file(tmp_path):
     config = load_job_config(job_folder(tmp_path), ["--training.steps", "7"])
     assert config.training.steps == 7
+
+
+@pytest.mark.parametrize(
+    "where, key, value",
+    [
+        ("job file", "validation.seq_len", -5),
+        ("job file", "validation.local_batch_size", 0),
+        ("command line", "validation.seq_len", -5),
+        ("command line", "validation.steps_unused", None),  # an unknown key: one message, before tyro
+        ("command line", "validation.local_batch_size", "two"),  # a wrong type: one message, before tyro
+    ],
+)
+def test_values_the_tools_use_are_range_checked(tmp_path, where, key, value):
+    """eval / export / sweep read [validation] whether or not the run validated: out-of-range values are refused
+    by name before anything is built, from the job file and from the command line alike."""
+    section, name = key.split(".")
+
+    def edit(job):
+        job["validation"]["enable"] = False  # the run did not validate: its [validation] was never checked
+        if where == "job file":
+            job[section][name] = value
+
+    step = job_folder(tmp_path, edit)
+    args = [] if where == "job file" else [f"--{key}", str(value)] if value is not None else [f"--{key}"]
+    with pytest.raises(ConfigError) as e:
+        load_job_config(step, args)
+    assert key in str(e.value), str(e.value)

@@ -212,3 +212,58 @@ def test_a_misspelled_command_line_key_is_one_message_listing_the_keys(tmp_path,
     lines = error_lines(run(config, [arg, "3", "--checkpoint.no-enable", "--model.no-print-after-conversion"]))
     assert len(lines) == 1 and f"invalid config: {key} = '{arg}'; allowed: the keys of {section}: " in lines[0], lines
     assert "check its spelling" in lines[0]
+
+
+def test_a_command_line_value_of_the_wrong_type_is_one_message(tmp_path):
+    """tyro prints a box for `--training.steps abc`; the check before it says it in one line."""
+    config = tmp_path / "ok.toml"
+    config.write_text(base_toml(tmp_path / "out", steps=4, calibration_steps=2))
+    lines = error_lines(run(config, ["--training.steps", "abc", "--checkpoint.no-enable"]))
+    assert len(lines) == 1 and "invalid config: training.steps = 'abc'; allowed: an integer" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--training.steps", "abc"], "training.steps = 'abc'; allowed: an integer"),
+        (["--training.steps=1.5"], "training.steps = '1.5'; allowed: an integer"),
+        (["--training.steps"], "a value must follow the key"),
+        (["--training.steps", "--compile.enable"], "a value must follow the key"),
+        (["--training.max_norm", "x1"], "training.max_norm = 'x1'; allowed: a number"),
+        (["--compile.enable", "yes"], "--compile.enable sets it, --compile.no-enable clears it"),
+        (["--compile.enable=true"], "a flag without a value"),
+        (["--training.no-steps"], "only true/false keys have a --no- form"),
+        (["--lr_scheduler.decay_type", "foo"], "allowed: one of linear, sqrt, cosine"),
+    ],
+)
+def test_command_line_values_are_checked_against_their_key_types(args, message):
+    from adahop.config import ConfigError, check_cli_keys, check_config_file
+
+    argv = ["--job.custom_config_module", "adahop.config", *args]
+    with pytest.raises(ConfigError) as e:
+        check_config_file(argv)
+    assert message in str(e.value), str(e.value)
+    # and what is right passes: the same keys with values of their types
+    check_cli_keys(
+        [
+            "--training.steps",
+            "12",
+            "--training.max_norm",
+            "-1e-3",
+            "--compile.enable",
+            "--compile.no-enable",
+            "--quantize.linear.mx.kernels.tile_b",
+            "weights",
+            "--compile.components",
+            "model,loss",
+            "--quantize.linear.mx.calibration.layer_transform_config.col-col",
+            "hadamard",
+        ],
+        _job_config_class(),
+    )
+
+
+def _job_config_class():
+    from adahop.config import _config_class
+
+    return _config_class(["--job.custom_config_module", "adahop.config"], {})
