@@ -611,7 +611,8 @@ def _check_cli_value(key: str, tp, value: str | None, negated: bool) -> None:
 
 def _negated(key: str) -> str:
     section, _, name = key.rpartition(".")
-    return f"{section}.no-{name}" if section else f"no-{name}"
+    name = "no-" + name.replace("_", "-")  # tyro's spelling (it takes no_name too)
+    return f"{section}.{name}" if section else name
 
 
 def _cli_parses(tp, value: str) -> tuple[str, bool]:

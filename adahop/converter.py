@@ -153,7 +153,7 @@ def check_tp_dims(model: nn.Module, mx, tp: int) -> None:
     from adahop import backend
     from adahop.linear import tp_multiple
 
-    fast = torch.cuda.is_available() and backend.fast_device(torch.device("cuda"))
+    fast = not mx.kernels.reference_only and torch.cuda.is_available() and backend.fast_device(torch.device("cuda"))
     need = tp_multiple(int(mx.hadamard_size), fast)
     for fqn, linear in select_linears(model, list(mx.filter_fqns or [])).items():
         for name in ("in_features", "out_features"):

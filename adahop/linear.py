@@ -312,6 +312,10 @@ def linear_forward(
     from adahop.x_operands where the caller made them (see _shared_x_forms), else empty and made here; the
     weight gradient's parts of the output are then empty (backward keeps `x_saved`)."""
     r = LinearRecipe.from_key(recipe)
+    if x_left and r.mode("forward_y") not in X_LEFT_MODES:
+        raise ValueError(f"x_left given for forward_y={r.forward_y}, which quantizes x itself")
+    if x_saved and not (save_gw and r.mode("backward_gw") in X_SAVED_MODES):
+        raise ValueError(f"x_saved given with save_gw={save_gw}, backward_gw={r.backward_gw}: nothing to keep it for")
     left = None
     if x_left:
         hsize = r.hadamard_size_for("forward_y") or 0
@@ -489,6 +493,12 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, recipe: LinearRecipe) -> torch
     return y2d.reshape(*x.shape[:-1], weight.shape[0])
 
 
+# The modes whose GEMM quantizes all of x as it is (OE-right takes rows of W out, not of x), so its forms can come
+# from adahop.x_operands: as the forward GEMM's left operand, and as the weight gradient's saved right operand.
+X_LEFT_MODES = (HADAMARD, NONE, OE_RIGHT)
+X_SAVED_MODES = (HADAMARD, NONE)
+
+
 def _shared_x_forms(
     x2d: torch.Tensor, recipe: LinearRecipe, save_gw: bool
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -497,10 +507,11 @@ def _shared_x_forms(
     settings (adahop.x_operands). Empty where the mode makes its own (OE, full precision)."""
     x_left, x_saved = [], []
     xd = x2d.detach()
-    if recipe.mode("forward_y") in (HADAMARD, NONE):
+    if recipe.mode("forward_y") in X_LEFT_MODES:
         hsize = recipe.hadamard_size_for("forward_y") or 0
-        x_left = list(x_operands.quantize_left_operand(xd, hsize, recipe.signs_seed("forward_y")))
-    if save_gw and recipe.mode("backward_gw") in (HADAMARD, NONE):
+        fast = x_operands.left_is_fast(xd, hsize)
+        x_left = list(x_operands.quantize_left_operand(xd, hsize, recipe.signs_seed("forward_y"), fast))
+    if save_gw and recipe.mode("backward_gw") in X_SAVED_MODES:
         hsize = recipe.hadamard_size_for("backward_gw") or 0
         seed = recipe.signs_seed("backward_gw")
         x_saved = list(x_operands.quantize_saved_operand(xd, _gw_row_multiple(recipe), hsize, seed))

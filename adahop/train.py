@@ -34,7 +34,7 @@ import torchtitan.train as titan_train  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
 from torchtitan.tools.logging import logger  # noqa: E402
 
-from adahop.cli import run_cli  # noqa: E402
+from adahop.cli import REMOVED_SWITCHES, check_removed_switches, run_cli  # noqa: E402,F401  (re-exported)
 from adahop.config import check_config_file, validate_job_config  # noqa: E402
 from adahop.kernels import deferred  # noqa: E402
 from adahop.plan_wiring import wire  # noqa: E402
@@ -363,29 +363,6 @@ def _set_cli_args(args: list[str]) -> None:
     defaults = ConfigManager.parse_args.__defaults__
     if defaults and isinstance(defaults[0], list):
         defaults[0][:] = list(args)
-
-
-# Environment switches adahop does not read, each with what to use instead: a run that sets one would otherwise
-# train without what it asked for
-REMOVED_SWITCHES = {
-    "ADAHOP_TILE_B": "--quantize.linear.mx.kernels.tile_b none|forward|weights|all (1 was all)",
-    "ADAHOP_SYNC_EVERY_GEMM": "--quantize.linear.mx.kernels.exactness_check per_gemm",
-    "ADAHOP_DEFICIENT_REPORT": "--quantize.linear.mx.kernels.deficient_report <prefix>",
-    "ADAHOP_DUAL_QUANT": "nothing (removed: measured no faster); unset it",
-    "ADAHOP_SIDE_STREAM": "nothing (removed: measured no faster); unset it",
-    "ADAHOP_FORCE_REFERENCE": "--quantize.linear.mx.kernels.reference_only",
-}
-
-
-def check_removed_switches(environ=os.environ) -> None:
-    """Refuse an environment switch of REMOVED_SWITCHES, naming what to use instead. Raises ConfigError."""
-    from adahop.config import ConfigError
-
-    for name, instead in REMOVED_SWITCHES.items():
-        if name in environ:
-            raise ConfigError(
-                f"{name} (environment)", environ[name], "unset: this switch no longer exists", f"use {instead}"
-            )
 
 
 def _main(argv: list[str] | None, trainer: type = None) -> None:

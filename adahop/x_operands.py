@@ -38,16 +38,17 @@ def left_is_fast(t: torch.Tensor, hadamard_size: int) -> bool:
 
 @torch.library.custom_op("adahop::quantize_left_operand", mutates_args=())
 def quantize_left_operand(
-    t: torch.Tensor, hadamard_size: int, signs_seed: int
+    t: torch.Tensor, hadamard_size: int, signs_seed: int, fast: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward GEMM's left operand: t [T, K] transformed and MXFP4-quantized along K (nearest rounding).
 
-    Fast path: (fp8 e5m2 [T, K], 1x128 scales fp32 [K/128, T], deficient-block count int32 [1]), the wide form
-    a GEMM's left operand takes (adahop.backend.Operand.materialize). Elsewhere: (float32 [T, K] dequantized
-    values, two empty tensors)."""
+    `fast` (what `left_is_fast` said when the caller ran, a compiled graph's constant: its fake and real outputs
+    agree even if the active state changes later): (fp8 e5m2 [T, K], 1x128 scales fp32 [K/128, T],
+    deficient-block count int32 [1]), the wide form a GEMM's left operand takes
+    (adahop.backend.Operand.materialize). Otherwise: (float32 [T, K] dequantized values, two empty tensors)."""
     hsize = hadamard_size or None
     sg = signs(t.shape[1], signs_seed, t.device)
-    if left_is_fast(t, hadamard_size):
+    if fast:
         from .kernels.quantize import fused_quantize
 
         count = torch.zeros(1, dtype=torch.int32, device=t.device)
@@ -60,9 +61,9 @@ def quantize_left_operand(
 
 
 @quantize_left_operand.register_fake
-def _(t, hadamard_size, signs_seed):
+def _(t, hadamard_size, signs_seed, fast):
     rows, k = t.shape
-    if left_is_fast(t, hadamard_size):
+    if fast:
         return (
             t.new_empty((rows, k), dtype=torch.float8_e5m2),
             t.new_empty((k // 128, rows), dtype=torch.float32),

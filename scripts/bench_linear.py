@@ -25,6 +25,8 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from adahop.cli import exit_on_removed_switches
+
 MODELS = {  # (dim, kv_dim, ffn_dim)
     "llama3.2-1b": (2048, 512, 8192),
     "llama3.2-3b": (3072, 1024, 8192),
@@ -341,6 +343,7 @@ def main():
         "the check deferred to once per timed call, adahop.kernels.deferred)",
     )
     args = ap.parse_args()
+    exit_on_removed_switches()
 
     from adahop.kernels import gemm
     from adahop.linear import mxfp4_linear

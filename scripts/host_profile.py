@@ -16,6 +16,7 @@ import pstats
 
 import torch
 
+from adahop.cli import exit_on_removed_switches
 from adahop.titan import setup
 
 setup()
@@ -32,6 +33,7 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=60)
     args, rest = p.parse_known_args()
+    exit_on_removed_switches()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

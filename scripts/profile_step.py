@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from adahop.cli import exit_on_removed_switches
 from adahop.titan import setup
 
 setup()
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 over torchrun's ranks (bf16 compute)")
     args, rest = p.parse_known_args(argv)
+    exit_on_removed_switches()
     cuda = torch.cuda.is_available()
     rank = _init_distributed(cuda)
     device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"

@@ -288,7 +288,9 @@ def test_tp_degree_that_splits_no_whole_heads_refused():
     attention.wq, attention.wk = nn.Linear(256, 256, bias=False), nn.Linear(256, 128, bias=False)
     model = nn.Module()
     model.attention = attention
-    mx = SimpleNamespace(enable_mxfp4_linear=True, hadamard_size=32, filter_fqns=[])
+    mx = SimpleNamespace(
+        enable_mxfp4_linear=True, hadamard_size=32, filter_fqns=[], kernels=SimpleNamespace(reference_only=False)
+    )
     check_tp_dims(model, mx, 2)
     with pytest.raises(ConfigError, match=r"attention\.n_kv_heads = 2 cannot be split over 4 ranks"):
         check_tp_dims(model, mx, 4)
@@ -336,3 +338,25 @@ def test_moe_tiny_trains_with_tp2_as_tp1(tmp_path):
     assert sorted(l1) == sorted(l2) == list(range(1, 7)), (l1, l2)
     assert all(l2[s] == pytest.approx(l1[s], rel=1e-3) for s in l1), (l1, l2)
     assert _decisions(runs[2][1]) == _decisions(runs[1][1])
+
+
+def test_tp_dims_on_the_reference_path_need_whole_mx_blocks_only(monkeypatch):
+    """On a GPU the fast path needs 128 per rank; with reference_only the reference runs there and 32 is enough
+    (as the layer itself needs at run time)."""
+    from types import SimpleNamespace
+
+    from adahop import backend
+    from adahop.config import ConfigError
+    from adahop.converter import check_tp_dims
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backend, "fast_device", lambda device: True)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 192))
+
+    def mx(reference_only):
+        kernels = SimpleNamespace(reference_only=reference_only)
+        return SimpleNamespace(enable_mxfp4_linear=True, hadamard_size=32, filter_fqns=[], kernels=kernels)
+
+    with pytest.raises(ConfigError, match="not a multiple of 128 per rank"):
+        check_tp_dims(model, mx(False), 2)
+    check_tp_dims(model, mx(True), 2)  # 96 per rank: whole MX and Hadamard blocks

@@ -267,3 +267,14 @@ def _job_config_class():
     from adahop.config import _config_class
 
     return _config_class(["--job.custom_config_module", "adahop.config"], {})
+
+
+@pytest.mark.parametrize("tool", ["adahop.eval", "adahop.export_hf", "adahop.patterns_cli", "adahop.sweep.__main__"])
+def test_every_tool_refuses_a_removed_switch(tool, monkeypatch, capsys):
+    """Not only the trainer: a tool that went on without the switch would run other numerics than asked."""
+    import importlib
+
+    monkeypatch.setenv("ADAHOP_FORCE_REFERENCE", "1")
+    assert importlib.import_module(tool).main(["--help"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ADAHOP_FORCE_REFERENCE" in err[0] and "reference_only" in err[0], err

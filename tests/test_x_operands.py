@@ -32,7 +32,7 @@ def _signed(x: np.ndarray, seed: int, k: int) -> np.ndarray | None:
 @pytest.mark.parametrize("seed", [-1, 12345])
 def test_left_operand_is_the_mxfp4_of_the_transformed_x(hsize, seed):
     x = _x()
-    values, b, c = x_operands.quantize_left_operand(x, hsize, seed)
+    values, b, c = x_operands.quantize_left_operand(x, hsize, seed, False)
     assert values.dtype == torch.float32 and b.numel() == 0 and c.numel() == 0
     t = x.double().numpy()
     if hsize:
@@ -61,7 +61,7 @@ def test_nonfinite_blocks_are_nan_in_both_forms():
     x = _x()
     x[3, 40] = float("inf")
     x[50, 2] = float("nan")
-    values = x_operands.quantize_left_operand(x, 32, -1)[0]
+    values = x_operands.quantize_left_operand(x, 32, -1, False)[0]
     assert values[3, 32:].isnan().all() and values[50, :32].isnan().all() and not values[4].isnan().any()
     packed, scales = x_operands.quantize_saved_operand(x, 32, 32, -1)
     saved = dequantize_mxfp4(packed, scales, axis=-1, dtype=torch.float32)
@@ -79,10 +79,33 @@ def test_the_ops_give_the_forms_the_linear_op_makes_itself(randomized):
     from adahop.linear import quantize_left
 
     own_left = quantize_left(x, 1, r, "forward_y", "nearest").values
-    assert torch.equal(x_operands.quantize_left_operand(x, 32, r.signs_seed("forward_y"))[0], own_left)
+    assert torch.equal(x_operands.quantize_left_operand(x, 32, r.signs_seed("forward_y"), False)[0], own_left)
 
 
 def test_ops_pass_opcheck():
     x = _x()
-    torch.library.opcheck(x_operands.quantize_left_operand, (x, 32, -1))
+    torch.library.opcheck(x_operands.quantize_left_operand, (x, 32, -1, False))
     torch.library.opcheck(x_operands.quantize_saved_operand, (x[:70], 32, 32, 5))
+
+
+@pytest.mark.parametrize(
+    "modes, given, says",
+    [
+        (("inner_outlier_extract_left", "hadamard", "hadamard"), "left", "x_left given for forward_y"),
+        (("full_precision", "hadamard", "hadamard"), "left", "x_left given for forward_y"),
+        (("hadamard", "hadamard", "full_precision"), "saved", "x_saved given"),
+        (("hadamard", "hadamard", "inner_outlier_extract_right"), "saved", "x_saved given"),
+    ],
+)
+def test_the_linear_op_refuses_forms_its_modes_do_not_use(modes, given, says):
+    from adahop.linear import linear_forward
+
+    r = LinearRecipe(*modes)
+    x, w = _x(), torch.randn(96, 64)
+    left = list(x_operands.quantize_left_operand(x, 32, -1, False)) if given == "left" else []
+    saved = list(x_operands.quantize_saved_operand(x, 32, 32, -1)) if given == "saved" else []
+    with pytest.raises(ValueError, match=says):
+        linear_forward(x, w, r.key, True, True, left, saved)
+    if given == "saved":  # nor when nothing is kept for the weight gradient
+        with pytest.raises(ValueError, match=says):
+            linear_forward(x, w, LinearRecipe().key, True, False, [], saved)

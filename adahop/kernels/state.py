@@ -3,8 +3,10 @@
 The fp8 GEMMs' counters and diagnostics, the row slots of the input-gradient GEMMs (grown after a redone step),
 the step's deferred exactness counter, the quantizers' launch choices and whether the torch reference is forced
 all live in a FastPathState. The converter owns one per training job (AdaHOPConverter.fast_path) and makes it the
-active state when it converts the model; code without a converter (tests, scripts) uses the default state. The
-custom ops cannot take a Python object as an argument, so the kernels read the active state through `active()`.
+active state when it converts the model; until a converter has, the default state is active. A process that
+converts several models (eval after training, offline sweeps) runs them all under the last converter's state.
+The custom ops cannot take a Python object as an argument, so the kernels read the active state through
+`active()`.
 """
 
 from __future__ import annotations

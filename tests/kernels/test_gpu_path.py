@@ -140,13 +140,13 @@ def test_x_left_operand_op_gives_the_linear_s_own_fp8_form(hsize):
     x = torch.randn(512, 384, device="cuda", dtype=torch.bfloat16)
     x[:, 3] *= 30
     x[5, :32] *= 2.0**-20
-    fp8, gscale, count = x_operands.quantize_left_operand(x, hsize, -1)
+    fp8, gscale, count = x_operands.quantize_left_operand(x, hsize, -1, True)
     own = backend.quantize(x, hadamard_size=hsize or None)[0].materialize(left=True)
     assert fp8.dtype == own.fp8.dtype == torch.float8_e5m2
     assert torch.equal(fp8.view(torch.uint8), own.fp8.view(torch.uint8)) and torch.equal(gscale, own.gscale)
     assert int(count) == int(own.count)
     with forced_reference():
-        values = x_operands.quantize_left_operand(x, hsize, -1)[0]
+        values = x_operands.quantize_left_operand(x, hsize, -1, False)[0]
     assert values.dtype == torch.float32
     assert torch.equal(x_operands.left_operand([fp8, gscale, count], x, hsize, -1).fast.fp8_dequantize(), values)
 
