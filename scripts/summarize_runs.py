@@ -2,7 +2,8 @@
 
     python scripts/summarize_runs.py LOG_DIR NAME [NAME ...] [--after STEP] [--until STEP]
 
-Reads LOG_DIR/train_<NAME>.log; tokens/s is the mean of the log lines after step --after (up to --until).
+Reads LOG_DIR/train_<NAME>.log; tokens/s is the mean of the log lines after step --after (up to --until); "steps
+redone" lists the steps the trainer ran again exactly (a block the fp8 form could not hold).
 """
 
 import argparse
@@ -11,6 +12,7 @@ import re
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN = re.compile(r"(?<!validate )step:\s*(\d+)\s.*?loss:\s*([\d.]+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
 VAL = re.compile(r"validate step:\s*(\d+)\s.*?loss:\s*([\d.]+)")
+REDONE = re.compile(r"\[adahop\] step (\d+): .*running the step again")
 
 
 def main():
@@ -37,6 +39,7 @@ def main():
             last=recs[-1][0],
             loss=recs[-1][1],
             val=float(vals[-1][1]) if vals else float("nan"),
+            redone=" ".join(REDONE.findall(text)),
             curve=" ".join(f"{s}:{loss:.2f}" for s, loss, _, _ in recs),
         )
     if not rows:
@@ -45,13 +48,13 @@ def main():
     base = next(iter(rows.values()))
     print(
         f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first "
-        "| train loss, last step | validation loss |"
+        "| train loss, last step | validation loss | steps redone |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         print(
             f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f}x | {r['mem']:.2f} | "
-            f"{r['mem'] / base['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} |"
+            f"{r['mem'] / base['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} | {r['redone'] or 'none'} |"
         )
     print()
     for name, r in rows.items():

@@ -42,3 +42,36 @@ def test_every_tool_answers_help(tool, tmp_path):
 def test_gpu_entry_point_refuses_an_unknown_task_in_one_line():
     r = subprocess.run(["bash", str(SCRIPTS / "gpu.sh"), "train"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "allowed: tests bench" in r.stderr
+
+
+def test_summarize_runs_reads_tokens_memory_losses_and_redone_steps(tmp_path):
+    """The peers table of scripts/bench_1b_peers.sh: the numbers come from torchtitan's log lines (colour codes
+    included), and the steps the trainer redid are listed, so that a count cannot be lost with the log."""
+
+    def line(step, loss, mem, tps):
+        return (
+            f"[rank0]:[titan] - root - INFO - \x1b[31mstep: {step:2d}  \x1b[32mloss: {loss:8.5f}  "
+            f"\x1b[38;2;180;60;0mgrad_norm:  1.0  \x1b[38;2;54;234;195mmemory: {mem:5.2f}GiB(40%)  "
+            f"\x1b[34mtps: {tps:,}  \x1b[36mtflops: 1.0\n"
+        )
+
+    redo = "[rank0]:[titan] - root - WARNING - [adahop] step 12: 3 MXFP4 block(s) ...; running the step again ...\n"
+    (tmp_path / "train_a.log").write_text(line(5, 9.0, 10.0, 100) + line(10, 8.0, 12.0, 1000) + line(15, 7.0, 11, 3000))
+    (tmp_path / "train_b.log").write_text(
+        line(5, 9.0, 5.0, 100) + redo + line(10, 8.5, 6.0, 1500) + line(15, 7.5, 6, 1500)
+    )
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "summarize_runs.py"), str(tmp_path), "a", "b", "--after", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = {
+        row.split(" | ")[0].strip("| "): row.split(" | ")
+        for row in r.stdout.splitlines()
+        if row.startswith("| a ") or row.startswith("| b ")
+    }
+    assert rows["a"][2] == "2000" and rows["a"][3] == "1.00x" and rows["a"][4] == "12.00"
+    assert rows["b"][2] == "1500" and rows["b"][3] == "0.75x" and rows["b"][5] == "0.50x"
+    assert rows["a"][-1] == "none |" and rows["b"][-1] == "12 |"
