@@ -165,3 +165,52 @@ def test_linears_reading_one_x_quantize_it_once_compiled(backend, monkeypatch):
     assert eager_calls == {"left": 3, "saved": 3}
     assert compiled_calls == {"left": 1, "saved": 1}
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_torchtitan_llama_blocks_compiled_quantize_each_x_once(checkpointed):
+    """The real model: torchtitan's Llama blocks with AdaHOP linears, compiled per block (fullgraph) as torchtitan
+    compiles them, with and without activation checkpointing. Eager quantizes x once per linear (7 per layer, and
+    again in the recomputation); compiled, once per q/k/v, o, w1/w3 and w2 input (4 per layer)."""
+    import collections
+    import dataclasses
+
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.profiler import ProfilerActivity, profile
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    import adahop.titan  # noqa: F401  (the adahop_llama3 train spec)
+
+    spec = get_train_spec("adahop_llama3")
+    args = dataclasses.replace(spec.model_args["nano"], max_seq_len=64)
+    torch.manual_seed(0)
+    model = spec.model_cls(args)
+    with torch.no_grad():
+        model.init_weights()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear) and name != "output":
+                setattr(module, name, AdaHOPLinear.from_linear(child))
+    layers = args.n_layers
+    if checkpointed:
+        for key, block in model.layers.named_children():
+            model.layers.register_module(key, checkpoint_wrapper(block, preserve_rng_state=False))
+    tokens = torch.randint(0, args.vocab_size, (2, 64))
+
+    def counted_step():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(tokens).float().mean().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        calls = collections.Counter(e.name for e in prof.events() if e.name.startswith("adahop::quantize_"))
+        return calls, grads
+
+    eager, eager_grads = counted_step()
+    for key, block in model.layers.named_children():
+        model.layers.register_module(key, torch.compile(block, backend="aot_eager", fullgraph=True))
+    counted_step()  # compiles
+    compiled, compiled_grads = counted_step()
+    runs = 2 if checkpointed else 1  # the checkpointed forward runs again in backward
+    for op in ("adahop::quantize_left_operand", "adahop::quantize_saved_operand"):
+        assert eager[op] == 7 * layers * runs and compiled[op] == 4 * layers * runs, (eager, compiled)
+    assert all(torch.equal(a, b) for a, b in zip(eager_grads, compiled_grads))
