@@ -30,7 +30,7 @@ import re
 import time
 
 from .calibration import PLAN_VERSION, summarize_modes, write_json_atomic
-from .cli import UsageError, run_cli
+from .cli import ArgumentParser, UsageError, run_cli
 from .modes import FULL_PRECISION, HADAMARD, MODES, SLOTS
 
 RULES = ("weight_gradients_first", "edges_inward", "random")
@@ -89,7 +89,7 @@ def _read_plan(path: str) -> dict:
     try:
         with open(path) as f:
             plan = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: JSON syntax and text that is not UTF-8
         raise UsageError(f"--like {path}: not a readable adahop_plan.json ({e})") from None
     layers = plan.get("layers") if isinstance(plan, dict) else None
     if not isinstance(layers, dict) or not layers:
@@ -102,7 +102,7 @@ def _read_plan(path: str) -> dict:
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m adahop.budget_plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--like", required=True, help="the plan whose layers and BF16 budget to match (adahop_plan.json)")
@@ -112,7 +112,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--count", type=int, default=None, help="BF16 slots (default: as many as --like has)")
     p.add_argument("--mode", default=HADAMARD, help="the mode of every other slot (default: hadamard)")
     args = p.parse_args(argv)
-    if os.path.exists(args.out):
+    if not args.out or args.out.endswith(os.sep) or os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r}: a file name is needed (a new .json file)")
+    if os.path.lexists(args.out):
         raise UsageError(f"--out {args.out} exists: give a new file name (nothing is overwritten)")
     if args.mode not in MODES or args.mode == FULL_PRECISION:
         allowed = ", ".join(m for m in MODES if m != FULL_PRECISION)
@@ -123,7 +125,10 @@ def _main(argv: list[str] | None) -> int:
     if not 0 <= count <= len(fqns) * len(SLOTS):
         raise UsageError(f"--count {count}: between 0 and the plan's {len(fqns) * len(SLOTS)} slots")
     plan = budget_plan(fqns, count, args.rule, args.seed, args.mode, like=args.like)
-    write_json_atomic(args.out, plan)
+    try:
+        write_json_atomic(args.out, plan)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot be written ({e.strerror or e}); give a writable place") from None
     print(
         f"[adahop] {args.out}: {count} of {len(fqns) * len(SLOTS)} slots in full_precision ({args.rule}), the rest "
         f"{args.mode}; train with --quantize.linear.mx.calibration.plan_file {args.out}"

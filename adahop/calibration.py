@@ -98,7 +98,7 @@ def load_plan_file(path: str) -> dict:
     try:
         with open(path) as f:
             plan = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: JSON syntax and text that is not UTF-8
         raise ConfigError(
             "quantize.linear.mx.calibration.plan_file", path, "a readable adahop_plan.json", str(e)
         ) from None

@@ -7,6 +7,7 @@ a checkpoint, a command-line argument or input file) prints as ``error: <message
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable, Sequence
@@ -14,6 +15,13 @@ from typing import Callable, Sequence
 
 class UsageError(ValueError):
     """A bad command-line argument or input file; the message names it, what is allowed and the fix."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad argument raised as a UsageError: one line under run_cli, not the usage block."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

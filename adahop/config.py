@@ -10,6 +10,7 @@ with ``dataclasses.is_dataclass``, which needs real types, not strings.
 
 import dataclasses
 import functools
+import math
 import os
 import types
 from dataclasses import dataclass, field
@@ -404,6 +405,12 @@ _UPSTREAM_MINIMUM = {
     "validation.local_batch_size": (1, "validation.enable"),
     "validation.seq_len": (1, "validation.enable"),
     "checkpoint.interval": (1, "checkpoint.enable"),  # step % interval
+    "parallelism.data_parallel_replicate_degree": (1, None),
+    "parallelism.tensor_parallel_degree": (1, None),
+    "parallelism.pipeline_parallel_degree": (1, None),
+    "parallelism.context_parallel_degree": (1, None),
+    "parallelism.expert_parallel_degree": (1, None),
+    "parallelism.expert_tensor_parallel_degree": (1, None),
 }
 
 
@@ -427,6 +434,15 @@ def validate_upstream_values(job_config, evaluating: bool = False) -> None:
         needed = when is None or _get(job_config, when) or (evaluating and when == "validation.enable")
         if value < minimum and needed:
             raise ConfigError(key, value, f"an integer >= {minimum}")
+    shard = job_config.parallelism.data_parallel_shard_degree
+    if shard != -1 and shard < 1:
+        raise ConfigError(
+            "parallelism.data_parallel_shard_degree", shard, "-1 (the ranks left over) or an integer >= 1"
+        )
+    max_norm = job_config.training.max_norm
+    if not (math.isfinite(max_norm) and max_norm > 0):
+        # torch's clip_grad_norm_ would scale every gradient by max_norm / norm: by a negative or NaN factor
+        raise ConfigError("training.max_norm", max_norm, "a finite number > 0 (the gradient norm clipped to)")
     workers = job_config.training.dataloader.num_workers
     if workers < 0:
         raise ConfigError("training.dataloader.num_workers", workers, "an integer >= 0 (0: load in the main process)")
@@ -562,8 +578,23 @@ def check_cli_keys(args: list[str], config_cls) -> None:
     key's type (tyro would print a box instead of one line). Takes `--section.no-key` for a boolean and any key
     below a table-valued key (e.g. `layer_transform_config.col-col`); values of list and table keys are left
     to tyro."""
+    consumed = set()  # indices of the words that are values of the key before them
     for i, arg in enumerate(args):
-        if not arg.startswith("--") or "." not in arg.partition("=")[0]:
+        if not arg.startswith("--"):
+            if i not in consumed:
+                raise ConfigError(
+                    "command line",
+                    arg,
+                    "--section.key value pairs (a list as one comma-separated value: --compile.components model,loss)",
+                    "a word that follows no key",
+                )
+            continue
+        if "." not in arg.partition("=")[0]:
+            section = arg[2:].partition("=")[0].replace("-", "_")
+            if section in {f.name for f in dataclasses.fields(config_cls) if dataclasses.is_dataclass(f.type)}:
+                raise ConfigError(section, arg, f"--{section}.<key> <value>", "a section is not a key")
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                consumed.add(i + 1)  # another tool's option (e.g. --preflight N): its value is its own
             continue
         name, eq, inline = arg[2:].partition("=")
         parts = name.split(".")
@@ -585,9 +616,11 @@ def check_cli_keys(args: list[str], config_cls) -> None:
                     "an unknown command-line argument: check its spelling",
                 )
             if not dataclasses.is_dataclass(f.type):
+                following = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
                 if last:  # a value key (a table key may have keys of its own below it)
-                    following = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
                     _check_cli_value(".".join([*section, f.name]), f.type, inline if eq else following, negated)
+                if following is not None and not eq and not (last and (f.type is bool)):
+                    consumed.add(i + 1)
                 break
             cls, section = f.type, [*section, key]
 
@@ -603,7 +636,7 @@ def _check_cli_value(key: str, tp, value: str | None, negated: bool) -> None:
     if negated:
         raise ConfigError(key, f"--{_negated(key)}", f"--{key} <value>: only true/false keys have a --no- form")
     if value is None:
-        raise ConfigError(key, None, f"--{key} <value>", "a value must follow the key")
+        raise ConfigError(key, f"--{key}", f"--{key} <value>", "no value follows the key")
     allowed, ok = _cli_parses(tp, value)
     if not ok:
         raise ConfigError(key, value, allowed)

@@ -132,3 +132,22 @@ def test_a_budget_plan_trains_as_a_plan_file(tmp_path):
     full = [(f, s) for f, layer in conv.layers.items() for s, m in layer.modes.items() if m == FULL_PRECISION]
     assert len(full) == 5 and {s for _, s in full} == {"backward_gw"}
     assert not conv.calibrator.calibrating
+
+
+def test_cli_unwritable_out_and_undecodable_like_are_one_line(tmp_path, capsys):
+    like = _like(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe{")
+    cases = [
+        (["--like", str(like), "--rule", "random", "--out", str(tmp_path / "a_file" / "o.json")], "cannot be written"),
+        (["--like", str(like), "--rule", "random", "--out", ""], "a file name is needed"),
+        (["--like", str(like), "--rule", "random", "--out", str(tmp_path)], "a file name is needed"),
+        (["--like", str(tmp_path / "binary.json"), "--rule", "random", "--out", str(tmp_path / "n.json")], "readable"),
+        (["--like", str(like), "--rule", "random", "--count", "1.5", "--out", str(tmp_path / "n.json")], "--count"),
+        (["--like", str(like), "--rule", "bogus", "--out", str(tmp_path / "n.json")], "--rule"),
+    ]
+    for argv, says in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (argv, err)
+    assert not (tmp_path / "n.json").exists()

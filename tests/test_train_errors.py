@@ -227,8 +227,11 @@ def test_a_command_line_value_of_the_wrong_type_is_one_message(tmp_path):
     [
         (["--training.steps", "abc"], "training.steps = 'abc'; allowed: an integer"),
         (["--training.steps=1.5"], "training.steps = '1.5'; allowed: an integer"),
-        (["--training.steps"], "a value must follow the key"),
-        (["--training.steps", "--compile.enable"], "a value must follow the key"),
+        (["--training.steps"], "no value follows the key"),
+        (["--training.steps", "--compile.enable"], "no value follows the key"),
+        (["--compile.components", "model", "loss"], "'loss'; allowed: --section.key value pairs"),
+        (["--training.steps", "5", "extra"], "'extra'; allowed: --section.key value pairs"),
+        (["--training"], "training = '--training'; allowed: --training.<key> <value>. a section is not a key"),
         (["--training.max_norm", "x1"], "training.max_norm = 'x1'; allowed: a number"),
         (["--compile.enable", "yes"], "--compile.enable sets it, --compile.no-enable clears it"),
         (["--compile.enable=true"], "a flag without a value"),
@@ -278,3 +281,27 @@ def test_every_tool_refuses_a_removed_switch(tool, monkeypatch, capsys):
     assert importlib.import_module(tool).main(["--help"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ADAHOP_FORCE_REFERENCE" in err[0] and "reference_only" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--parallelism.data_parallel_shard_degree=-2"], "parallelism.data_parallel_shard_degree"),
+        (["--parallelism.data_parallel_shard_degree", "0"], "parallelism.data_parallel_shard_degree"),
+        (["--parallelism.tensor_parallel_degree", "0"], "parallelism.tensor_parallel_degree"),
+        (["--training.max_norm", "nan"], "training.max_norm"),
+        (["--training.max_norm", "inf"], "training.max_norm"),
+        (["--training.max_norm", "-1"], "training.max_norm"),  # clip_grad_norm_ would flip every gradient's sign
+    ],
+)
+def test_degrees_and_max_norm_out_of_range_are_refused_by_name(args, key):
+    from adahop.config import ConfigError, validate_upstream_values
+    from adahop.titan import setup
+
+    setup()
+    from torchtitan.config import ConfigManager
+
+    config = ConfigManager().parse_args(["--job.custom_config_module", "adahop.config", *args])
+    with pytest.raises(ConfigError) as e:
+        validate_upstream_values(config)
+    assert e.value.key == key, str(e.value)
