@@ -91,8 +91,16 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
     check_config_file(args)
     if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
         config = ConfigManager().parse_args(args)
-        validate_upstream_values(config, evaluating=True)
-        return config
+    else:
+        config = _config_from_job_file(checkpoint_path, args)
+    validate_upstream_values(config, evaluating=True)
+    return config
+
+
+def _config_from_job_file(checkpoint_path: str | Path | None, args: list[str]):
+    """The config of the run's adahop_job.json (found from `checkpoint_path`) with the CLI `args` on top."""
+    from torchtitan.config.manager import ConfigManager
+
     job_file = find_job_file(checkpoint_path) if checkpoint_path is not None else None
     if job_file is None:
         where = f"in {checkpoint_path} or its parents" if checkpoint_path is not None else "(no --checkpoint_path)"
@@ -121,7 +129,6 @@ def load_job_config(checkpoint_path: str | Path | None, cli_args: list[str]):
         print(
             f"[adahop] {job_file}: not keys of this version's config, not used: {', '.join(unknown)}", file=sys.stderr
         )
-    validate_upstream_values(config, evaluating=True)
     return config
 
 

@@ -658,9 +658,9 @@ def _cli_parses(tp, value: str) -> tuple[str, bool]:
         arms = [a for a in options if a is not type(None)]
         if type(None) in options and value == "None":
             return "", True
-        results = [_cli_parses(a, value) for a in (float,) if int in arms and float in arms] or [
-            _cli_parses(a, value) for a in arms
-        ]  # int | float: "a number"
+        if int in arms and float in arms:
+            arms.remove(int)  # int | float: "a number"
+        results = [_cli_parses(a, value) for a in arms]
         allowed = " or ".join(r[0] for r in results) + (" (or None)" if type(None) in options else "")
         return allowed, any(r[1] for r in results)
     for kind, noun in ((int, "an integer"), (float, "a number")):

@@ -350,7 +350,7 @@ def _(x2d, weight, recipe, save_gx, save_gw, x_left, x_saved):
         parts[0:4] = kept(k, n, True)
     if save_gw and not _keeps_x(r) and not x_saved:
         multiple = _gw_row_multiple(r)
-        parts[4:8] = kept(k, -(-tokens // multiple) * multiple, r.mode("backward_gw") == OE_RIGHT)
+        parts[4:8] = kept(k, x_operands.padded_rows(tokens, multiple), r.mode("backward_gw") == OE_RIGHT)
     return (x2d.new_empty((tokens, n)), *parts)
 
 

@@ -34,7 +34,7 @@ import torchtitan.train as titan_train  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
 from torchtitan.tools.logging import logger  # noqa: E402
 
-from adahop.cli import REMOVED_SWITCHES, check_removed_switches, run_cli  # noqa: E402,F401  (re-exported)
+from adahop.cli import check_removed_switches, run_cli  # noqa: E402
 from adahop.config import check_config_file, validate_job_config  # noqa: E402
 from adahop.kernels import deferred  # noqa: E402
 from adahop.plan_wiring import wire  # noqa: E402

@@ -84,9 +84,9 @@ def quantize_saved_operand(
     """The weight gradient's right operand x^T as backward keeps it: t [T, K] with its rows (tokens) zero-padded
     to a multiple of `row_multiple`, transformed and MXFP4-quantized along them (nearest rounding), packed:
     (E2M1 codes uint8 [K, T'/2], E8M0 scales uint8 [K, T'/32]), the same on every device."""
-    pad = padded_rows(t.shape[0], row_multiple) - t.shape[0]
-    if pad:
-        t = torch.cat((t, t.new_zeros(pad, t.shape[1])), dim=0)
+    from .linear import _pad_rows  # the weight gradient's own padding (linear imports this module)
+
+    t = _pad_rows(t, row_multiple)
     sg = signs(t.shape[0], signs_seed, t.device)
     _, packed = backend.quantize(t, k_dim=0, hadamard_size=hadamard_size or None, signs=sg, packed=True)
     return packed.data, packed.scales

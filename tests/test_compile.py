@@ -173,29 +173,21 @@ def test_torchtitan_llama_blocks_compiled_quantize_each_x_once(checkpointed):
     compiles them, with and without activation checkpointing. Eager quantizes x once per linear (7 per layer, and
     again in the recomputation); compiled, once per q/k/v, o, w1/w3 and w2 input (4 per layer)."""
     import collections
-    import dataclasses
 
+    from test_converter import _nano
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     from torch.profiler import ProfilerActivity, profile
-    from torchtitan.protocols.train_spec import get_train_spec
 
-    import adahop.titan  # noqa: F401  (the adahop_llama3 train spec)
-
-    spec = get_train_spec("adahop_llama3")
-    args = dataclasses.replace(spec.model_args["nano"], max_seq_len=64)
-    torch.manual_seed(0)
-    model = spec.model_cls(args)
-    with torch.no_grad():
-        model.init_weights()
+    model = _nano()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear) and name != "output":
                 setattr(module, name, AdaHOPLinear.from_linear(child))
-    layers = args.n_layers
+    layers = len(model.layers)
     if checkpointed:
         for key, block in model.layers.named_children():
             model.layers.register_module(key, checkpoint_wrapper(block, preserve_rng_state=False))
-    tokens = torch.randint(0, args.vocab_size, (2, 64))
+    tokens = torch.randint(0, model.vocab_size, (2, 64))
 
     def counted_step():
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -50,8 +50,8 @@ def test_config_error_in_the_trainer_is_one_message(tmp_path):
     ],
 )
 def test_removed_environment_switches_refused_naming_the_replacement(name):
+    from adahop.cli import REMOVED_SWITCHES, check_removed_switches
     from adahop.config import ConfigError
-    from adahop.train import REMOVED_SWITCHES, check_removed_switches
 
     with pytest.raises(ConfigError) as e:
         check_removed_switches({name: "1"})
