@@ -7,6 +7,11 @@ of its weight-gradient GEMM, padded there with zero rows to whole blocks (exact:
 empty group contributes nothing and gets a zero weight gradient. Rows past the last group (the alignment
 padding torchtitan's token reorderer adds) come out zero, and so does their input gradient.
 
+Where the recipe treats operands whole (hadamard, none, full_precision) and they are bf16, the ops run every
+group at once instead, with the sizes kept on the device (adahop.grouped_mm: one quantize pass per operand and
+one torch._grouped_mm per GEMM, on the same MXFP4 operands); the per-group loop below serves the OE modes,
+random Hadamard signs, other dtypes, and is the reference the one-call path is tested against.
+
 The whole grouped forward and backward are two torch custom ops, `adahop::grouped_forward` and
 `adahop::grouped_backward`, like the linear's (see linear.py, "The linear's forward and backward as two
 torch custom ops"): torch.compile traces an MoE block whole (fullgraph) and runs the same code as eager,
@@ -23,6 +28,7 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from . import grouped_mm
 from .amp import autocast_inputs
 from .linear import (
     AdaHOPModes,
@@ -52,17 +58,13 @@ from .mx import BLOCK_SIZE, MXFP4Tensor
 #   [4:8] the weight gradient's right operand x_e^T of every group, quantized along its tokens (each group
 #         zero-padded to whole blocks on its own), as in the linear: 3.76x smaller than BF16 x. The groups'
 #         packed codes [in, K_e/2] and scales [in, K_e/32] lie one after the other, flattened, in two 1-D
-#         buffers sized for the most padded tokens any split of T rows into G groups can have (`_gw_capacity`;
-#         the unused tail stays zero); OE-right adds its extracted rows [G, k] and those rows in BF16
-#         [k, K_e], flattened one group after the other likewise. full_precision keeps x itself instead.
+#         buffers sized for the most padded tokens any split of T rows into G groups can have
+#         (`grouped_mm.token_capacity`; the unused tail stays zero); OE-right adds its extracted rows [G, k]
+#         and those rows in BF16 [k, K_e], flattened one group after the other likewise. full_precision keeps
+#         x itself instead. Where every group runs in one call (adahop.grouped_mm), the same two buffers hold
+#         x^T of the whole token layout, [in, capacity], whose groups start at whole blocks.
 # Groups are laid out flat so that each group's part is a contiguous [rows, K_e] view again in backward.
 _SAVED = 8
-
-
-def _gw_capacity(tokens, groups, multiple: int):
-    """The most padded tokens T rows in G groups can have: sum_e ceil(c_e / m) * m with sum_e c_e <= T is at
-    most m * floor((T + G (m - 1)) / m)."""
-    return multiple * ((tokens + groups * (multiple - 1)) // multiple)
 
 
 def _saved_buffers(
@@ -83,7 +85,7 @@ def _saved_buffers(
             x.new_zeros((groups, kk, out_f), dtype=torch.bfloat16),
         ]
     if save_gw and not _keeps_x(r):
-        cap = _gw_capacity(tokens, groups, _gw_row_multiple(r))
+        cap = grouped_mm.token_capacity(tokens, groups, _gw_row_multiple(r))
         parts[4:6] = [x.new_zeros(in_f * cap // 2, **u8), x.new_zeros(in_f * cap // BLOCK_SIZE, **u8)]
         if r.mode("backward_gw") == OE_RIGHT:
             parts[6:8] = [x.new_zeros((groups, kk), dtype=torch.int64), x.new_zeros(kk * cap, dtype=torch.bfloat16)]
@@ -93,9 +95,7 @@ def _saved_buffers(
 def _groups(group_sizes: torch.Tensor, tokens: int) -> list[tuple[int, int, int]]:
     """(group, first row, row count) of every group, from the sizes read on the host (once per op call: a
     device-to-host copy)."""
-    counts = [int(c) for c in group_sizes.tolist()]
-    if any(c < 0 for c in counts) or sum(counts) > tokens:
-        raise ValueError(f"group sizes {counts} must be >= 0 and sum to at most the {tokens} rows of x")
+    counts = grouped_mm.group_counts(group_sizes, tokens)
     starts = [0, *itertools.accumulate(counts)][:-1]
     return list(zip(range(len(counts)), starts, counts))
 
@@ -129,6 +129,11 @@ def grouped_forward(
     (LinearRecipe.key), group e taking group_sizes[e] rows; and what backward keeps (see above) for the
     input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
     r = LinearRecipe.from_key(recipe)
+    if grouped_mm.supports(r, x.dtype, weight.dtype):
+        y, kept_x = grouped_mm.forward(x, weight, group_sizes, r, save_gw)
+        saved = [_empty(x) for _ in range(_SAVED)]
+        saved[4 : 4 + len(kept_x)] = kept_x
+        return (y, *saved)
     tokens, in_f = x.shape
     groups = _groups(group_sizes, tokens)
     y = x.new_zeros(tokens, weight.shape[1])
@@ -196,6 +201,9 @@ def grouped_backward(
 def _grouped_backward(
     gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in_features, x_dtype, w_dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if grouped_mm.supports(r, x_dtype, w_dtype):
+        gx, gw = grouped_mm.backward(gy, x, weight, group_sizes, saved[4:6], r, need_gx, need_gw, in_features)
+        return (gx if need_gx else _empty(gy, x_dtype)), (gw if need_gw else _empty(gy, w_dtype))
     rounding = "stochastic" if r.use_sr_grad else "nearest"
     tokens, out_f = gy.shape
     gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)

@@ -89,6 +89,24 @@ def test_compiled_grouped_gives_the_eager_bits(modes, sr):
     _assert_same_bits(eager, _step(lambda x, w: compiled(x, w, sizes), _operands(), seed=3))
 
 
+ONE_CALL_TRIPLES = [(HADAMARD,) * 3, (NONE,) * 3, (FULL_PRECISION,) * 3, (HADAMARD, NONE, FULL_PRECISION)]
+
+
+@pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
+@pytest.mark.parametrize("modes", ONE_CALL_TRIPLES, ids=lambda m: "/".join(m))
+def test_compiled_grouped_in_one_call_gives_the_eager_bits(modes, sr):
+    """bf16 operands: every group in one call (adahop.grouped_mm), compiled as eager."""
+    from adahop import grouped_mm
+
+    recipe = LinearRecipe(*modes, use_sr_grad=sr)
+    assert grouped_mm.supports(recipe, torch.bfloat16, torch.bfloat16)
+    mod = MXFP4GroupedMM(recipe)
+    sizes = torch.tensor(COUNTS)
+    eager = _step(lambda x, w: mod(x, w, sizes), _operands(torch.bfloat16), seed=3)
+    compiled = _compile(mod)
+    _assert_same_bits(eager, _step(lambda x, w: compiled(x, w, sizes), _operands(torch.bfloat16), seed=3))
+
+
 @pytest.mark.parametrize("randomized", [False, True])
 def test_compiled_grouped_stochastic_rounding_draws_as_eager(randomized):
     """Same seed: same bits compiled and eager; another seed gives other gradients (the comparison can fail)."""
@@ -193,22 +211,27 @@ def test_experts_compiled_with_inductor_give_the_eager_bits():
         _assert_same_bits(eager, _experts_step(ex, sizes, x, torch.compile(ex, fullgraph=True)))
 
 
-@pytest.mark.parametrize("modes", MODE_TRIPLES, ids=lambda m: "/".join(m))
-def test_grouped_ops_pass_opcheck(modes):
+@pytest.mark.parametrize(
+    "modes, dtype",
+    [(m, torch.float32) for m in MODE_TRIPLES] + [(m, torch.bfloat16) for m in ONE_CALL_TRIPLES],
+    ids=lambda v: "/".join(v) if isinstance(v, tuple) else str(v).removeprefix("torch."),
+)
+def test_grouped_ops_pass_opcheck(modes, dtype):
     """torch.library.opcheck: schema, fake shapes/dtypes against the real outputs (the saved parts' shapes
-    depend on the input shapes only), autograd registration, dynamic-shape tracing."""
+    depend on the input shapes only, for the per-group loop and the one-call path alike), autograd
+    registration, dynamic-shape tracing."""
     recipe = LinearRecipe(*modes, outlier_k=4)
-    x, w = _operands()
+    x, w = _operands(dtype)
     sizes = torch.tensor(COUNTS)
     xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     torch.library.opcheck(grouped_forward, (xr, wr, sizes, recipe.key, True, True))
     out = grouped_forward(x, w, sizes, recipe.key, True, True)
     keep_x = x if modes[2] == FULL_PRECISION else torch.empty(0)
     keep_w = w if modes[1] != OE_RIGHT else torch.empty(0)
-    gy = torch.randn(x.shape[0], OUT)
+    gy = torch.randn(x.shape[0], OUT).to(dtype)
     torch.library.opcheck(
         grouped_backward,
-        (gy, keep_x, keep_w, sizes, list(out[1:]), recipe.key, True, True, IN, torch.float32, torch.float32),
+        (gy, keep_x, keep_w, sizes, list(out[1:]), recipe.key, True, True, IN, dtype, dtype),
         test_utils=("test_schema", "test_faketensor"),
     )
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: MoE small (32 experts) BF16 vs AdaHOP with MXFP4 grouped GEMMs, and the 1B model
 # with MXFP4 attention, short runs; tokens/s, memory, loss curves. Results under $OUT.
-# usage (device machine, repo root, .whl carried): bash scripts/gpu.sh moe
+# usage (device machine, repo root, .whl carried): bash scripts/gpu.sh moe      (FA=0: the MoE runs only)
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source scripts/gpu/env.sh
@@ -16,10 +16,12 @@ run() {  # name config seconds args...
 run moe_bf16 configs/moe_small_bf16.toml 100 --training.steps 30 --validation.freq 30 --validation.steps 4
 run moe_adahop configs/moe_small_adahop.toml 170 --training.steps 30 --validation.freq 30 --validation.steps 4 \
   --quantize.linear.mx.calibration.calibration_steps 10
-run fa_adahop configs/llama1b_adahop_fa.toml 120 --training.steps 15 --training.local_batch_size 1 \
-  --validation.no-enable --quantize.linear.mx.calibration.calibration_steps 5
+if [ "${FA:-1}" != 0 ]; then
+  run fa_adahop configs/llama1b_adahop_fa.toml 120 --training.steps 15 --training.local_batch_size 1 \
+    --validation.no-enable --quantize.linear.mx.calibration.calibration_steps 5
+fi
 cp /tmp/runs/moe_adahop/adahop_plan.json "$OUT/moe_plan.json" 2>/dev/null
 python3 scripts/summarize_runs.py "$OUT" moe_bf16 moe_adahop --after 12 | tee "$OUT/summary.md"
-python3 scripts/summarize_runs.py "$OUT" fa_adahop --after 6 | tee -a "$OUT/summary.md"
+[ "${FA:-1}" != 0 ] && python3 scripts/summarize_runs.py "$OUT" fa_adahop --after 6 | tee -a "$OUT/summary.md"
 grep -a "\[adahop\] plan (" "$OUT"/train_*.log | tee -a "$OUT/summary.md"
 for f in "$OUT"/train_*.log; do echo "== $f"; grep -a -E "Error|error" "$f" | tail -3; done

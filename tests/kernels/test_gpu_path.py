@@ -445,3 +445,40 @@ def test_fp8_gemm_error_against_the_exact_product_is_within_the_stated_bound(cas
     err = ((out - exact).abs() / scale.clamp_min(1e-300)).max().item()
     print(f"{case}: max |fp8 - exact| / sum|terms| = {err:.3e} = 2^{math.log2(max(err, 1e-300)):.1f}")
     assert err <= FP8_GROUP_ACC_BOUND, (case, err)
+
+
+@pytest.mark.parametrize("mode", ["hadamard", "none", "full_precision"])
+def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(mode, monkeypatch):
+    """MoE experts in one call (adahop.grouped_mm: the fused quantizer, dequantized bf16 operands,
+    torch._grouped_mm) against the per-group loop (fp8 GEMMs) on the GPU, with ragged, empty and tiny groups:
+    the same MXFP4 operands, so only accumulation order and the bf16 rounding of the outputs differ."""
+    from adahop import grouped_mm
+    from adahop.grouped import mxfp4_grouped_mm
+    from adahop.linear import LinearRecipe
+
+    torch.manual_seed(4)
+    counts = torch.tensor([0, 3, 200, 0, 53, 700], device="cuda")
+    x = torch.randn(int(counts.sum()) + 8, 256, device="cuda", dtype=torch.bfloat16)
+    x[:, 7] *= 50
+    w = (torch.randn(len(counts), 384, 256, device="cuda") / 16).to(torch.bfloat16)
+    gy = torch.randn(x.shape[0], 384, device="cuda", dtype=torch.bfloat16)
+    recipe = LinearRecipe(mode, mode, mode)
+
+    def run():
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with deferred.deferred_check("cuda") as counter:
+            y = mxfp4_grouped_mm(xx, ww, counts, recipe)
+            y.backward(gy)
+            deferred.raise_if_deficient()
+        assert counter.item() == 0
+        return y.detach(), xx.grad, ww.grad
+
+    assert grouped_mm.supports(recipe, x.dtype, w.dtype)
+    one_call = run()
+    monkeypatch.setattr(grouped_mm, "supports", lambda *a: False)
+    loop = run()
+    for a, b in zip(one_call, loop):
+        assert rel(a, b) < 4e-3, rel(a, b)
+    end = int(counts.sum())
+    assert torch.all(one_call[0][end:] == 0) and torch.all(one_call[1][end:] == 0)
+    assert torch.all(one_call[2][0] == 0) and torch.all(one_call[2][3] == 0)

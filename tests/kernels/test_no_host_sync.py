@@ -55,3 +55,36 @@ def test_the_counter_sees_a_host_read():
     finally:
         backend.fast_device = real
     assert counts.ops.get("host_read:tolist", 0) > 0, counts.ops
+
+
+@pytest.mark.parametrize("mode", ["hadamard", "none", "full_precision"])
+def test_grouped_gemms_in_one_call_read_nothing_back_from_the_device(mode):
+    """MoE experts (adahop.grouped_mm, bf16): forward and backward of every group in one call, the group sizes
+    kept on the device, the quantize kernels on the fast path (the interpreter without a GPU)."""
+    import torch
+
+    from adahop import backend, grouped_mm
+    from adahop.grouped import mxfp4_grouped_mm
+    from adahop.kernels import deferred
+    from adahop.linear import LinearRecipe
+
+    counts = _host_ops_count().Counts()
+    real = backend.fast_device
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([37, 0, 5, 64], device=dev)
+    x = torch.randn(113, 128, generator=g).to(dev, torch.bfloat16).requires_grad_()
+    w = (torch.randn(4, 128, 128, generator=g) / 11).to(dev, torch.bfloat16).requires_grad_()
+    recipe = LinearRecipe(mode, mode, mode)
+    assert grouped_mm.supports(recipe, x.dtype, w.dtype)
+    try:
+        if dev == "cpu":
+            backend.fast_device = lambda device: True
+        with deferred.deferred_check(torch.device(dev)), counts:
+            mxfp4_grouped_mm(x, w, sizes, recipe).sum().backward()
+    finally:
+        backend.fast_device = real
+    assert counts.ops, "the counter saw no op: it would not see a sync either"
+    syncing = {name: n for name, n in counts.ops.items() if name in SYNCING or name.startswith("host_read:")}
+    assert not syncing, syncing
+    assert torch.isfinite(w.grad).all() and torch.isfinite(x.grad).all()

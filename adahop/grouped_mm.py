@@ -1,0 +1,201 @@
+"""Every expert group in one call per GEMM slot: the grouped GEMMs of adahop.grouped without a loop over groups
+and without reading the group sizes on the host.
+
+Each operand is quantized once as a whole (one quantize pass, on the fast path the fused Triton kernel) and
+the three GEMMs run as `torch._grouped_mm` in BF16 with float32 accumulation, on the dequantized MXFP4 values:
+
+- BF16 holds every MXFP4 value of a bf16 operand exactly. An element is an E2M1 value (two significant bits)
+  times 2^e with the block exponent e >= -127, so a multiple of 2^-128, which bf16's subnormals (spacing
+  2^-133) reach; its 8 exponent bits cover the largest, 6 * 2^e < 2^128, unless a block's largest magnitude
+  after the Hadamard lies within a factor of 1.5 of bf16's largest finite value (then the GEMM sees inf).
+  The products of two such values are exact in float32 (down to its normal range, 2^-126, where a GEMM may
+  round or flush them), so each output is the exact product of the MXFP4 operands up to float32 accumulation
+  order, rounded once to bf16, as the per-group path gives it.
+- Along K = in or out features (the forward GEMM and the input gradient) a row is quantized the same whether
+  it is cut into groups or not. Along K = tokens (the weight gradient) each group starts a new MXFP4 / Hadamard
+  block and is zero-padded to whole blocks, as in the per-group path: the rows are moved on the device into a
+  layout whose groups start at multiples of the block (`token_layout`), sized from the shapes alone.
+- Group sizes stay on the device. In a training step's deferred exactness check (adahop.kernels.deferred) an
+  invalid size (negative, or more rows than x has) counts into the step's counter, and the step runs again on
+  the synchronous path, which reads the sizes and refuses them by name; outside one they are read and checked
+  before any work.
+
+The modes that quantize or keep whole operands run here (hadamard, none, full_precision; OE-left's weight
+gradient runs hadamard). The OE modes extract per expert and stay on the per-group loop of adahop.grouped, as
+do operands that are not bf16 (torch._grouped_mm multiplies bf16) and random Hadamard signs (the per-group path
+gives each group the signs of its own padded length from position 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import backend
+from .kernels.deferred import counter_for
+from .linear import LinearRecipe, _gw_row_multiple, _keeps_x
+from .modes import FULL_PRECISION, HADAMARD, NONE, SLOTS
+from .mx import MXFP4Tensor
+
+WHOLE_OPERAND_MODES = (HADAMARD, NONE, FULL_PRECISION)
+
+
+def supports(recipe: LinearRecipe, x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
+    """Whether the grouped ops run every group in one call: modes that treat operands whole, bf16 operands.
+    Decided from the recipe and dtypes only, so the forward and backward ops of one call always agree."""
+    return (
+        hasattr(torch, "_grouped_mm")
+        and x_dtype == w_dtype == torch.bfloat16
+        and not recipe.randomized_hadamard
+        and all(recipe.mode(slot) in WHOLE_OPERAND_MODES for slot in SLOTS)
+    )
+
+
+def token_capacity(tokens: int, groups: int, multiple: int) -> int:
+    """Rows of the weight-gradient layout: the most padded tokens T rows in G groups can have (each group
+    rounded up to `multiple`: sum_e ceil(c_e / m) m <= m floor((T + G (m - 1)) / m)), then rounded up to whole
+    128-row groups, the K granularity of the fp8 fast path."""
+    rows = multiple * ((tokens + groups * (multiple - 1)) // multiple)
+    step = max(multiple, 128)
+    return -(-rows // step) * step
+
+
+def offsets(sizes: torch.Tensor) -> torch.Tensor:
+    """End row of each group (int32, what torch._grouped_mm takes)."""
+    return torch.cumsum(sizes, 0, dtype=torch.int32)
+
+
+def token_layout(sizes: torch.Tensor, tokens: int, multiple: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where each of the T rows goes when every group starts at a multiple of `multiple`: (destination row of
+    each row, `capacity` for rows past the last group; end row of each padded group, int32; capacity)."""
+    groups = sizes.shape[0]
+    capacity = token_capacity(tokens, groups, multiple)
+    counts = sizes.to(torch.int64)
+    ends = torch.cumsum(counts, 0)
+    padded_ends = torch.cumsum((counts + multiple - 1) // multiple * multiple, 0)
+    rows = torch.arange(tokens, device=sizes.device)
+    group = torch.searchsorted(ends, rows, right=True)
+    g = group.clamp(max=groups - 1)
+    dest = (padded_ends - (counts + multiple - 1) // multiple * multiple)[g] + rows - (ends - counts)[g]
+    # rows in no group, and (with invalid sizes, flagged elsewhere) rows that would land past the end, go to
+    # one spare row that is dropped
+    dest = torch.where(group < groups, dest, capacity).clamp(0, capacity)
+    return dest, padded_ends.to(torch.int32), capacity
+
+
+def to_layout(t: torch.Tensor, dest: torch.Tensor, capacity: int) -> torch.Tensor:
+    """t's rows at their `dest` rows of a zero [capacity, ...] tensor."""
+    out = t.new_zeros(capacity + 1, *t.shape[1:])
+    out.index_copy_(0, dest, t)
+    return out[:capacity]
+
+
+def check_sizes(sizes: torch.Tensor, tokens: int) -> None:
+    """Invalid group sizes: counted into the step's deferred check where one is open (no host sync; the
+    step runs again synchronously), else read and refused here."""
+    counter = counter_for(sizes.device)
+    if counter is not None:
+        counter.add_(((sizes < 0).any() | (sizes.sum() > tokens)).to(counter.dtype))
+    else:
+        group_counts(sizes, tokens)
+
+
+def group_counts(sizes: torch.Tensor, tokens: int) -> list[int]:
+    """The group sizes read on the host (a device-to-host copy), refused unless each is >= 0 and they sum to
+    at most the T rows of x."""
+    counts = [int(c) for c in sizes.tolist()]
+    if any(c < 0 for c in counts) or sum(counts) > tokens:
+        raise ValueError(f"group sizes {counts} must be >= 0 and sum to at most the {tokens} rows of x")
+    return counts
+
+
+def exact_bf16(t: torch.Tensor, k_dim: int, recipe: LinearRecipe, slot: str, rounding: str = "nearest") -> torch.Tensor:
+    """t transformed and quantized along `k_dim` as `slot` of `recipe` does it, as K-major bf16 values (exact,
+    see the module docstring)."""
+    k = t.shape[k_dim]
+    _, packed = backend.quantize(
+        t,
+        k_dim=k_dim,
+        hadamard_size=recipe.hadamard_size_for(slot),
+        signs=recipe.signs_for(slot, k, t.device),
+        rounding=rounding,
+        packed=True,
+    )
+    return packed.dequantize(torch.bfloat16)
+
+
+def _rows_past_groups_zeroed(out: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm leaves the rows past the last group unwritten: they come out zero here."""
+    inside = torch.arange(out.shape[0], device=out.device) < ends[-1]
+    return torch.where(inside.unsqueeze(1), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def forward(
+    x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe, save_gw: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """y [T, out] and the weight gradient's saved x^T (packed codes and scales, flat, of the token layout;
+    empty where the recipe keeps x itself or no weight gradient is wanted)."""
+    tokens, in_f = x.shape
+    groups, out_f = weight.shape[0], weight.shape[1]
+    check_sizes(sizes, tokens)
+    ends = offsets(sizes)
+    if r.mode("forward_y") == FULL_PRECISION:  # torch._grouped_mm takes dense row- or column-major operands
+        a, b = x.contiguous(), weight.contiguous()
+    else:
+        a = exact_bf16(x, 1, r, "forward_y")
+        b = exact_bf16(weight.reshape(groups * out_f, in_f), 1, r, "forward_y").view(groups, out_f, in_f)
+    y = _rows_past_groups_zeroed(torch._grouped_mm(a, b.transpose(-2, -1), offs=ends), ends)
+    saved = []
+    if save_gw and not _keeps_x(r):
+        dest, _, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
+        _, packed = backend.quantize(
+            to_layout(x, dest, capacity),
+            k_dim=0,
+            hadamard_size=r.hadamard_size_for("backward_gw"),
+            signs=r.signs_for("backward_gw", capacity, x.device),
+            packed=True,
+        )
+        saved = [packed.data.reshape(-1), packed.scales.reshape(-1)]
+    return y.to(x.dtype), saved
+
+
+def backward(
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    sizes: torch.Tensor,
+    saved_x: list[torch.Tensor],
+    r: LinearRecipe,
+    need_gx: bool,
+    need_gw: bool,
+    in_f: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(gx [T, in], gw [G, out, in]) from gy [T, out], None for a gradient not asked for. `saved_x`: what
+    `forward` kept (the packed x^T of the token layout), `x` where the recipe keeps x itself."""
+    rounding = "stochastic" if r.use_sr_grad else "nearest"
+    tokens, out_f = gy.shape
+    groups = sizes.shape[0]
+    gx = gw = None
+    if need_gx:
+        ends = offsets(sizes)
+        if r.mode("backward_gx") == FULL_PRECISION:
+            a, b = gy.contiguous(), weight.contiguous()
+        else:
+            a = exact_bf16(gy, 1, r, "backward_gx", rounding)
+            # W_e quantized along out: the stack as [G * out, in] along dim 0, whose blocks never cross experts
+            # (out is a multiple of the block); [in, G * out] -> [G, out, in]
+            wt = exact_bf16(weight.reshape(groups * out_f, in_f), 0, r, "backward_gx")
+            b = wt.view(in_f, groups, out_f).permute(1, 0, 2).contiguous().transpose(-2, -1)
+        gx = _rows_past_groups_zeroed(torch._grouped_mm(a, b, offs=ends), ends)
+    if need_gw:
+        dest, padded_ends, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
+        g_layout = to_layout(gy, dest, capacity)
+        if r.mode("backward_gw") == FULL_PRECISION:
+            a, b = g_layout.t(), to_layout(x, dest, capacity)
+        else:
+            a = exact_bf16(g_layout, 0, r, "backward_gw", rounding)  # [out, capacity]
+            packed = MXFP4Tensor(
+                saved_x[0].view(in_f, capacity // 2), saved_x[1].view(in_f, capacity // 32), axis=-1, dtype=gy.dtype
+            )
+            b = packed.dequantize(torch.bfloat16).t()  # [capacity, in]
+        gw = torch._grouped_mm(a.contiguous(), b, offs=padded_ends)
+    return gx, gw
