@@ -231,6 +231,16 @@ def from_packed(saved: MXFP4Tensor) -> Operand:
     return Operand(saved.dequantize(torch.float32))
 
 
+def dequantize_bf16(packed: MXFP4Tensor) -> torch.Tensor:
+    """The bf16 values [R, K] of a K-major packed operand: one Triton pass on a fast device, the torch reference
+    elsewhere (the same bits: every MXFP4 value of a bf16 operand is a bf16 value)."""
+    if packed.axis in (-1, 1) and packed.data.dim() == 2 and fast_device(packed.data.device):
+        from .kernels.dequantize import dequantize_bf16 as kernel
+
+        return kernel(packed.data, packed.scales)
+    return packed.dequantize(torch.bfloat16)
+
+
 def materialize_for_gemm(
     a: Operand, bt: Operand, tile_b: bool = False, fix_rows: bool = False
 ) -> tuple[Operand, Operand]:

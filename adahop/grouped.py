@@ -129,17 +129,16 @@ def grouped_forward(
     (LinearRecipe.key), group e taking group_sizes[e] rows; and what backward keeps (see above) for the
     input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
     r = LinearRecipe.from_key(recipe)
-    if grouped_mm.supports(r, x.dtype, weight.dtype):
-        y, kept_x = grouped_mm.forward(x, weight, group_sizes, r, save_gw)
-        saved = [_empty(x) for _ in range(_SAVED)]
-        saved[4 : 4 + len(kept_x)] = kept_x
-        return (y, *saved)
+    one_call = {slot: grouped_mm.in_one_call(r, slot, x.dtype, weight.dtype) for slot in ("forward_y", "backward_gw")}
     tokens, in_f = x.shape
-    groups = _groups(group_sizes, tokens)
-    y = x.new_zeros(tokens, weight.shape[1])
-    for g, start, count in groups:
-        if count:
-            y[start : start + count] = forward_gemm(x[start : start + count], weight[g], r)
+    host_groups = _HostGroups(group_sizes, tokens)  # read on the host only if a slot loops over the groups
+    if one_call["forward_y"]:
+        y = grouped_mm.forward_y(x, weight, group_sizes, r)
+    else:
+        y = x.new_zeros(tokens, weight.shape[1])
+        for g, start, count in host_groups():
+            if count:
+                y[start : start + count] = forward_gemm(x[start : start + count], weight[g], r)
     saved = _saved_buffers(x, weight, r, save_gx, save_gw)
     if save_gx and not _keeps_w(r):
         for g in range(weight.shape[0]):
@@ -147,15 +146,33 @@ def grouped_forward(
             for part, value in zip(saved[0:4], (right.packed.data, right.packed.scales, right.rows, right.extracted)):
                 part[g] = value
     if save_gw and not _keeps_x(r):
-        kk = saved[6].shape[-1]
-        for g, start, count, off, padded in _gw_slices(groups, _gw_row_multiple(r)):
-            right = _x_for_gw(x[start : start + count], r)
-            saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = right.packed.data.reshape(-1)
-            saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = right.packed.scales.reshape(-1)
-            if right.rows is not None:
-                saved[6][g] = right.rows
-                saved[7][kk * off : kk * (off + padded)] = right.extracted.reshape(-1)
+        if one_call["backward_gw"]:
+            saved[4:6] = grouped_mm.saved_x(x, group_sizes, r)
+        else:
+            kk = saved[6].shape[-1]
+            for g, start, count, off, padded in _gw_slices(host_groups(), _gw_row_multiple(r)):
+                right = _x_for_gw(x[start : start + count], r)
+                saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = right.packed.data.reshape(-1)
+                saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = right.packed.scales.reshape(
+                    -1
+                )
+                if right.rows is not None:
+                    saved[6][g] = right.rows
+                    saved[7][kk * off : kk * (off + padded)] = right.extracted.reshape(-1)
     return (y, *saved)
+
+
+class _HostGroups:
+    """The groups as (group, first row, row count), read from the sizes on the host at the first call (one
+    device-to-host copy, and the sizes refused by name if invalid), for the slots that loop over them."""
+
+    def __init__(self, sizes: torch.Tensor, tokens: int):
+        self.sizes, self.tokens, self.groups = sizes, tokens, None
+
+    def __call__(self) -> list[tuple[int, int, int]]:
+        if self.groups is None:
+            self.groups = _groups(self.sizes, self.tokens)
+        return self.groups
 
 
 @grouped_forward.register_fake
@@ -201,17 +218,16 @@ def grouped_backward(
 def _grouped_backward(
     gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in_features, x_dtype, w_dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if grouped_mm.supports(r, x_dtype, w_dtype):
-        gx, gw = grouped_mm.backward(gy, x, weight, group_sizes, saved[4:6], r, need_gx, need_gw, in_features)
-        return (gx if need_gx else _empty(gy, x_dtype)), (gw if need_gw else _empty(gy, w_dtype))
     rounding = "stochastic" if r.use_sr_grad else "nearest"
     tokens, out_f = gy.shape
-    gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
-    gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype) if need_gw else _empty(gy, w_dtype)
-    groups = _groups(group_sizes, tokens)
-    if need_gx:
+    host_groups = _HostGroups(group_sizes, tokens)
+    gx = gw = None
+    if need_gx and grouped_mm.in_one_call(r, "backward_gx", x_dtype, w_dtype):
+        gx = grouped_mm.input_gradient(gy, weight, group_sizes, r)
+    elif need_gx:
+        gx = gy.new_zeros((tokens, in_features), dtype=x_dtype)
         mode = r.mode("backward_gx")
-        for g, start, count in groups:
+        for g, start, count in host_groups():
             if not count:
                 continue
             if mode == OE_RIGHT:
@@ -227,11 +243,14 @@ def _grouped_backward(
             gx[start : start + count] = slot_gemm(
                 gy[start : start + count], 1, right, mode, r, "backward_gx", rounding, x_dtype
             )
-    if need_gw:
+    if need_gw and grouped_mm.in_one_call(r, "backward_gw", x_dtype, w_dtype):
+        gw = grouped_mm.weight_gradient(gy, x, group_sizes, saved[4:6], r, in_features)
+    elif need_gw:
+        gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype)
         mode = r.mode("backward_gw")
         multiple = _gw_row_multiple(r)
         kk = saved[6].shape[-1]
-        for g, start, count, off, padded in _gw_slices(groups, multiple):
+        for g, start, count, off, padded in _gw_slices(host_groups(), multiple):
             if mode == FULL_PRECISION:
                 right = RightOperand(full=_pad_rows(x[start : start + count], multiple), full_k_dim=0)
             else:
@@ -249,7 +268,7 @@ def _grouped_backward(
             gw[g] = slot_gemm(
                 _pad_rows(gy[start : start + count], multiple), 0, right, mode, r, "backward_gw", rounding, w_dtype
             )
-    return gx, gw
+    return (gx if gx is not None else _empty(gy, x_dtype)), (gw if gw is not None else _empty(gy, w_dtype))
 
 
 @grouped_backward.register_fake

@@ -32,21 +32,22 @@ import torch
 
 from . import backend
 from .kernels.deferred import counter_for
-from .linear import LinearRecipe, _gw_row_multiple, _keeps_x
-from .modes import FULL_PRECISION, HADAMARD, NONE, SLOTS
+from .linear import LinearRecipe, _gw_row_multiple
+from .modes import FULL_PRECISION, HADAMARD, NONE
 from .mx import MXFP4Tensor
 
 WHOLE_OPERAND_MODES = (HADAMARD, NONE, FULL_PRECISION)
 
 
-def supports(recipe: LinearRecipe, x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
-    """Whether the grouped ops run every group in one call: modes that treat operands whole, bf16 operands.
-    Decided from the recipe and dtypes only, so the forward and backward ops of one call always agree."""
+def in_one_call(recipe: LinearRecipe, slot: str, x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
+    """Whether the grouped ops run `slot` for every group in one call: a mode that treats its operands whole,
+    bf16 operands, the fixed Hadamard signs. Decided from the recipe and dtypes only, so the forward and
+    backward ops of one call always agree (the weight gradient's slot also fixes the layout of the saved x^T)."""
     return (
         hasattr(torch, "_grouped_mm")
         and x_dtype == w_dtype == torch.bfloat16
         and not recipe.randomized_hadamard
-        and all(recipe.mode(slot) in WHOLE_OPERAND_MODES for slot in SLOTS)
+        and recipe.mode(slot) in WHOLE_OPERAND_MODES
     )
 
 
@@ -120,7 +121,7 @@ def exact_bf16(t: torch.Tensor, k_dim: int, recipe: LinearRecipe, slot: str, rou
         rounding=rounding,
         packed=True,
     )
-    return packed.dequantize(torch.bfloat16)
+    return backend.dequantize_bf16(packed)
 
 
 def _rows_past_groups_zeroed(out: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -129,73 +130,67 @@ def _rows_past_groups_zeroed(out: torch.Tensor, ends: torch.Tensor) -> torch.Ten
     return torch.where(inside.unsqueeze(1), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def forward(
-    x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe, save_gw: bool
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """y [T, out] and the weight gradient's saved x^T (packed codes and scales, flat, of the token layout;
-    empty where the recipe keeps x itself or no weight gradient is wanted)."""
-    tokens, in_f = x.shape
-    groups, out_f = weight.shape[0], weight.shape[1]
-    check_sizes(sizes, tokens)
+def forward_y(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> torch.Tensor:
+    """y [T, out] of every group (rows past the last group zero)."""
+    groups, out_f, in_f = weight.shape
+    check_sizes(sizes, x.shape[0])
     ends = offsets(sizes)
     if r.mode("forward_y") == FULL_PRECISION:  # torch._grouped_mm takes dense row- or column-major operands
         a, b = x.contiguous(), weight.contiguous()
     else:
         a = exact_bf16(x, 1, r, "forward_y")
         b = exact_bf16(weight.reshape(groups * out_f, in_f), 1, r, "forward_y").view(groups, out_f, in_f)
-    y = _rows_past_groups_zeroed(torch._grouped_mm(a, b.transpose(-2, -1), offs=ends), ends)
-    saved = []
-    if save_gw and not _keeps_x(r):
-        dest, _, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
-        _, packed = backend.quantize(
-            to_layout(x, dest, capacity),
-            k_dim=0,
-            hadamard_size=r.hadamard_size_for("backward_gw"),
-            signs=r.signs_for("backward_gw", capacity, x.device),
-            packed=True,
+    return _rows_past_groups_zeroed(torch._grouped_mm(a, b.transpose(-2, -1), offs=ends), ends).to(x.dtype)
+
+
+def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch.Tensor]:
+    """What the weight gradient keeps of x: x^T of the token layout quantized along tokens, packed codes
+    [in * capacity / 2] and scales [in * capacity / 32], flat."""
+    tokens = x.shape[0]
+    check_sizes(sizes, tokens)
+    dest, _, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
+    _, packed = backend.quantize(
+        to_layout(x, dest, capacity),
+        k_dim=0,
+        hadamard_size=r.hadamard_size_for("backward_gw"),
+        signs=r.signs_for("backward_gw", capacity, x.device),
+        packed=True,
+    )
+    return [packed.data.reshape(-1), packed.scales.reshape(-1)]
+
+
+def input_gradient(gy: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> torch.Tensor:
+    """gx [T, in] of every group from gy [T, out] (rows past the last group zero)."""
+    groups, out_f, in_f = weight.shape
+    ends = offsets(sizes)
+    if r.mode("backward_gx") == FULL_PRECISION:
+        a, b = gy.contiguous(), weight.contiguous()
+    else:
+        a = exact_bf16(gy, 1, r, "backward_gx", _rounding(r))
+        # W_e quantized along out: the stack as [G * out, in] along dim 0, whose blocks never cross experts
+        # (out is a multiple of the block); [in, G * out] -> [G, out, in]
+        wt = exact_bf16(weight.reshape(groups * out_f, in_f), 0, r, "backward_gx")
+        b = wt.view(in_f, groups, out_f).permute(1, 0, 2).contiguous().transpose(-2, -1)
+    return _rows_past_groups_zeroed(torch._grouped_mm(a, b, offs=ends), ends)
+
+
+def weight_gradient(
+    gy: torch.Tensor, x: torch.Tensor, sizes: torch.Tensor, kept: list[torch.Tensor], r: LinearRecipe, in_f: int
+) -> torch.Tensor:
+    """gw [G, out, in] of every group (zero for an empty one) from gy [T, out] and what `saved_x` kept (`x`
+    itself where the recipe keeps it)."""
+    dest, padded_ends, capacity = token_layout(sizes, gy.shape[0], _gw_row_multiple(r))
+    g_layout = to_layout(gy, dest, capacity)
+    if r.mode("backward_gw") == FULL_PRECISION:
+        a, b = g_layout.t().contiguous(), to_layout(x, dest, capacity)
+    else:
+        a = exact_bf16(g_layout, 0, r, "backward_gw", _rounding(r))  # [out, capacity]
+        packed = MXFP4Tensor(
+            kept[0].view(in_f, capacity // 2), kept[1].view(in_f, capacity // 32), axis=-1, dtype=gy.dtype
         )
-        saved = [packed.data.reshape(-1), packed.scales.reshape(-1)]
-    return y.to(x.dtype), saved
+        b = backend.dequantize_bf16(packed).t()  # [capacity, in]
+    return torch._grouped_mm(a, b, offs=padded_ends)
 
 
-def backward(
-    gy: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    sizes: torch.Tensor,
-    saved_x: list[torch.Tensor],
-    r: LinearRecipe,
-    need_gx: bool,
-    need_gw: bool,
-    in_f: int,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(gx [T, in], gw [G, out, in]) from gy [T, out], None for a gradient not asked for. `saved_x`: what
-    `forward` kept (the packed x^T of the token layout), `x` where the recipe keeps x itself."""
-    rounding = "stochastic" if r.use_sr_grad else "nearest"
-    tokens, out_f = gy.shape
-    groups = sizes.shape[0]
-    gx = gw = None
-    if need_gx:
-        ends = offsets(sizes)
-        if r.mode("backward_gx") == FULL_PRECISION:
-            a, b = gy.contiguous(), weight.contiguous()
-        else:
-            a = exact_bf16(gy, 1, r, "backward_gx", rounding)
-            # W_e quantized along out: the stack as [G * out, in] along dim 0, whose blocks never cross experts
-            # (out is a multiple of the block); [in, G * out] -> [G, out, in]
-            wt = exact_bf16(weight.reshape(groups * out_f, in_f), 0, r, "backward_gx")
-            b = wt.view(in_f, groups, out_f).permute(1, 0, 2).contiguous().transpose(-2, -1)
-        gx = _rows_past_groups_zeroed(torch._grouped_mm(a, b, offs=ends), ends)
-    if need_gw:
-        dest, padded_ends, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
-        g_layout = to_layout(gy, dest, capacity)
-        if r.mode("backward_gw") == FULL_PRECISION:
-            a, b = g_layout.t(), to_layout(x, dest, capacity)
-        else:
-            a = exact_bf16(g_layout, 0, r, "backward_gw", rounding)  # [out, capacity]
-            packed = MXFP4Tensor(
-                saved_x[0].view(in_f, capacity // 2), saved_x[1].view(in_f, capacity // 32), axis=-1, dtype=gy.dtype
-            )
-            b = packed.dequantize(torch.bfloat16).t()  # [capacity, in]
-        gw = torch._grouped_mm(a.contiguous(), b, offs=padded_ends)
-    return gx, gw
+def _rounding(r: LinearRecipe) -> str:
+    return "stochastic" if r.use_sr_grad else "nearest"

@@ -11,7 +11,7 @@ import torch
 from adahop.attention import MXFP4Attention, attention_backward, attention_forward
 from adahop.grouped import MXFP4GroupedMM, grouped_backward, grouped_forward
 from adahop.linear import LinearRecipe
-from adahop.modes import FULL_PRECISION, HADAMARD, MODES, NONE, OE_LEFT, OE_RIGHT
+from adahop.modes import FULL_PRECISION, HADAMARD, MODES, NONE, OE_LEFT, OE_RIGHT, SLOTS
 from adahop.moe import AdaHOPGroupedExperts
 
 moe_mod = pytest.importorskip("torchtitan.models.moe.moe")
@@ -99,7 +99,7 @@ def test_compiled_grouped_in_one_call_gives_the_eager_bits(modes, sr):
     from adahop import grouped_mm
 
     recipe = LinearRecipe(*modes, use_sr_grad=sr)
-    assert grouped_mm.supports(recipe, torch.bfloat16, torch.bfloat16)
+    assert all(grouped_mm.in_one_call(recipe, slot, torch.bfloat16, torch.bfloat16) for slot in SLOTS)
     mod = MXFP4GroupedMM(recipe)
     sizes = torch.tensor(COUNTS)
     eager = _step(lambda x, w: mod(x, w, sizes), _operands(torch.bfloat16), seed=3)

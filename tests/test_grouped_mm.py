@@ -28,10 +28,13 @@ def operands(counts=COUNTS, seed=0, dtype=torch.bfloat16):
     return x.to(dtype), w.to(dtype), gy.to(dtype)
 
 
+ONE_CALL_PARTS = ("forward_y", "saved_x", "input_gradient", "weight_gradient")
+
+
 @pytest.fixture
 def one_call_spy(monkeypatch):
     """Counts the calls of the one-call path (so a test knows which path ran)."""
-    calls = {"forward": 0, "backward": 0}
+    calls = dict.fromkeys(ONE_CALL_PARTS, 0)
     for name in calls:
         real = getattr(grouped_mm, name)
 
@@ -46,7 +49,7 @@ def one_call_spy(monkeypatch):
 def run(x, w, gy, counts, recipe, per_group=False, monkeypatch=None):
     """(y, gx, gw) of the grouped GEMM; `per_group`: the loop of adahop.grouped instead of the one call."""
     if per_group:
-        monkeypatch.setattr(grouped_mm, "supports", lambda *a: False)
+        monkeypatch.setattr(grouped_mm, "in_one_call", lambda *a: False)
     try:
         xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         y = mxfp4_grouped_mm(xr, wr, torch.tensor(counts), recipe)
@@ -88,11 +91,12 @@ MODE_SETS = [
 def test_one_call_gives_the_bits_of_the_per_group_loop(modes, counts, hadamard_size, one_call_spy, monkeypatch):
     x, w, gy = operands(counts)
     recipe = LinearRecipe(*modes, hadamard_size=hadamard_size, outlier_k=4)
-    assert grouped_mm.supports(recipe, x.dtype, w.dtype)
+    assert all(grouped_mm.in_one_call(recipe, slot, x.dtype, w.dtype) for slot in SLOTS)
     got = run(x, w, gy, counts, recipe)
-    assert one_call_spy == {"forward": 1, "backward": 1}
+    assert one_call_spy == dict.fromkeys(ONE_CALL_PARTS, 1) or recipe.mode("backward_gw") == "full_precision"
+    calls = dict(one_call_spy)
     want = run(x, w, gy, counts, recipe, per_group=True, monkeypatch=monkeypatch)
-    assert one_call_spy == {"forward": 1, "backward": 1}, "the loop must not take the one-call path"
+    assert one_call_spy == calls, "the loop must not take the one-call path"
     for slot, a, b in zip(SLOTS, got, want):
         assert a.dtype == b.dtype and a.shape == b.shape, slot
         assert_same_product(a, b, recipe.mode(slot) != "full_precision", slot)
@@ -105,7 +109,7 @@ def test_one_call_matches_the_float64_definition_per_group(mode, one_call_spy):
     """Against tests/reference.py (numpy float64, independent of the code under test), group by group."""
     x, w, gy = operands()
     y, gx, gw = run(x, w, gy, COUNTS, LinearRecipe(mode, mode, mode))
-    assert one_call_spy["forward"] == 1
+    assert one_call_spy["forward_y"] == 1
     start = 0
     for e, n in enumerate(COUNTS):
         if n == 0:
@@ -243,9 +247,34 @@ def test_backward_keeps_x_packed_in_the_token_layout(mode, keeps_x):
 
 def test_other_dtypes_random_signs_and_oe_modes_stay_on_the_loop():
     bf16 = torch.bfloat16
-    assert grouped_mm.supports(LinearRecipe(), bf16, bf16)
-    assert not grouped_mm.supports(LinearRecipe(), torch.float32, torch.float32)
-    assert not grouped_mm.supports(LinearRecipe(randomized_hadamard=True), bf16, bf16)
+    one_call = grouped_mm.in_one_call
+    assert all(one_call(LinearRecipe(), slot, bf16, bf16) for slot in SLOTS)
+    assert not any(one_call(LinearRecipe(), slot, torch.float32, torch.float32) for slot in SLOTS)
+    assert not any(one_call(LinearRecipe(randomized_hadamard=True), slot, bf16, bf16) for slot in SLOTS)
     for oe in ("inner_outlier_extract_left", "inner_outlier_extract_right"):
-        assert not grouped_mm.supports(LinearRecipe(forward_y=oe), bf16, bf16)
-    assert not grouped_mm.supports(LinearRecipe(backward_gw="inner_outlier_extract_right"), bf16, bf16)
+        mixed = LinearRecipe(forward_y=oe, backward_gx=oe)
+        assert [one_call(mixed, slot, bf16, bf16) for slot in SLOTS] == [False, False, True]
+    # OE-left's weight gradient runs hadamard
+    assert one_call(LinearRecipe(backward_gw="inner_outlier_extract_left"), "backward_gw", bf16, bf16)
+    assert not one_call(LinearRecipe(backward_gw="inner_outlier_extract_right"), "backward_gw", bf16, bf16)
+
+
+@pytest.mark.parametrize(
+    "modes, in_one_call",
+    [
+        # the slot mixes a calibrated MoE plan gives its expert stacks
+        (("hadamard", "inner_outlier_extract_left", "full_precision"), {"forward_y", "weight_gradient"}),
+        (("hadamard", "hadamard", "inner_outlier_extract_right"), {"forward_y", "input_gradient"}),
+        (("full_precision", "inner_outlier_extract_right", "hadamard"), {"forward_y", "saved_x", "weight_gradient"}),
+    ],
+)
+def test_slots_choose_one_call_or_the_loop_each(modes, in_one_call, one_call_spy, monkeypatch):
+    """Each slot runs in one call where its mode allows and loops over the groups otherwise; together they give
+    the per-group loop's results."""
+    x, w, gy = operands()
+    recipe = LinearRecipe(*modes, outlier_k=4)
+    got = run(x, w, gy, COUNTS, recipe)
+    assert {part for part, n in one_call_spy.items() if n} == in_one_call
+    want = run(x, w, gy, COUNTS, recipe, per_group=True, monkeypatch=monkeypatch)
+    for slot, a, b in zip(SLOTS, got, want):
+        assert_same_product(a, b, recipe.mode(slot) != "full_precision", slot)

@@ -12,6 +12,7 @@ JIT_KERNELS = (
     ("adahop.kernels.quantize", "_quantize_kernel_t"),
     ("adahop.kernels.quantize", "_reencode_kernel"),
     ("adahop.kernels.quantize", "_row_split_kernel"),
+    ("adahop.kernels.dequantize", "_dequantize_kernel"),
     ("adahop.kernels.row_fix", "_row_fix_index_kernel"),
 )
 

@@ -12,7 +12,7 @@ import torch
 from adahop import backend, x_operands
 from adahop.kernels import deferred, gemm, state
 from adahop.linear import mxfp4_linear
-from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
+from adahop.modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT, SLOTS
 
 cuda_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0), reason="needs CUDA sm90+"
@@ -473,9 +473,9 @@ def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(mode, monkeypat
         assert counter.item() == 0
         return y.detach(), xx.grad, ww.grad
 
-    assert grouped_mm.supports(recipe, x.dtype, w.dtype)
+    assert all(grouped_mm.in_one_call(recipe, slot, x.dtype, w.dtype) for slot in SLOTS)
     one_call = run()
-    monkeypatch.setattr(grouped_mm, "supports", lambda *a: False)
+    monkeypatch.setattr(grouped_mm, "in_one_call", lambda *a: False)
     loop = run()
     for a, b in zip(one_call, loop):
         assert rel(a, b) < 4e-3, rel(a, b)
