@@ -147,7 +147,8 @@ def grouped_forward(
                 part[g] = value
     if save_gw and not _keeps_x(r):
         if one_call["backward_gw"]:
-            saved[4:6] = grouped_mm.saved_x(x, group_sizes, r)
+            kept = grouped_mm.saved_x(x, group_sizes, r)
+            saved[4 : 4 + len(kept)] = kept
         else:
             kk = saved[6].shape[-1]
             for g, start, count, off, padded in _gw_slices(host_groups(), _gw_row_multiple(r)):
@@ -244,7 +245,7 @@ def _grouped_backward(
                 gy[start : start + count], 1, right, mode, r, "backward_gx", rounding, x_dtype
             )
     if need_gw and grouped_mm.in_one_call(r, "backward_gw", x_dtype, w_dtype):
-        gw = grouped_mm.weight_gradient(gy, x, group_sizes, saved[4:6], r, in_features)
+        gw = grouped_mm.weight_gradient(gy, x, group_sizes, saved[4:8], r, in_features)
     elif need_gw:
         gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype)
         mode = r.mode("backward_gw")

@@ -33,10 +33,17 @@ import torch
 from . import backend
 from .kernels.deferred import counter_for
 from .linear import LinearRecipe, _gw_row_multiple
-from .modes import FULL_PRECISION, HADAMARD, NONE
+from .modes import FULL_PRECISION, HADAMARD, NONE, OE_RIGHT
 from .mx import MXFP4Tensor
 
 WHOLE_OPERAND_MODES = (HADAMARD, NONE, FULL_PRECISION)
+# The modes each slot runs in one call. OE-right of the weight gradient extracts input channels of x per group:
+# their norms over each group's tokens come from one segmented sum, their BF16 part from one grouped GEMM.
+ONE_CALL_MODES = {
+    "forward_y": WHOLE_OPERAND_MODES,
+    "backward_gx": WHOLE_OPERAND_MODES,
+    "backward_gw": (*WHOLE_OPERAND_MODES, OE_RIGHT),
+}
 
 
 def in_one_call(recipe: LinearRecipe, slot: str, x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
@@ -47,7 +54,7 @@ def in_one_call(recipe: LinearRecipe, slot: str, x_dtype: torch.dtype, w_dtype: 
         hasattr(torch, "_grouped_mm")
         and x_dtype == w_dtype == torch.bfloat16
         and not recipe.randomized_hadamard
-        and recipe.mode(slot) in WHOLE_OPERAND_MODES
+        and recipe.mode(slot) in ONE_CALL_MODES[slot]
     )
 
 
@@ -145,18 +152,45 @@ def forward_y(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: Lin
 
 def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch.Tensor]:
     """What the weight gradient keeps of x: x^T of the token layout quantized along tokens, packed codes
-    [in * capacity / 2] and scales [in * capacity / 32], flat."""
+    [in * capacity / 2] and scales [in * capacity / 32], flat; OE-right adds each group's extracted input
+    channels [G, k] (zeroed in the quantized x^T) and their BF16 values in the token layout [capacity * k]."""
     tokens = x.shape[0]
     check_sizes(sizes, tokens)
-    dest, _, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
+    dest, padded_ends, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
+    layout = to_layout(x, dest, capacity)
+    kept = []
+    if r.mode("backward_gw") == OE_RIGHT:
+        group = layout_groups(padded_ends, capacity)
+        channels = top_channels(layout, group, sizes.shape[0], r.outlier_k)
+        chosen = torch.zeros(sizes.shape[0] + 1, x.shape[1], dtype=torch.bool, device=x.device)
+        chosen[torch.arange(sizes.shape[0], device=x.device)[:, None], channels] = True
+        of_row = channels[group.clamp(max=sizes.shape[0] - 1)]  # rows past the groups are zero
+        extracted = torch.gather(layout, 1, of_row).to(torch.bfloat16)
+        layout = layout.masked_fill(chosen[group], 0)
+        kept = [channels, extracted.reshape(-1)]
     _, packed = backend.quantize(
-        to_layout(x, dest, capacity),
+        layout,
         k_dim=0,
         hadamard_size=r.hadamard_size_for("backward_gw"),
         signs=r.signs_for("backward_gw", capacity, x.device),
         packed=True,
     )
-    return [packed.data.reshape(-1), packed.scales.reshape(-1)]
+    return [packed.data.reshape(-1), packed.scales.reshape(-1), *kept]
+
+
+def layout_groups(padded_ends: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The group of each row of the token layout (G for the rows past the last group)."""
+    rows = torch.arange(capacity, device=padded_ends.device)
+    return torch.searchsorted(padded_ends, rows.to(padded_ends.dtype), right=True)
+
+
+def top_channels(layout: torch.Tensor, group: torch.Tensor, groups: int, k: int) -> torch.Tensor:
+    """[G, min(k, in)] indices of each group's input channels of largest L2 norm over its tokens, as
+    adahop.outliers.top_rows picks them from the group's x^T (float32 norms, non-finite first)."""
+    sums = torch.zeros(groups + 1, layout.shape[1], dtype=torch.float32, device=layout.device)
+    sums.index_add_(0, group, layout.float().square())
+    norms = torch.nan_to_num(sums[:groups].sqrt(), nan=torch.inf, posinf=torch.inf)
+    return torch.topk(norms, min(k, layout.shape[1]), dim=1, largest=True, sorted=False).indices
 
 
 def input_gradient(gy: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> torch.Tensor:
@@ -181,7 +215,8 @@ def weight_gradient(
     itself where the recipe keeps it)."""
     dest, padded_ends, capacity = token_layout(sizes, gy.shape[0], _gw_row_multiple(r))
     g_layout = to_layout(gy, dest, capacity)
-    if r.mode("backward_gw") == FULL_PRECISION:
+    mode = r.mode("backward_gw")
+    if mode == FULL_PRECISION:
         a, b = g_layout.t().contiguous(), to_layout(x, dest, capacity)
     else:
         a = exact_bf16(g_layout, 0, r, "backward_gw", _rounding(r))  # [out, capacity]
@@ -189,7 +224,16 @@ def weight_gradient(
             kept[0].view(in_f, capacity // 2), kept[1].view(in_f, capacity // 32), axis=-1, dtype=gy.dtype
         )
         b = backend.dequantize_bf16(packed).t()  # [capacity, in]
-    return torch._grouped_mm(a, b, offs=padded_ends)
+    gw = torch._grouped_mm(a, b, offs=padded_ends)
+    if mode == OE_RIGHT:  # the extracted channels' BF16 part, added after the rounding as the linear adds it
+        channels = kept[2]
+        groups, k = channels.shape
+        extracted = kept[3].view(capacity, k)
+        if k % 8:  # torch._grouped_mm wants 16-byte rows: zero columns, sliced off again
+            extracted = torch.nn.functional.pad(extracted, (0, 8 - k % 8))
+        part = torch._grouped_mm(g_layout.t().contiguous(), extracted, offs=padded_ends)[..., :k]
+        gw.scatter_add_(2, channels[:, None, :].expand(groups, gw.shape[1], k), part)
+    return gw
 
 
 def _rounding(r: LinearRecipe) -> str:

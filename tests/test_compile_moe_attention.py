@@ -89,7 +89,13 @@ def test_compiled_grouped_gives_the_eager_bits(modes, sr):
     _assert_same_bits(eager, _step(lambda x, w: compiled(x, w, sizes), _operands(), seed=3))
 
 
-ONE_CALL_TRIPLES = [(HADAMARD,) * 3, (NONE,) * 3, (FULL_PRECISION,) * 3, (HADAMARD, NONE, FULL_PRECISION)]
+ONE_CALL_TRIPLES = [
+    (HADAMARD,) * 3,
+    (NONE,) * 3,
+    (FULL_PRECISION,) * 3,
+    (HADAMARD, NONE, FULL_PRECISION),
+    (NONE, HADAMARD, OE_RIGHT),
+]
 
 
 @pytest.mark.parametrize("sr", [False, True], ids=["nearest", "sr"])
@@ -98,7 +104,7 @@ def test_compiled_grouped_in_one_call_gives_the_eager_bits(modes, sr):
     """bf16 operands: every group in one call (adahop.grouped_mm), compiled as eager."""
     from adahop import grouped_mm
 
-    recipe = LinearRecipe(*modes, use_sr_grad=sr)
+    recipe = LinearRecipe(*modes, use_sr_grad=sr, outlier_k=4)
     assert all(grouped_mm.in_one_call(recipe, slot, torch.bfloat16, torch.bfloat16) for slot in SLOTS)
     mod = MXFP4GroupedMM(recipe)
     sizes = torch.tensor(COUNTS)

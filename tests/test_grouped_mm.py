@@ -245,7 +245,7 @@ def test_backward_keeps_x_packed_in_the_token_layout(mode, keeps_x):
     y.backward(gy)
 
 
-def test_other_dtypes_random_signs_and_oe_modes_stay_on_the_loop():
+def test_other_dtypes_random_signs_and_per_group_extraction_stay_on_the_loop():
     bf16 = torch.bfloat16
     one_call = grouped_mm.in_one_call
     assert all(one_call(LinearRecipe(), slot, bf16, bf16) for slot in SLOTS)
@@ -254,9 +254,9 @@ def test_other_dtypes_random_signs_and_oe_modes_stay_on_the_loop():
     for oe in ("inner_outlier_extract_left", "inner_outlier_extract_right"):
         mixed = LinearRecipe(forward_y=oe, backward_gx=oe)
         assert [one_call(mixed, slot, bf16, bf16) for slot in SLOTS] == [False, False, True]
-    # OE-left's weight gradient runs hadamard
+    # OE-left's weight gradient runs hadamard; OE-right's extracts per group in one call
     assert one_call(LinearRecipe(backward_gw="inner_outlier_extract_left"), "backward_gw", bf16, bf16)
-    assert not one_call(LinearRecipe(backward_gw="inner_outlier_extract_right"), "backward_gw", bf16, bf16)
+    assert one_call(LinearRecipe(backward_gw="inner_outlier_extract_right"), "backward_gw", bf16, bf16)
 
 
 @pytest.mark.parametrize(
@@ -264,7 +264,10 @@ def test_other_dtypes_random_signs_and_oe_modes_stay_on_the_loop():
     [
         # the slot mixes a calibrated MoE plan gives its expert stacks
         (("hadamard", "inner_outlier_extract_left", "full_precision"), {"forward_y", "weight_gradient"}),
-        (("hadamard", "hadamard", "inner_outlier_extract_right"), {"forward_y", "input_gradient"}),
+        (
+            ("inner_outlier_extract_left", "hadamard", "inner_outlier_extract_right"),
+            {"saved_x", "input_gradient", "weight_gradient"},
+        ),
         (("full_precision", "inner_outlier_extract_right", "hadamard"), {"forward_y", "saved_x", "weight_gradient"}),
     ],
 )
@@ -278,3 +281,42 @@ def test_slots_choose_one_call_or_the_loop_each(modes, in_one_call, one_call_spy
     want = run(x, w, gy, COUNTS, recipe, per_group=True, monkeypatch=monkeypatch)
     for slot, a, b in zip(SLOTS, got, want):
         assert_same_product(a, b, recipe.mode(slot) != "full_precision", slot)
+
+
+@pytest.mark.parametrize("outlier_k", [4, 16])
+def test_oe_right_weight_gradient_in_one_call(outlier_k, one_call_spy, monkeypatch):
+    """OE-right of the weight gradient: each group's input channels of largest norm over its tokens come out of
+    the quantization and into a BF16 GEMM, in one call; the loop picks the same channels (random data: no
+    near-ties of the norms) and gives the same weight gradient."""
+    x, w, gy = operands()
+    x[:, 11] *= 40  # a second outlier channel, so some group has two
+    recipe = LinearRecipe("hadamard", "hadamard", "inner_outlier_extract_right", outlier_k=outlier_k)
+    got = run(x, w, gy, COUNTS, recipe)
+    assert one_call_spy["saved_x"] == 1 and one_call_spy["weight_gradient"] == 1
+    want = run(x, w, gy, COUNTS, recipe, per_group=True, monkeypatch=monkeypatch)
+    for slot, a, b in zip(SLOTS, got, want):
+        assert_same_product(a, b, slot != "backward_gw", slot)
+    # the BF16 part is added after the rounding, as the loop adds it: the same up to its accumulation order
+    gw, gw_loop = got[2], want[2]
+    assert torch.all((gw.float() - gw_loop.float()).abs() <= gw_loop.float().abs() * 2.0**-7)
+
+
+def test_top_channels_match_the_linear_choice_per_group():
+    """The segmented norms pick, per group, the channels adahop.outliers.top_rows picks from the group's x^T,
+    NaN / inf channels first."""
+    from adahop.outliers import top_rows
+
+    x, _, _ = operands()
+    x[40, 9] = float("nan")
+    x[3, 20] = float("inf")
+    sizes = torch.tensor(COUNTS)
+    dest, ends, capacity = grouped_mm.token_layout(sizes, x.shape[0], 32)
+    layout = grouped_mm.to_layout(x, dest, capacity)
+    group = grouped_mm.layout_groups(ends, capacity)
+    got = grouped_mm.top_channels(layout, group, len(COUNTS), 6)
+    start = 0
+    for e, n in enumerate(COUNTS):
+        if n:
+            want = top_rows(x[start : start + n].t(), 6)
+            assert set(got[e].tolist()) == set(want.tolist()), e
+        start += n

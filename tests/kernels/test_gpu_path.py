@@ -447,8 +447,10 @@ def test_fp8_gemm_error_against_the_exact_product_is_within_the_stated_bound(cas
     assert err <= FP8_GROUP_ACC_BOUND, (case, err)
 
 
-@pytest.mark.parametrize("mode", ["hadamard", "none", "full_precision"])
-def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(mode, monkeypatch):
+@pytest.mark.parametrize(
+    "modes", [(HADAMARD,) * 3, (NONE,) * 3, (FULL_PRECISION,) * 3, (HADAMARD, FULL_PRECISION, OE_RIGHT)]
+)
+def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(modes, monkeypatch):
     """MoE experts in one call (adahop.grouped_mm: the fused quantizer, dequantized bf16 operands,
     torch._grouped_mm) against the per-group loop (fp8 GEMMs) on the GPU, with ragged, empty and tiny groups:
     the same MXFP4 operands, so only accumulation order and the bf16 rounding of the outputs differ."""
@@ -462,7 +464,7 @@ def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(mode, monkeypat
     x[:, 7] *= 50
     w = (torch.randn(len(counts), 384, 256, device="cuda") / 16).to(torch.bfloat16)
     gy = torch.randn(x.shape[0], 384, device="cuda", dtype=torch.bfloat16)
-    recipe = LinearRecipe(mode, mode, mode)
+    recipe = LinearRecipe(*modes)
 
     def run():
         xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()

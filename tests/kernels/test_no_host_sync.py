@@ -10,6 +10,7 @@ import pytest
 from adahop.modes import MODES
 
 SYNCING = ("_local_scalar_dense", "nonzero")
+OE_R = "inner_outlier_extract_right"
 
 
 def _host_ops_count():
@@ -57,8 +58,10 @@ def test_the_counter_sees_a_host_read():
     assert counts.ops.get("host_read:tolist", 0) > 0, counts.ops
 
 
-@pytest.mark.parametrize("mode", ["hadamard", "none", "full_precision"])
-def test_grouped_gemms_in_one_call_read_nothing_back_from_the_device(mode):
+@pytest.mark.parametrize(
+    "modes", [("hadamard",) * 3, ("none",) * 3, ("full_precision",) * 3, ("none", "hadamard", OE_R)]
+)
+def test_grouped_gemms_in_one_call_read_nothing_back_from_the_device(modes):
     """MoE experts (adahop.grouped_mm, bf16): forward and backward of every group in one call, the group sizes
     kept on the device, the quantize kernels on the fast path (the interpreter without a GPU)."""
     import torch
@@ -75,7 +78,7 @@ def test_grouped_gemms_in_one_call_read_nothing_back_from_the_device(mode):
     sizes = torch.tensor([37, 0, 5, 64], device=dev)
     x = torch.randn(113, 128, generator=g).to(dev, torch.bfloat16).requires_grad_()
     w = (torch.randn(4, 128, 128, generator=g) / 11).to(dev, torch.bfloat16).requires_grad_()
-    recipe = LinearRecipe(mode, mode, mode)
+    recipe = LinearRecipe(*modes)
     assert all(
         grouped_mm.in_one_call(recipe, slot, x.dtype, w.dtype) for slot in ("forward_y", "backward_gx", "backward_gw")
     )
