@@ -282,11 +282,27 @@ class AdaHOPTrainer(titan_train.Trainer):
 
     def train_step(self, data_iterator):
         device = self._deferred_check_device()
+        calibrating = any(conv.calibrator.calibrating for conv in self.adahop_converters)
         with self._eager_step():
             if device is None:
                 super().train_step(data_iterator)
             else:
                 self._train_step_deferred(data_iterator, device)
+        if calibrating and not any(conv.calibrator.calibrating for conv in self.adahop_converters):
+            self._release_calibration_memory()
+
+    def _release_calibration_memory(self):
+        """Calibration steps run eagerly and keep more activations than compiled steps do: after the last one,
+        the allocator's cached blocks go back to the device and the logged peak restarts, so that the memory
+        logged from here on is the training steps' own. The calibration peak is logged first: a job needs it."""
+        if not torch.cuda.is_available():
+            return
+        peak = torch.cuda.max_memory_reserved() / 2**30
+        torch.cuda.empty_cache()
+        monitor = getattr(getattr(self, "metrics_processor", None), "device_memory_monitor", None)
+        if monitor is not None:
+            monitor.reset_peak_stats()
+        logger.info(f"[adahop] calibration steps (eager) peaked at {peak:.2f} GiB reserved; cached blocks released")
 
     def _train_step_deferred(self, data_iterator, device):
         """One step with the per-GEMM deficient-block sync deferred to one check per optimizer step (after

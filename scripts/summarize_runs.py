@@ -3,7 +3,9 @@
     python scripts/summarize_runs.py LOG_DIR NAME [NAME ...] [--after STEP] [--until STEP]
 
 Reads LOG_DIR/train_<NAME>.log; tokens/s is the mean of the log lines after step --after (up to --until); "steps
-redone" lists the steps the trainer ran again exactly (a block the fp8 form could not hold).
+redone" lists the steps the trainer ran again exactly (a block the fp8 form could not hold). Peak memory is the
+largest logged over the whole run, and over the steps after --after (AdaHOP's eager calibration steps, which
+keep more activations, left out; the trainer logs their own peak).
 """
 
 import argparse
@@ -36,6 +38,7 @@ def main():
         rows[name] = dict(
             tps=sum(r[3] for r in late) / len(late),
             mem=max(r[2] for r in recs),
+            mem_late=max(r[2] for r in late),
             last=recs[-1][0],
             loss=recs[-1][1],
             val=float(vals[-1][1]) if vals else float("nan"),
@@ -48,13 +51,14 @@ def main():
     base = next(iter(rows.values()))
     print(
         f"| run | steps | train tokens/s (after step {a.after}) | vs first | peak memory GiB | vs first "
-        "| train loss, last step | validation loss | steps redone |"
+        f"| peak memory after step {a.after} GiB | vs first | train loss, last step | validation loss | steps redone |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         print(
             f"| {name} | {r['last']} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f}x | {r['mem']:.2f} | "
-            f"{r['mem'] / base['mem']:.2f}x | {r['loss']:.3f} | {r['val']:.3f} | {r['redone'] or 'none'} |"
+            f"{r['mem'] / base['mem']:.2f}x | {r['mem_late']:.2f} | {r['mem_late'] / base['mem_late']:.2f}x | "
+            f"{r['loss']:.3f} | {r['val']:.3f} | {r['redone'] or 'none'} |"
         )
     print()
     for name, r in rows.items():
