@@ -32,7 +32,7 @@ import torch
 
 from . import backend
 from .kernels.deferred import counter_for
-from .linear import LinearRecipe, _gw_row_multiple
+from .linear import LinearRecipe, _gw_row_multiple, quantize_for_slot
 from .modes import FULL_PRECISION, HADAMARD, NONE, OE_RIGHT
 from .mx import MXFP4Tensor
 
@@ -119,16 +119,7 @@ def group_counts(sizes: torch.Tensor, tokens: int) -> list[int]:
 def exact_bf16(t: torch.Tensor, k_dim: int, recipe: LinearRecipe, slot: str, rounding: str = "nearest") -> torch.Tensor:
     """t transformed and quantized along `k_dim` as `slot` of `recipe` does it, as K-major bf16 values (exact,
     see the module docstring)."""
-    k = t.shape[k_dim]
-    _, packed = backend.quantize(
-        t,
-        k_dim=k_dim,
-        hadamard_size=recipe.hadamard_size_for(slot),
-        signs=recipe.signs_for(slot, k, t.device),
-        rounding=rounding,
-        packed=True,
-    )
-    return backend.dequantize_bf16(packed)
+    return backend.dequantize_bf16(quantize_for_slot(t, k_dim, recipe, slot, rounding, packed=True)[1])
 
 
 def _rows_past_groups_zeroed(out: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -168,13 +159,7 @@ def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch
         extracted = torch.gather(layout, 1, of_row).to(torch.bfloat16)
         layout = layout.masked_fill(chosen[group], 0)
         kept = [channels, extracted.reshape(-1)]
-    _, packed = backend.quantize(
-        layout,
-        k_dim=0,
-        hadamard_size=r.hadamard_size_for("backward_gw"),
-        signs=r.signs_for("backward_gw", capacity, x.device),
-        packed=True,
-    )
+    _, packed = quantize_for_slot(layout, 0, r, "backward_gw", packed=True)
     return [packed.data.reshape(-1), packed.scales.reshape(-1), *kept]
 
 

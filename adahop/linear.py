@@ -225,16 +225,28 @@ def quantize_left(
     zero_rows: Optional[torch.Tensor] = None,
 ) -> backend.Operand:
     """The left operand of a quantized slot (`zero_rows`: the rows OE-left takes out)."""
-    k = a.shape[a_k_dim]
-    operand, _ = backend.quantize(
-        a,
-        k_dim=a_k_dim,
+    return quantize_for_slot(a, a_k_dim, recipe, slot, rounding, zero_rows)[0]
+
+
+def quantize_for_slot(
+    t: torch.Tensor,
+    k_dim: int,
+    recipe: LinearRecipe,
+    slot: str,
+    rounding: str = "nearest",
+    zero_rows: Optional[torch.Tensor] = None,
+    packed: bool = False,
+) -> tuple[backend.Operand, Optional[MXFP4Tensor]]:
+    """backend.quantize of `t` along `k_dim` with `slot`'s Hadamard and signs (see backend.quantize)."""
+    return backend.quantize(
+        t,
+        k_dim=k_dim,
         hadamard_size=recipe.hadamard_size_for(slot),
-        signs=recipe.signs_for(slot, k, a.device),
+        signs=recipe.signs_for(slot, t.shape[k_dim], t.device),
         rounding=rounding,
         zero_rows=zero_rows,
+        packed=packed,
     )
-    return operand
 
 
 def _x_for_gw(x2d: torch.Tensor, recipe: LinearRecipe) -> RightOperand:

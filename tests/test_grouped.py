@@ -144,14 +144,8 @@ def test_backward_keeps_packed_x_and_the_weight_by_reference(mode, keeps_x, keep
     """x is kept packed (full_precision: x itself), W by reference (OE-right for gx: its packed copy instead)."""
     x, w, gy = operands()
     xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = mxfp4_grouped_mm(xr, wr, torch.tensor(COUNTS), LinearRecipe(mode, mode, mode, outlier_k=4))
+    recipe = LinearRecipe(mode, mode, mode, outlier_k=4)
+    y, saved = saved_for_backward(lambda: mxfp4_grouped_mm(xr, wr, torch.tensor(COUNTS), recipe))
     assert any(t is xr for t in saved) == keeps_x and any(t is wr for t in saved) == keeps_w
     if not keeps_x:
         packed_bytes = sum(t.numel() for t in saved if t.dtype == torch.uint8)
@@ -160,3 +154,15 @@ def test_backward_keeps_packed_x_and_the_weight_by_reference(mode, keeps_x, keep
         assert packed_bytes <= IN * (x.shape[0] + len(COUNTS) * 31) * (1 / 2 + 1 / 32) + OUT * IN * len(COUNTS)
     y.backward(gy)
     assert torch.isfinite(wr.grad).all()
+
+
+def saved_for_backward(fn):
+    """fn()'s result and the tensors autograd saved for its backward."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        return fn(), saved

@@ -229,15 +229,12 @@ def test_invalid_sizes_counted_in_the_deferred_check_without_a_host_read():
 @pytest.mark.parametrize("mode, keeps_x", [("hadamard", False), ("full_precision", True)])
 def test_backward_keeps_x_packed_in_the_token_layout(mode, keeps_x):
     x, w, gy = operands()
+    from test_grouped import saved_for_backward
+
     xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = mxfp4_grouped_mm(xr, wr, torch.tensor(COUNTS), LinearRecipe(mode, mode, mode))
+    y, saved = saved_for_backward(
+        lambda: mxfp4_grouped_mm(xr, wr, torch.tensor(COUNTS), LinearRecipe(mode, mode, mode))
+    )
     assert any(t is xr for t in saved) == keeps_x
     packed = sum(t.numel() for t in saved if t.dtype == torch.uint8)
     capacity = grouped_mm.token_capacity(x.shape[0], len(COUNTS), 32)
