@@ -21,7 +21,8 @@ the three GEMMs run as `torch._grouped_mm` in BF16 with float32 accumulation, on
   before any work.
 
 The modes that quantize or keep whole operands run here (hadamard, none, full_precision; OE-left's weight
-gradient runs hadamard). The OE modes extract per expert and stay on the per-group loop of adahop.grouped, as
+gradient runs hadamard), and the extractions of OE-left for the input gradient and OE-right for the weight
+gradient (ONE_CALL_MODES). OE modes of y, and OE-right of gx, stay on the per-group loop of adahop.grouped, as
 do operands that are not bf16 (torch._grouped_mm multiplies bf16) and random Hadamard signs (the per-group path
 gives each group the signs of its own padded length from position 0).
 """
@@ -33,15 +34,17 @@ import torch
 from . import backend
 from .kernels.deferred import counter_for
 from .linear import LinearRecipe, _gw_row_multiple, quantize_for_slot
-from .modes import FULL_PRECISION, HADAMARD, NONE, OE_RIGHT
+from .modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
 from .mx import MXFP4Tensor
 
 WHOLE_OPERAND_MODES = (HADAMARD, NONE, FULL_PRECISION)
 # The modes each slot runs in one call. OE-right of the weight gradient extracts input channels of x per group:
 # their norms over each group's tokens come from one segmented sum, their BF16 part from one grouped GEMM.
+# OE-left of the input gradient extracts each group's rows of gy of largest norm (two stable sorts rank them
+# within their group), their BF16 part from one grouped GEMM of k rows per group.
 ONE_CALL_MODES = {
     "forward_y": WHOLE_OPERAND_MODES,
-    "backward_gx": WHOLE_OPERAND_MODES,
+    "backward_gx": (*WHOLE_OPERAND_MODES, OE_LEFT),
     "backward_gw": (*WHOLE_OPERAND_MODES, OE_RIGHT),
 }
 
@@ -182,15 +185,51 @@ def input_gradient(gy: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, 
     """gx [T, in] of every group from gy [T, out] (rows past the last group zero)."""
     groups, out_f, in_f = weight.shape
     ends = offsets(sizes)
-    if r.mode("backward_gx") == FULL_PRECISION:
+    mode = r.mode("backward_gx")
+    if mode == FULL_PRECISION:
         a, b = gy.contiguous(), weight.contiguous()
     else:
-        a = exact_bf16(gy, 1, r, "backward_gx", _rounding(r))
+        rows = None
+        if mode == OE_LEFT:  # each group's rows of largest norm leave the quantization for a BF16 GEMM
+            rows = top_rows_per_group(gy, sizes, r.outlier_k)
+            a = exact_bf16(_rows_zeroed(gy, rows), 1, r, "backward_gx", _rounding(r))
+        else:
+            a = exact_bf16(gy, 1, r, "backward_gx", _rounding(r))
         # W_e quantized along out: the stack as [G * out, in] along dim 0, whose blocks never cross experts
         # (out is a multiple of the block); [in, G * out] -> [G, out, in]
         wt = exact_bf16(weight.reshape(groups * out_f, in_f), 0, r, "backward_gx")
         b = wt.view(in_f, groups, out_f).permute(1, 0, 2).contiguous().transpose(-2, -1)
-    return _rows_past_groups_zeroed(torch._grouped_mm(a, b, offs=ends), ends)
+    gx = torch._grouped_mm(a, b, offs=ends)
+    if mode == OE_LEFT:  # added after the rounding, as the linear adds it
+        k = rows.shape[1]
+        picked = torch.cat((gy, gy.new_zeros(1, out_f)))[rows.reshape(-1)]  # row T: a zero row for a short group
+        every_k = torch.arange(1, groups + 1, device=gy.device, dtype=torch.int32) * k
+        part = torch._grouped_mm(picked, weight.contiguous(), offs=every_k)
+        gx = torch.cat((gx, gx.new_zeros(1, in_f))).index_add_(0, rows.reshape(-1), part)[:-1]
+    return _rows_past_groups_zeroed(gx, ends)
+
+
+def top_rows_per_group(t: torch.Tensor, sizes: torch.Tensor, k: int) -> torch.Tensor:
+    """[G, k] indices of each group's min(k, size) rows of `t` of largest L2 norm, as adahop.outliers.top_rows
+    picks them from the group's rows (float32 norms, non-finite first; rows of equal norm may be taken in
+    another order); a group with fewer than k rows fills its slots with T (no row)."""
+    tokens = t.shape[0]
+    norms = torch.linalg.vector_norm(t, dim=-1, dtype=torch.promote_types(t.dtype, torch.float32))
+    norms = torch.nan_to_num(norms, nan=torch.inf, posinf=torch.inf)
+    ends = torch.cumsum(sizes.to(torch.int64), 0)
+    group = torch.searchsorted(ends, torch.arange(tokens, device=t.device), right=True)
+    # rows by group, within a group by norm (largest first): two stable sorts
+    order = torch.argsort(norms, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    slot = torch.arange(k, device=t.device)
+    first = (ends - sizes.to(torch.int64))[:, None] + slot
+    taken = torch.where(slot < sizes[:, None], order[first.clamp(max=max(tokens - 1, 0))], tokens)
+    return taken
+
+
+def _rows_zeroed(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """t with `rows` (T: none) zeroed, as a copy."""
+    return torch.cat((t, t.new_zeros(1, t.shape[1]))).index_fill_(0, rows.reshape(-1), 0)[:-1]
 
 
 def weight_gradient(

@@ -249,8 +249,9 @@ def test_other_dtypes_random_signs_and_per_group_extraction_stay_on_the_loop():
     assert not any(one_call(LinearRecipe(), slot, torch.float32, torch.float32) for slot in SLOTS)
     assert not any(one_call(LinearRecipe(randomized_hadamard=True), slot, bf16, bf16) for slot in SLOTS)
     for oe in ("inner_outlier_extract_left", "inner_outlier_extract_right"):
-        mixed = LinearRecipe(forward_y=oe, backward_gx=oe)
-        assert [one_call(mixed, slot, bf16, bf16) for slot in SLOTS] == [False, False, True]
+        assert not one_call(LinearRecipe(forward_y=oe), "forward_y", bf16, bf16)
+    assert one_call(LinearRecipe(backward_gx="inner_outlier_extract_left"), "backward_gx", bf16, bf16)
+    assert not one_call(LinearRecipe(backward_gx="inner_outlier_extract_right"), "backward_gx", bf16, bf16)
     # OE-left's weight gradient runs hadamard; OE-right's extracts per group in one call
     assert one_call(LinearRecipe(backward_gw="inner_outlier_extract_left"), "backward_gw", bf16, bf16)
     assert one_call(LinearRecipe(backward_gw="inner_outlier_extract_right"), "backward_gw", bf16, bf16)
@@ -260,7 +261,11 @@ def test_other_dtypes_random_signs_and_per_group_extraction_stay_on_the_loop():
     "modes, in_one_call",
     [
         # the slot mixes a calibrated MoE plan gives its expert stacks
-        (("hadamard", "inner_outlier_extract_left", "full_precision"), {"forward_y", "weight_gradient"}),
+        (
+            ("hadamard", "inner_outlier_extract_left", "full_precision"),
+            {"forward_y", "input_gradient", "weight_gradient"},
+        ),
+        (("hadamard", "inner_outlier_extract_right", "none"), {"forward_y", "saved_x", "weight_gradient"}),
         (
             ("inner_outlier_extract_left", "hadamard", "inner_outlier_extract_right"),
             {"saved_x", "input_gradient", "weight_gradient"},
@@ -316,4 +321,38 @@ def test_top_channels_match_the_linear_choice_per_group():
         if n:
             want = top_rows(x[start : start + n].t(), 6)
             assert set(got[e].tolist()) == set(want.tolist()), e
+        start += n
+
+
+@pytest.mark.parametrize("outlier_k", [4, 16, 64])
+def test_oe_left_input_gradient_in_one_call(outlier_k, one_call_spy, monkeypatch):
+    """OE-left of the input gradient: each group's rows of gy of largest norm go to a BF16 GEMM, in one call
+    (groups shorter than k give all their rows); the loop picks the same rows (no ties in random data) and gives
+    the same input gradient, its BF16 part up to accumulation order."""
+    x, w, gy = operands()
+    gy[3] *= 50  # an outlier row in the first group
+    recipe = LinearRecipe("hadamard", "inner_outlier_extract_left", "hadamard", outlier_k=outlier_k)
+    got = run(x, w, gy, COUNTS, recipe)
+    assert one_call_spy["input_gradient"] == 1
+    want = run(x, w, gy, COUNTS, recipe, per_group=True, monkeypatch=monkeypatch)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+    gx, gx_loop = got[1].float(), want[1].float()
+    assert torch.all((gx - gx_loop).abs() <= gx_loop.abs() * 2.0**-7)
+    assert (gx != gx_loop).float().mean() < 0.02
+
+
+def test_top_rows_per_group_match_the_linear_choice():
+    """Per group, the rows adahop.outliers.top_rows picks from the group's rows (NaN / inf rows first); slots
+    past a short group's rows hold T."""
+    from adahop.outliers import top_rows
+
+    x, _, _ = operands()
+    x[40, 9] = float("nan")
+    x[3, 20] = float("inf")
+    got = grouped_mm.top_rows_per_group(x, torch.tensor(COUNTS), 6)
+    start = 0
+    for e, n in enumerate(COUNTS):
+        picked = [r for r in got[e].tolist() if r != x.shape[0]]
+        want = (top_rows(x[start : start + n], 6) + start).tolist() if n else []
+        assert sorted(picked) == sorted(want), e
         start += n

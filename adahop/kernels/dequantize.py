@@ -19,16 +19,12 @@ import triton
 import triton.language as tl
 
 BLOCK = 32
+_BLOCK = tl.constexpr(BLOCK)  # what the kernel reads (a Triton kernel reads only constexpr globals)
 
 
 @triton.jit
-def _dequantize_kernel(packed_ptr, scales_ptr, out_ptr, R, K, BR: tl.constexpr, BK: tl.constexpr):
-    rows = (tl.program_id(0) * BR + tl.arange(0, BR))[:, None].to(tl.int64)
-    cols = (tl.program_id(1) * BK + tl.arange(0, BK))[None, :]
-    inside = (rows < R) & (cols < K)
-    byte = tl.load(packed_ptr + rows * (K // 2) + cols // 2, mask=inside, other=0).to(tl.int32)
-    code = (byte >> ((cols % 2) * 4)) & 15  # the lower index in the low nibble
-    b = tl.load(scales_ptr + rows * (K // BLOCK) + cols // BLOCK, mask=inside, other=127).to(tl.int32)
+def _bf16_bits(code, b):
+    """bf16 bit patterns (int32) of E2M1 codes with E8M0 bytes b (see the module docstring)."""
     e = (code >> 1) & 3
     m = code & 1
     f = tl.where(e > 0, e + b - 1, b - 1)
@@ -39,8 +35,22 @@ def _dequantize_kernel(packed_ptr, scales_ptr, out_ptr, R, K, BR: tl.constexpr, 
     mag = tl.where((e == 0) & (m == 0), 0, mag)  # a zero code
     mag = tl.where(f >= 255, 0x7F80, mag)  # inf
     bits = tl.where((code & 8) != 0, mag | 0x8000, mag)
-    bits = tl.where(b == 255, 0x7FC0, bits)  # a NaN block
-    tl.store(out_ptr + rows * K + cols, bits.to(tl.int16), mask=inside)
+    return tl.where(b == 255, 0x7FC0, bits)  # a NaN block
+
+
+@triton.jit
+def _dequantize_kernel(packed_ptr, scales_ptr, out_ptr, R, K, BR: tl.constexpr, BB: tl.constexpr):
+    # one program: BR rows x BB packed bytes (2 BB values); each byte read once, both nibbles written
+    rows = (tl.program_id(0) * BR + tl.arange(0, BR))[:, None].to(tl.int64)
+    cols = (tl.program_id(1) * BB + tl.arange(0, BB))[None, :]  # byte index
+    inside = (rows < R) & (cols < K // 2)
+    byte = tl.load(packed_ptr + rows * (K // 2) + cols, mask=inside, other=0).to(tl.int32)
+    b = tl.load(scales_ptr + rows * (K // _BLOCK) + cols // (_BLOCK // 2), mask=inside, other=127).to(tl.int32)
+    low = _bf16_bits(byte & 15, b)  # the lower index in the low nibble
+    high = _bf16_bits(byte >> 4, b)
+    both = tl.join(low, high).reshape(BR, 2 * BB)
+    out_cols = (tl.program_id(1) * 2 * BB + tl.arange(0, 2 * BB))[None, :]
+    tl.store(out_ptr + rows * K + out_cols, both.to(tl.int16), mask=(rows < R) & (out_cols < K))
 
 
 @torch.compiler.disable
@@ -53,8 +63,8 @@ def dequantize_bf16(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
             f"{tuple(packed.shape)} and {scales.dtype} {tuple(scales.shape)}"
         )
     out = torch.empty((R, K), dtype=torch.int16, device=packed.device)
-    br, bk = 16, 256
-    _dequantize_kernel[(triton.cdiv(R, br), triton.cdiv(K, bk))](
-        packed.contiguous(), scales.contiguous(), out, R, K, BR=br, BK=bk, num_warps=4
+    br, bb = 16, 128
+    _dequantize_kernel[(triton.cdiv(R, br), triton.cdiv(K // 2, bb))](
+        packed.contiguous(), scales.contiguous(), out, R, K, BR=br, BB=bb, num_warps=4
     )
     return out.view(torch.bfloat16)

@@ -26,7 +26,7 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from adahop.kernels import kernels_replaced, row_fix
+from adahop.kernels import dequantize, kernels_replaced, row_fix
 from adahop.kernels import quantize as q
 
 R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
@@ -131,6 +131,13 @@ CASES = [
             torch.zeros(R, K // 32, dtype=torch.uint8),
             torch.arange(0, R, 7),
             torch.zeros(1, dtype=torch.int32),
+        ),
+        0,
+    ),
+    (
+        "packed MXFP4 -> bf16 (grouped GEMM operands)",
+        lambda: dequantize.dequantize_bf16(
+            torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8)
         ),
         0,
     ),

@@ -448,7 +448,14 @@ def test_fp8_gemm_error_against_the_exact_product_is_within_the_stated_bound(cas
 
 
 @pytest.mark.parametrize(
-    "modes", [(HADAMARD,) * 3, (NONE,) * 3, (FULL_PRECISION,) * 3, (HADAMARD, FULL_PRECISION, OE_RIGHT)]
+    "modes",
+    [
+        (HADAMARD,) * 3,
+        (NONE,) * 3,
+        (FULL_PRECISION,) * 3,
+        (HADAMARD, FULL_PRECISION, OE_RIGHT),
+        (NONE, OE_LEFT, HADAMARD),
+    ],
 )
 def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(modes, monkeypatch):
     """MoE experts in one call (adahop.grouped_mm: the fused quantizer, dequantized bf16 operands,

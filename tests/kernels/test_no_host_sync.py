@@ -59,7 +59,14 @@ def test_the_counter_sees_a_host_read():
 
 
 @pytest.mark.parametrize(
-    "modes", [("hadamard",) * 3, ("none",) * 3, ("full_precision",) * 3, ("none", "hadamard", OE_R)]
+    "modes",
+    [
+        ("hadamard",) * 3,
+        ("none",) * 3,
+        ("full_precision",) * 3,
+        ("none", "hadamard", OE_R),
+        ("hadamard", "inner_outlier_extract_left", OE_R),
+    ],
 )
 def test_grouped_gemms_in_one_call_read_nothing_back_from_the_device(modes):
     """MoE experts (adahop.grouped_mm, bf16): forward and backward of every group in one call, the group sizes
