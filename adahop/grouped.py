@@ -129,8 +129,10 @@ def grouped_forward(
     (LinearRecipe.key), group e taking group_sizes[e] rows; and what backward keeps (see above) for the
     input gradient (`save_gx`) and the weight gradient (`save_gw`)."""
     r = LinearRecipe.from_key(recipe)
-    one_call = {slot: grouped_mm.in_one_call(r, slot, x.dtype, weight.dtype) for slot in ("forward_y", "backward_gw")}
     tokens, in_f = x.shape
+    if tokens == 0 or weight.shape[0] == 0:  # no token or no group: nothing to multiply (shapes only, no sync)
+        return (x.new_zeros(tokens, weight.shape[1]), *_saved_buffers(x, weight, r, save_gx, save_gw))
+    one_call = {slot: grouped_mm.in_one_call(r, slot, x.dtype, weight.dtype) for slot in ("forward_y", "backward_gw")}
     host_groups = _HostGroups(group_sizes, tokens)  # read on the host only if a slot loops over the groups
     if one_call["forward_y"]:
         y = grouped_mm.forward_y(x, weight, group_sizes, r)
@@ -221,6 +223,10 @@ def _grouped_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rounding = "stochastic" if r.use_sr_grad else "nearest"
     tokens, out_f = gy.shape
+    if tokens == 0 or group_sizes.shape[0] == 0:
+        gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)
+        gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype) if need_gw else _empty(gy, w_dtype)
+        return gx, gw
     host_groups = _HostGroups(group_sizes, tokens)
     gx = gw = None
     if need_gx and grouped_mm.in_one_call(r, "backward_gx", x_dtype, w_dtype):
@@ -330,6 +336,9 @@ def mxfp4_grouped_mm(
         sizes = torch.tensor(list(sizes), dtype=torch.int64, device=x.device)
     if sizes.dim() != 1 or sizes.shape[0] != weight.shape[0]:
         raise ValueError(f"{sizes.numel()} group sizes given for {weight.shape[0]} weight groups")
+    if sizes.is_floating_point() or sizes.is_complex():
+        raise ValueError(f"group sizes must be integers, got dtype {sizes.dtype}: pass token counts (e.g. int64)")
+    sizes = sizes.to(x.device)  # the one-call path keeps them beside x (a copy if they came on another device)
     _check_dims(weight.shape[2], weight.shape[1], recipe)
     (x, weight), amp_off = autocast_inputs(x, weight)  # the dtype F.linear would compute in
     grad = torch.is_grad_enabled()

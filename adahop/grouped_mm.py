@@ -105,9 +105,19 @@ def check_sizes(sizes: torch.Tensor, tokens: int) -> None:
     step runs again synchronously), else read and refused here."""
     counter = counter_for(sizes.device)
     if counter is not None:
-        counter.add_(((sizes < 0).any() | (sizes.sum() > tokens)).to(counter.dtype))
+        # the running sums, not one total: a total of huge sizes can wrap around
+        invalid = (sizes < 0).any() | (torch.cumsum(sizes.clamp(min=0).clamp(max=tokens + 1), 0)[-1:] > tokens).any()
+        counter.add_(invalid.to(counter.dtype))
     else:
         group_counts(sizes, tokens)
+
+
+def in_range(sizes: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The sizes the kernels see: each >= 0 and together at most T. Valid sizes are unchanged; invalid ones
+    (counted by check_sizes, their step redone) must still not index past x: a GEMM's device-side check of its
+    offsets would end the process, and the redone step with it."""
+    ends = torch.cumsum(sizes.to(torch.int64).clamp(min=0, max=tokens), 0).clamp(max=tokens)
+    return torch.diff(ends, prepend=ends.new_zeros(1))
 
 
 def group_counts(sizes: torch.Tensor, tokens: int) -> list[int]:
@@ -135,6 +145,7 @@ def forward_y(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: Lin
     """y [T, out] of every group (rows past the last group zero)."""
     groups, out_f, in_f = weight.shape
     check_sizes(sizes, x.shape[0])
+    sizes = in_range(sizes, x.shape[0])
     ends = offsets(sizes)
     if r.mode("forward_y") == FULL_PRECISION:  # torch._grouped_mm takes dense row- or column-major operands
         a, b = x.contiguous(), weight.contiguous()
@@ -150,6 +161,7 @@ def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch
     channels [G, k] (zeroed in the quantized x^T) and their BF16 values in the token layout [capacity * k]."""
     tokens = x.shape[0]
     check_sizes(sizes, tokens)
+    sizes = in_range(sizes, tokens)
     dest, padded_ends, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
     layout = to_layout(x, dest, capacity)
     kept = []
@@ -172,11 +184,16 @@ def layout_groups(padded_ends: torch.Tensor, capacity: int) -> torch.Tensor:
     return torch.searchsorted(padded_ends, rows.to(padded_ends.dtype), right=True)
 
 
+NORM_ROWS = 4096  # rows of the token layout squared in float32 at a time
+
+
 def top_channels(layout: torch.Tensor, group: torch.Tensor, groups: int, k: int) -> torch.Tensor:
     """[G, min(k, in)] indices of each group's input channels of largest L2 norm over its tokens, as
     adahop.outliers.top_rows picks them from the group's x^T (float32 norms, non-finite first)."""
     sums = torch.zeros(groups + 1, layout.shape[1], dtype=torch.float32, device=layout.device)
-    sums.index_add_(0, group, layout.float().square())
+    for start in range(0, layout.shape[0], NORM_ROWS):  # float32 squares of a slice at a time, not of all x
+        rows = slice(start, start + NORM_ROWS)
+        sums.index_add_(0, group[rows], layout[rows].float().square())
     norms = torch.nan_to_num(sums[:groups].sqrt(), nan=torch.inf, posinf=torch.inf)
     return torch.topk(norms, min(k, layout.shape[1]), dim=1, largest=True, sorted=False).indices
 
@@ -184,6 +201,7 @@ def top_channels(layout: torch.Tensor, group: torch.Tensor, groups: int, k: int)
 def input_gradient(gy: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> torch.Tensor:
     """gx [T, in] of every group from gy [T, out] (rows past the last group zero)."""
     groups, out_f, in_f = weight.shape
+    sizes = in_range(sizes, gy.shape[0])
     ends = offsets(sizes)
     mode = r.mode("backward_gx")
     if mode == FULL_PRECISION:
@@ -237,7 +255,7 @@ def weight_gradient(
 ) -> torch.Tensor:
     """gw [G, out, in] of every group (zero for an empty one) from gy [T, out] and what `saved_x` kept (`x`
     itself where the recipe keeps it)."""
-    dest, padded_ends, capacity = token_layout(sizes, gy.shape[0], _gw_row_multiple(r))
+    dest, padded_ends, capacity = token_layout(in_range(sizes, gy.shape[0]), gy.shape[0], _gw_row_multiple(r))
     g_layout = to_layout(gy, dest, capacity)
     mode = r.mode("backward_gw")
     if mode == FULL_PRECISION:

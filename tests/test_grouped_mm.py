@@ -356,3 +356,40 @@ def test_top_rows_per_group_match_the_linear_choice():
         want = (top_rows(x[start : start + n], 6) + start).tolist() if n else []
         assert sorted(picked) == sorted(want), e
         start += n
+
+
+def test_invalid_sizes_in_the_deferred_check_never_index_past_x():
+    """Counted, and clamped for the kernels: on a GPU an offset past x trips torch._grouped_mm's device-side
+    check, which would end the process before the step could run again. The clamped sizes keep every offset
+    inside x (a wrapped-around sum of huge sizes is counted too)."""
+    for bad in ([30, 20, 15, 0, 0, 0], [-8, 20, 5, 0, 0, 0], [2**62] * 6):
+        sizes = torch.tensor(bad)
+        clamped = grouped_mm.in_range(sizes, 40)
+        assert clamped.min() >= 0 and clamped.sum() <= 40
+        with deferred.deferred_check("cpu") as counter:
+            grouped_mm.check_sizes(sizes, 40)
+            assert counter.item() == 1, bad
+    valid = torch.tensor(COUNTS)
+    assert torch.equal(grouped_mm.in_range(valid, sum(COUNTS) + 3), valid)
+
+
+@pytest.mark.parametrize(
+    "modes", [("hadamard",) * 3, ("none", "inner_outlier_extract_left", "inner_outlier_extract_right")]
+)
+def test_no_tokens_or_no_groups(modes):
+    """An expert-parallel rank may receive no token; a stack may hold no expert: zeros, as the loop gives."""
+    recipe = LinearRecipe(*modes, outlier_k=4)
+    for tokens, groups in ((0, 1), (0, 3), (5, 0)):
+        x = torch.randn(tokens, IN, dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(groups, OUT, IN, dtype=torch.bfloat16, requires_grad=True)
+        sizes = torch.tensor([0] * groups, dtype=torch.int64)
+        y = mxfp4_grouped_mm(x, w, sizes, recipe)
+        y.backward(torch.ones_like(y))
+        assert y.shape == (tokens, OUT) and not y.any()
+        assert not w.grad.any() and not x.grad.any()
+
+
+def test_float_sizes_refused():
+    x, w, _ = operands()
+    with pytest.raises(ValueError, match="must be integers"):
+        mxfp4_grouped_mm(x, w, torch.tensor([10.7, 10.2, 5.9, 0, 0, 0]), LinearRecipe())
