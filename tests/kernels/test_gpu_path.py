@@ -491,3 +491,22 @@ def test_grouped_gemms_in_one_call_agree_with_the_per_group_loop(modes, monkeypa
     end = int(counts.sum())
     assert torch.all(one_call[0][end:] == 0) and torch.all(one_call[1][end:] == 0)
     assert torch.all(one_call[2][0] == 0) and torch.all(one_call[2][3] == 0)
+
+
+def test_grouped_invalid_sizes_in_a_deferred_step_are_counted_not_fatal():
+    """Sizes past x or negative inside a training step's deferred check: counted (the step is redone and the
+    sizes refused there), and clamped for torch._grouped_mm, whose device-side check of its offsets would
+    otherwise end the process."""
+    from adahop.grouped import mxfp4_grouped_mm
+    from adahop.linear import LinearRecipe
+
+    x = torch.randn(40, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(3, 256, 256, device="cuda") / 16).to(torch.bfloat16).requires_grad_()
+    for bad in ([30, 20, 15], [-8, 20, 5], [10**6, 0, 0]):
+        for modes in ((HADAMARD,) * 3, (NONE, OE_LEFT, OE_RIGHT)):
+            with deferred.deferred_check("cuda") as counter:
+                y = mxfp4_grouped_mm(x, w, torch.tensor(bad, device="cuda"), LinearRecipe(*modes, outlier_k=8))
+                y.sum().backward()
+                assert counter.item() > 0, (bad, modes)
+    torch.cuda.synchronize()  # the device is still usable
+    assert torch.isfinite(x.grad).all()
