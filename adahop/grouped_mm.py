@@ -17,8 +17,8 @@ the three GEMMs run as `torch._grouped_mm` in BF16 with float32 accumulation, on
   layout whose groups start at multiples of the block (`token_layout`), sized from the shapes alone.
 - Group sizes stay on the device. In a training step's deferred exactness check (adahop.kernels.deferred) an
   invalid size (negative, or more rows than x has) counts into the step's counter, and the step runs again on
-  the synchronous path, which reads the sizes and refuses them by name; outside one they are read and checked
-  before any work.
+  the synchronous path, which reads the sizes and refuses them by name (meanwhile the kernels get the sizes
+  clamped into x: `in_range`); outside one they are read and checked before any work.
 
 The modes that quantize or keep whole operands run here (hadamard, none, full_precision; OE-left's weight
 gradient runs hadamard), and the extractions of OE-left for the input gradient and OE-right for the weight
