@@ -76,3 +76,17 @@ def test_summarize_runs_reads_tokens_memory_losses_and_redone_steps(tmp_path):
     assert rows["a"][2] == "2000" and rows["a"][3] == "1.00x" and rows["a"][4] == "14.00" and rows["a"][6] == "12.00"
     assert rows["b"][2] == "1500" and rows["b"][3] == "0.75x" and rows["b"][5] == "0.43x" and rows["b"][7] == "0.50x"
     assert rows["a"][-1] == "none |" and rows["b"][-1] == "12 |"
+
+
+def test_bench_grouped_refuses_without_a_gpu_and_draws_uneven_groups():
+    """scripts/bench_grouped.py: one line without a GPU; its routing sums to the token count, unevenly."""
+    r = subprocess.run([sys.executable, str(SCRIPTS / "bench_grouped.py")], capture_output=True, text=True, timeout=120)
+    if not __import__("torch").cuda.is_available():
+        assert r.returncode != 0 and "run it on a GPU machine" in r.stderr + r.stdout
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from bench_grouped import group_sizes
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    sizes = group_sizes(32768, 32)
+    assert int(sizes.sum()) == 32768 and int(sizes.min()) >= 0 and int(sizes.max()) > 2 * int(sizes.min())
