@@ -7,10 +7,11 @@ of its weight-gradient GEMM, padded there with zero rows to whole blocks (exact:
 empty group contributes nothing and gets a zero weight gradient. Rows past the last group (the alignment
 padding torchtitan's token reorderer adds) come out zero, and so does their input gradient.
 
-Where the recipe treats operands whole (hadamard, none, full_precision) and they are bf16, the ops run every
-group at once instead, with the sizes kept on the device (adahop.grouped_mm: one quantize pass per operand and
-one torch._grouped_mm per GEMM, on the same MXFP4 operands); the per-group loop below serves the OE modes,
-random Hadamard signs, other dtypes, and is the reference the one-call path is tested against.
+Each GEMM slot whose mode allows it (adahop.grouped_mm.ONE_CALL_MODES) runs every group at once instead when
+the operands are bf16, with the sizes kept on the device (adahop.grouped_mm: one quantize pass per operand and
+one torch._grouped_mm per GEMM, on the same MXFP4 operands); the per-group loop below serves the other slots
+(OE modes of y, OE-right of gx), random Hadamard signs and other dtypes, and is the reference the one-call
+path is tested against.
 
 The whole grouped forward and backward are two torch custom ops, `adahop::grouped_forward` and
 `adahop::grouped_backward`, like the linear's (see linear.py, "The linear's forward and backward as two
@@ -155,10 +156,9 @@ def grouped_forward(
             kk = saved[6].shape[-1]
             for g, start, count, off, padded in _gw_slices(host_groups(), _gw_row_multiple(r)):
                 right = _x_for_gw(x[start : start + count], r)
-                saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = right.packed.data.reshape(-1)
-                saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = right.packed.scales.reshape(
-                    -1
-                )
+                codes, scales = right.packed.data.reshape(-1), right.packed.scales.reshape(-1)
+                saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = codes
+                saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = scales
                 if right.rows is not None:
                     saved[6][g] = right.rows
                     saved[7][kk * off : kk * (off + padded)] = right.extracted.reshape(-1)
