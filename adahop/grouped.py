@@ -221,7 +221,7 @@ def grouped_backward(
 def _grouped_backward(
     gy, x, weight, group_sizes, saved, r, need_gx, need_gw, in_features, x_dtype, w_dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    rounding = "stochastic" if r.use_sr_grad else "nearest"
+    rounding = r.grad_rounding
     tokens, out_f = gy.shape
     if tokens == 0 or group_sizes.shape[0] == 0:
         gx = gy.new_zeros((tokens, in_features), dtype=x_dtype) if need_gx else _empty(gy, x_dtype)

@@ -36,6 +36,7 @@ from .kernels.deferred import counter_for
 from .linear import LinearRecipe, _gw_row_multiple, quantize_for_slot
 from .modes import FULL_PRECISION, HADAMARD, NONE, OE_LEFT, OE_RIGHT
 from .mx import MXFP4Tensor
+from .outliers import nonfinite_first, row_norms
 
 WHOLE_OPERAND_MODES = (HADAMARD, NONE, FULL_PRECISION)
 # The modes each slot runs in one call. OE-right of the weight gradient extracts input channels of x per group:
@@ -81,12 +82,12 @@ def token_layout(sizes: torch.Tensor, tokens: int, multiple: int) -> tuple[torch
     groups = sizes.shape[0]
     capacity = token_capacity(tokens, groups, multiple)
     counts = sizes.to(torch.int64)
-    ends = torch.cumsum(counts, 0)
-    padded_ends = torch.cumsum((counts + multiple - 1) // multiple * multiple, 0)
+    padded = (counts + multiple - 1) // multiple * multiple
+    ends, padded_ends = torch.cumsum(counts, 0), torch.cumsum(padded, 0)
     rows = torch.arange(tokens, device=sizes.device)
-    group = torch.searchsorted(ends, rows, right=True)
+    group = group_of_rows(ends, tokens)
     g = group.clamp(max=groups - 1)
-    dest = (padded_ends - (counts + multiple - 1) // multiple * multiple)[g] + rows - (ends - counts)[g]
+    dest = (padded_ends - padded)[g] + rows - (ends - counts)[g]
     # rows in no group, and (with invalid sizes, flagged elsewhere) rows that would land past the end, go to
     # one spare row that is dropped
     dest = torch.where(group < groups, dest, capacity).clamp(0, capacity)
@@ -166,7 +167,7 @@ def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch
     layout = to_layout(x, dest, capacity)
     kept = []
     if r.mode("backward_gw") == OE_RIGHT:
-        group = layout_groups(padded_ends, capacity)
+        group = group_of_rows(padded_ends, capacity)
         channels = top_channels(layout, group, sizes.shape[0], r.outlier_k)
         chosen = torch.zeros(sizes.shape[0] + 1, x.shape[1], dtype=torch.bool, device=x.device)
         chosen[torch.arange(sizes.shape[0], device=x.device)[:, None], channels] = True
@@ -178,10 +179,9 @@ def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch
     return [packed.data.reshape(-1), packed.scales.reshape(-1), *kept]
 
 
-def layout_groups(padded_ends: torch.Tensor, capacity: int) -> torch.Tensor:
-    """The group of each row of the token layout (G for the rows past the last group)."""
-    rows = torch.arange(capacity, device=padded_ends.device)
-    return torch.searchsorted(padded_ends, rows.to(padded_ends.dtype), right=True)
+def group_of_rows(ends: torch.Tensor, rows: int) -> torch.Tensor:
+    """The group of each of `rows` rows, from the groups' end rows (G for the rows past the last group)."""
+    return torch.searchsorted(ends, torch.arange(rows, device=ends.device, dtype=ends.dtype), right=True)
 
 
 NORM_ROWS = 4096  # rows of the token layout squared in float32 at a time
@@ -194,7 +194,7 @@ def top_channels(layout: torch.Tensor, group: torch.Tensor, groups: int, k: int)
     for start in range(0, layout.shape[0], NORM_ROWS):  # float32 squares of a slice at a time, not of all x
         rows = slice(start, start + NORM_ROWS)
         sums.index_add_(0, group[rows], layout[rows].float().square())
-    norms = torch.nan_to_num(sums[:groups].sqrt(), nan=torch.inf, posinf=torch.inf)
+    norms = nonfinite_first(sums[:groups].sqrt())
     return torch.topk(norms, min(k, layout.shape[1]), dim=1, largest=True, sorted=False).indices
 
 
@@ -210,9 +210,9 @@ def input_gradient(gy: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, 
         rows = None
         if mode == OE_LEFT:  # each group's rows of largest norm leave the quantization for a BF16 GEMM
             rows = top_rows_per_group(gy, sizes, r.outlier_k)
-            a = exact_bf16(_rows_zeroed(gy, rows), 1, r, "backward_gx", _rounding(r))
+            a = exact_bf16(_rows_zeroed(gy, rows), 1, r, "backward_gx", r.grad_rounding)
         else:
-            a = exact_bf16(gy, 1, r, "backward_gx", _rounding(r))
+            a = exact_bf16(gy, 1, r, "backward_gx", r.grad_rounding)
         # W_e quantized along out: the stack as [G * out, in] along dim 0, whose blocks never cross experts
         # (out is a multiple of the block); [in, G * out] -> [G, out, in]
         wt = exact_bf16(weight.reshape(groups * out_f, in_f), 0, r, "backward_gx")
@@ -232,10 +232,9 @@ def top_rows_per_group(t: torch.Tensor, sizes: torch.Tensor, k: int) -> torch.Te
     picks them from the group's rows (float32 norms, non-finite first; rows of equal norm may be taken in
     another order); a group with fewer than k rows fills its slots with T (no row)."""
     tokens = t.shape[0]
-    norms = torch.linalg.vector_norm(t, dim=-1, dtype=torch.promote_types(t.dtype, torch.float32))
-    norms = torch.nan_to_num(norms, nan=torch.inf, posinf=torch.inf)
+    norms = row_norms(t)
     ends = torch.cumsum(sizes.to(torch.int64), 0)
-    group = torch.searchsorted(ends, torch.arange(tokens, device=t.device), right=True)
+    group = group_of_rows(ends, tokens)
     # rows by group, within a group by norm (largest first): two stable sorts
     order = torch.argsort(norms, descending=True, stable=True)
     order = order[torch.argsort(group[order], stable=True)]
@@ -261,7 +260,7 @@ def weight_gradient(
     if mode == FULL_PRECISION:
         a, b = g_layout.t().contiguous(), to_layout(x, dest, capacity)
     else:
-        a = exact_bf16(g_layout, 0, r, "backward_gw", _rounding(r))  # [out, capacity]
+        a = exact_bf16(g_layout, 0, r, "backward_gw", r.grad_rounding)  # [out, capacity]
         packed = MXFP4Tensor(
             kept[0].view(in_f, capacity // 2), kept[1].view(in_f, capacity // 32), axis=-1, dtype=gy.dtype
         )
@@ -276,7 +275,3 @@ def weight_gradient(
         part = torch._grouped_mm(g_layout.t().contiguous(), extracted, offs=padded_ends)[..., :k]
         gw.scatter_add_(2, channels[:, None, :].expand(groups, gw.shape[1], k), part)
     return gw
-
-
-def _rounding(r: LinearRecipe) -> str:
-    return "stochastic" if r.use_sr_grad else "nearest"

@@ -98,6 +98,11 @@ class LinearRecipe:
             return -1
         return self.slot_seeds[slot]
 
+    @property
+    def grad_rounding(self) -> str:
+        """The rounding of the backward GEMMs' quantizations: stochastic with use_sr_grad, else nearest."""
+        return "stochastic" if self.use_sr_grad else "nearest"
+
     def signs_for(self, slot: str, k: int, device) -> torch.Tensor | None:
         return x_operands.signs(k, self.signs_seed(slot), device)
 
@@ -390,7 +395,7 @@ def linear_backward(
 
 
 def _linear_backward(gy, x2d, weight, saved, r: LinearRecipe, need_gx, need_gw, x_dtype, w_dtype):
-    rounding = "stochastic" if r.use_sr_grad else "nearest"
+    rounding = r.grad_rounding
     gx = gw = _empty(gy, x_dtype)
     if need_gx:
         mode = r.mode("backward_gx")

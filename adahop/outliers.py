@@ -29,7 +29,17 @@ def top_rows(k_major: torch.Tensor, k: int) -> torch.Tensor:
     """
     check_outlier_k(k)
     k = min(k, k_major.shape[0])
+    return torch.topk(row_norms(k_major), k, largest=True, sorted=False).indices
+
+
+def row_norms(k_major: torch.Tensor) -> torch.Tensor:
+    """The rows' L2 norms as top_rows ranks them: float32, non-finite rows as +inf."""
     # float32 accumulation without a float32 copy of the operand (it is as large as x or g)
-    norms = torch.linalg.vector_norm(k_major, dim=-1, dtype=torch.promote_types(k_major.dtype, torch.float32))
-    norms = torch.nan_to_num(norms, nan=torch.inf, posinf=torch.inf)  # one op (norms are never -inf)
-    return torch.topk(norms, k, largest=True, sorted=False).indices
+    return nonfinite_first(
+        torch.linalg.vector_norm(k_major, dim=-1, dtype=torch.promote_types(k_major.dtype, torch.float32))
+    )
+
+
+def nonfinite_first(norms: torch.Tensor) -> torch.Tensor:
+    """NaN and inf norms as +inf, so that their rows rank first."""
+    return torch.nan_to_num(norms, nan=torch.inf, posinf=torch.inf)  # one op (norms are never -inf)

@@ -314,7 +314,7 @@ def test_top_channels_match_the_linear_choice_per_group():
     sizes = torch.tensor(COUNTS)
     dest, ends, capacity = grouped_mm.token_layout(sizes, x.shape[0], 32)
     layout = grouped_mm.to_layout(x, dest, capacity)
-    group = grouped_mm.layout_groups(ends, capacity)
+    group = grouped_mm.group_of_rows(ends, capacity)
     got = grouped_mm.top_channels(layout, group, len(COUNTS), 6)
     start = 0
     for e, n in enumerate(COUNTS):
