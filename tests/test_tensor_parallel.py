@@ -37,7 +37,7 @@ def _layer_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> 
         parallelize_module,
     )
 
-    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(port), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         mesh = init_device_mesh("cpu", (world,))
@@ -79,6 +79,9 @@ def _layer_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> 
         dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    from adahop.train import exit_process
+
+    exit_process(0)  # as a training rank ends: gloo's threads can abort a finished rank's interpreter shutdown
 
 
 @pytest.mark.parametrize("mode", MODES)
