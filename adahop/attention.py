@@ -1,8 +1,10 @@
 """MXFP4 attention (enable_mxfp4_fa): Q K^T and P V, forward and backward, in MXFP4.
 
-Reference semantics in plain torch (the score matrix is materialized, so this is for correctness and
-small models; there is no fused kernel). Every GEMM quantizes both operands along its inner
-dimension K:
+Two implementations of the same semantics: the torch reference below (`attention_forward` /
+`attention_backward`, which materializes the [Tq, Tk] probabilities: CPU, tests, other devices), and on CUDA the
+flash-style Triton kernels of adahop.kernels.attention (`flash_attention_forward` / `flash_attention_backward`,
+memory O(T)), whose quantized operands are the reference's bit for bit. Every GEMM quantizes both operands along
+its inner dimension K:
 
 | GEMM | K | transform |
 | --- | --- | --- |
@@ -16,6 +18,8 @@ dimension K:
 The softmax and its backward (dS = P * (dP - rowsum(dP * P))) run in float32 on the unquantized P;
 the quantizer is a straight-through estimator. With `use_sr_grad`, the gradient operands (dO, dS) use
 stochastic rounding. Sequence lengths and head_dim must be multiples of 32.
+
+`[quantize.linear.mx.kernels] reference_only` runs the reference on CUDA too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .amp import autocast_inputs
+from .backend import reference_forced
 from .hadamard import block_hadamard, check_hadamard_size
 from .mx import BLOCK_SIZE, fake_quantize_mxfp4
 
@@ -125,6 +130,91 @@ def _backward(ctx, do, unused):
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The flash path: the same table, computed by adahop.kernels.attention without the [Tq, Tk] matrix. k and v keep
+# their key/value heads (GQA is indexed in the kernels, not repeated). Backward keeps q, k, v and the forward's
+# row log-sum-exp, and quantizes its operands again (cheap next to the attention GEMMs; keeping them would
+# hold three more copies of q, k, v).
+@torch.library.custom_op("adahop::flash_attention_forward", mutates_args=())
+def flash_attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    is_causal: bool,
+    hadamard_size: int,
+    use_sr_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O in q's dtype, row log-sum-exp float32 [B, Hq, Tq]) of q [B, Hq, Tq, D], k = v [B, Hkv, Tk, D]."""
+    from .kernels import attention as flash
+
+    qh = flash.operand(q, hadamard_size=hadamard_size)
+    kh = flash.operand(k, hadamard_size=hadamard_size)
+    return flash.forward(qh, kh, flash.operand(v, along_sequence=True), scale, is_causal, q.dtype)
+
+
+@flash_attention_forward.register_fake
+def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad):
+    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("adahop::flash_attention_backward", mutates_args=())
+def flash_attention_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    is_causal: bool,
+    hadamard_size: int,
+    use_sr_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) from the output gradient and what flash_attention_forward kept."""
+    from .kernels import attention as flash
+
+    h = hadamard_size
+    dq, dk, dv = flash.backward(
+        flash.operand(q, hadamard_size=h),
+        flash.operand(k, hadamard_size=h),
+        flash.operand(v, hadamard_size=h),
+        flash.operand(do, hadamard_size=h, stochastic=use_sr_grad),
+        flash.operand(q, along_sequence=True),
+        flash.operand(k, along_sequence=True),
+        flash.operand(do, along_sequence=True, stochastic=use_sr_grad),
+        lse,
+        scale,
+        is_causal,
+        use_sr_grad,
+    )
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@flash_attention_backward.register_fake
+def _(do, q, k, v, lse, scale, is_causal, hadamard_size, use_sr_grad):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _flash_setup_context(ctx, inputs, output) -> None:
+    q, k, v, scale, is_causal, hadamard_size, use_sr_grad = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(q, k, v, output[1])
+    ctx.args = scale, is_causal, hadamard_size, use_sr_grad
+
+
+def _flash_backward(ctx, do, unused):
+    q, k, v, lse = ctx.saved_tensors
+    dq, dk, dv = flash_attention_backward(do.contiguous(), q, k, v, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None
+
+
+flash_attention_forward.register_autograd(_flash_backward, setup_context=_flash_setup_context)
+
+
+def flash_device(device: torch.device) -> bool:
+    """Whether attention on `device` runs the flash kernels (CUDA, unless the reference is forced)."""
+    return device.type == "cuda" and not reference_forced()
+
+
 def mxfp4_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -138,15 +228,17 @@ def mxfp4_attention(
 ) -> torch.Tensor:
     """softmax(Q K^T * scale) V with every GEMM in MXFP4; q [B, Hq, Tq, D], k, v [B, Hkv, Tk, D]."""
     check_hadamard_size(hadamard_size)
-    if q.shape[1] != k.shape[1]:
-        if not enable_gqa or q.shape[1] % k.shape[1]:
-            raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if q.shape[1] != k.shape[1] and (not enable_gqa or q.shape[1] % k.shape[1]):
+        raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
     _check(q, k, v, hadamard_size)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     (q, k, v), amp_off = autocast_inputs(q, k, v)  # the dtype SDPA would compute in
     with amp_off:
+        if flash_device(q.device):
+            return flash_attention_forward(q, k, v, float(scale), is_causal, hadamard_size, use_sr_grad)[0]
+        if q.shape[1] != k.shape[1]:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return attention_forward(q, k, v, float(scale), is_causal, hadamard_size, use_sr_grad)[0]
 
 

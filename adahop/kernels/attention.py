@@ -1,0 +1,435 @@
+"""Flash-style MXFP4 attention (Triton), forward and backward: the GPU path of adahop.attention.
+
+The torch reference is `adahop.attention.attention_forward` / `attention_backward`, which materialize the
+[Tq, Tk] probabilities. These kernels never do (memory O(T)), and give the reference's quantized operands bit
+for bit:
+
+- the operands that are quantized along head_dim (with the Hadamard) or along the sequence are written once,
+  as bf16 (float32 under Triton's interpreter), by `_operand_kernel` (every MXFP4 value of a block exponent in
+  [-127, 127] is a bf16 value, so a bf16 tensor-core dot of two of them, accumulated in float32, is the
+  reference's float32 product up to the order of the sum);
+- the probabilities P and the score gradient dS are quantized inside the kernels, tile by tile, by
+  `_fake_quantize` (blocks of 32 along the tile's last axis; tiles start at multiples of 32).
+
+The reference quantizes the normalized P along keys, so a row's max and sum must be known before its first P
+tile: the forward makes two passes over the keys (scores only; then scores, P and P V). The backward's
+rowsum(P * dP) takes dP from the quantized dO and V (it is not dO . O here), so the dQ kernel computes it in a
+first pass over the keys and stores it for the dK/dV kernel.
+
+Stochastic rounding (use_sr_grad) draws its uniforms from Philox (`tl.rand`, seeded per call): the same
+distribution as the reference, not the same draws. `_operand_kernel` can also read given uniforms, which is how
+the tests compare the quantizer with the reference draw for draw.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from adahop.mx.format import BLOCK_SIZE
+
+from .quantize import _INTERPRETED, _e2m1_nearest, _e2m1_stochastic, _hadamard, _mx_exponents, _pow2, hadamard_scale
+
+ROUND_NEAREST, ROUND_SR_PHILOX, ROUND_SR_GIVEN = 0, 1, 2  # `rounding` of the kernels
+
+# Tiles (rows x keys) and warps. Every tile edge is a multiple of 32, so that each 32-block of P and dS lies
+# in one tile and starts where the reference's does.
+FORWARD_TILES = (128, 64, 8)  # (query rows, keys, warps)
+BACKWARD_TILES = (64, 64, 4)
+OPERAND_ROWS = 64
+# The quantized operands' dtype: bf16 for the tensor cores; float32 (the same values) under Triton's interpreter,
+# which has no bf16 arithmetic. Read once: triton.jit decides at import whether the kernels are interpreted.
+OPERAND_DTYPE = torch.float32 if _INTERPRETED else torch.bfloat16
+
+
+@triton.jit
+def _fake_quantize(y, u, R: tl.constexpr, C: tl.constexpr, ROUNDING: tl.constexpr):
+    """The MXFP4 values (float32) of y [R, C] quantized in blocks of 32 along C, as
+    adahop.mx.fake_quantize_mxfp4 gives them: nearest (ROUNDING 0) or stochastic with uniforms u [R, C]."""
+    y3 = tl.reshape(y, [R, C // 32, 32])
+    nonfinite, e, amax = _mx_exponents(y3, ROUNDING, 2)
+    mag = tl.abs(y3) * _pow2(-e)[:, :, None]  # exact: a power of two, e in [-127, 125]
+    if ROUNDING == 0:
+        qabs, idx = _e2m1_nearest(mag)
+    else:
+        qabs = _e2m1_stochastic(mag, tl.reshape(u, [R, C // 32, 32]))
+    # qabs / 2 * 2^(e + 1): both factors exact and in range for e = -127 (2^-127 is no normal float) and for
+    # 6 * 2^125 (qabs * 2^126 would overflow)
+    val = (qabs * 0.5) * _pow2(e + 1)[:, :, None]
+    val = tl.where(y3 < 0, -val, val)
+    val = tl.where(nonfinite[:, :, None], float("nan"), val)
+    return tl.reshape(val, [R, C])
+
+
+@triton.jit
+def _operand_kernel(
+    x_ptr,
+    u_ptr,
+    out_ptr,
+    T,
+    D,
+    H,
+    sxb,
+    sxh,
+    sxt,
+    sxd,
+    seed,
+    BT: tl.constexpr,
+    DP: tl.constexpr,
+    HSIZE: tl.constexpr,
+    HSCALE: tl.constexpr,
+    ALONG_T: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    # one program: BT positions x all of head_dim (DP: head_dim padded to a power of two) of one (batch, head)
+    bh = tl.program_id(1)
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    d = tl.arange(0, DP)
+    inside = (t[:, None] < T) & (d[None, :] < D)
+    src = (bh // H).to(tl.int64) * sxb + (bh % H).to(tl.int64) * sxh + t[:, None].to(tl.int64) * sxt + d[None, :] * sxd
+    x = tl.load(x_ptr + src, mask=inside, other=0.0).to(tl.float32)
+    if HSIZE >= 2:
+        x = _hadamard(x, BT, DP, HSIZE, HSCALE, 2)
+    dst = (bh.to(tl.int64) * T + t[:, None]) * D + d[None, :]  # contiguous [B, H, T, D]
+    if ROUNDING == 2:
+        u = tl.load(u_ptr + dst, mask=inside, other=0.0)
+    elif ROUNDING == 1:
+        u = tl.rand(seed + bh, t[:, None] * D + d[None, :])
+    else:
+        u = x
+    if ALONG_T:
+        v = tl.trans(_fake_quantize(tl.trans(x), tl.trans(u), DP, BT, ROUNDING))
+    else:
+        v = _fake_quantize(x, u, BT, DP, ROUNDING)
+    tl.store(out_ptr + dst, v.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _scores(q, k_ptr, rows, start, scale, TK, D, BN: tl.constexpr, DP: tl.constexpr, CAUSAL: tl.constexpr):
+    """S = q k^T * scale for the keys start.. start + BN ([BM, BN] float32), -inf where a key is masked (past
+    TK, or after the row's query under top-left causal alignment, as SDPA's is_causal)."""
+    cols = start + tl.arange(0, BN)
+    d = tl.arange(0, DP)
+    kt = tl.load(k_ptr + cols[None, :] * D + d[:, None], mask=(cols[None, :] < TK) & (d[:, None] < D), other=0.0)
+    s = tl.dot(q, kt) * scale
+    keep = cols[None, :] < TK
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= rows[:, None])
+    return tl.where(keep, s, float("-inf"))
+
+
+@triton.jit
+def _tile(ptr, first, T, D, BT: tl.constexpr, DP: tl.constexpr):
+    """Rows first.. first + BT of a contiguous [T, D] matrix as [BT, DP] (zeros outside)."""
+    t = first + tl.arange(0, BT)
+    d = tl.arange(0, DP)
+    return tl.load(ptr + t[:, None] * D + d[None, :], mask=(t[:, None] < T) & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _tile_t(ptr, first, T, D, BT: tl.constexpr, DP: tl.constexpr):
+    """The same rows transposed, [DP, BT]."""
+    t = first + tl.arange(0, BT)
+    d = tl.arange(0, DP)
+    return tl.load(ptr + t[None, :] * D + d[:, None], mask=(t[None, :] < T) & (d[:, None] < D), other=0.0)
+
+
+@triton.jit
+def _kv_head(bh, HQ, REP):
+    """The (batch, key/value head) index of query head bh under GQA (REP query heads per key/value head)."""
+    return (bh // HQ) * (HQ // REP) + (bh % HQ) // REP
+
+
+@triton.jit
+def _forward_kernel(
+    qh_ptr,
+    kh_ptr,
+    vq_ptr,
+    o_ptr,
+    lse_ptr,
+    scale,
+    TQ,
+    TK,
+    D,
+    HQ,
+    REP,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    DP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    q_ptr = qh_ptr + bh.to(tl.int64) * TQ * D
+    kv = _kv_head(bh, HQ, REP).to(tl.int64) * TK * D
+    q = _tile(q_ptr, pid_m * BM, TQ, D, BM, DP)
+    end = TK
+    if CAUSAL:
+        end = tl.minimum(TK, (pid_m + 1) * BM)
+    # pass 1: each row's max and sum of exp (online)
+    m = tl.full([BM], float("-inf"), tl.float32)
+    total = tl.zeros([BM], tl.float32)
+    for start in range(0, end, BN):
+        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        total = total * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m = m_new
+    # pass 2: the normalized P, quantized along keys, times V quantized along keys
+    acc = tl.zeros([BM, DP], tl.float32)
+    for start in range(0, end, BN):
+        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
+        p = tl.exp(s - m[:, None]) / total[:, None]
+        pq = _fake_quantize(p, p, BM, BN, 0).to(vq_ptr.dtype.element_ty)
+        acc = tl.dot(pq, _tile(vq_ptr + kv, start, TK, D, BN, DP), acc)
+    d = tl.arange(0, DP)
+    out = (rows[:, None] < TQ) & (d[None, :] < D)
+    o_ptr += bh.to(tl.int64) * TQ * D
+    tl.store(o_ptr + rows[:, None] * D + d[None, :], acc.to(o_ptr.dtype.element_ty), mask=out)
+    tl.store(lse_ptr + bh.to(tl.int64) * TQ + rows, m + tl.log(total), mask=rows < TQ)
+
+
+@triton.jit
+def _dq_kernel(
+    qh_ptr,
+    kh_ptr,
+    doh_ptr,
+    vh_ptr,
+    kq_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    scale,
+    seed,
+    TQ,
+    TK,
+    D,
+    HQ,
+    REP,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    DP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    q_off = bh.to(tl.int64) * TQ * D
+    kv = _kv_head(bh, HQ, REP).to(tl.int64) * TK * D
+    q = _tile(qh_ptr + q_off, pid_m * BM, TQ, D, BM, DP)
+    do = _tile(doh_ptr + q_off, pid_m * BM, TQ, D, BM, DP)
+    lse = tl.load(lse_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+    end = TK
+    if CAUSAL:
+        end = tl.minimum(TK, (pid_m + 1) * BM)
+    # pass 1: delta = rowsum(P * dP), dP from the quantized dO and V
+    delta = tl.zeros([BM], tl.float32)
+    for start in range(0, end, BN):
+        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - lse[:, None])
+        dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
+        delta += tl.sum(p * dp, 1)
+    # pass 2: dS = P (dP - delta), quantized along keys, times K quantized along keys
+    acc = tl.zeros([BM, DP], tl.float32)
+    for start in range(0, end, BN):
+        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - lse[:, None])
+        dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
+        ds = p * (dp - delta[:, None])
+        cols = start + tl.arange(0, BN)
+        u = ds
+        if ROUNDING != 0:
+            u = tl.rand(seed + bh, rows[:, None] * TK + cols[None, :])
+        dsq = _fake_quantize(ds, u, BM, BN, ROUNDING).to(kq_ptr.dtype.element_ty)
+        acc = tl.dot(dsq, _tile(kq_ptr + kv, start, TK, D, BN, DP), acc)
+    d = tl.arange(0, DP)
+    out = (rows[:, None] < TQ) & (d[None, :] < D)
+    tl.store(dq_ptr + q_off + rows[:, None] * D + d[None, :], acc * scale, mask=out)
+    tl.store(delta_ptr + bh.to(tl.int64) * TQ + rows, delta, mask=rows < TQ)
+
+
+@triton.jit
+def _dkdv_kernel(
+    qh_ptr,
+    kh_ptr,
+    doh_ptr,
+    vh_ptr,
+    qq_ptr,
+    doq_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    scale,
+    seed,
+    TQ,
+    TK,
+    D,
+    HQ,
+    REP,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    DP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    # one program: BN keys of one query head; the tiles are transposed ([keys, queries]) so that P and dS are
+    # quantized along queries, their last axis
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    cols = pid_n * BN + tl.arange(0, BN)
+    q_off = bh.to(tl.int64) * TQ * D
+    kv = _kv_head(bh, HQ, REP).to(tl.int64) * TK * D
+    k = _tile(kh_ptr + kv, pid_n * BN, TK, D, BN, DP)
+    v = _tile(vh_ptr + kv, pid_n * BN, TK, D, BN, DP)
+    dk = tl.zeros([BN, DP], tl.float32)
+    dv = tl.zeros([BN, DP], tl.float32)
+    lo = 0
+    if CAUSAL:
+        lo = (pid_n * BN // BM) * BM  # the first query block that sees one of these keys
+    for start in range(lo, TQ, BM):
+        rows = start + tl.arange(0, BM)
+        keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
+        if CAUSAL:
+            keep = keep & (cols[:, None] <= rows[None, :])
+        lse = tl.load(lse_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+        delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+        st = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * scale
+        pt = tl.where(keep, tl.exp(st - lse[None, :]), 0.0)
+        dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
+        dst = pt * (dpt - delta[None, :])
+        ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
+        dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
+        u = dst
+        if ROUNDING != 0:
+            u = tl.rand(seed + bh, rows[None, :] * TK + cols[:, None])
+        dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
+        dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
+    d = tl.arange(0, DP)
+    out = (cols[:, None] < TK) & (d[None, :] < D)
+    dst_ptr = bh.to(tl.int64) * TK * D + cols[:, None] * D + d[None, :]
+    tl.store(dk_ptr + dst_ptr, dk * scale, mask=out)
+    tl.store(dv_ptr + dst_ptr, dv, mask=out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Python wrappers
+
+
+def _seed() -> int:
+    # from torch's CPU generator: seeded runs repeat, and no device value is read back
+    return int(torch.randint(0, 2**31 - 1 - 2**20, (1,)).item())
+
+
+@torch.compiler.disable
+def operand(
+    x: torch.Tensor,
+    *,
+    along_sequence: bool = False,
+    hadamard_size: int = 0,
+    stochastic: bool = False,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The MXFP4 values of x [B, H, T, D] as a contiguous OPERAND_DTYPE tensor: quantized along head_dim (after the
+    block Hadamard of `hadamard_size` along it, 0 for none) or along the sequence, to nearest or stochastically
+    (`uniforms`: float32 [B, H, T, D] draws to use instead of Philox's). The torch reference is
+    `fake_quantize_mxfp4(block_hadamard(x, -1, hadamard_size), axis, rounding)`."""
+    B, H, T, D = x.shape
+    if T % BLOCK_SIZE or D % BLOCK_SIZE or (hadamard_size and D % hadamard_size):
+        raise ValueError(
+            f"MXFP4 attention operands need T and head_dim multiples of {BLOCK_SIZE}, got {tuple(x.shape)}"
+        )
+    if along_sequence and hadamard_size:
+        raise ValueError("the Hadamard runs along head_dim: an operand quantized along the sequence takes none")
+    rounding = ROUND_NEAREST
+    if uniforms is not None:
+        rounding, uniforms = ROUND_SR_GIVEN, uniforms.to(torch.float32).contiguous()
+    elif stochastic:
+        rounding = ROUND_SR_PHILOX
+    out = torch.empty((B, H, T, D), dtype=OPERAND_DTYPE, device=x.device)
+    grid = (triton.cdiv(T, OPERAND_ROWS), B * H)
+    _operand_kernel[grid](
+        x,
+        uniforms if uniforms is not None else x,
+        out,
+        T,
+        D,
+        H,
+        *x.stride(),
+        _seed() if rounding == ROUND_SR_PHILOX else 0,
+        BT=OPERAND_ROWS,
+        DP=triton.next_power_of_2(D),
+        HSIZE=hadamard_size,
+        HSCALE=hadamard_scale(hadamard_size) if hadamard_size else 1.0,
+        ALONG_T=along_sequence,
+        ROUNDING=rounding,
+        num_warps=4,
+    )
+    return out
+
+
+def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
+    """Query heads per key/value head."""
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"{q.shape[1]} query heads are no multiple of {k.shape[1]} key/value heads")
+    return q.shape[1] // k.shape[1]
+
+
+@torch.compiler.disable
+def forward(
+    qh: torch.Tensor, kh: torch.Tensor, vq: torch.Tensor, scale: float, causal: bool, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O [B, Hq, Tq, D] in out_dtype, row log-sum-exp float32 [B, Hq, Tq]) from the quantized operands:
+    qh, kh along head_dim after the Hadamard, vq along keys (contiguous bf16 from `operand`)."""
+    B, HQ, TQ, D = qh.shape
+    TK = kh.shape[2]
+    o = torch.empty((B, HQ, TQ, D), dtype=out_dtype, device=qh.device)
+    lse = torch.empty((B, HQ, TQ), dtype=torch.float32, device=qh.device)
+    bm, bn, warps = FORWARD_TILES
+    _forward_kernel[(triton.cdiv(TQ, bm), B * HQ)](
+        qh, kh, vq, o, lse, scale, TQ, TK, D, HQ, _heads(qh, kh),
+        BM=bm, BN=bn, DP=triton.next_power_of_2(D), CAUSAL=causal, num_warps=warps,
+    )  # fmt: skip
+    return o, lse
+
+
+@torch.compiler.disable
+def backward(
+    qh: torch.Tensor,
+    kh: torch.Tensor,
+    vh: torch.Tensor,
+    doh: torch.Tensor,
+    qq: torch.Tensor,
+    kq: torch.Tensor,
+    doq: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    causal: bool,
+    stochastic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 (dq [B, Hq, Tq, D], dk, dv [B, Hkv, Tk, D]) from the quantized operands (qh, kh, vh, doh along
+    head_dim after the Hadamard; qq, kq, doq along the sequence) and the forward's log-sum-exp. dS is
+    quantized stochastically where `stochastic` (fresh Philox seeds from torch's CPU generator)."""
+    B, HQ, TQ, D = qh.shape
+    HKV, TK = kh.shape[1], kh.shape[2]
+    rep = _heads(qh, kh)
+    dev = qh.device
+    bm, bn, warps = BACKWARD_TILES
+    dp = triton.next_power_of_2(D)
+    rounding = ROUND_SR_PHILOX if stochastic else ROUND_NEAREST
+    dq = torch.empty((B, HQ, TQ, D), dtype=torch.float32, device=dev)
+    delta = torch.empty((B, HQ, TQ), dtype=torch.float32, device=dev)
+    _dq_kernel[(triton.cdiv(TQ, bm), B * HQ)](
+        qh, kh, doh, vh, kq, lse, delta, dq, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
+        BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
+    )  # fmt: skip
+    # per query head, summed over the heads that share a key/value head (what repeat_interleave's gradient is)
+    dk = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
+    dv = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
+    _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](
+        qh, kh, doh, vh, qq, doq, lse, delta, dk, dv, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
+        BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
+    )  # fmt: skip
+    if rep > 1:
+        dk, dv = dk.view(B, HKV, rep, TK, D).sum(2), dv.view(B, HKV, rep, TK, D).sum(2)
+    return dq, dk, dv
