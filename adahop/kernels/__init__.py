@@ -1,5 +1,5 @@
 """GPU kernels of adahop (Triton): fused Hadamard + MXFP4 quantization with an exact fp8 re-encoding,
-and the MXFP4-exact fp8 GEMM on Hopper. Dispatch lives in adahop.backend."""
+the MXFP4-exact fp8 GEMM on Hopper, and flash-style MXFP4 attention. Dispatch lives in adahop.backend."""
 
 import contextlib
 import importlib
@@ -14,6 +14,10 @@ JIT_KERNELS = (
     ("adahop.kernels.quantize", "_row_split_kernel"),
     ("adahop.kernels.dequantize", "_dequantize_kernel"),
     ("adahop.kernels.row_fix", "_row_fix_index_kernel"),
+    ("adahop.kernels.attention", "_operand_kernel"),
+    ("adahop.kernels.attention", "_forward_kernel"),
+    ("adahop.kernels.attention", "_dq_kernel"),
+    ("adahop.kernels.attention", "_dkdv_kernel"),
 )
 
 

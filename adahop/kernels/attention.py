@@ -36,7 +36,8 @@ ROUND_NEAREST, ROUND_SR_PHILOX, ROUND_SR_GIVEN = 0, 1, 2  # `rounding` of the ke
 # Tiles (rows x keys) and warps. Every tile edge is a multiple of 32, so that each 32-block of P and dS lies
 # in one tile and starts where the reference's does.
 FORWARD_TILES = (128, 64, 8)  # (query rows, keys, warps)
-BACKWARD_TILES = (64, 64, 4)
+DQ_TILES = (64, 64, 8)  # (query rows, keys, warps)
+DKDV_TILES = (32, 64, 8)  # (queries, key rows, warps)
 OPERAND_ROWS = 64
 # The quantized operands' dtype: bf16 for the tensor cores; float32 (the same values) under Triton's interpreter,
 # which has no bf16 arithmetic. Read once: triton.jit decides at import whether the kernels are interpreted.
@@ -363,7 +364,7 @@ def operand(
         HSCALE=hadamard_scale(hadamard_size) if hadamard_size else 1.0,
         ALONG_T=along_sequence,
         ROUNDING=rounding,
-        num_warps=4,
+        num_warps=8,
     )
     return out
 
@@ -414,9 +415,9 @@ def backward(
     HKV, TK = kh.shape[1], kh.shape[2]
     rep = _heads(qh, kh)
     dev = qh.device
-    bm, bn, warps = BACKWARD_TILES
     dp = triton.next_power_of_2(D)
     rounding = ROUND_SR_PHILOX if stochastic else ROUND_NEAREST
+    bm, bn, warps = DQ_TILES
     dq = torch.empty((B, HQ, TQ, D), dtype=torch.float32, device=dev)
     delta = torch.empty((B, HQ, TQ), dtype=torch.float32, device=dev)
     _dq_kernel[(triton.cdiv(TQ, bm), B * HQ)](
@@ -424,6 +425,7 @@ def backward(
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     # per query head, summed over the heads that share a key/value head (what repeat_interleave's gradient is)
+    bm, bn, warps = DKDV_TILES
     dk = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
     dv = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
     _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](

@@ -26,7 +26,7 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from adahop.kernels import dequantize, kernels_replaced, row_fix
+from adahop.kernels import attention, dequantize, kernels_replaced, row_fix
 from adahop.kernels import quantize as q
 
 R, K = 512, 1024  # multiples of 16 like every real shape: the specialization is what matters, not the size
@@ -42,11 +42,14 @@ class Recorder:
         return lambda *args, **kwargs: self.launches.append((args, kwargs))
 
 
-def record(call):
-    """(jit function, positional args, keyword args) of the one kernel launch `call()` makes."""
+def record(call, kernel=None):
+    """(jit function, positional args, keyword args) of the one kernel launch `call()` makes (of the one launch
+    of the kernel named `kernel`, for a call that launches several)."""
     with kernels_replaced(Recorder) as recorders:
         call()
-    launches = [(rec.jit, *launch) for rec in recorders.values() for launch in rec.launches]
+    launches = [(rec.jit, *launch) for name, rec in recorders.items() for launch in rec.launches]
+    if kernel is not None:
+        launches = [launch for launch in launches if launch[0].__name__ == kernel]
     assert len(launches) == 1, f"expected one kernel launch, got {len(launches)}"
     return launches[0]
 
@@ -55,8 +58,18 @@ def bf16(*shape):
     return torch.randn(*shape).to(torch.bfloat16)
 
 
+def heads(t, d, h=2):
+    """An attention operand [1, h, t, d] in bf16, as the attention wrappers take them."""
+    return bf16(1, h, t, d)
+
+
+def attention_backward():
+    op = [heads(512, 128) for _ in range(7)]
+    return attention.backward(*op, torch.zeros(1, 2, 512), 0.1, True, True)
+
+
 SIGNS = torch.ones(K)
-# (name, the wrapper call, spilled bytes per thread tolerated)
+# (name, the wrapper call, spilled bytes per thread tolerated[, the kernel, where the call launches several])
 CASES = [
     (
         "quantize x along K, H32, wide + packed + row flags (input-gradient g)",
@@ -153,6 +166,28 @@ CASES = [
         ),
         0,
     ),
+    (
+        "attention operand along head_dim, H32, stochastic (dO for dP)",
+        lambda: attention.operand(heads(512, 128), hadamard_size=32, stochastic=True),
+        0,
+    ),
+    (
+        "attention operand along the sequence (V for P V)",
+        lambda: attention.operand(heads(512, 64), along_sequence=True),
+        0,
+    ),
+    (
+        "attention forward, head_dim 128, causal",
+        lambda: attention.forward(heads(512, 128), heads(512, 128), heads(512, 128), 0.1, True, torch.bfloat16),
+        0,
+    ),
+    (
+        "attention forward, head_dim 64, GQA",
+        lambda: attention.forward(heads(512, 64, 4), heads(512, 64), heads(512, 64), 0.1, True, torch.bfloat16),
+        0,
+    ),
+    ("attention dQ, head_dim 128, stochastic", attention_backward, 0, "_dq_kernel"),
+    ("attention dK dV, head_dim 128, stochastic", attention_backward, 0, "_dkdv_kernel"),
 ]
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -192,7 +227,7 @@ def build(jit, args, kwargs):
         signature[name] = kind
         if kind == "constexpr":
             constexprs[name] = key
-        else:
+        elif key is not None:  # a float carries no specialization
             attrs[(i,)] = BaseBackend.parse_attr(key)
     src = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}), warps, kwargs
@@ -200,12 +235,20 @@ def build(jit, args, kwargs):
 
 def main() -> int:
     failed = 0
-    for name, call, max_stack in CASES:
+    for name, call, max_stack, *kernel_name in CASES:
         try:
-            jit, args, kwargs = record(call)
+            jit, args, kwargs = record(call, *kernel_name)
             kernel, warps, consts = build(jit, args, kwargs)
             regs, stack, n = resource_use(kernel.asm["cubin"])
-            elems = consts["BR"] * 128 if "BR" in consts else consts["CHUNK"]  # what one program handles at once
+            elems = (  # what one program handles at once
+                consts["BR"] * 128
+                if "BR" in consts
+                else consts["BT"] * consts["DP"]
+                if "BT" in consts
+                else consts["BM"] * consts["BN"]
+                if "BM" in consts
+                else consts["CHUNK"]
+            )
             per_elem = n / (elems / (32 * warps))
             line = (
                 f"{name}: {jit.__name__}, {warps} warps, {regs} registers, stack {stack} B, "
