@@ -132,8 +132,9 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 # The flash path: the same table, computed by adahop.kernels.attention without the [Tq, Tk] matrix. k and v keep
 # their key/value heads (GQA is indexed in the kernels, not repeated). Backward keeps q, k, v and the forward's
-# row log-sum-exp, and quantizes its operands again (cheap next to the attention GEMMs; keeping them would
-# hold three more copies of q, k, v).
+# row max and sum (P = exp(s - max) / sum, the reference's softmax formula, gives backward the forward's P bit
+# for bit), and quantizes its operands again (cheap next to the attention GEMMs; keeping them would hold three
+# more copies of q, k, v).
 @torch.library.custom_op("adahop::flash_attention_forward", mutates_args=())
 def flash_attention_forward(
     q: torch.Tensor,
@@ -144,7 +145,7 @@ def flash_attention_forward(
     hadamard_size: int,
     use_sr_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O in q's dtype, row log-sum-exp float32 [B, Hq, Tq]) of q [B, Hq, Tq, D], k = v [B, Hkv, Tk, D]."""
+    """(O in q's dtype, row score max and sum float32 [B, Hq, Tq, 2]) of q [B, Hq, Tq, D], k = v [B, Hkv, Tk, D]."""
     from .kernels import attention as flash
 
     qh = flash.operand(q, hadamard_size=hadamard_size)
@@ -154,7 +155,7 @@ def flash_attention_forward(
 
 @flash_attention_forward.register_fake
 def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad):
-    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty((*q.shape[:-1], 2), dtype=torch.float32)
 
 
 @torch.library.custom_op("adahop::flash_attention_backward", mutates_args=())
@@ -163,7 +164,7 @@ def flash_attention_backward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     scale: float,
     is_causal: bool,
     hadamard_size: int,
@@ -181,7 +182,7 @@ def flash_attention_backward(
         flash.operand(q, along_sequence=True),
         flash.operand(k, along_sequence=True),
         flash.operand(do, along_sequence=True, stochastic=use_sr_grad),
-        lse,
+        stats,
         scale,
         is_causal,
         use_sr_grad,
@@ -190,7 +191,7 @@ def flash_attention_backward(
 
 
 @flash_attention_backward.register_fake
-def _(do, q, k, v, lse, scale, is_causal, hadamard_size, use_sr_grad):
+def _(do, q, k, v, stats, scale, is_causal, hadamard_size, use_sr_grad):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -202,8 +203,8 @@ def _flash_setup_context(ctx, inputs, output) -> None:
 
 
 def _flash_backward(ctx, do, unused):
-    q, k, v, lse = ctx.saved_tensors
-    dq, dk, dv = flash_attention_backward(do.contiguous(), q, k, v, lse, *ctx.args)
+    q, k, v, stats = ctx.saved_tensors
+    dq, dk, dv = flash_attention_backward(do.contiguous(), q, k, v, stats, *ctx.args)
     return dq, dk, dv, None, None, None, None
 
 

@@ -137,6 +137,13 @@ def _tile_t(ptr, first, T, D, BT: tl.constexpr, DP: tl.constexpr):
 
 
 @triton.jit
+def _row_stats(stats_ptr, bh, rows, TQ):
+    """Each row's score max and sum of exp(score - max), as the forward stored them (1 past TQ: no NaN)."""
+    stats = stats_ptr + (bh.to(tl.int64) * TQ + rows) * 2
+    return tl.load(stats, mask=rows < TQ, other=0.0), tl.load(stats + 1, mask=rows < TQ, other=1.0)
+
+
+@triton.jit
 def _kv_head(bh, HQ, REP):
     """The (batch, key/value head) index of query head bh under GQA (REP query heads per key/value head)."""
     return (bh // HQ) * (HQ // REP) + (bh % HQ) // REP
@@ -148,7 +155,7 @@ def _forward_kernel(
     kh_ptr,
     vq_ptr,
     o_ptr,
-    lse_ptr,
+    stats_ptr,
     scale,
     TQ,
     TK,
@@ -188,7 +195,9 @@ def _forward_kernel(
     out = (rows[:, None] < TQ) & (d[None, :] < D)
     o_ptr += bh.to(tl.int64) * TQ * D
     tl.store(o_ptr + rows[:, None] * D + d[None, :], acc.to(o_ptr.dtype.element_ty), mask=out)
-    tl.store(lse_ptr + bh.to(tl.int64) * TQ + rows, m + tl.log(total), mask=rows < TQ)
+    stats = stats_ptr + (bh.to(tl.int64) * TQ + rows) * 2
+    tl.store(stats, m, mask=rows < TQ)
+    tl.store(stats + 1, total, mask=rows < TQ)
 
 
 @triton.jit
@@ -198,7 +207,7 @@ def _dq_kernel(
     doh_ptr,
     vh_ptr,
     kq_ptr,
-    lse_ptr,
+    stats_ptr,
     delta_ptr,
     dq_ptr,
     scale,
@@ -221,20 +230,20 @@ def _dq_kernel(
     kv = _kv_head(bh, HQ, REP).to(tl.int64) * TK * D
     q = _tile(qh_ptr + q_off, pid_m * BM, TQ, D, BM, DP)
     do = _tile(doh_ptr + q_off, pid_m * BM, TQ, D, BM, DP)
-    lse = tl.load(lse_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+    m, total = _row_stats(stats_ptr, bh, rows, TQ)
     end = TK
     if CAUSAL:
         end = tl.minimum(TK, (pid_m + 1) * BM)
     # pass 1: delta = rowsum(P * dP), dP from the quantized dO and V
     delta = tl.zeros([BM], tl.float32)
     for start in range(0, end, BN):
-        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - lse[:, None])
+        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - m[:, None]) / total[:, None]
         dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
         delta += tl.sum(p * dp, 1)
     # pass 2: dS = P (dP - delta), quantized along keys, times K quantized along keys
     acc = tl.zeros([BM, DP], tl.float32)
     for start in range(0, end, BN):
-        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - lse[:, None])
+        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - m[:, None]) / total[:, None]
         dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
         ds = p * (dp - delta[:, None])
         cols = start + tl.arange(0, BN)
@@ -257,7 +266,7 @@ def _dkdv_kernel(
     vh_ptr,
     qq_ptr,
     doq_ptr,
-    lse_ptr,
+    stats_ptr,
     delta_ptr,
     dk_ptr,
     dv_ptr,
@@ -293,10 +302,10 @@ def _dkdv_kernel(
         keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
         if CAUSAL:
             keep = keep & (cols[:, None] <= rows[None, :])
-        lse = tl.load(lse_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+        m, total = _row_stats(stats_ptr, bh, rows, TQ)
         delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
         st = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * scale
-        pt = tl.where(keep, tl.exp(st - lse[None, :]), 0.0)
+        pt = tl.where(keep, tl.exp(st - m[None, :]) / total[None, :], 0.0)
         dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
         dst = pt * (dpt - delta[None, :])
         ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
@@ -380,18 +389,19 @@ def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
 def forward(
     qh: torch.Tensor, kh: torch.Tensor, vq: torch.Tensor, scale: float, causal: bool, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O [B, Hq, Tq, D] in out_dtype, row log-sum-exp float32 [B, Hq, Tq]) from the quantized operands:
+    """(O [B, Hq, Tq, D] in out_dtype, row statistics float32 [B, Hq, Tq, 2]: each row's score max and sum of
+    exp(score - max), from which the backward recomputes P exactly as the forward had it) from the quantized operands:
     qh, kh along head_dim after the Hadamard, vq along keys (contiguous bf16 from `operand`)."""
     B, HQ, TQ, D = qh.shape
     TK = kh.shape[2]
     o = torch.empty((B, HQ, TQ, D), dtype=out_dtype, device=qh.device)
-    lse = torch.empty((B, HQ, TQ), dtype=torch.float32, device=qh.device)
+    stats = torch.empty((B, HQ, TQ, 2), dtype=torch.float32, device=qh.device)
     bm, bn, warps = FORWARD_TILES
     _forward_kernel[(triton.cdiv(TQ, bm), B * HQ)](
-        qh, kh, vq, o, lse, scale, TQ, TK, D, HQ, _heads(qh, kh),
+        qh, kh, vq, o, stats, scale, TQ, TK, D, HQ, _heads(qh, kh),
         BM=bm, BN=bn, DP=triton.next_power_of_2(D), CAUSAL=causal, num_warps=warps,
     )  # fmt: skip
-    return o, lse
+    return o, stats
 
 
 @torch.compiler.disable
@@ -403,13 +413,13 @@ def backward(
     qq: torch.Tensor,
     kq: torch.Tensor,
     doq: torch.Tensor,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     scale: float,
     causal: bool,
     stochastic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """float32 (dq [B, Hq, Tq, D], dk, dv [B, Hkv, Tk, D]) from the quantized operands (qh, kh, vh, doh along
-    head_dim after the Hadamard; qq, kq, doq along the sequence) and the forward's log-sum-exp. dS is
+    head_dim after the Hadamard; qq, kq, doq along the sequence) and the forward's row statistics. dS is
     quantized stochastically where `stochastic` (fresh Philox seeds from torch's CPU generator)."""
     B, HQ, TQ, D = qh.shape
     HKV, TK = kh.shape[1], kh.shape[2]
@@ -421,7 +431,7 @@ def backward(
     dq = torch.empty((B, HQ, TQ, D), dtype=torch.float32, device=dev)
     delta = torch.empty((B, HQ, TQ), dtype=torch.float32, device=dev)
     _dq_kernel[(triton.cdiv(TQ, bm), B * HQ)](
-        qh, kh, doh, vh, kq, lse, delta, dq, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
+        qh, kh, doh, vh, kq, stats, delta, dq, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     # per query head, summed over the heads that share a key/value head (what repeat_interleave's gradient is)
@@ -429,7 +439,7 @@ def backward(
     dk = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
     dv = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
     _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](
-        qh, kh, doh, vh, qq, doq, lse, delta, dk, dv, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
+        qh, kh, doh, vh, qq, doq, stats, delta, dk, dv, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     if rep > 1:

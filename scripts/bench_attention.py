@@ -1,0 +1,103 @@
+"""MXFP4 attention (the flash kernels of adahop.kernels.attention), forward + backward, against BF16 SDPA in the
+same run (one GPU).
+
+    python3 scripts/bench_attention.py [--seqs 2048 8192] [--batch 1] [--heads 32] [--kv-heads 8] [--head-dim 128]
+        [--rep 50]
+
+Causal, GQA (--heads query heads over --kv-heads key/value heads), bf16. For each sequence length: BF16
+F.scaled_dot_product_attention with the flash backend (enable_gqa) and adahop.attention.mxfp4_attention, each
+timed fwd+bwd and forward alone (triton.testing.do_bench), and the peak memory one fwd+bwd allocates above its
+inputs. Prints a markdown table with the ratios (SDPA time / MXFP4 time: above 1 is faster), and how the peak
+memory grows from the shortest to the longest sequence (x4 per doubling would be quadratic; x2, linear).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from adahop.attention import mxfp4_attention
+from adahop.cli import exit_on_removed_switches
+
+
+def bench(fn, rep: int) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=rep)
+
+
+def sdpa(q, k, v):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def mxfp4(q, k, v):
+    return mxfp4_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def timings(fn, q, k, v, do, rep: int) -> tuple[float, float, float]:
+    """(fwd+bwd ms, forward ms, peak bytes of one fwd+bwd above what was allocated before)."""
+
+    def step():
+        q.grad = k.grad = v.grad = None
+        fn(q, k, v).backward(do)
+
+    with torch.no_grad():
+        fwd = bench(lambda: fn(q, k, v), rep)
+    both = bench(step, rep)
+    q.grad = k.grad = v.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return both, fwd, torch.cuda.max_memory_allocated() - base
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--rep", type=int, default=50, help="do_bench rep (ms)")
+    args = p.parse_args()
+    exit_on_removed_switches()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention.py times GPU kernels: run it on a GPU machine (scripts/gpu.sh attention)")
+    dev = torch.device("cuda")
+    print(
+        f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; batch {args.batch}, {args.heads} query heads, "
+        f"{args.kv_heads} key/value heads, head_dim {args.head_dim}, causal, bf16"
+    )
+    print("| seq | SDPA fwd+bwd ms | MXFP4 fwd+bwd ms | fwd+bwd vs SDPA | forward vs SDPA | SDPA peak MiB | MXFP4 peak MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    peaks = []
+    for t in args.seqs:
+        torch.manual_seed(0)
+
+        def make(heads):
+            return torch.randn(args.batch, heads, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
+
+        q, k, v = make(args.heads), make(args.kv_heads), make(args.kv_heads)
+        do = torch.randn_like(q)
+        ref_both, ref_fwd, ref_peak = timings(sdpa, q, k, v, do, args.rep)
+        mx_both, mx_fwd, mx_peak = timings(mxfp4, q, k, v, do, args.rep)
+        peaks.append((t, ref_peak, mx_peak))
+        print(
+            f"| {t} | {ref_both:.3f} | {mx_both:.3f} | {ref_both / mx_both:.2f}x | {ref_fwd / mx_fwd:.2f}x | "
+            f"{ref_peak / 2**20:.0f} | {mx_peak / 2**20:.0f} |"
+        )
+    if len(peaks) > 1:
+        (t0, r0, m0), (t1, r1, m1) = peaks[0], peaks[-1]
+        print(
+            f"# peak memory from seq {t0} to {t1} (x{t1 / t0:.0f} tokens): SDPA x{r1 / r0:.1f}, MXFP4 x{m1 / m0:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
