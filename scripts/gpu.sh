@@ -6,7 +6,7 @@
 #   bash scripts/gpu.sh bench [args]          8B-shape linear speed against BF16 (scripts/bench_linear.py)
 #   bash scripts/gpu.sh peers                 the 1B config against BF16 / compiled float8 (scripts/bench_1b_peers.sh)
 #   bash scripts/gpu.sh grouped [args]        MoE expert grouped GEMMs against BF16 (scripts/bench_grouped.py)
-#   bash scripts/gpu.sh attention [args]      MXFP4 attention against BF16 SDPA (scripts/bench_attention.py)
+#   bash scripts/gpu.sh attention             MXFP4 attention kernels: GPU tests, against BF16 SDPA, the 1B at batch 16
 #   bash scripts/gpu.sh moe                   MoE small (MXFP4 grouped GEMMs) and MXFP4 attention, short runs
 #   bash scripts/gpu.sh fsdp                  FSDP over 2 GPUs: scaling, resume, plan agreement (2-GPU machine)
 #   bash scripts/gpu.sh quality start|wait|collect|stop ...   the quality experiment, across device calls
@@ -34,12 +34,8 @@ case $task in
     source scripts/gpu/env.sh
     device_header versions
     python3 scripts/bench_grouped.py "$@" 2>&1 | tee "$OUT/bench_grouped.txt" ;;
-  attention)
-    source scripts/gpu/env.sh
-    device_header versions
-    python3 scripts/bench_attention.py "$@" 2>&1 | tee "$OUT/bench_attention.txt" ;;
   peers) exec bash scripts/bench_1b_peers.sh "$@" ;;
-  moe | fsdp | quality | smoke | deficient) exec bash "scripts/gpu/$task.sh" "$@" ;;
+  attention | moe | fsdp | quality | smoke | deficient) exec bash "scripts/gpu/$task.sh" "$@" ;;
   -h | --help | help)
     sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
   *)
