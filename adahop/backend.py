@@ -219,6 +219,33 @@ def quantize(
     return Operand(values), saved
 
 
+def quantize_bf16(
+    t: torch.Tensor,
+    *,
+    k_dim: int = 1,
+    hadamard_size: int | None = None,
+    signs: torch.Tensor | None = None,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The MXFP4 values of `quantize`'s operand as bf16 [rows, K], K-major (bf16 holds every MXFP4 value of a
+    block exponent in [-127, 127]): one fused pass on a fast device, the torch reference elsewhere. The same bits
+    as `dequantize_bf16` of `quantize(..., packed=True)`'s packed form, the same stochastic draws included."""
+    if t.dim() == 2 and k_dim in (0, 1) and _fast_ok(t, t.shape[k_dim], hadamard_size):
+        _check_rounding(rounding)
+        from .kernels.quantize import fused_quantize
+
+        seed = _sr_seed(generator) if rounding == "stochastic" else 0
+        out = fused_quantize(
+            t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs, rounding=rounding, seed=seed,
+            write_packed=False, write_fp8=False, write_bf16=True,
+        )  # fmt: skip
+        return out["bf16"]
+    k_major = transform(t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs)
+    values = quantize_blocks(k_major, axis=-1, rounding=rounding, generator=generator).dequantize()
+    return (values + 0.0).reshape(k_major.shape).to(torch.bfloat16)  # + 0.0: zero as +0, as the packed form has it
+
+
 def from_packed(saved: MXFP4Tensor) -> Operand:
     """The GEMM operand of a packed tensor saved by `quantize(..., packed=True)`."""
     if (

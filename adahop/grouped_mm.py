@@ -1,8 +1,9 @@
 """Every expert group in one call per GEMM slot: the grouped GEMMs of adahop.grouped without a loop over groups
 and without reading the group sizes on the host.
 
-Each operand is quantized once as a whole (one quantize pass, on the fast path the fused Triton kernel) and
-the three GEMMs run as `torch._grouped_mm` in BF16 with float32 accumulation, on the dequantized MXFP4 values:
+Each operand is quantized once as a whole, straight to its MXFP4 values in bf16 (on the fast path one pass of the
+fused Triton kernel; the saved x of the weight gradient is kept packed), and the three GEMMs run as
+`torch._grouped_mm` in BF16 with float32 accumulation on those values:
 
 - BF16 holds every MXFP4 value of a bf16 operand exactly. An element is an E2M1 value (two significant bits)
   times 2^e with the block exponent e >= -127, so a multiple of 2^-128, which bf16's subnormals (spacing
@@ -133,7 +134,13 @@ def group_counts(sizes: torch.Tensor, tokens: int) -> list[int]:
 def exact_bf16(t: torch.Tensor, k_dim: int, recipe: LinearRecipe, slot: str, rounding: str = "nearest") -> torch.Tensor:
     """t transformed and quantized along `k_dim` as `slot` of `recipe` does it, as K-major bf16 values (exact,
     see the module docstring)."""
-    return backend.dequantize_bf16(quantize_for_slot(t, k_dim, recipe, slot, rounding, packed=True)[1])
+    return backend.quantize_bf16(
+        t,
+        k_dim=k_dim,
+        hadamard_size=recipe.hadamard_size_for(slot),
+        signs=recipe.signs_for(slot, t.shape[k_dim], t.device),
+        rounding=rounding,
+    )
 
 
 def _rows_past_groups_zeroed(out: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:

@@ -183,6 +183,20 @@ def _store_mx(
 
 
 @triton.jit
+def _store_bf16(bf16_ptr, rows64, row_ok, cols64, K, qabs, neg, e, nonfinite, A: tl.constexpr, L: tl.constexpr):
+    """Store the MXFP4 values of a tile of A rows x L along K (magnitudes qabs [A, L/32, 32], signs, block
+    exponents, non-finite flags) as bf16 bit patterns (int16) into a K-major [., K] tensor at columns cols64: the
+    values of the packed form (adahop.mx.dequantize_mxfp4), which bf16 holds exactly. qabs / 2 * 2^(e + 1) is
+    exact in float32 for e in [-127, 125] (2^-127 is no normal float; 6 * 2^125 * 2 would overflow), its low 16
+    bits are zero (two significant bits), so the high half is the bf16 value, subnormals included. As in the
+    packed form, zero is +0 and a non-finite block is NaN."""
+    mag = (qabs * 0.5) * _pow2(e + 1)[:, :, None]
+    bits = (mag.to(tl.int32, bitcast=True) >> 16) | tl.where(neg & (qabs > 0), 0x8000, 0)
+    bits = tl.reshape(tl.where(nonfinite[:, :, None], 0x7FC0, bits), [A, L])
+    tl.store(bf16_ptr + rows64[:, None] * K + cols64[None, :], bits.to(tl.int16), mask=row_ok[:, None])
+
+
+@triton.jit
 def _widen(x, IN_BF16: tl.constexpr):
     """float32 values of a loaded tile; bf16 arrives as its int16 bits and is widened exactly (Triton's
     interpreter mis-converts bf16 subnormals through its own cast)."""
@@ -372,6 +386,7 @@ def _quantize_kernel(
     gscale_ptr,
     count_ptr,
     rowflag_ptr,
+    bf16_ptr,
     R,
     K,
     seed,
@@ -390,6 +405,7 @@ def _quantize_kernel(
     HW_CVT: tl.constexpr,
     WIDE: tl.constexpr,
     ROWFLAG: tl.constexpr,  # 1: mark rows holding deficient blocks instead of counting them (0: count)
+    WRITE_BF16: tl.constexpr,
 ):
     BK: tl.constexpr = 128
     NB: tl.constexpr = 4
@@ -429,6 +445,8 @@ def _quantize_kernel(
 
     if WRITE_PACKED:
         _store_mx(packed_ptr, scales_ptr, rows64, row_ok, pid_k, K, idx, neg, e, nonfinite, BR, BK)
+    if WRITE_BF16:
+        _store_bf16(bf16_ptr, rows64, row_ok, cols64, K, qabs, neg, e, nonfinite, BR, BK)
     if WRITE_FP8:
         _fp8_emit(
             qabs,
@@ -774,11 +792,13 @@ def fused_quantize(
     wide: bool = False,
     row_flags: bool = False,
     count: torch.Tensor | None = None,
+    write_bf16: bool = False,
 ) -> dict:
     """Quantize a 2-D operand along K (dim `k_dim`) in one pass. Returns a dict of K-major outputs:
     packed [R, K/2] uint8, scales [R, K/32] uint8, fp8 [R, K] float8_e4m3fn (float8_e5m2 with `wide`),
     gscale fp32 ([K/128, R], or [R/128, K/128] with `tile`), count (int32 [1]: deficient blocks, written
-    as zero in the fp8 form). With `row_flags` (needs write_fp8) deficient blocks are not counted but their
+    as zero in the fp8 form), and with `write_bf16` bf16 [R, K]: the MXFP4 values themselves (what the packed
+    form dequantizes to). With `row_flags` (needs write_fp8) deficient blocks are not counted but their
     rows marked in row_flags (uint8 [R], 1 = the row holds one), for the GEMM's exact row recomputation.
 
     rounding "stochastic" draws its uniforms from `uniforms` (float32 [R, K], K-major) when given,
@@ -813,6 +833,7 @@ def fused_quantize(
         fp8 = torch.empty((R, K), dtype=torch.uint8, device=dev)
         gscale = torch.empty((R // 128, K // GROUP) if tile else (K // GROUP, R), dtype=torch.float32, device=dev)
     flags = torch.zeros(R, dtype=torch.uint8, device=dev) if row_flags else count
+    bf16 = torch.empty((R, K), dtype=torch.int16, device=dev) if write_bf16 else count
     if rounding == "nearest":
         mode = ROUND_NEAREST
     elif rounding == "stochastic":
@@ -832,7 +853,7 @@ def fused_quantize(
     strided_kernel = active().tuning["strided_kernel"]
     if strided_kernel == "auto":
         strided_kernel = "trans" if hsize else "t"
-    if not k_contig and not tile and strided_kernel == "t" and not row_flags:
+    if not k_contig and not tile and strided_kernel == "t" and not row_flags and not write_bf16:
         br, warps = active().tuning["strided_t"]
         _quantize_kernel_t[(triton.cdiv(R, br), K // GROUP)](
             t.view(torch.int16) if t.dtype == torch.bfloat16 else t,
@@ -877,6 +898,7 @@ def fused_quantize(
         gscale,
         count,
         flags,
+        bf16,
         R,
         K,
         int(seed) & 0x7FFFFFFF,
@@ -895,9 +917,13 @@ def fused_quantize(
         HW_CVT=_hw_cvt(t),
         WIDE=wide,
         ROWFLAG=1 if row_flags else 0,
+        WRITE_BF16=write_bf16,
         num_warps=warps,
     )
-    return _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)
+    out = _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags if row_flags else None)
+    if write_bf16:
+        out["bf16"] = bf16.view(torch.bfloat16)
+    return out
 
 
 def _outputs(write_packed, write_fp8, packed, scales, fp8, gscale, count, wide, flags) -> dict:

@@ -148,7 +148,26 @@ CASES = [
         0,
     ),
     (
-        "packed MXFP4 -> bf16 (grouped GEMM operands)",
+        "quantize along K, H32, bf16 values only (grouped GEMM operands)",
+        lambda: q.fused_quantize(bf16(R, K), hadamard_size=32, write_packed=False, write_fp8=False, write_bf16=True),
+        0,
+    ),
+    (
+        "quantize along dim 0, H32, stochastic, bf16 values only (grouped weight-gradient g^T)",
+        lambda: q.fused_quantize(
+            bf16(K, R),
+            k_dim=0,
+            hadamard_size=32,
+            rounding="stochastic",
+            seed=1,
+            write_packed=False,
+            write_fp8=False,
+            write_bf16=True,
+        ),  # fmt: skip
+        0,
+    ),
+    (
+        "packed MXFP4 -> bf16 (the saved x of the grouped weight gradient)",
         lambda: dequantize.dequantize_bf16(
             torch.zeros(R, K // 2, dtype=torch.uint8), torch.zeros(R, K // 32, dtype=torch.uint8)
         ),

@@ -71,3 +71,32 @@ def test_mxfp4_tensor_dequantize_is_the_reference():
     packed = torch.randint(0, 256, (3, 16), dtype=torch.int64).to(torch.uint8)
     scales = torch.full((3, 1), 127, dtype=torch.uint8)
     assert same_bits(MXFP4Tensor(packed, scales, axis=-1, dtype=torch.bfloat16).dequantize(), reference(packed, scales))
+
+
+@pytest.mark.parametrize(
+    "modes", [("hadamard",) * 3, ("none",) * 3, ("hadamard", "inner_outlier_extract_left", "none")]
+)
+def test_grouped_gemms_in_one_call_on_the_kernels_are_the_reference_path(modes, monkeypatch):
+    """The one-call grouped GEMMs with their operands from the kernels (backend.quantize_bf16's fused pass, the
+    saved x through dequantize_bf16) give the bits of the same code on the torch reference's operands."""
+    from adahop.grouped import mxfp4_grouped_mm
+    from adahop.linear import LinearRecipe
+
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.tensor([37, 0, 5, 71], device=DEV)
+    x = torch.randn(113, 256, generator=g)
+    x[:, 7] *= 200  # an outlier channel
+    x[40:45] *= 2.0**-100
+    w = torch.randn(4, 128, 256, generator=g) / 16
+    gy = torch.randn(113, 128, generator=g)
+
+    def run(fast):
+        monkeypatch.setattr(backend, "fast_device", lambda device: fast)
+        xs = x.to(DEV, torch.bfloat16).requires_grad_()
+        ws = w.to(DEV, torch.bfloat16).requires_grad_()
+        y = mxfp4_grouped_mm(xs, ws, sizes, LinearRecipe(*modes))
+        y.backward(gy.to(DEV, torch.bfloat16))
+        return [t.detach().cpu() for t in (y, xs.grad, ws.grad)]
+
+    for got, want in zip(run(True), run(False)):
+        assert same_bits(got, want)

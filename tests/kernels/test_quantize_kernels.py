@@ -224,6 +224,30 @@ def test_adversarial_inputs(dtype, hsize, rounding):
         assert (out["scales"][2] == 255).sum() == 3  # the three non-finite blocks are NaN blocks
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hsize", [None, 32])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_bf16_values_are_the_packed_form_dequantized(dtype, hsize, rounding):
+    """write_bf16 (the grouped GEMMs' operands): bit for bit the reference's packed form dequantized to bf16 (zero
+    as +0, NaN blocks, subnormal and overflowing values), with the same stochastic draws."""
+    t = adversarial_rows().to(dtype)
+    for k_dim in (1, 0):
+        tt = t if k_dim == 1 else t.t().contiguous()
+        gen = torch.Generator().manual_seed(3)
+        uniforms = torch.rand((t.shape[0], t.shape[1] // 32, 32), generator=torch.Generator().manual_seed(3))
+        ref_packed, ref_scales = reference(tt, k_dim=k_dim, hadamard_size=hsize, rounding=rounding, generator=gen)
+        want = dequantize_mxfp4(ref_packed, ref_scales, axis=-1, dtype=torch.bfloat16)
+        out = fused_quantize(
+            tt.to(DEV), k_dim=k_dim, hadamard_size=hsize, rounding=rounding, uniforms=uniforms.reshape(t.shape),
+            write_packed=False, write_fp8=False, write_bf16=True,
+        )  # fmt: skip
+        got = out["bf16"].cpu()
+        nan = want.isnan()
+        assert torch.equal(got.isnan(), nan)
+        assert torch.equal(got.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
+    assert nan.any() and (want == 0).any()
+
+
 def test_non_contiguous_input_and_tile_scales():
     g = torch.Generator().manual_seed(2)
     big = torch.randn(128, 512, generator=g).to(torch.bfloat16)
