@@ -2,13 +2,14 @@
 same run (one GPU).
 
     python3 scripts/bench_attention.py [--seqs 2048 8192] [--batch 1] [--heads 32] [--kv-heads 8] [--head-dim 128]
-        [--rep 50]
+        [--rep 50] [--sweep]
 
 Causal, GQA (--heads query heads over --kv-heads key/value heads), bf16. For each sequence length: BF16
 F.scaled_dot_product_attention with the flash backend (enable_gqa) and adahop.attention.mxfp4_attention, each
 timed fwd+bwd and forward alone (triton.testing.do_bench), and the peak memory one fwd+bwd allocates above its
 inputs. Prints a markdown table with the ratios (SDPA time / MXFP4 time: above 1 is faster), and how the peak
 memory grows from the shortest to the longest sequence (x4 per doubling would be quadratic; x2, linear).
+`--sweep` also times MXFP4 fwd+bwd at the first length under other tile shapes of the kernels (SWEEP).
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from adahop.attention import mxfp4_attention
 from adahop.cli import exit_on_removed_switches
+from adahop.kernels import attention as flash
+
+# (forward, dQ, dK/dV) tiles: (rows, keys or queries, warps) each, as adahop.kernels.attention names them
+SWEEP = [
+    ((128, 64, 8), (64, 64, 8), (32, 64, 8)),
+    ((128, 128, 8), (64, 64, 8), (32, 64, 8)),
+    ((64, 64, 4), (64, 64, 8), (32, 64, 8)),
+    ((128, 64, 8), (128, 64, 8), (32, 128, 8)),
+    ((128, 64, 8), (64, 32, 4), (64, 64, 8)),
+]
 
 
 def bench(fn, rep: int) -> float:
@@ -65,6 +76,7 @@ def main():
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--rep", type=int, default=50, help="do_bench rep (ms)")
+    p.add_argument("--sweep", action="store_true", help="also time other tile shapes (SWEEP) at the first length")
     args = p.parse_args()
     exit_on_removed_switches()
     if not torch.cuda.is_available():
@@ -95,6 +107,24 @@ def main():
             f"| {t} | {ref_both:.3f} | {mx_both:.3f} | {ref_both / mx_both:.2f}x | {ref_fwd / mx_fwd:.2f}x | "
             f"{ref_peak / 2**20:.0f} | {mx_peak / 2**20:.0f} |"
         )
+    if args.sweep:
+        t = args.seqs[0]
+        q, k, v = (
+            torch.randn(args.batch, h, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
+            for h in (args.heads, args.kv_heads, args.kv_heads)
+        )
+        do = torch.randn_like(q)
+        ref = timings(sdpa, q, k, v, do, args.rep)[0]
+        default = (flash.FORWARD_TILES, flash.DQ_TILES, flash.DKDV_TILES)
+        print(f"\n| tiles at seq {t}: forward, dQ, dK/dV | MXFP4 fwd+bwd ms | vs SDPA |\n| --- | --- | --- |")
+        for tiles in SWEEP:
+            flash.FORWARD_TILES, flash.DQ_TILES, flash.DKDV_TILES = tiles
+            try:
+                ms = timings(mxfp4, q, k, v, do, args.rep)[0]
+                print(f"| {tiles} | {ms:.3f} | {ref / ms:.2f}x |")
+            except Exception as e:  # a shape the chip cannot build (shared memory, registers): say so, go on
+                print(f"| {tiles} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
+        flash.FORWARD_TILES, flash.DQ_TILES, flash.DKDV_TILES = default
     if len(peaks) > 1:
         (t0, r0, m0), (t1, r1, m1) = peaks[0], peaks[-1]
         print(f"# peak memory from seq {t0} to {t1} (x{t1 / t0:.0f} tokens): SDPA x{r1 / r0:.1f}, MXFP4 x{m1 / m0:.1f}")
