@@ -212,8 +212,9 @@ flash_attention_forward.register_autograd(_flash_backward, setup_context=_flash_
 
 
 def flash_device(device: torch.device) -> bool:
-    """Whether attention on `device` runs the flash kernels (CUDA, unless the reference is forced)."""
-    return device.type == "cuda" and not reference_forced()
+    """Whether attention on `device` runs the flash kernels: CUDA with bf16 tensor cores (sm_80 and later), unless
+    the reference is forced."""
+    return device.type == "cuda" and not reference_forced() and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def mxfp4_attention(
