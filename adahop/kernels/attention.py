@@ -29,7 +29,16 @@ import triton.language as tl
 
 from adahop.mx.format import BLOCK_SIZE
 
-from .quantize import _INTERPRETED, _e2m1_nearest, _e2m1_stochastic, _hadamard, _mx_exponents, _pow2, hadamard_scale
+from .quantize import (
+    _INTERPRETED,
+    _e2m1_nearest,
+    _e2m1_stochastic,
+    _hadamard,
+    _mx_exponents,
+    _pow2,
+    _scaled,
+    hadamard_scale,
+)
 
 ROUND_NEAREST, ROUND_SR_PHILOX, ROUND_SR_GIVEN = 0, 1, 2  # `rounding` of the kernels
 
@@ -55,9 +64,7 @@ def _fake_quantize(y, u, R: tl.constexpr, C: tl.constexpr, ROUNDING: tl.constexp
         qabs, idx = _e2m1_nearest(mag)
     else:
         qabs = _e2m1_stochastic(mag, tl.reshape(u, [R, C // 32, 32]))
-    # qabs / 2 * 2^(e + 1): both factors exact and in range for e = -127 (2^-127 is no normal float) and for
-    # 6 * 2^125 (qabs * 2^126 would overflow)
-    val = (qabs * 0.5) * _pow2(e + 1)[:, :, None]
+    val = _scaled(qabs, e)
     val = tl.where(y3 < 0, -val, val)
     val = tl.where(nonfinite[:, :, None], float("nan"), val)
     return tl.reshape(val, [R, C])

@@ -183,14 +183,21 @@ def _store_mx(
 
 
 @triton.jit
+def _scaled(qabs, e):
+    """qabs [A, NB, 32] (E2M1 magnitudes) times 2^e [A, NB], float32, exact for every block exponent the quantizer
+    gives (e in [-127, 125]): as qabs / 2 * 2^(e + 1), since 2^-127 is no normal float and 6 * 2^125 * 2 would
+    overflow."""
+    return (qabs * 0.5) * _pow2(e + 1)[:, :, None]
+
+
+@triton.jit
 def _store_bf16(bf16_ptr, rows64, row_ok, cols64, K, qabs, neg, e, nonfinite, A: tl.constexpr, L: tl.constexpr):
     """Store the MXFP4 values of a tile of A rows x L along K (magnitudes qabs [A, L/32, 32], signs, block
     exponents, non-finite flags) as bf16 bit patterns (int16) into a K-major [., K] tensor at columns cols64: the
-    values of the packed form (adahop.mx.dequantize_mxfp4), which bf16 holds exactly. qabs / 2 * 2^(e + 1) is
-    exact in float32 for e in [-127, 125] (2^-127 is no normal float; 6 * 2^125 * 2 would overflow), its low 16
-    bits are zero (two significant bits), so the high half is the bf16 value, subnormals included. As in the
-    packed form, zero is +0 and a non-finite block is NaN."""
-    mag = (qabs * 0.5) * _pow2(e + 1)[:, :, None]
+    values of the packed form (adahop.mx.dequantize_mxfp4), which bf16 holds exactly. A float32 MXFP4 value has
+    two significant bits, so its low 16 bits are zero and its high half is the bf16 value, subnormals included.
+    As in the packed form, zero is +0 and a non-finite block is NaN."""
+    mag = _scaled(qabs, e)
     bits = (mag.to(tl.int32, bitcast=True) >> 16) | tl.where(neg & (qabs > 0), 0x8000, 0)
     bits = tl.reshape(tl.where(nonfinite[:, :, None], 0x7FC0, bits), [A, L])
     tl.store(bf16_ptr + rows64[:, None] * K + cols64[None, :], bits.to(tl.int16), mask=row_ok[:, None])
