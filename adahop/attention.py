@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .amp import autocast_inputs
-from .backend import reference_forced
+from .backend import kernel_device
 from .hadamard import block_hadamard, check_hadamard_size
 from .mx import BLOCK_SIZE, fake_quantize_mxfp4
 
@@ -214,7 +214,7 @@ flash_attention_forward.register_autograd(_flash_backward, setup_context=_flash_
 def flash_device(device: torch.device) -> bool:
     """Whether attention on `device` runs the flash kernels: CUDA with bf16 tensor cores (sm_80 and later), unless
     the reference is forced."""
-    return device.type == "cuda" and not reference_forced() and torch.cuda.get_device_capability(device) >= (8, 0)
+    return kernel_device(device, (8, 0))
 
 
 def mxfp4_attention(

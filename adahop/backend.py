@@ -61,14 +61,19 @@ def tile_b_slot(tile_b: str, slot: str | None) -> bool:
 _CAPABILITY: dict = {}
 
 
-def fast_device(device: torch.device) -> bool:
-    """True where the fused Triton + fp8 path runs: CUDA sm90+ (and not forced to the reference)."""
-    if device.type != "cuda" or reference_forced():
+def kernel_device(device: torch.device, capability: tuple[int, int] = (9, 0)) -> bool:
+    """True on a CUDA device of at least `capability` (read once per device), unless the reference is forced."""
+    if device.type != "cuda" or reference_forced() or torch.version.hip is not None:
         return False
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _CAPABILITY:
         _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)
-    return _CAPABILITY[idx] >= (9, 0) and torch.version.hip is None
+    return _CAPABILITY[idx] >= capability
+
+
+def fast_device(device: torch.device) -> bool:
+    """True where the fused Triton + fp8 path runs: CUDA sm90+ (and not forced to the reference)."""
+    return kernel_device(device, (9, 0))
 
 
 def _fast_ok(t: torch.Tensor, k: int, hadamard_size: Optional[int]) -> bool:
