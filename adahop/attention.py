@@ -9,13 +9,16 @@ its inner dimension K:
 | GEMM | K | transform |
 | --- | --- | --- |
 | S = Q K^T * scale | head_dim | Hadamard along head_dim on both ((Q H)(K H)^T = Q K^T) |
-| O = P V | keys | none (P is in [0, 1]; V along keys) |
+| O = (E V) / rowsum(E), E = exp(S - rowmax(S)) | keys | none (E is in [0, 1]; V along keys) |
 | dP = dO V^T | head_dim | Hadamard along head_dim on both |
 | dV = P^T dO | queries | none |
 | dQ = dS K * scale | keys | none |
 | dK = dS^T Q * scale | queries | none |
 
-The softmax and its backward (dS = P * (dP - rowsum(dP * P))) run in float32 on the unquantized P;
+P V is computed as E V divided by the row sums: E, the probabilities before normalization, has each row's
+largest entry exactly 1, which MXFP4 holds exactly, where a normalized row maximum in [0.75, 1) would saturate to
+0.75 (the OCP scale 2^(floor(log2 amax) - 2) puts a block maximum in [6, 8) times the scale, and E2M1 stops at 6).
+The softmax and its backward (dS = P * (dP - rowsum(dP * P))) run in float32 on the unquantized P = E / rowsum(E);
 the quantizer is a straight-through estimator. With `use_sr_grad`, the gradient operands (dO, dS) use
 stochastic rounding. Sequence lengths and head_dim must be multiples of 32.
 
@@ -40,7 +43,9 @@ def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | No
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int) -> None:
-    if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+    if any(not t.is_floating_point() for t in (q, k, v)):
+        raise TypeError(f"MXFP4 attention takes float tensors, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"expected q [B, H, Tq, D] and k = v [B, H, Tk, D], got {tuple(q.shape)}, "
             f"{tuple(k.shape)}, {tuple(v.shape)}"
@@ -74,9 +79,10 @@ def attention_forward(
         # top-left aligned like F.scaled_dot_product_attention(is_causal=True): query i sees keys 0..i
         mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
         s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    o = _q(p, -1) @ _q(v, -2)
-    return o.to(q.dtype), p
+    e = torch.exp(s - s.amax(dim=-1, keepdim=True))  # each row's largest is exactly 1 (module docstring)
+    total = e.sum(dim=-1, keepdim=True)
+    o = (_q(e, -1) @ _q(v, -2)) / total
+    return o.to(q.dtype), e / total
 
 
 @attention_forward.register_fake
@@ -148,6 +154,7 @@ def flash_attention_forward(
     """(O in q's dtype, row score max and sum float32 [B, Hq, Tq, 2]) of q [B, Hq, Tq, D], k = v [B, Hkv, Tk, D]."""
     from .kernels import attention as flash
 
+    _check(q, k, v, hadamard_size)  # the op may be called directly: no kernel reads past a shorter operand
     qh = flash.operand(q, hadamard_size=hadamard_size)
     kh = flash.operand(k, hadamard_size=hadamard_size)
     return flash.forward(qh, kh, flash.operand(v, along_sequence=True), scale, is_causal, q.dtype)
@@ -173,6 +180,13 @@ def flash_attention_backward(
     """(dq, dk, dv) from the output gradient and what flash_attention_forward kept."""
     from .kernels import attention as flash
 
+    _check(q, k, v, hadamard_size)
+    if do.shape != q.shape or stats.shape != (*q.shape[:-1], 2):
+        raise ValueError(
+            f"expected do like q {tuple(q.shape)} and the forward's stats {(*q.shape[:-1], 2)}, got "
+            f"{tuple(do.shape)} and {tuple(stats.shape)}"
+        )
+    stats = stats.to(torch.float32).contiguous()
     h = hadamard_size
     dq, dk, dv = flash.backward(
         flash.operand(q, hadamard_size=h),
@@ -230,9 +244,9 @@ def mxfp4_attention(
 ) -> torch.Tensor:
     """softmax(Q K^T * scale) V with every GEMM in MXFP4; q [B, Hq, Tq, D], k, v [B, Hkv, Tk, D]."""
     check_hadamard_size(hadamard_size)
-    if q.shape[1] != k.shape[1] and (not enable_gqa or q.shape[1] % k.shape[1]):
-        raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
     _check(q, k, v, hadamard_size)
+    if q.shape[1] != k.shape[1] and (not enable_gqa or k.shape[1] == 0 or q.shape[1] % k.shape[1]):
+        raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     (q, k, v), amp_off = autocast_inputs(q, k, v)  # the dtype SDPA would compute in
     with amp_off:

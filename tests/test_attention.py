@@ -27,9 +27,9 @@ def definition(q, k, v, do, causal=True):
     s = fq(q, -1, True) @ np.swapaxes(fq(k, -1, True), -1, -2) * scale
     if causal:
         s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    o = fq(p, -1) @ fq(v, -2)
+    e = np.exp(s - s.max(-1, keepdims=True))  # quantized before normalization: each row's largest is 1
+    p = e / e.sum(-1, keepdims=True)
+    o = fq(e, -1) @ fq(v, -2) / e.sum(-1, keepdims=True)
     dv = np.swapaxes(fq(p, -2), -1, -2) @ fq(do, -2)
     dp = fq(do, -1, True) @ np.swapaxes(fq(v, -1, True), -1, -2)
     ds = p * (dp - (dp * p).sum(-1, keepdims=True))

@@ -8,13 +8,14 @@ for bit:
   as bf16 (float32 under Triton's interpreter), by `_operand_kernel` (every MXFP4 value of a block exponent in
   [-127, 127] is a bf16 value, so a bf16 tensor-core dot of two of them, accumulated in float32, is the
   reference's float32 product up to the order of the sum);
-- the probabilities P and the score gradient dS are quantized inside the kernels, tile by tile, by
+- E (P before normalization), P and the score gradient dS are quantized inside the kernels, tile by tile, by
   `_fake_quantize` (blocks of 32 along the tile's last axis; tiles start at multiples of 32).
 
-The reference quantizes the normalized P along keys, so a row's max and sum must be known before its first P
-tile: the forward makes two passes over the keys (scores only; then scores, P and P V). The backward's
-rowsum(P * dP) takes dP from the quantized dO and V (it is not dO . O here), so the dQ kernel computes it in a
-first pass over the keys and stores it for the dK/dV kernel.
+The reference quantizes E = exp(S - rowmax(S)) along keys (P V = E V / rowsum(E)), so a row's max must be known
+before its first E tile: the forward makes two passes over the keys (the scores' max; then E, its sum and E V).
+The backward's rowsum(P * dP) takes dP from the quantized dO and V (it is not dO . O here), so the dQ kernel computes
+it in a first pass over the keys and stores it for the dK/dV kernel. Masked scores contribute nothing to any sum,
+whatever dP holds there (a NaN in dO or V stays out of the keys its row cannot see).
 
 Stochastic rounding (use_sr_grad) draws its uniforms from Philox (`tl.rand`, seeded per call): the same
 distribution as the reference, not the same draws. `_operand_kernel` can also read given uniforms, which is how
@@ -95,7 +96,8 @@ def _operand_kernel(
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     d = tl.arange(0, DP)
     inside = (t[:, None] < T) & (d[None, :] < D)
-    src = (bh // H).to(tl.int64) * sxb + (bh % H).to(tl.int64) * sxh + t[:, None].to(tl.int64) * sxt + d[None, :] * sxd
+    src = (bh // H).to(tl.int64) * sxb + (bh % H).to(tl.int64) * sxh + t[:, None].to(tl.int64) * sxt
+    src += d[None, :].to(tl.int64) * sxd
     x = tl.load(x_ptr + src, mask=inside, other=0.0).to(tl.float32)
     if HSIZE >= 2:
         x = _hadamard(x, BT, DP, HSIZE, HSCALE, 2)
@@ -103,7 +105,7 @@ def _operand_kernel(
     if ROUNDING == 2:
         u = tl.load(u_ptr + dst, mask=inside, other=0.0)
     elif ROUNDING == 1:
-        u = tl.rand(seed + bh, t[:, None] * D + d[None, :])
+        u = tl.rand(seed + bh, t[:, None].to(tl.int64) * D + d[None, :])
     else:
         u = x
     if ALONG_T:
@@ -183,21 +185,19 @@ def _forward_kernel(
     end = TK
     if CAUSAL:
         end = tl.minimum(TK, (pid_m + 1) * BM)
-    # pass 1: each row's max and sum of exp (online)
+    # pass 1: each row's score max
     m = tl.full([BM], float("-inf"), tl.float32)
+    for start in range(0, end, BN):
+        m = tl.maximum(m, tl.max(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL), 1))
+    # pass 2: E = exp(S - max) quantized along keys, times V quantized along keys; the sum of E
+    acc = tl.zeros([BM, DP], tl.float32)
     total = tl.zeros([BM], tl.float32)
     for start in range(0, end, BN):
-        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
-        m_new = tl.maximum(m, tl.max(s, 1))
-        total = total * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
-        m = m_new
-    # pass 2: the normalized P, quantized along keys, times V quantized along keys
-    acc = tl.zeros([BM, DP], tl.float32)
-    for start in range(0, end, BN):
-        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
-        p = tl.exp(s - m[:, None]) / total[:, None]
-        pq = _fake_quantize(p, p, BM, BN, 0).to(vq_ptr.dtype.element_ty)
-        acc = tl.dot(pq, _tile(vq_ptr + kv, start, TK, D, BN, DP), acc)
+        e = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - m[:, None])
+        total += tl.sum(e, 1)
+        eq = _fake_quantize(e, e, BM, BN, 0).to(vq_ptr.dtype.element_ty)
+        acc = tl.dot(eq, _tile(vq_ptr + kv, start, TK, D, BN, DP), acc)
+    acc = acc / total[:, None]
     d = tl.arange(0, DP)
     out = (rows[:, None] < TQ) & (d[None, :] < D)
     o_ptr += bh.to(tl.int64) * TQ * D
@@ -244,19 +244,19 @@ def _dq_kernel(
     # pass 1: delta = rowsum(P * dP), dP from the quantized dO and V
     delta = tl.zeros([BM], tl.float32)
     for start in range(0, end, BN):
-        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - m[:, None]) / total[:, None]
+        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
         dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
-        delta += tl.sum(p * dp, 1)
+        delta += tl.sum(tl.where(s > float("-inf"), tl.exp(s - m[:, None]) / total[:, None] * dp, 0.0), 1)
     # pass 2: dS = P (dP - delta), quantized along keys, times K quantized along keys
     acc = tl.zeros([BM, DP], tl.float32)
     for start in range(0, end, BN):
-        p = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - m[:, None]) / total[:, None]
+        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
         dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
-        ds = p * (dp - delta[:, None])
+        ds = tl.where(s > float("-inf"), tl.exp(s - m[:, None]) / total[:, None] * (dp - delta[:, None]), 0.0)
         cols = start + tl.arange(0, BN)
         u = ds
         if ROUNDING != 0:
-            u = tl.rand(seed + bh, rows[:, None] * TK + cols[None, :])
+            u = tl.rand(seed + bh, rows[:, None].to(tl.int64) * TK + cols[None, :])
         dsq = _fake_quantize(ds, u, BM, BN, ROUNDING).to(kq_ptr.dtype.element_ty)
         acc = tl.dot(dsq, _tile(kq_ptr + kv, start, TK, D, BN, DP), acc)
     d = tl.arange(0, DP)
@@ -314,12 +314,12 @@ def _dkdv_kernel(
         st = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * scale
         pt = tl.where(keep, tl.exp(st - m[None, :]) / total[None, :], 0.0)
         dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
-        dst = pt * (dpt - delta[None, :])
+        dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
         ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
         dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
         u = dst
         if ROUNDING != 0:
-            u = tl.rand(seed + bh, rows[None, :] * TK + cols[:, None])
+            u = tl.rand(seed + bh, rows[None, :].to(tl.int64) * TK + cols[:, None])
         dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
         dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
     d = tl.arange(0, DP)
@@ -385,10 +385,18 @@ def operand(
     return out
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis, which holds batch x heads
+
+
 def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
-    """Query heads per key/value head."""
-    if q.shape[1] % k.shape[1]:
+    """Query heads per key/value head, refused where the kernels cannot take the shapes."""
+    if k.shape[1] < 1 or q.shape[1] % k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads are no multiple of {k.shape[1]} key/value heads")
+    if q.shape[0] * q.shape[1] > MAX_GRID_Y:
+        raise ValueError(
+            f"the attention kernels take at most {MAX_GRID_Y} (batch x query heads), got {q.shape[0]} x "
+            f"{q.shape[1]}: split the batch"
+        )
     return q.shape[1] // k.shape[1]
 
 

@@ -236,3 +236,39 @@ def test_flash_memory_grows_linearly_with_the_sequence(use_flash):
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated() - base)
     assert peaks[1] < 5 * peaks[0], peaks  # 4x the tokens: 4x linear, 16x quadratic
+
+
+def test_flash_ops_refuse_operands_they_would_read_past():
+    """The custom ops may be called directly: a v shorter than k, or stats of another shape, is refused."""
+    q, k = torch.randn(1, 2, 64, 32, device=DEV), torch.randn(1, 2, 128, 32, device=DEV)
+    with pytest.raises(ValueError, match="k = v"):
+        att.flash_attention_forward(q, k, torch.randn(1, 2, 32, 32, device=DEV), 0.2, False, 32, False)
+    o, stats = att.flash_attention_forward(q, k, k, 0.2, False, 32, False)
+    with pytest.raises(ValueError, match="stats"):
+        att.flash_attention_backward(o, q, k, k, stats[..., :1], 0.2, False, 32, False)
+    with pytest.raises(TypeError, match="float tensors"):
+        att.mxfp4_attention(q.to(torch.int32), k.to(torch.int32), k.to(torch.int32))
+
+
+def test_flash_backward_reads_strided_stats_as_values(use_flash):
+    g = torch.Generator().manual_seed(8)
+    q, k, v, do = (torch.randn(1, 2, 64, 32, generator=g).to(DEV) for _ in range(4))
+    o, stats = att.flash_attention_forward(q, k, v, 0.2, True, 32, False)
+    strided = stats.transpose(-1, -2).contiguous().transpose(-1, -2)
+    want = att.flash_attention_backward(do, q, k, v, stats, 0.2, True, 32, False)
+    got = att.flash_attention_backward(do, q, k, v, strided, 0.2, True, 32, False)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_flash_keeps_a_nan_out_of_the_keys_its_row_cannot_see(use_flash):
+    """Causal: a NaN in query row 5 reaches dV only of the keys row 5 sees (0..5), whatever the tiles. (dK and dQ
+    multiply by Q or K quantized along the sequence, whose NaN block covers 32 positions: a masked zero times it
+    is NaN in any GEMM, so there the NaN spreads as far as the tiles that meet it.)"""
+    g = torch.Generator().manual_seed(9)
+    q, k, v, do = (torch.randn(1, 1, 128, 32, generator=g).to(DEV) for _ in range(4))
+    q[0, 0, 5, 0] = float("nan")
+    o, _, dk, dv = run(q, k, v, do)
+    assert o[0, 0].isnan().any(-1).nonzero().flatten().tolist() == [5]
+    nan_keys = dv[0, 0].isnan().any(-1).nonzero().flatten().tolist()
+    assert nan_keys == list(range(6)), nan_keys
+    assert dk.isnan().any()
