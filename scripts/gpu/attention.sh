@@ -8,13 +8,13 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source scripts/gpu/env.sh
 device_header versions
-timeout 150 python3 -m pytest -q tests/kernels/test_attention_kernel.py 2>&1 | tail -15 | tee "$OUT/tests_attention.txt"
+timeout 100 python3 -m pytest -q tests/kernels/test_attention_kernel.py 2>&1 | tail -15 | tee "$OUT/tests_attention.txt"
 {
-  timeout 150 python3 scripts/bench_attention.py --rep 20 --sweep
-  timeout 50 python3 scripts/bench_attention.py --seqs 2048 --batch 4 --heads 32 --kv-heads 8 --head-dim 64 --rep 20
+  timeout 110 python3 scripts/bench_attention.py --rep 20 --sweep
+  timeout 35 python3 scripts/bench_attention.py --seqs 2048 --batch 4 --heads 32 --kv-heads 8 --head-dim 64 --rep 20
 } 2>&1 | tee "$OUT/bench_attention.txt"
 if [ "${TRAIN:-1}" != 0 ]; then
-  CONFIG_FILE=configs/llama1b_adahop_fa.toml timeout 170 ./run_train.sh --job.dump_folder /tmp/runs/fa16 \
+  CONFIG_FILE=configs/llama1b_adahop_fa.toml timeout 150 ./run_train.sh --job.dump_folder /tmp/runs/fa16 \
     --metrics.log_freq 5 --checkpoint.no-enable --metrics.no-enable-tensorboard --training.steps 12 \
     --training.local_batch_size 16 --validation.no-enable --quantize.linear.mx.calibration.calibration_steps 3 \
     > "$OUT/train_fa16.log" 2>&1
