@@ -135,8 +135,10 @@ def grouped_forward(
         return (x.new_zeros(tokens, weight.shape[1]), *_saved_buffers(x, weight, r, save_gx, save_gw))
     one_call = {slot: grouped_mm.in_one_call(r, slot, x.dtype, weight.dtype) for slot in ("forward_y", "backward_gw")}
     host_groups = _HostGroups(group_sizes, tokens)  # read on the host only if a slot loops over the groups
+    if one_call["forward_y"] or one_call["backward_gw"]:
+        sizes = grouped_mm.checked_sizes(group_sizes, tokens)  # once for both one-call functions
     if one_call["forward_y"]:
-        y = grouped_mm.forward_y(x, weight, group_sizes, r)
+        y = grouped_mm.forward_y(x, weight, sizes, r)
     else:
         y = x.new_zeros(tokens, weight.shape[1])
         for g, start, count in host_groups():
@@ -150,7 +152,7 @@ def grouped_forward(
                 part[g] = value
     if save_gw and not _keeps_x(r):
         if one_call["backward_gw"]:
-            kept = grouped_mm.saved_x(x, group_sizes, r)
+            kept = grouped_mm.saved_x(x, sizes, r)
             saved[4 : 4 + len(kept)] = kept
         else:
             kk = saved[6].shape[-1]
@@ -229,8 +231,11 @@ def _grouped_backward(
         return gx, gw
     host_groups = _HostGroups(group_sizes, tokens)
     gx = gw = None
-    if need_gx and grouped_mm.in_one_call(r, "backward_gx", x_dtype, w_dtype):
-        gx = grouped_mm.input_gradient(gy, weight, group_sizes, r)
+    one_call = {slot: grouped_mm.in_one_call(r, slot, x_dtype, w_dtype) for slot in ("backward_gx", "backward_gw")}
+    if any(one_call.values()):  # the sizes the one-call slots take (the forward counted invalid ones)
+        sizes = grouped_mm.in_range(group_sizes, tokens)
+    if need_gx and one_call["backward_gx"]:
+        gx = grouped_mm.input_gradient(gy, weight, sizes, r)
     elif need_gx:
         gx = gy.new_zeros((tokens, in_features), dtype=x_dtype)
         mode = r.mode("backward_gx")
@@ -250,8 +255,8 @@ def _grouped_backward(
             gx[start : start + count] = slot_gemm(
                 gy[start : start + count], 1, right, mode, r, "backward_gx", rounding, x_dtype
             )
-    if need_gw and grouped_mm.in_one_call(r, "backward_gw", x_dtype, w_dtype):
-        gw = grouped_mm.weight_gradient(gy, x, group_sizes, saved[4:8], r, in_features)
+    if need_gw and one_call["backward_gw"]:
+        gw = grouped_mm.weight_gradient(gy, x, sizes, saved[4:8], r, in_features)
     elif need_gw:
         gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype)
         mode = r.mode("backward_gw")

@@ -122,6 +122,13 @@ def in_range(sizes: torch.Tensor, tokens: int) -> torch.Tensor:
     return torch.diff(ends, prepend=ends.new_zeros(1))
 
 
+def checked_sizes(sizes: torch.Tensor, tokens: int) -> torch.Tensor:
+    """check_sizes, then the sizes the kernels see (in_range): what forward_y and saved_x take, computed once per
+    forward call."""
+    check_sizes(sizes, tokens)
+    return in_range(sizes, tokens)
+
+
 def group_counts(sizes: torch.Tensor, tokens: int) -> list[int]:
     """The group sizes read on the host (a device-to-host copy), refused unless each is >= 0 and they sum to
     at most the T rows of x."""
@@ -150,10 +157,8 @@ def _rows_past_groups_zeroed(out: torch.Tensor, ends: torch.Tensor) -> torch.Ten
 
 
 def forward_y(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> torch.Tensor:
-    """y [T, out] of every group (rows past the last group zero)."""
+    """y [T, out] of every group (rows past the last group zero); `sizes` from checked_sizes."""
     groups, out_f, in_f = weight.shape
-    check_sizes(sizes, x.shape[0])
-    sizes = in_range(sizes, x.shape[0])
     ends = offsets(sizes)
     if r.mode("forward_y") == FULL_PRECISION:  # torch._grouped_mm takes dense row- or column-major operands
         a, b = x.contiguous(), weight.contiguous()
@@ -166,10 +171,9 @@ def forward_y(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: Lin
 def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch.Tensor]:
     """What the weight gradient keeps of x: x^T of the token layout quantized along tokens, packed codes
     [in * capacity / 2] and scales [in * capacity / 32], flat; OE-right adds each group's extracted input
-    channels [G, k] (zeroed in the quantized x^T) and their BF16 values in the token layout [capacity * k]."""
+    channels [G, k] (zeroed in the quantized x^T) and their BF16 values in the token layout [capacity * k].
+    `sizes` from checked_sizes."""
     tokens = x.shape[0]
-    check_sizes(sizes, tokens)
-    sizes = in_range(sizes, tokens)
     dest, padded_ends, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
     layout = to_layout(x, dest, capacity)
     kept = []
@@ -206,9 +210,8 @@ def top_channels(layout: torch.Tensor, group: torch.Tensor, groups: int, k: int)
 
 
 def input_gradient(gy: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> torch.Tensor:
-    """gx [T, in] of every group from gy [T, out] (rows past the last group zero)."""
+    """gx [T, in] of every group from gy [T, out] (rows past the last group zero); `sizes` from in_range."""
     groups, out_f, in_f = weight.shape
-    sizes = in_range(sizes, gy.shape[0])
     ends = offsets(sizes)
     mode = r.mode("backward_gx")
     if mode == FULL_PRECISION:
@@ -260,8 +263,8 @@ def weight_gradient(
     gy: torch.Tensor, x: torch.Tensor, sizes: torch.Tensor, kept: list[torch.Tensor], r: LinearRecipe, in_f: int
 ) -> torch.Tensor:
     """gw [G, out, in] of every group (zero for an empty one) from gy [T, out] and what `saved_x` kept (`x`
-    itself where the recipe keeps it)."""
-    dest, padded_ends, capacity = token_layout(in_range(sizes, gy.shape[0]), gy.shape[0], _gw_row_multiple(r))
+    itself where the recipe keeps it); `sizes` from in_range."""
+    dest, padded_ends, capacity = token_layout(sizes, gy.shape[0], _gw_row_multiple(r))
     g_layout = to_layout(gy, dest, capacity)
     mode = r.mode("backward_gw")
     if mode == FULL_PRECISION:
