@@ -46,8 +46,12 @@ ROUND_NEAREST, ROUND_SR_PHILOX, ROUND_SR_GIVEN = 0, 1, 2  # `rounding` of the ke
 # Tiles (rows x keys) and warps. Every tile edge is a multiple of 32, so that each 32-block of P and dS lies
 # in one tile and starts where the reference's does.
 FORWARD_TILES = (128, 64, 8)  # (query rows, keys, warps)
-DQ_TILES = (64, 64, 8)  # (query rows, keys, warps)
-DKDV_TILES = (32, 64, 8)  # (queries, key rows, warps)
+# The backward's tiles are the fastest of scripts/bench_attention.py --sweep on an H100 (docs/benchmarks.md); with
+# stochastic rounding the dK/dV kernel's Philox draws need the registers of half as many queries per step (64 would
+# spill at head_dim 128: tests/kernels/compile_sm90.py).
+DQ_TILES = (64, 32, 4)  # (query rows, keys, warps)
+DKDV_TILES = (64, 64, 8)  # (queries, key rows, warps)
+DKDV_TILES_SR = (32, 64, 8)
 OPERAND_ROWS = 64
 # The quantized operands' dtype: bf16 for the tensor cores; float32 (the same values) under Triton's interpreter,
 # which has no bf16 arithmetic. Read once: triton.jit decides at import whether the kernels are interpreted.
@@ -450,7 +454,7 @@ def backward(
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     # per query head, summed over the heads that share a key/value head (what repeat_interleave's gradient is)
-    bm, bn, warps = DKDV_TILES
+    bm, bn, warps = DKDV_TILES_SR if stochastic else DKDV_TILES
     dk = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
     dv = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
     _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](

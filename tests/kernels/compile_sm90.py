@@ -63,9 +63,9 @@ def heads(t, d, h=2):
     return bf16(1, h, t, d)
 
 
-def attention_backward():
+def attention_backward(stochastic=True):
     op = [heads(512, 128) for _ in range(7)]
-    return attention.backward(*op, torch.zeros(1, 2, 512), 0.1, True, True)
+    return attention.backward(*op, torch.zeros(1, 2, 512, 2), 0.1, True, stochastic)
 
 
 SIGNS = torch.ones(K)
@@ -207,6 +207,8 @@ CASES = [
     ),
     ("attention dQ, head_dim 128, stochastic", attention_backward, 0, "_dq_kernel"),
     ("attention dK dV, head_dim 128, stochastic", attention_backward, 0, "_dkdv_kernel"),
+    ("attention dQ, head_dim 128", lambda: attention_backward(False), 0, "_dq_kernel"),
+    ("attention dK dV, head_dim 128", lambda: attention_backward(False), 0, "_dkdv_kernel"),
 ]
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
