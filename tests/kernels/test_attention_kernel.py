@@ -272,3 +272,17 @@ def test_flash_keeps_a_nan_out_of_the_keys_its_row_cannot_see(use_flash):
     nan_keys = dv[0, 0].isnan().any(-1).nonzero().flatten().tolist()
     assert nan_keys == list(range(6)), nan_keys
     assert dk.isnan().any()
+
+
+def test_compiled_layer_chooses_its_path_on_the_device_as_eager():
+    """No patch: the device decides (flash on CUDA, the reference on the CPU), also while dynamo traces the layer
+    whole, and compiled gives the eager bits."""
+    g = torch.Generator().manual_seed(10)
+    q, k, v, do = (torch.randn(1, 2, 64, 32, generator=g).to(DEV) for _ in range(4))
+    want = run(q, k, v, do)
+    compiled = torch.compile(att.MXFP4Attention(hadamard_size=32), backend="aot_eager", fullgraph=True)
+    qc, kc, vc = (t.clone().requires_grad_() for t in (q, k, v))
+    o = compiled(qc, kc, vc, is_causal=True)
+    o.backward(do)
+    for a, b in zip((o, qc.grad, kc.grad, vc.grad), want):
+        assert torch.equal(a.detach().float().cpu(), b)
