@@ -15,7 +15,7 @@ The reference quantizes E = exp(S - rowmax(S)) along keys (P V = E V / rowsum(E)
 before its first E tile: the forward makes two passes over the keys (the scores' max; then E, its sum and E V).
 The backward's rowsum(P * dP) takes dP from the quantized dO and V (it is not dO . O here), so the dQ kernel computes
 it in a first pass over the keys and stores it for the dK/dV kernel. Masked scores contribute nothing to any sum,
-whatever dP holds there (a NaN in dO or V stays out of the keys its row cannot see).
+whatever dP holds there (a NaN in a query row reaches dV only of the keys that row sees).
 
 Stochastic rounding (use_sr_grad) draws its uniforms from Philox (`tl.rand`, seeded per call): the same
 distribution as the reference, not the same draws. `_operand_kernel` can also read given uniforms, which is how
