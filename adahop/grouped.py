@@ -144,26 +144,27 @@ def grouped_forward(
         for g, start, count in host_groups():
             if count:
                 y[start : start + count] = forward_gemm(x[start : start + count], weight[g], r)
-    saved = _saved_buffers(x, weight, r, save_gx, save_gw)
+    gw_in_one_call = save_gw and not _keeps_x(r) and one_call["backward_gw"]
+    # saved_x's own tensors take the weight gradient's places in one call: no zero buffers for them
+    saved = _saved_buffers(x, weight, r, save_gx, save_gw and not gw_in_one_call)
     if save_gx and not _keeps_w(r):
         for g in range(weight.shape[0]):
             right = prepare_right(weight[g], 0, OE_RIGHT, r, "backward_gx", for_saving=True)
             for part, value in zip(saved[0:4], (right.packed.data, right.packed.scales, right.rows, right.extracted)):
                 part[g] = value
-    if save_gw and not _keeps_x(r):
-        if one_call["backward_gw"]:
-            kept = grouped_mm.saved_x(x, sizes, r)
-            saved[4 : 4 + len(kept)] = kept
-        else:
-            kk = saved[6].shape[-1]
-            for g, start, count, off, padded in _gw_slices(host_groups(), _gw_row_multiple(r)):
-                right = _x_for_gw(x[start : start + count], r)
-                codes, scales = right.packed.data.reshape(-1), right.packed.scales.reshape(-1)
-                saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = codes
-                saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = scales
-                if right.rows is not None:
-                    saved[6][g] = right.rows
-                    saved[7][kk * off : kk * (off + padded)] = right.extracted.reshape(-1)
+    if gw_in_one_call:
+        kept = grouped_mm.saved_x(x, sizes, r)
+        saved[4 : 4 + len(kept)] = kept
+    elif save_gw and not _keeps_x(r):
+        kk = saved[6].shape[-1]
+        for g, start, count, off, padded in _gw_slices(host_groups(), _gw_row_multiple(r)):
+            right = _x_for_gw(x[start : start + count], r)
+            codes, scales = right.packed.data.reshape(-1), right.packed.scales.reshape(-1)
+            saved[4][in_f * off // 2 : in_f * (off + padded) // 2] = codes
+            saved[5][in_f * off // BLOCK_SIZE : in_f * (off + padded) // BLOCK_SIZE] = scales
+            if right.rows is not None:
+                saved[6][g] = right.rows
+                saved[7][kk * off : kk * (off + padded)] = right.extracted.reshape(-1)
     return (y, *saved)
 
 
