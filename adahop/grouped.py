@@ -64,15 +64,18 @@ from .mx import BLOCK_SIZE, MXFP4Tensor
 #         and those rows in BF16 [k, K_e], flattened one group after the other likewise. full_precision keeps
 #         x itself instead. Where every group runs in one call (adahop.grouped_mm), the same two buffers hold
 #         x^T of the whole token layout, [in, capacity], whose groups start at whole blocks.
+#   [8:10] that token layout, where the weight gradient runs in one call and x is quantized: each row's
+#         destination [T] (int64) and each padded group's end [G] (int32), so the backward does not compute it
+#         again (grouped_mm.token_layout).
 # Groups are laid out flat so that each group's part is a contiguous [rows, K_e] view again in backward.
-_SAVED = 8
+_SAVED = 10
 
 
 def _saved_buffers(
     x: torch.Tensor, weight: torch.Tensor, r: LinearRecipe, save_gx: bool, save_gw: bool
 ) -> list[torch.Tensor]:
-    """The eight saved tensors (zeros) in their static shapes: filled by the forward op, returned as they
-    are by its fake implementation."""
+    """The saved tensors (zeros) in their static shapes: filled by the forward op, returned as they are by its
+    fake implementation."""
     tokens, in_f = x.shape
     groups, out_f = weight.shape[0], weight.shape[1]
     parts = [_empty(x) for _ in range(_SAVED)]
@@ -90,6 +93,8 @@ def _saved_buffers(
         parts[4:6] = [x.new_zeros(in_f * cap // 2, **u8), x.new_zeros(in_f * cap // BLOCK_SIZE, **u8)]
         if r.mode("backward_gw") == OE_RIGHT:
             parts[6:8] = [x.new_zeros((groups, kk), dtype=torch.int64), x.new_zeros(kk * cap, dtype=torch.bfloat16)]
+        if grouped_mm.in_one_call(r, "backward_gw", x.dtype, weight.dtype):
+            parts[8:10] = [x.new_zeros(tokens, dtype=torch.int64), x.new_zeros(groups, dtype=torch.int32)]
     return parts
 
 
@@ -116,6 +121,8 @@ def _gw_slices(groups: list[tuple[int, int, int]], multiple: int) -> Iterator[tu
 def grouped_forward(
     x: torch.Tensor, weight: torch.Tensor, group_sizes: torch.Tensor, recipe: str, save_gx: bool, save_gw: bool
 ) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
     torch.Tensor,
     torch.Tensor,
     torch.Tensor,
@@ -153,8 +160,9 @@ def grouped_forward(
             for part, value in zip(saved[0:4], (right.packed.data, right.packed.scales, right.rows, right.extracted)):
                 part[g] = value
     if gw_in_one_call:
-        kept = grouped_mm.saved_x(x, sizes, r)
+        kept, layout = grouped_mm.saved_x(x, sizes, r)
         saved[4 : 4 + len(kept)] = kept
+        saved[8:10] = layout
     elif save_gw and not _keeps_x(r):
         kk = saved[6].shape[-1]
         for g, start, count, off, padded in _gw_slices(host_groups(), _gw_row_multiple(r)):
@@ -257,7 +265,7 @@ def _grouped_backward(
                 gy[start : start + count], 1, right, mode, r, "backward_gx", rounding, x_dtype
             )
     if need_gw and one_call["backward_gw"]:
-        gw = grouped_mm.weight_gradient(gy, x, sizes, saved[4:8], r, in_features)
+        gw = grouped_mm.weight_gradient(gy, x, sizes, saved[4:8], r, in_features, saved[8:10])
     elif need_gw:
         gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype)
         mode = r.mode("backward_gw")

@@ -168,10 +168,12 @@ def forward_y(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor, r: Lin
     return _rows_past_groups_zeroed(torch._grouped_mm(a, b.transpose(-2, -1), offs=ends), ends).to(x.dtype)
 
 
-def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch.Tensor]:
+def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """What the weight gradient keeps of x: x^T of the token layout quantized along tokens, packed codes
     [in * capacity / 2] and scales [in * capacity / 32], flat; OE-right adds each group's extracted input
     channels [G, k] (zeroed in the quantized x^T) and their BF16 values in the token layout [capacity * k].
+    And the token layout itself, [each row's destination, each padded group's end] (token_layout), for the
+    backward.
     `sizes` from checked_sizes."""
     tokens = x.shape[0]
     dest, padded_ends, capacity = token_layout(sizes, tokens, _gw_row_multiple(r))
@@ -187,7 +189,7 @@ def saved_x(x: torch.Tensor, sizes: torch.Tensor, r: LinearRecipe) -> list[torch
         layout = layout.masked_fill(chosen[group], 0)
         kept = [channels, extracted.reshape(-1)]
     _, packed = quantize_for_slot(layout, 0, r, "backward_gw", packed=True)
-    return [packed.data.reshape(-1), packed.scales.reshape(-1), *kept]
+    return [packed.data.reshape(-1), packed.scales.reshape(-1), *kept], [dest, padded_ends]
 
 
 def group_of_rows(ends: torch.Tensor, rows: int) -> torch.Tensor:
@@ -260,11 +262,23 @@ def _rows_zeroed(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def weight_gradient(
-    gy: torch.Tensor, x: torch.Tensor, sizes: torch.Tensor, kept: list[torch.Tensor], r: LinearRecipe, in_f: int
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    sizes: torch.Tensor,
+    kept: list[torch.Tensor],
+    r: LinearRecipe,
+    in_f: int,
+    layout: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """gw [G, out, in] of every group (zero for an empty one) from gy [T, out] and what `saved_x` kept (`x`
-    itself where the recipe keeps it); `sizes` from in_range."""
-    dest, padded_ends, capacity = token_layout(sizes, gy.shape[0], _gw_row_multiple(r))
+    itself where the recipe keeps it); `sizes` from in_range. `layout`: the token layout saved_x kept, where it did
+    (empty tensors otherwise: computed here)."""
+    multiple = _gw_row_multiple(r)
+    if layout is not None and layout[0].numel() == gy.shape[0] and layout[1].numel() == sizes.shape[0]:
+        dest, padded_ends = layout
+        capacity = token_capacity(gy.shape[0], sizes.shape[0], multiple)
+    else:
+        dest, padded_ends, capacity = token_layout(sizes, gy.shape[0], multiple)
     g_layout = to_layout(gy, dest, capacity)
     mode = r.mode("backward_gw")
     if mode == FULL_PRECISION:
