@@ -246,9 +246,11 @@ def quantize_bf16(
             write_packed=False, write_fp8=False, write_bf16=True,
         )  # fmt: skip
         return out["bf16"]
-    k_major = transform(t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs)
-    values = quantize_blocks(k_major, axis=-1, rounding=rounding, generator=generator).dequantize()
-    return (values + 0.0).reshape(k_major.shape).to(torch.bfloat16)  # + 0.0: zero as +0, as the packed form has it
+    # off the fast path, quantize returns the reference's float32 values
+    operand, _ = quantize(
+        t, k_dim=k_dim, hadamard_size=hadamard_size, signs=signs, rounding=rounding, generator=generator
+    )
+    return (operand.values + 0.0).to(torch.bfloat16)  # + 0.0: zero as +0, as the packed form has it
 
 
 def from_packed(saved: MXFP4Tensor) -> Operand:

@@ -265,7 +265,8 @@ def _grouped_backward(
                 gy[start : start + count], 1, right, mode, r, "backward_gx", rounding, x_dtype
             )
     if need_gw and one_call["backward_gw"]:
-        gw = grouped_mm.weight_gradient(gy, x, sizes, saved[4:8], r, in_features, saved[8:10])
+        layout = None if _keeps_x(r) else saved[8:10]  # what saved_x kept, where the forward ran it
+        gw = grouped_mm.weight_gradient(gy, x, sizes, saved[4:8], r, in_features, layout)
     elif need_gw:
         gw = gy.new_zeros((group_sizes.shape[0], out_f, in_features), dtype=w_dtype)
         mode = r.mode("backward_gw")

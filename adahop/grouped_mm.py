@@ -271,10 +271,10 @@ def weight_gradient(
     layout: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """gw [G, out, in] of every group (zero for an empty one) from gy [T, out] and what `saved_x` kept (`x`
-    itself where the recipe keeps it); `sizes` from in_range. `layout`: the token layout saved_x kept, where it did
-    (empty tensors otherwise: computed here)."""
+    itself where the recipe keeps it); `sizes` from in_range. `layout`: the token layout saved_x kept (None where
+    the recipe keeps x itself, which saved_x never saw: computed here)."""
     multiple = _gw_row_multiple(r)
-    if layout is not None and layout[0].numel() == gy.shape[0] and layout[1].numel() == sizes.shape[0]:
+    if layout is not None:
         dest, padded_ends = layout
         capacity = token_capacity(gy.shape[0], sizes.shape[0], multiple)
     else:
