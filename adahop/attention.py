@@ -9,23 +9,29 @@ its inner dimension K:
 | GEMM | K | transform |
 | --- | --- | --- |
 | S = Q K^T * scale | head_dim | Hadamard along head_dim on both ((Q H)(K H)^T = Q K^T) |
-| O = (E V) / rowsum(E), E = exp(S - rowmax(S)) | keys | none (E is in [0, 1]; V along keys) |
+| O = (E V) / rowsum(E) (E = exp(S) / 2^M, both quantized) | keys | none (V along keys) |
 | dP = dO V^T | head_dim | Hadamard along head_dim on both |
 | dV = P^T dO | queries | none |
 | dQ = dS K * scale | keys | none |
 | dK = dS^T Q * scale | queries | none |
 
-P V is computed as E V divided by the row sums: E, the probabilities before normalization, has each row's
-largest entry exactly 1, which MXFP4 holds exactly, where a normalized row maximum in [0.75, 1) would saturate to
-0.75 (the OCP scale 2^(floor(log2 amax) - 2) puts a block maximum in [6, 8) times the scale, and E2M1 stops at 6).
-The softmax and its backward (dS = P * (dP - rowsum(dP * P))) run in float32 on the unquantized P = E / rowsum(E);
-the quantizer is a straight-through estimator. With `use_sr_grad`, the gradient operands (dO, dS) use
-stochastic rounding. Sequence lengths and head_dim must be multiples of 32.
+The probabilities are quantized before normalization: E = 2^(S log2(e) - M), with M = ceil(max S log2(e)) per row
+(E's largest entry in (1/2, 1]), and O = q(E) q(V) / L, where L = rowsum(q(E)) sums the quantized values, so the
+weights that multiply V sum to one (a row with one dominant key gives that key's V exactly, though q may round
+its weight). MXFP4 quantization commutes with a power of two (the block scale takes it), so O does not depend on
+M: any integer stabilizer gives the same bits. That is what lets the flash kernel run one pass over the keys,
+rescaling its sums by 2^(M_old - M_new) as the running max grows, exactly.
+The backward is the gradient of that O with q as a straight-through estimator: with P = E / L,
+dS = P * (dP - rowsum(dO * O)), the last term being the gradient through L; it runs in float32 on the unquantized
+P. With `use_sr_grad`, the gradient operands (dO, dS) use stochastic rounding. Sequence lengths and head_dim
+must be multiples of 32.
 
 `[quantize.linear.mx.kernels] reference_only` runs the reference on CUDA too.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -34,6 +40,14 @@ from .amp import autocast_inputs
 from .backend import kernel_device
 from .hadamard import block_hadamard, check_hadamard_size
 from .mx import BLOCK_SIZE, fake_quantize_mxfp4
+
+LOG2E = math.log2(math.e)  # scores are taken to base 2: S log2(e), so that E = 2^(S log2(e) - M)
+
+
+def output_dot(do: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """rowsum(dO * O) in float32, [B, H, T]: the softmax backward's gradient through the row sums (the flash
+    kernel computes the same sum tile by tile)."""
+    return (do.to(torch.float32) * o.to(torch.float32)).sum(dim=-1)
 
 
 def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | None = None) -> torch.Tensor:
@@ -73,15 +87,16 @@ def attention_forward(
     use_sr_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype, P in float32) of q [B, H, Tq, D], k = v [B, H, Tk, D] (`use_sr_grad` is backward's)."""
-    s = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * scale
+    t = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * (scale * LOG2E)
     if is_causal:
         tq, tk = q.shape[2], k.shape[2]
         # top-left aligned like F.scaled_dot_product_attention(is_causal=True): query i sees keys 0..i
         mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
-        s = s.masked_fill(~mask, float("-inf"))
-    e = torch.exp(s - s.amax(dim=-1, keepdim=True))  # each row's largest is exactly 1 (module docstring)
-    total = e.sum(dim=-1, keepdim=True)
-    o = (_q(e, -1) @ _q(v, -2)) / total
+        t = t.masked_fill(~mask, float("-inf"))
+    e = torch.exp2(t - t.amax(dim=-1, keepdim=True).ceil())  # the power-of-two stabilizer (module docstring)
+    eq = _q(e, -1)
+    total = eq.sum(dim=-1, keepdim=True)
+    o = (eq @ _q(v, -2)) / total
     return o.to(q.dtype), e / total
 
 
@@ -96,6 +111,7 @@ def attention_backward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    o: torch.Tensor,
     p: torch.Tensor,
     scale: float,
     hadamard_size: int,
@@ -109,27 +125,27 @@ def attention_backward(
         do = do.to(torch.float32)
         dv = _q(p, -2).transpose(-1, -2) @ _q(do, -2, sr)
         dp = _q(do, -1, sr, hadamard=hadamard_size) @ _q(v, -1, hadamard=hadamard_size).transpose(-1, -2)
-        ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+        ds = p * (dp - output_dot(do, o).unsqueeze(-1))
         dq = _q(ds, -1, sr) @ _q(k, -2) * scale
         dk = _q(ds, -2, sr).transpose(-1, -2) @ _q(q, -2) * scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 @attention_backward.register_fake
-def _(do, q, k, v, p, scale, hadamard_size, use_sr_grad):
+def _(do, q, k, v, o, p, scale, hadamard_size, use_sr_grad):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the GEMMs give them
 
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, scale, is_causal, hadamard_size, use_sr_grad = inputs
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(q, k, v, output[1])
+    ctx.save_for_backward(q, k, v, *output)
     ctx.scale, ctx.hadamard_size, ctx.use_sr_grad = scale, hadamard_size, use_sr_grad
 
 
 def _backward(ctx, do, unused):
-    q, k, v, p = ctx.saved_tensors
-    dq, dk, dv = attention_backward(do, q, k, v, p, ctx.scale, ctx.hadamard_size, ctx.use_sr_grad)
+    q, k, v, o, p = ctx.saved_tensors
+    dq, dk, dv = attention_backward(do, q, k, v, o, p, ctx.scale, ctx.hadamard_size, ctx.use_sr_grad)
     return dq, dk, dv, None, None, None, None
 
 
@@ -137,10 +153,10 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 # The flash path: the same table, computed by adahop.kernels.attention without the [Tq, Tk] matrix. k and v keep
-# their key/value heads (GQA is indexed in the kernels, not repeated). Backward keeps q, k, v and the forward's
-# row max and sum (P = exp(s - max) / sum, the reference's softmax formula, gives backward the forward's P bit
-# for bit), and quantizes its operands again (cheap next to the attention GEMMs; keeping them would hold three
-# more copies of q, k, v).
+# their key/value heads (GQA is indexed in the kernels, not repeated). Backward keeps q, k, v, O and the
+# forward's row stabilizer M and sum L (P = 2^(S log2(e) - M) / L, the reference's formula, gives backward the
+# forward's P), and quantizes its operands again (cheap next to the attention GEMMs; keeping them would hold
+# three more copies of q, k, v).
 @torch.library.custom_op("adahop::flash_attention_forward", mutates_args=())
 def flash_attention_forward(
     q: torch.Tensor,
@@ -151,7 +167,8 @@ def flash_attention_forward(
     hadamard_size: int,
     use_sr_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O in q's dtype, row score max and sum float32 [B, Hq, Tq, 2]) of q [B, Hq, Tq, D], k = v [B, Hkv, Tk, D]."""
+    """(O in q's dtype, each row's stabilizer M and sum L, float32 [B, Hq, Tq, 2]) of q [B, Hq, Tq, D],
+    k = v [B, Hkv, Tk, D]."""
     from .kernels import attention as flash
 
     _check(q, k, v, hadamard_size)  # the op may be called directly: no kernel reads past a shorter operand
@@ -171,6 +188,7 @@ def flash_attention_backward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    o: torch.Tensor,
     stats: torch.Tensor,
     scale: float,
     is_causal: bool,
@@ -181,10 +199,10 @@ def flash_attention_backward(
     from .kernels import attention as flash
 
     _check(q, k, v, hadamard_size)
-    if do.shape != q.shape or stats.shape != (*q.shape[:-1], 2):
+    if do.shape != q.shape or o.shape != q.shape or stats.shape != (*q.shape[:-1], 2):
         raise ValueError(
-            f"expected do like q {tuple(q.shape)} and the forward's stats {(*q.shape[:-1], 2)}, got "
-            f"{tuple(do.shape)} and {tuple(stats.shape)}"
+            f"expected do and o like q {tuple(q.shape)} and the forward's stats {(*q.shape[:-1], 2)}, got "
+            f"{tuple(do.shape)}, {tuple(o.shape)} and {tuple(stats.shape)}"
         )
     stats = stats.to(torch.float32).contiguous()
     h = hadamard_size
@@ -196,6 +214,8 @@ def flash_attention_backward(
         flash.operand(q, along_sequence=True),
         flash.operand(k, along_sequence=True),
         flash.operand(do, along_sequence=True, stochastic=use_sr_grad),
+        do.contiguous(),
+        o.contiguous(),
         stats,
         scale,
         is_causal,
@@ -205,20 +225,20 @@ def flash_attention_backward(
 
 
 @flash_attention_backward.register_fake
-def _(do, q, k, v, stats, scale, is_causal, hadamard_size, use_sr_grad):
+def _(do, q, k, v, o, stats, scale, is_causal, hadamard_size, use_sr_grad):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _flash_setup_context(ctx, inputs, output) -> None:
     q, k, v, scale, is_causal, hadamard_size, use_sr_grad = inputs
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(q, k, v, output[1])
+    ctx.save_for_backward(q, k, v, *output)
     ctx.args = scale, is_causal, hadamard_size, use_sr_grad
 
 
 def _flash_backward(ctx, do, unused):
-    q, k, v, stats = ctx.saved_tensors
-    dq, dk, dv = flash_attention_backward(do.contiguous(), q, k, v, stats, *ctx.args)
+    q, k, v, o, stats = ctx.saved_tensors
+    dq, dk, dv = flash_attention_backward(do.contiguous(), q, k, v, o, stats, *ctx.args)
     return dq, dk, dv, None, None, None, None
 
 

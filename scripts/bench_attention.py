@@ -9,7 +9,8 @@ F.scaled_dot_product_attention with the flash backend (enable_gqa) and adahop.at
 timed fwd+bwd and forward alone (triton.testing.do_bench), and the peak memory one fwd+bwd allocates above its
 inputs. Prints a markdown table with the ratios (SDPA time / MXFP4 time: above 1 is faster), and how the peak
 memory grows from the shortest to the longest sequence (x4 per doubling would be quadratic; x2, linear).
-`--sweep` also times MXFP4 fwd+bwd at the first length under other tile shapes of the kernels (SWEEP).
+`--sweep` also times MXFP4 fwd+bwd at the first length under other tile shapes of the kernels (SWEEP);
+`--profile` prints where one MXFP4 fwd+bwd at the first length spends GPU time, kernel by kernel.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from adahop.kernels import attention as flash
 # (forward, dQ, dK/dV) tiles: (rows, keys or queries, warps) each, as adahop.kernels.attention names them
 SWEEP = [
     ((128, 64, 8), (64, 32, 4), (64, 64, 8)),
-    ((128, 128, 8), (64, 32, 4), (64, 64, 8)),
-    ((64, 64, 4), (64, 32, 4), (64, 64, 8)),
-    ((128, 64, 8), (64, 64, 8), (64, 64, 8)),
-    ((128, 64, 8), (64, 32, 4), (32, 64, 8)),
-    ((128, 64, 8), (32, 32, 4), (64, 32, 4)),
+    ((128, 128, 8), (64, 64, 4), (32, 64, 4)),
+    ((64, 64, 4), (64, 64, 8), (64, 32, 4)),
+    ((128, 32, 4), (128, 32, 8), (32, 64, 8)),
+    ((64, 128, 8), (32, 64, 4), (64, 64, 4)),
 ]
 
 
@@ -69,6 +69,31 @@ def timings(fn, q, k, v, do, rep: int) -> tuple[float, float, float]:
     return both, fwd, torch.cuda.max_memory_allocated() - base
 
 
+def profile_kernels(args, dev) -> None:
+    """GPU time by kernel name of MXFP4 fwd+bwd at the first length (the mean of 5 traced steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t = args.seqs[0]
+    q, k, v = (
+        torch.randn(args.batch, h, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
+        for h in (args.heads, args.kv_heads, args.kv_heads)
+    )
+    do = torch.randn_like(q)
+    for _ in range(3):
+        mxfp4(q, k, v).backward(do)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            mxfp4(q, k, v).backward(do)
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / 5e3, e.count // 5) for e in prof.key_averages() if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    print(f"\n| kernel at seq {t} (one fwd+bwd) | GPU ms | launches |\n| --- | --- | --- |")
+    for name, ms, n in rows[:12]:
+        print(f"| {name[:70]} | {ms:.3f} | {n} |")
+    print(f"| total | {sum(r[1] for r in rows):.3f} | |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[2048, 8192])
@@ -78,6 +103,7 @@ def main():
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--rep", type=int, default=50, help="do_bench rep (ms)")
     p.add_argument("--sweep", action="store_true", help="also time other tile shapes (SWEEP) at the first length")
+    p.add_argument("--profile", action="store_true", help="GPU time by kernel of one MXFP4 fwd+bwd, first length")
     args = p.parse_args()
     exit_on_removed_switches()
     if not torch.cuda.is_available():
@@ -126,6 +152,8 @@ def main():
             except Exception as e:  # a shape the chip cannot build (shared memory, registers): say so, go on
                 print(f"| {tiles} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
         flash.FORWARD_TILES, flash.DQ_TILES, flash.DKDV_TILES = default
+    if args.profile:
+        profile_kernels(args, dev)
     if len(peaks) > 1:
         (t0, r0, m0), (t1, r1, m1) = peaks[0], peaks[-1]
         print(f"# peak memory from seq {t0} to {t1} (x{t1 / t0:.0f} tokens): SDPA x{r1 / r0:.1f}, MXFP4 x{m1 / m0:.1f}")

@@ -20,19 +20,21 @@ def fq(a, axis, hadamard=False):
     return np.moveaxis(ref.fake_quant(a), -1, axis)
 
 
-def definition(q, k, v, do, causal=True):
-    """float64 forward and backward of the MXFP4 attention (module docstring table)."""
+def definition(q, k, v, do, causal=True, shift=0):
+    """float64 forward and backward of the MXFP4 attention (module docstring table); `shift` moves the integer
+    stabilizer M, which must not change anything."""
     q, k, v, do = (t.double().numpy() for t in (q, k, v, do))
     scale = 1 / math.sqrt(D)
-    s = fq(q, -1, True) @ np.swapaxes(fq(k, -1, True), -1, -2) * scale
+    t = fq(q, -1, True) @ np.swapaxes(fq(k, -1, True), -1, -2) * scale * math.log2(math.e)
     if causal:
-        s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
-    e = np.exp(s - s.max(-1, keepdims=True))  # quantized before normalization: each row's largest is 1
-    p = e / e.sum(-1, keepdims=True)
-    o = fq(e, -1) @ fq(v, -2) / e.sum(-1, keepdims=True)
+        t = np.where(np.tril(np.ones((T, T), bool)), t, -np.inf)
+    e = 2.0 ** (t - np.ceil(t.max(-1, keepdims=True)) - shift)  # quantized before normalization
+    total = fq(e, -1).sum(-1, keepdims=True)  # the sum of the quantized E
+    p = e / total
+    o = fq(e, -1) @ fq(v, -2) / total
     dv = np.swapaxes(fq(p, -2), -1, -2) @ fq(do, -2)
     dp = fq(do, -1, True) @ np.swapaxes(fq(v, -1, True), -1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    ds = p * (dp - (do * o).sum(-1, keepdims=True))
     dq = fq(ds, -1) @ fq(k, -2) * scale
     dk = np.swapaxes(fq(ds, -2), -1, -2) @ fq(q, -2) * scale
     return [torch.from_numpy(t) for t in (o, dq, dk, dv)]
@@ -58,6 +60,31 @@ def test_forward_backward_match_definition(causal):
     exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
     assert rel(o, exact) > 1e-2
     assert rel(o, exact) < 0.5  # averaging many keys shrinks O, so its relative error is large
+
+
+def test_the_stabilizer_changes_no_bit_of_the_output():
+    """Quantization commutes with a power of two, and O divides by the sum of the quantized E: any integer M gives
+    the same O, which is what lets the flash kernel rescale its running sums exactly."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=g) for _ in range(4))
+    base = definition(q, k, v, do)[0]
+    for shift in (-7, 1, 40):
+        assert torch.equal(definition(q, k, v, do, shift=shift)[0], base)
+
+
+def test_a_row_with_one_dominant_key_gives_that_keys_value():
+    """The weights of V sum to one: a row whose scores single out one key returns that key's quantized V, whatever
+    E2M1 does to the key's weight (here E = 2^(S log2(e) - M) of the dominant key is 0.9, which MXFP4 holds as
+    0.75)."""
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(1, 1, T, D, generator=g)
+    q, k = torch.zeros(1, 1, T, D), torch.zeros(1, 1, T, D)  # every score 0 but one
+    k[0, 0, 9, 0] = 1.0  # Hadamard: +-1/sqrt(32), which MXFP4 rounds to +-0.1875
+    q[0, 0, 20, 0] = 4 * math.sqrt(32)  # Hadamard: +-4, exact; so S of query 20 and key 9 is 32 * 4 * 0.1875 * scale
+    t = 200 + math.log2(0.9) % 1 - 1  # that score in base 2: M = 200, E = 2^(t - M) = 0.9
+    o = mxfp4_attention(q, k, v, scale=t / (24 * math.log2(math.e)), is_causal=True, hadamard_size=32)
+    want = torch.from_numpy(fq(v.double().numpy(), -2))[0, 0, 9]
+    torch.testing.assert_close(o[0, 0, 20].double(), want, rtol=1e-6, atol=0)
 
 
 def test_gqa_and_module_signature():

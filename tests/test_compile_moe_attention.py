@@ -308,7 +308,7 @@ def test_attention_ops_pass_opcheck(causal):
     for sr in (False, True):  # stochastic rounding draws anew each call: fake shapes and schema only
         torch.library.opcheck(
             attention_backward,
-            (torch.randn_like(o), q.detach(), k.detach(), v.detach(), p, 0.125, 32, sr),
+            (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o, p, 0.125, 32, sr),
             test_utils=("test_schema", "test_faketensor"),
         )
 

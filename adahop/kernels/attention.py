@@ -11,11 +11,12 @@ for bit:
 - E (P before normalization), P and the score gradient dS are quantized inside the kernels, tile by tile, by
   `_fake_quantize` (blocks of 32 along the tile's last axis; tiles start at multiples of 32).
 
-The reference quantizes E = exp(S - rowmax(S)) along keys (P V = E V / rowsum(E)), so a row's max must be known
-before its first E tile: the forward makes two passes over the keys (the scores' max; then E, its sum and E V).
-The backward's rowsum(P * dP) takes dP from the quantized dO and V (it is not dO . O here), so the dQ kernel computes
-it in a first pass over the keys and stores it for the dK/dV kernel. Masked scores contribute nothing to any sum,
-whatever dP holds there (a NaN in a query row reaches dV only of the keys that row sees).
+The reference quantizes E = 2^(S log2(e) - M) along keys, with an integer stabilizer M, and divides q(E) V by
+the sum of q(E): both commute with a power of two, so the forward makes one pass over the keys, keeping M at the
+ceiling of the running max and rescaling its sums by 2^(M_old - M_new) (exact) when it grows. The backward's
+rowsum(dO * O), the gradient through that sum, is computed by the dQ kernel from dO and O (one row tile each) and
+stored for the dK/dV kernel. Masked scores contribute nothing to any sum, whatever dP holds there (a NaN in a
+query row reaches dV only of the keys that row sees).
 
 Stochastic rounding (use_sr_grad) draws its uniforms from Philox (`tl.rand`, seeded per call): the same
 distribution as the reference, not the same draws. `_operand_kernel` can also read given uniforms, which is how
@@ -56,6 +57,9 @@ OPERAND_ROWS = 64
 # The quantized operands' dtype: bf16 for the tensor cores; float32 (the same values) under Triton's interpreter,
 # which has no bf16 arithmetic. Read once: triton.jit decides at import whether the kernels are interpreted.
 OPERAND_DTYPE = torch.float32 if _INTERPRETED else torch.bfloat16
+# log2(e): the kernels take scores to base 2, t = S log2(e), as adahop.attention does; each kernel multiplies the
+# float32 scale by it in float32, so that the backward recomputes the forward's t bit for bit
+LOG2E_FP32 = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -151,7 +155,7 @@ def _tile_t(ptr, first, T, D, BT: tl.constexpr, DP: tl.constexpr):
 
 @triton.jit
 def _row_stats(stats_ptr, bh, rows, TQ):
-    """Each row's score max and sum of exp(score - max), as the forward stored them (1 past TQ: no NaN)."""
+    """Each row's stabilizer M and sum L, as the forward stored them (1 past TQ: no NaN)."""
     stats = stats_ptr + (bh.to(tl.int64) * TQ + rows) * 2
     return tl.load(stats, mask=rows < TQ, other=0.0), tl.load(stats + 1, mask=rows < TQ, other=1.0)
 
@@ -189,18 +193,21 @@ def _forward_kernel(
     end = TK
     if CAUSAL:
         end = tl.minimum(TK, (pid_m + 1) * BM)
-    # pass 1: each row's score max
+    # one pass: E = 2^(t - M) quantized along keys, times V quantized along keys, and the sum of q(E); M is the
+    # ceiling of the running max of t = S log2(e), and the sums so far are rescaled by the power of two
+    # 2^(M_old - M_new) when it grows (exact: quantization commutes with it, module docstring)
     m = tl.full([BM], float("-inf"), tl.float32)
-    for start in range(0, end, BN):
-        m = tl.maximum(m, tl.max(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL), 1))
-    # pass 2: E = exp(S - max) quantized along keys, times V quantized along keys; the sum of E
     acc = tl.zeros([BM, DP], tl.float32)
     total = tl.zeros([BM], tl.float32)
     for start in range(0, end, BN):
-        e = tl.exp(_scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL) - m[:, None])
-        total += tl.sum(e, 1)
-        eq = _fake_quantize(e, e, BM, BN, 0).to(vq_ptr.dtype.element_ty)
-        acc = tl.dot(eq, _tile(vq_ptr + kv, start, TK, D, BN, DP), acc)
+        t = _scores(q, kh_ptr + kv, rows, start, scale * LOG2E_FP32, TK, D, BN, DP, CAUSAL)
+        m_new = tl.maximum(m, tl.ceil(tl.max(t, 1)))
+        grow = m - m_new  # 0, a negative integer, or -inf before the first tile
+        alpha = tl.where(grow < -126.0, 0.0, _pow2(tl.maximum(grow, -126.0).to(tl.int32)))
+        eq = _fake_quantize(tl.exp2(t - m_new[:, None]), t, BM, BN, 0)
+        total = total * alpha + tl.sum(eq, 1)
+        acc = tl.dot(eq.to(vq_ptr.dtype.element_ty), _tile(vq_ptr + kv, start, TK, D, BN, DP), acc * alpha[:, None])
+        m = m_new
     acc = acc / total[:, None]
     d = tl.arange(0, DP)
     out = (rows[:, None] < TQ) & (d[None, :] < D)
@@ -218,6 +225,8 @@ def _dq_kernel(
     doh_ptr,
     vh_ptr,
     kq_ptr,
+    do_ptr,
+    o_ptr,
     stats_ptr,
     delta_ptr,
     dq_ptr,
@@ -242,21 +251,18 @@ def _dq_kernel(
     q = _tile(qh_ptr + q_off, pid_m * BM, TQ, D, BM, DP)
     do = _tile(doh_ptr + q_off, pid_m * BM, TQ, D, BM, DP)
     m, total = _row_stats(stats_ptr, bh, rows, TQ)
+    # delta = rowsum(dO * O) from the unquantized dO and the forward's O (adahop.attention.output_dot)
+    o_rows = _tile(o_ptr + q_off, pid_m * BM, TQ, D, BM, DP).to(tl.float32)
+    delta = tl.sum(_tile(do_ptr + q_off, pid_m * BM, TQ, D, BM, DP).to(tl.float32) * o_rows, 1)
+    # dS = P (dP - delta), dP from the quantized dO and V; dS quantized along keys, times K quantized along keys
+    acc = tl.zeros([BM, DP], tl.float32)
     end = TK
     if CAUSAL:
         end = tl.minimum(TK, (pid_m + 1) * BM)
-    # pass 1: delta = rowsum(P * dP), dP from the quantized dO and V
-    delta = tl.zeros([BM], tl.float32)
     for start in range(0, end, BN):
-        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
+        t = _scores(q, kh_ptr + kv, rows, start, scale * LOG2E_FP32, TK, D, BN, DP, CAUSAL)
         dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
-        delta += tl.sum(tl.where(s > float("-inf"), tl.exp(s - m[:, None]) / total[:, None] * dp, 0.0), 1)
-    # pass 2: dS = P (dP - delta), quantized along keys, times K quantized along keys
-    acc = tl.zeros([BM, DP], tl.float32)
-    for start in range(0, end, BN):
-        s = _scores(q, kh_ptr + kv, rows, start, scale, TK, D, BN, DP, CAUSAL)
-        dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
-        ds = tl.where(s > float("-inf"), tl.exp(s - m[:, None]) / total[:, None] * (dp - delta[:, None]), 0.0)
+        ds = tl.where(t > float("-inf"), tl.exp2(t - m[:, None]) / total[:, None] * (dp - delta[:, None]), 0.0)
         cols = start + tl.arange(0, BN)
         u = ds
         if ROUNDING != 0:
@@ -315,8 +321,8 @@ def _dkdv_kernel(
             keep = keep & (cols[:, None] <= rows[None, :])
         m, total = _row_stats(stats_ptr, bh, rows, TQ)
         delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
-        st = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * scale
-        pt = tl.where(keep, tl.exp(st - m[None, :]) / total[None, :], 0.0)
+        tt = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
+        pt = tl.where(keep, tl.exp2(tt - m[None, :]) / total[None, :], 0.0)
         dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
         dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
         ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
@@ -408,9 +414,9 @@ def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
 def forward(
     qh: torch.Tensor, kh: torch.Tensor, vq: torch.Tensor, scale: float, causal: bool, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O [B, Hq, Tq, D] in out_dtype, row statistics float32 [B, Hq, Tq, 2]: each row's score max and sum of
-    exp(score - max), from which the backward recomputes P exactly as the forward had it) from the quantized operands:
-    qh, kh along head_dim after the Hadamard, vq along keys (contiguous bf16 from `operand`)."""
+    """(O [B, Hq, Tq, D] in out_dtype, row statistics float32 [B, Hq, Tq, 2]: each row's stabilizer M and sum L
+    of q(E), from which the backward recomputes P = E / L as the forward had it) from the quantized operands: qh,
+    kh along head_dim after the Hadamard, vq along keys (contiguous bf16 from `operand`)."""
     B, HQ, TQ, D = qh.shape
     TK = kh.shape[2]
     o = torch.empty((B, HQ, TQ, D), dtype=out_dtype, device=qh.device)
@@ -432,14 +438,17 @@ def backward(
     qq: torch.Tensor,
     kq: torch.Tensor,
     doq: torch.Tensor,
+    do: torch.Tensor,
+    o: torch.Tensor,
     stats: torch.Tensor,
     scale: float,
     causal: bool,
     stochastic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """float32 (dq [B, Hq, Tq, D], dk, dv [B, Hkv, Tk, D]) from the quantized operands (qh, kh, vh, doh along
-    head_dim after the Hadamard; qq, kq, doq along the sequence) and the forward's row statistics. dS is
-    quantized stochastically where `stochastic` (fresh Philox seeds from torch's CPU generator)."""
+    head_dim after the Hadamard; qq, kq, doq along the sequence), the unquantized output gradient and output
+    (do, o: contiguous, like q) and the forward's row statistics. dS is quantized stochastically where
+    `stochastic` (fresh Philox seeds from torch's CPU generator)."""
     B, HQ, TQ, D = qh.shape
     HKV, TK = kh.shape[1], kh.shape[2]
     rep = _heads(qh, kh)
@@ -450,7 +459,7 @@ def backward(
     dq = torch.empty((B, HQ, TQ, D), dtype=torch.float32, device=dev)
     delta = torch.empty((B, HQ, TQ), dtype=torch.float32, device=dev)
     _dq_kernel[(triton.cdiv(TQ, bm), B * HQ)](
-        qh, kh, doh, vh, kq, stats, delta, dq, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
+        qh, kh, doh, vh, kq, do, o, stats, delta, dq, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     # per query head, summed over the heads that share a key/value head (what repeat_interleave's gradient is)

@@ -10,7 +10,7 @@ source scripts/gpu/env.sh
 device_header versions
 timeout 100 python3 -m pytest -q tests/kernels/test_attention_kernel.py 2>&1 | tail -15 | tee "$OUT/tests_attention.txt"
 {
-  timeout 110 python3 scripts/bench_attention.py --rep 20 --sweep
+  timeout 110 python3 scripts/bench_attention.py --rep 20 --sweep --profile
   timeout 35 python3 scripts/bench_attention.py --seqs 2048 --batch 4 --heads 32 --kv-heads 8 --head-dim 64 --rep 20
 } 2>&1 | tee "$OUT/bench_attention.txt"
 if [ "${TRAIN:-1}" != 0 ]; then

@@ -208,7 +208,8 @@ def test_flash_ops_pass_opcheck(causal):
     k, v = (torch.randn(1, 2, 64, 32, generator=g).to(DEV) for _ in range(2))
     torch.library.opcheck(att.flash_attention_forward, (q, k, v, 0.125, causal, 32, False))
     o, stats = att.flash_attention_forward(q, k, v, 0.125, causal, 32, False)
-    torch.library.opcheck(att.flash_attention_backward, (torch.randn_like(o), q, k, v, stats, 0.125, causal, 32, False))
+    do = torch.randn_like(o)
+    torch.library.opcheck(att.flash_attention_backward, (do, q, k, v, o, stats, 0.125, causal, 32, False))
 
 
 def test_compiled_flash_attention_gives_the_eager_bits(use_flash):
@@ -245,7 +246,9 @@ def test_flash_ops_refuse_operands_they_would_read_past():
         att.flash_attention_forward(q, k, torch.randn(1, 2, 32, 32, device=DEV), 0.2, False, 32, False)
     o, stats = att.flash_attention_forward(q, k, k, 0.2, False, 32, False)
     with pytest.raises(ValueError, match="stats"):
-        att.flash_attention_backward(o, q, k, k, stats[..., :1], 0.2, False, 32, False)
+        att.flash_attention_backward(o, q, k, k, o, stats[..., :1], 0.2, False, 32, False)
+    with pytest.raises(ValueError, match="do and o like q"):
+        att.flash_attention_backward(o, q, k, k, o[:, :, :32], stats, 0.2, False, 32, False)
     with pytest.raises(TypeError, match="float tensors"):
         att.mxfp4_attention(q.to(torch.int32), k.to(torch.int32), k.to(torch.int32))
 
@@ -255,8 +258,8 @@ def test_flash_backward_reads_strided_stats_as_values(use_flash):
     q, k, v, do = (torch.randn(1, 2, 64, 32, generator=g).to(DEV) for _ in range(4))
     o, stats = att.flash_attention_forward(q, k, v, 0.2, True, 32, False)
     strided = stats.transpose(-1, -2).contiguous().transpose(-1, -2)
-    want = att.flash_attention_backward(do, q, k, v, stats, 0.2, True, 32, False)
-    got = att.flash_attention_backward(do, q, k, v, strided, 0.2, True, 32, False)
+    want = att.flash_attention_backward(do, q, k, v, o, stats, 0.2, True, 32, False)
+    got = att.flash_attention_backward(do, q, k, v, o, strided, 0.2, True, 32, False)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
