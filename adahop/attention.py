@@ -220,8 +220,9 @@ def flash_attention_backward(
         scale,
         is_causal,
         use_sr_grad,
+        (q.dtype, k.dtype, v.dtype),
     )
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk, dv
 
 
 @flash_attention_backward.register_fake

@@ -47,11 +47,12 @@ ROUND_NEAREST, ROUND_SR_PHILOX, ROUND_SR_GIVEN = 0, 1, 2  # `rounding` of the ke
 # Tiles (rows x keys) and warps. Every tile edge is a multiple of 32, so that each 32-block of P and dS lies
 # in one tile and starts where the reference's does.
 FORWARD_TILES = (128, 64, 8)  # (query rows, keys, warps)
-# The backward's tiles are the fastest of scripts/bench_attention.py --sweep on an H100 (docs/benchmarks.md); with
-# stochastic rounding the dK/dV kernel's Philox draws need the registers of half as many queries per step (64 would
-# spill at head_dim 128: tests/kernels/compile_sm90.py).
-DQ_TILES = (64, 32, 4)  # (query rows, keys, warps)
-DKDV_TILES = (64, 64, 8)  # (queries, key rows, warps)
+# The backward's tiles are the fastest of an H100 sweep (docs/benchmarks.md, MXFP4 attention); with stochastic
+# rounding the Philox draws need registers that those tiles do not leave (they would spill at head_dim 128:
+# tests/kernels/compile_sm90.py), hence smaller ones.
+DQ_TILES = (128, 64, 8)  # (query rows, keys, warps)
+DQ_TILES_SR = (64, 32, 4)
+DKDV_TILES = (32, 128, 8)  # (queries, key rows, warps)
 DKDV_TILES_SR = (32, 64, 8)
 OPERAND_ROWS = 64
 # The quantized operands' dtype: bf16 for the tensor cores; float32 (the same values) under Triton's interpreter,
@@ -271,7 +272,7 @@ def _dq_kernel(
         acc = tl.dot(dsq, _tile(kq_ptr + kv, start, TK, D, BN, DP), acc)
     d = tl.arange(0, DP)
     out = (rows[:, None] < TQ) & (d[None, :] < D)
-    tl.store(dq_ptr + q_off + rows[:, None] * D + d[None, :], acc * scale, mask=out)
+    tl.store(dq_ptr + q_off + rows[:, None] * D + d[None, :], (acc * scale).to(dq_ptr.dtype.element_ty), mask=out)
     tl.store(delta_ptr + bh.to(tl.int64) * TQ + rows, delta, mask=rows < TQ)
 
 
@@ -294,19 +295,23 @@ def _dkdv_kernel(
     D,
     HQ,
     REP,
+    HEADS,
     BM: tl.constexpr,
     BN: tl.constexpr,
     DP: tl.constexpr,
     CAUSAL: tl.constexpr,
     ROUNDING: tl.constexpr,
 ):
-    # one program: BN keys of one query head; the tiles are transposed ([keys, queries]) so that P and dS are
+    # one program: BN keys of one key/value head, summed over HEADS of the query heads that share it (dK and dV
+    # of a key/value head are the sums over its query heads; more programs split them when the grid would be
+    # small, see `_heads_per_program`); the tiles are transposed ([keys, queries]) so that P and dS are
     # quantized along queries, their last axis
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    group = tl.program_id(1)  # (batch, key/value head, which HEADS of its query heads)
+    kv_bh = group // (REP // HEADS)
+    first_head = (kv_bh // (HQ // REP)) * HQ + (kv_bh % (HQ // REP)) * REP + (group % (REP // HEADS)) * HEADS
     cols = pid_n * BN + tl.arange(0, BN)
-    q_off = bh.to(tl.int64) * TQ * D
-    kv = _kv_head(bh, HQ, REP).to(tl.int64) * TK * D
+    kv = kv_bh.to(tl.int64) * TK * D
     k = _tile(kh_ptr + kv, pid_n * BN, TK, D, BN, DP)
     v = _tile(vh_ptr + kv, pid_n * BN, TK, D, BN, DP)
     dk = tl.zeros([BN, DP], tl.float32)
@@ -314,29 +319,32 @@ def _dkdv_kernel(
     lo = 0
     if CAUSAL:
         lo = (pid_n * BN // BM) * BM  # the first query block that sees one of these keys
-    for start in range(lo, TQ, BM):
-        rows = start + tl.arange(0, BM)
-        keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
-        if CAUSAL:
-            keep = keep & (cols[:, None] <= rows[None, :])
-        m, total = _row_stats(stats_ptr, bh, rows, TQ)
-        delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
-        tt = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
-        pt = tl.where(keep, tl.exp2(tt - m[None, :]) / total[None, :], 0.0)
-        dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
-        dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
-        ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
-        dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
-        u = dst
-        if ROUNDING != 0:
-            u = tl.rand(seed + bh, rows[None, :].to(tl.int64) * TK + cols[:, None])
-        dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
-        dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
+    for head in range(0, HEADS):
+        bh = first_head + head
+        q_off = bh.to(tl.int64) * TQ * D
+        for start in range(lo, TQ, BM):
+            rows = start + tl.arange(0, BM)
+            keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
+            if CAUSAL:
+                keep = keep & (cols[:, None] <= rows[None, :])
+            m, total = _row_stats(stats_ptr, bh, rows, TQ)
+            delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+            tt = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
+            pt = tl.where(keep, tl.exp2(tt - m[None, :]) / total[None, :], 0.0)
+            dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
+            dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
+            ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
+            dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
+            u = dst
+            if ROUNDING != 0:
+                u = tl.rand(seed + bh, rows[None, :].to(tl.int64) * TK + cols[:, None])
+            dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
+            dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
     d = tl.arange(0, DP)
     out = (cols[:, None] < TK) & (d[None, :] < D)
-    dst_ptr = bh.to(tl.int64) * TK * D + cols[:, None] * D + d[None, :]
-    tl.store(dk_ptr + dst_ptr, dk * scale, mask=out)
-    tl.store(dv_ptr + dst_ptr, dv, mask=out)
+    dst_ptr = group.to(tl.int64) * TK * D + cols[:, None] * D + d[None, :]
+    tl.store(dk_ptr + dst_ptr, (dk * scale).to(dk_ptr.dtype.element_ty), mask=out)
+    tl.store(dv_ptr + dst_ptr, dv.to(dv_ptr.dtype.element_ty), mask=out)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -396,6 +404,20 @@ def operand(
 
 
 MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis, which holds batch x heads
+# Programs per SM below which the dK/dV grid splits the query heads of a key/value head over more programs: under
+# causal masking the first key block's program has twice the average work, and too few programs leave SMs idle
+# behind it. Each split costs a float32 partial sum of dK and dV and a reduction.
+MIN_WAVES = 3
+
+
+def _heads_per_program(programs: int, rep: int, device: torch.device) -> int:
+    """How many of a key/value head's `rep` query heads one dK/dV program sums, given the grid's size when it sums
+    them all (`programs`): halved while the grid has fewer than MIN_WAVES programs per SM."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    heads = rep
+    while heads % 2 == 0 and programs * (rep // heads) < MIN_WAVES * sms:
+        heads //= 2
+    return heads
 
 
 def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
@@ -444,32 +466,36 @@ def backward(
     scale: float,
     causal: bool,
     stochastic: bool,
+    dtypes: tuple[torch.dtype, torch.dtype, torch.dtype],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 (dq [B, Hq, Tq, D], dk, dv [B, Hkv, Tk, D]) from the quantized operands (qh, kh, vh, doh along
-    head_dim after the Hadamard; qq, kq, doq along the sequence), the unquantized output gradient and output
-    (do, o: contiguous, like q) and the forward's row statistics. dS is quantized stochastically where
-    `stochastic` (fresh Philox seeds from torch's CPU generator)."""
+    """(dq [B, Hq, Tq, D], dk, dv [B, Hkv, Tk, D]) in `dtypes`, rounded once from their float32 sums, from the
+    quantized operands (qh, kh, vh, doh along head_dim after the Hadamard; qq, kq, doq along the sequence), the
+    unquantized output gradient and output (do, o: contiguous, like q) and the forward's row statistics. dS is
+    quantized stochastically where `stochastic` (fresh Philox seeds from torch's CPU generator)."""
     B, HQ, TQ, D = qh.shape
     HKV, TK = kh.shape[1], kh.shape[2]
     rep = _heads(qh, kh)
     dev = qh.device
     dp = triton.next_power_of_2(D)
     rounding = ROUND_SR_PHILOX if stochastic else ROUND_NEAREST
-    bm, bn, warps = DQ_TILES
-    dq = torch.empty((B, HQ, TQ, D), dtype=torch.float32, device=dev)
+    bm, bn, warps = DQ_TILES_SR if stochastic else DQ_TILES
+    dq = torch.empty((B, HQ, TQ, D), dtype=dtypes[0], device=dev)
     delta = torch.empty((B, HQ, TQ), dtype=torch.float32, device=dev)
     _dq_kernel[(triton.cdiv(TQ, bm), B * HQ)](
         qh, kh, doh, vh, kq, do, o, stats, delta, dq, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
-    # per query head, summed over the heads that share a key/value head (what repeat_interleave's gradient is)
     bm, bn, warps = DKDV_TILES_SR if stochastic else DKDV_TILES
-    dk = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
-    dv = torch.empty((B, HQ, TK, D), dtype=torch.float32, device=dev)
-    _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](
+    heads = _heads_per_program(triton.cdiv(TK, bn) * B * HKV, rep, dev)
+    split = rep // heads
+    # one partial sum per `heads` query heads where split > 1, summed here in float32 (repeat_interleave's gradient)
+    part = (B, HKV, split, TK, D)
+    dk = torch.empty(part, dtype=dtypes[1] if split == 1 else torch.float32, device=dev)
+    dv = torch.empty(part, dtype=dtypes[2] if split == 1 else torch.float32, device=dev)
+    _dkdv_kernel[(triton.cdiv(TK, bn), B * HKV * split)](
         qh, kh, doh, vh, qq, doq, stats, delta, dk, dv, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
-        BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
+        heads, BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
-    if rep > 1:
-        dk, dv = dk.view(B, HKV, rep, TK, D).sum(2), dv.view(B, HKV, rep, TK, D).sum(2)
-    return dq, dk, dv
+    if split == 1:
+        return dq, dk.view(B, HKV, TK, D), dv.view(B, HKV, TK, D)
+    return dq, dk.sum(2).to(dtypes[1]), dv.sum(2).to(dtypes[2])

@@ -65,7 +65,7 @@ def heads(t, d, h=2):
 
 def attention_backward(stochastic=True):
     op = [heads(512, 128) for _ in range(9)]  # 7 quantized operands, do and o
-    return attention.backward(*op, torch.zeros(1, 2, 512, 2), 0.1, True, stochastic)
+    return attention.backward(*op, torch.zeros(1, 2, 512, 2), 0.1, True, stochastic, (torch.bfloat16,) * 3)
 
 
 SIGNS = torch.ones(K)
