@@ -13,6 +13,7 @@ Recipes are CLI overrides of one config, so model, data, seed, schedule and toke
 | rht | uniform randomized Hadamard |
 | adahop | calibration + the seed table |
 | adahop_sr | the same with stochastic rounding of gradients |
+| adahop_fa | adahop with MXFP4 attention (`enable_mxfp4_fa`: Q K^T and P V in MXFP4 too) |
 | float8 | torchtitan's float8 converter (tensorwise, torchao; needs a CUDA GPU) |
 
 Each recipe trains in <out>/<recipe> with checkpoints: an interrupted run resumes from its last checkpoint
@@ -48,6 +49,7 @@ RECIPES = {
     "rht": [f"{MX}.calibration.no-use-HT-calibration", f"{MX}.use-randomized-hadamard"],
     "adahop": [],
     "adahop_sr": [f"{MX}.use-sr-grad"],
+    "adahop_fa": [f"{MX}.enable-mxfp4-fa"],
     "float8": ["--model.converters", "quantize.linear.float8"],
 }
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source scripts/gpu/env.sh
 RUN=/tmp/quality
-ALL=(bf16 float8 adahop hadamard mxfp4 rht adahop_sr)
+ALL=(bf16 float8 adahop hadamard mxfp4 rht adahop_sr adahop_fa)
 # the overrides of every run: part of each result's signature, so `start` and `collect` must pass the same
 RUN_ARGS="--checkpoint.no-enable ${EXTRA:-}"
 
