@@ -295,23 +295,19 @@ def _dkdv_kernel(
     D,
     HQ,
     REP,
-    HEADS,
     BM: tl.constexpr,
     BN: tl.constexpr,
     DP: tl.constexpr,
     CAUSAL: tl.constexpr,
     ROUNDING: tl.constexpr,
 ):
-    # one program: BN keys of one key/value head, summed over HEADS of the query heads that share it (dK and dV
-    # of a key/value head are the sums over its query heads; more programs split them when the grid would be
-    # small, see `_heads_per_program`); the tiles are transposed ([keys, queries]) so that P and dS are
+    # one program: BN keys of one query head; the tiles are transposed ([keys, queries]) so that P and dS are
     # quantized along queries, their last axis
     pid_n = tl.program_id(0)
-    group = tl.program_id(1)  # (batch, key/value head, which HEADS of its query heads)
-    kv_bh = group // (REP // HEADS)
-    first_head = (kv_bh // (HQ // REP)) * HQ + (kv_bh % (HQ // REP)) * REP + (group % (REP // HEADS)) * HEADS
+    bh = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
-    kv = kv_bh.to(tl.int64) * TK * D
+    q_off = bh.to(tl.int64) * TQ * D
+    kv = _kv_head(bh, HQ, REP).to(tl.int64) * TK * D
     k = _tile(kh_ptr + kv, pid_n * BN, TK, D, BN, DP)
     v = _tile(vh_ptr + kv, pid_n * BN, TK, D, BN, DP)
     dk = tl.zeros([BN, DP], tl.float32)
@@ -319,30 +315,27 @@ def _dkdv_kernel(
     lo = 0
     if CAUSAL:
         lo = (pid_n * BN // BM) * BM  # the first query block that sees one of these keys
-    for head in range(0, HEADS):
-        bh = first_head + head
-        q_off = bh.to(tl.int64) * TQ * D
-        for start in range(lo, TQ, BM):
-            rows = start + tl.arange(0, BM)
-            keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
-            if CAUSAL:
-                keep = keep & (cols[:, None] <= rows[None, :])
-            m, total = _row_stats(stats_ptr, bh, rows, TQ)
-            delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
-            tt = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
-            pt = tl.where(keep, tl.exp2(tt - m[None, :]) / total[None, :], 0.0)
-            dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
-            dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
-            ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
-            dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
-            u = dst
-            if ROUNDING != 0:
-                u = tl.rand(seed + bh, rows[None, :].to(tl.int64) * TK + cols[:, None])
-            dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
-            dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
+    for start in range(lo, TQ, BM):
+        rows = start + tl.arange(0, BM)
+        keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
+        if CAUSAL:
+            keep = keep & (cols[:, None] <= rows[None, :])
+        m, total = _row_stats(stats_ptr, bh, rows, TQ)
+        delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+        tt = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
+        pt = tl.where(keep, tl.exp2(tt - m[None, :]) / total[None, :], 0.0)
+        dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
+        dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
+        ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
+        dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
+        u = dst
+        if ROUNDING != 0:
+            u = tl.rand(seed + bh, rows[None, :].to(tl.int64) * TK + cols[:, None])
+        dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
+        dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
     d = tl.arange(0, DP)
     out = (cols[:, None] < TK) & (d[None, :] < D)
-    dst_ptr = group.to(tl.int64) * TK * D + cols[:, None] * D + d[None, :]
+    dst_ptr = bh.to(tl.int64) * TK * D + cols[:, None] * D + d[None, :]
     tl.store(dk_ptr + dst_ptr, (dk * scale).to(dk_ptr.dtype.element_ty), mask=out)
     tl.store(dv_ptr + dst_ptr, dv.to(dv_ptr.dtype.element_ty), mask=out)
 
@@ -404,20 +397,6 @@ def operand(
 
 
 MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis, which holds batch x heads
-# Programs per SM below which the dK/dV grid splits the query heads of a key/value head over more programs: under
-# causal masking the first key block's program has twice the average work, and too few programs leave SMs idle
-# behind it. Each split costs a float32 partial sum of dK and dV and a reduction.
-MIN_WAVES = 3
-
-
-def _heads_per_program(programs: int, rep: int, device: torch.device) -> int:
-    """How many of a key/value head's `rep` query heads one dK/dV program sums, given the grid's size when it sums
-    them all (`programs`): halved while the grid has fewer than MIN_WAVES programs per SM."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    heads = rep
-    while heads % 2 == 0 and programs * (rep // heads) < MIN_WAVES * sms:
-        heads //= 2
-    return heads
 
 
 def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
@@ -486,16 +465,16 @@ def backward(
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     bm, bn, warps = DKDV_TILES_SR if stochastic else DKDV_TILES
-    heads = _heads_per_program(triton.cdiv(TK, bn) * B * HKV, rep, dev)
-    split = rep // heads
-    # one partial sum per `heads` query heads where split > 1, summed here in float32 (repeat_interleave's gradient)
-    part = (B, HKV, split, TK, D)
-    dk = torch.empty(part, dtype=dtypes[1] if split == 1 else torch.float32, device=dev)
-    dv = torch.empty(part, dtype=dtypes[2] if split == 1 else torch.float32, device=dev)
-    _dkdv_kernel[(triton.cdiv(TK, bn), B * HKV * split)](
+    # per query head; where several share a key/value head, in float32, summed over them after the kernel (what
+    # repeat_interleave's gradient is; one program summing the heads in its loop is slower at seq 8192, where the
+    # heads' Q and dO tiles no longer meet in L2: docs/benchmarks.md)
+    dk = torch.empty((B, HQ, TK, D), dtype=dtypes[1] if rep == 1 else torch.float32, device=dev)
+    dv = torch.empty((B, HQ, TK, D), dtype=dtypes[2] if rep == 1 else torch.float32, device=dev)
+    _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](
         qh, kh, doh, vh, qq, doq, stats, delta, dk, dv, scale, _seed() if stochastic else 0, TQ, TK, D, HQ, rep,
-        heads, BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
+        BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
-    if split == 1:
-        return dq, dk.view(B, HKV, TK, D), dv.view(B, HKV, TK, D)
-    return dq, dk.sum(2).to(dtypes[1]), dv.sum(2).to(dtypes[2])
+    if rep > 1:
+        dk = dk.view(B, HKV, rep, TK, D).sum(2).to(dtypes[1])
+        dv = dv.view(B, HKV, rep, TK, D).sum(2).to(dtypes[2])
+    return dq, dk, dv

@@ -144,12 +144,8 @@ CASES = [  # (heads, kv heads, tq, tk, head_dim, causal)
 ]
 
 
-@pytest.mark.parametrize("fold", [True, False], ids=["heads_summed_in_one_program", "heads_split"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "h{}kv{}_q{}k{}_d{}_causal{}".format(*c))
-def test_flash_forward_and_backward_agree_with_the_reference(case, fold, use_flash, monkeypatch):
-    """`fold`: one dK/dV program sums all the query heads of its key/value head, or each query head has its own
-    program and their float32 partial sums are added after the kernel (flash.MIN_WAVES picks on the GPU)."""
-    monkeypatch.setattr(flash, "MIN_WAVES", 0 if fold else 10**9)
+def test_flash_forward_and_backward_agree_with_the_reference(case, use_flash, monkeypatch):
     hq, hkv, tq, tk, d, causal = case
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, h, t, d, generator=g) for h, t in ((hq, tq), (hkv, tk), (hkv, tk)))
