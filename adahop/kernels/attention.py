@@ -466,8 +466,8 @@ def backward(
     )  # fmt: skip
     bm, bn, warps = DKDV_TILES_SR if stochastic else DKDV_TILES
     # per query head; where several share a key/value head, in float32, summed over them after the kernel (what
-    # repeat_interleave's gradient is; one program summing the heads in its loop is slower at seq 8192, where the
-    # heads' Q and dO tiles no longer meet in L2: docs/benchmarks.md)
+    # repeat_interleave's gradient is; one program summing the heads in its loop measured slower at seq 8192:
+    # docs/benchmarks.md)
     dk = torch.empty((B, HQ, TK, D), dtype=dtypes[1] if rep == 1 else torch.float32, device=dev)
     dv = torch.empty((B, HQ, TK, D), dtype=dtypes[2] if rep == 1 else torch.float32, device=dev)
     _dkdv_kernel[(triton.cdiv(TK, bn), B * HQ)](
