@@ -3,8 +3,10 @@
 Two implementations of the same semantics: the torch reference below (`attention_forward` /
 `attention_backward`, which materializes the [Tq, Tk] probabilities: CPU, tests, other devices), and on CUDA the
 flash-style Triton kernels of adahop.kernels.attention (`flash_attention_forward` / `flash_attention_backward`,
-memory O(T)), whose quantized operands are the reference's bit for bit. Every GEMM quantizes both operands along
-its inner dimension K:
+memory O(T)), whose quantized operands are the reference's bit for bit. For finite inputs their outputs agree up
+to summation order; a NaN or infinite input spreads differently: the kernels skip masked positions where the
+reference multiplies them by zero (adahop.kernels.attention says how far it reaches). Every GEMM quantizes both
+operands along its inner dimension K:
 
 | GEMM | K | transform |
 | --- | --- | --- |
@@ -19,8 +21,11 @@ The probabilities are quantized before normalization: E = 2^(S log2(e) - M), wit
 (E's largest entry in (1/2, 1]), and O = q(E) q(V) / L, where L = rowsum(q(E)) sums the quantized values, so the
 weights that multiply V sum to one (a row with one dominant key gives that key's V exactly, though q may round
 its weight). MXFP4 quantization commutes with a power of two (the block scale takes it), so O does not depend on
-M: any integer stabilizer gives the same bits. That is what lets the flash kernel run one pass over the keys,
-rescaling its sums by 2^(M_old - M_new) as the running max grows, exactly.
+M: any integer stabilizer gives the same bits, within the range of E8M0 scales and float32 (E entries below
+2^-126 of the row's largest are where a shift of M can change bits). That is what lets the flash kernel run one
+pass over the keys, rescaling its sums by 2^(M_old - M_new) as the running max grows, exactly within that range
+(a jump of the running max by more than 126 binades drops the earlier keys, whose weights are then below
+2^-126 of the new largest).
 The backward is the gradient of that O with q as a straight-through estimator: with P = E / L,
 dS = P * (dP - rowsum(dO * O)), the last term being the gradient through L; it runs in float32 on the unquantized
 P. With `use_sr_grad`, the gradient operands (dO, dS) use stochastic rounding. Sequence lengths and head_dim
@@ -57,6 +62,7 @@ def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | No
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int) -> None:
+    check_hadamard_size(hadamard_size)
     if any(not t.is_floating_point() for t in (q, k, v)):
         raise TypeError(f"MXFP4 attention takes float tensors, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
@@ -65,10 +71,20 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
     for name, n in (("query length", q.shape[2]), ("key length", k.shape[2]), ("head_dim", q.shape[3])):
-        if n % BLOCK_SIZE:
-            raise ValueError(f"MXFP4 attention needs the {name} to be a multiple of {BLOCK_SIZE}, got {n}")
+        if n % BLOCK_SIZE or n == 0:
+            raise ValueError(f"MXFP4 attention needs the {name} to be a positive multiple of {BLOCK_SIZE}, got {n}")
     if q.shape[3] % hadamard_size:
         raise ValueError(f"head_dim {q.shape[3]} is not a multiple of hadamard_size {hadamard_size}")
+
+
+def _check_saved(q: torch.Tensor, do: torch.Tensor, o: torch.Tensor, kept: torch.Tensor, name: str, shape) -> None:
+    """The backward ops' own inputs against q's shape (they may be called directly: a broadcasting o or P would
+    give wrong gradients without an error)."""
+    if do.shape != q.shape or o.shape != q.shape or kept.shape != shape:
+        raise ValueError(
+            f"expected do and o like q {tuple(q.shape)} and the forward's {name} {tuple(shape)}, got "
+            f"{tuple(do.shape)}, {tuple(o.shape)} and {tuple(kept.shape)}"
+        )
 
 
 # Forward and backward as two torch custom ops, like the AdaHOP linear's (adahop/linear.py): torch.compile
@@ -87,6 +103,9 @@ def attention_forward(
     use_sr_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype, P in float32) of q [B, H, Tq, D], k = v [B, H, Tk, D] (`use_sr_grad` is backward's)."""
+    _check(q, k, v, hadamard_size)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"the reference takes as many key/value heads as query heads, got {q.shape[1]}, {k.shape[1]}")
     t = _q(q, -1, hadamard=hadamard_size) @ _q(k, -1, hadamard=hadamard_size).transpose(-1, -2) * (scale * LOG2E)
     if is_causal:
         tq, tk = q.shape[2], k.shape[2]
@@ -118,6 +137,8 @@ def attention_backward(
     use_sr_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) from the output gradient and what attention_forward kept."""
+    _check(q, k, v, hadamard_size)
+    _check_saved(q, do, o, p, "probabilities", (*q.shape[:-1], k.shape[2]))
     sr = "stochastic" if use_sr_grad else "nearest"
     # float32 GEMMs even where backward is called under autocast (eager backward would inherit it, a compiled
     # one does not): the same bits either way
@@ -199,12 +220,10 @@ def flash_attention_backward(
     from .kernels import attention as flash
 
     _check(q, k, v, hadamard_size)
-    if do.shape != q.shape or o.shape != q.shape or stats.shape != (*q.shape[:-1], 2):
-        raise ValueError(
-            f"expected do and o like q {tuple(q.shape)} and the forward's stats {(*q.shape[:-1], 2)}, got "
-            f"{tuple(do.shape)}, {tuple(o.shape)} and {tuple(stats.shape)}"
-        )
-    stats = stats.to(torch.float32).contiguous()
+    _check_saved(q, do, o, stats, "stats", (*q.shape[:-1], 2))
+    if stats.dtype != torch.float32:
+        raise TypeError(f"the forward's stats are float32, got {stats.dtype}")
+    stats = stats.contiguous()
     h = hadamard_size
     dq, dk, dv = flash.backward(
         flash.operand(q, hadamard_size=h),
@@ -264,7 +283,6 @@ def mxfp4_attention(
     use_sr_grad: bool = False,
 ) -> torch.Tensor:
     """softmax(Q K^T * scale) V with every GEMM in MXFP4; q [B, Hq, Tq, D], k, v [B, Hkv, Tk, D]."""
-    check_hadamard_size(hadamard_size)
     _check(q, k, v, hadamard_size)
     if q.shape[1] != k.shape[1] and (not enable_gqa or k.shape[1] == 0 or q.shape[1] % k.shape[1]):
         raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")

@@ -104,6 +104,20 @@ def test_lengths_must_be_blocks():
         mxfp4_attention(q, q, q)
 
 
+def test_reference_ops_refuse_what_they_would_misread():
+    """The custom ops may be called directly: o or P of another shape would broadcast into wrong gradients."""
+    from adahop.attention import attention_backward, attention_forward
+
+    q = torch.randn(1, 2, 32, 32)
+    o, p = attention_forward(q, q, q, 0.2, True, 32, False)
+    with pytest.raises(ValueError, match="do and o like q"):
+        attention_backward(o, q, q, q, o[:, :1], p, 0.2, 32, False)
+    with pytest.raises(ValueError, match="probabilities"):
+        attention_backward(o, q, q, q, o, p[..., :1], 0.2, 32, False)
+    with pytest.raises(ValueError, match="as many key/value heads"):
+        attention_forward(q, q[:, :1], q[:, :1], 0.2, True, 32, False)
+
+
 def test_causal_mask_matches_sdpa_when_queries_and_keys_differ():
     import adahop.attention as att
 

@@ -13,10 +13,10 @@ for bit:
 
 The reference quantizes E = 2^(S log2(e) - M) along keys, with an integer stabilizer M, and divides q(E) V by
 the sum of q(E): both commute with a power of two, so the forward makes one pass over the keys, keeping M at the
-ceiling of the running max and rescaling its sums by 2^(M_old - M_new) (exact) when it grows. The backward's
-rowsum(dO * O), the gradient through that sum, is computed by the dQ kernel from dO and O (one row tile each) and
-stored for the dK/dV kernel. Masked scores contribute nothing to any sum, whatever dP holds there (a NaN in a
-query row reaches dV only of the keys that row sees).
+ceiling of the running max and rescaling its sums by 2^(M_old - M_new) (exact, down to 2^-126) when it grows.
+The backward's rowsum(dO * O), the gradient through that sum, is computed by the dQ kernel from dO and O (one row
+tile each) and stored for the dK/dV kernel. Masked scores contribute nothing to any sum, whatever dP holds there
+(a NaN in a query row reaches dV only of the keys that row sees, and that row's dQ).
 
 Stochastic rounding (use_sr_grad) draws its uniforms from Philox (`tl.rand`, seeded per call): the same
 distribution as the reference, not the same draws. `_operand_kernel` can also read given uniforms, which is how
@@ -263,8 +263,12 @@ def _dq_kernel(
     for start in range(0, end, BN):
         t = _scores(q, kh_ptr + kv, rows, start, scale * LOG2E_FP32, TK, D, BN, DP, CAUSAL)
         dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
-        ds = tl.where(t > float("-inf"), tl.exp2(t - m[:, None]) / total[:, None] * (dp - delta[:, None]), 0.0)
         cols = start + tl.arange(0, BN)
+        # the mask itself, not t > -inf, which a NaN score would fail: a NaN row's dQ is NaN, as the reference's
+        keep = cols[None, :] < TK
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= rows[:, None])
+        ds = tl.where(keep, tl.exp2(t - m[:, None]) / total[:, None] * (dp - delta[:, None]), 0.0)
         u = ds
         if ROUNDING != 0:
             u = tl.rand(seed + bh, rows[:, None].to(tl.int64) * TK + cols[None, :])

@@ -249,8 +249,14 @@ def test_flash_ops_refuse_operands_they_would_read_past():
         att.flash_attention_backward(o, q, k, k, o, stats[..., :1], 0.2, False, 32, False)
     with pytest.raises(ValueError, match="do and o like q"):
         att.flash_attention_backward(o, q, k, k, o[:, :, :32], stats, 0.2, False, 32, False)
+    with pytest.raises(TypeError, match="float32"):
+        att.flash_attention_backward(o, q, k, k, o, stats.half(), 0.2, False, 32, False)
     with pytest.raises(TypeError, match="float tensors"):
         att.mxfp4_attention(q.to(torch.int32), k.to(torch.int32), k.to(torch.int32))
+    with pytest.raises(ValueError, match="hadamard_size"):
+        att.flash_attention_forward(q, k, k, 0.2, False, 0, False)
+    with pytest.raises(ValueError, match="key length to be a positive multiple"):
+        att.flash_attention_forward(q, k[:, :, :0], k[:, :, :0], 0.2, False, 32, False)
 
 
 def test_flash_backward_reads_strided_stats_as_values(use_flash):
@@ -264,14 +270,16 @@ def test_flash_backward_reads_strided_stats_as_values(use_flash):
 
 
 def test_flash_keeps_a_nan_out_of_the_keys_its_row_cannot_see(use_flash):
-    """Causal: a NaN in query row 5 reaches dV only of the keys row 5 sees (0..5), whatever the tiles. (dK and dQ
-    multiply by Q or K quantized along the sequence, whose NaN block covers 32 positions: a masked zero times it
-    is NaN in any GEMM, so there the NaN spreads as far as the tiles that meet it.)"""
+    """Causal: a NaN in query row 5 reaches dV only of the keys row 5 sees (0..5), whatever the tiles, and dQ only
+    in row 5, as in the reference. (dK multiplies by Q quantized along the sequence, whose NaN block covers 32
+    positions: a masked zero times it is NaN in any GEMM, so there the NaN spreads as far as the tiles that meet
+    it.)"""
     g = torch.Generator().manual_seed(9)
     q, k, v, do = (torch.randn(1, 1, 128, 32, generator=g).to(DEV) for _ in range(4))
     q[0, 0, 5, 0] = float("nan")
-    o, _, dk, dv = run(q, k, v, do)
+    o, dq, dk, dv = run(q, k, v, do)
     assert o[0, 0].isnan().any(-1).nonzero().flatten().tolist() == [5]
+    assert dq[0, 0].isnan().any(-1).nonzero().flatten().tolist() == [5]  # a NaN score is no masked one
     nan_keys = dv[0, 0].isnan().any(-1).nonzero().flatten().tolist()
     assert nan_keys == list(range(6)), nan_keys
     assert dk.isnan().any()
