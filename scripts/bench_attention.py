@@ -68,16 +68,21 @@ def timings(fn, q, k, v, do, rep: int) -> tuple[float, float, float]:
     return both, fwd, torch.cuda.max_memory_allocated() - base
 
 
+def operands(args, t: int, dev) -> tuple[torch.Tensor, ...]:
+    """Random bf16 q [batch, heads, t, head_dim], k, v [batch, kv_heads, t, head_dim] (requiring grad) and dO."""
+    q, k, v = (
+        torch.randn(args.batch, h, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
+        for h in (args.heads, args.kv_heads, args.kv_heads)
+    )
+    return q, k, v, torch.randn_like(q)
+
+
 def profile_kernels(args, dev) -> None:
     """GPU time by kernel name of MXFP4 fwd+bwd at the first length (the mean of 5 traced steps)."""
     from torch.profiler import ProfilerActivity, profile
 
     t = args.seqs[0]
-    q, k, v = (
-        torch.randn(args.batch, h, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
-        for h in (args.heads, args.kv_heads, args.kv_heads)
-    )
-    do = torch.randn_like(q)
+    q, k, v, do = operands(args, t, dev)
     for _ in range(3):
         mxfp4(q, k, v).backward(do)
     torch.cuda.synchronize()
@@ -120,12 +125,7 @@ def main():
     peaks = []
     for t in args.seqs:
         torch.manual_seed(0)
-
-        def make(heads, t=t):
-            return torch.randn(args.batch, heads, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
-
-        q, k, v = make(args.heads), make(args.kv_heads), make(args.kv_heads)
-        do = torch.randn_like(q)
+        q, k, v, do = operands(args, t, dev)
         ref_both, ref_fwd, ref_peak = timings(sdpa, q, k, v, do, args.rep)
         mx_both, mx_fwd, mx_peak = timings(mxfp4, q, k, v, do, args.rep)
         peaks.append((t, ref_peak, mx_peak))
@@ -135,11 +135,7 @@ def main():
         )
     if args.sweep:
         t = args.seqs[0]
-        q, k, v = (
-            torch.randn(args.batch, h, t, args.head_dim, device=dev, dtype=torch.bfloat16).requires_grad_()
-            for h in (args.heads, args.kv_heads, args.kv_heads)
-        )
-        do = torch.randn_like(q)
+        q, k, v, do = operands(args, t, dev)
         ref = timings(sdpa, q, k, v, do, args.rep)[0]
         default = (flash.FORWARD_TILES, flash.DQ_TILES, flash.DKDV_TILES)
         print(f"\n| tiles at seq {t}: forward, dQ, dK/dV | MXFP4 fwd+bwd ms | vs SDPA |\n| --- | --- | --- |")
