@@ -9,7 +9,10 @@ for bit:
   [-127, 127] is a bf16 value, so a bf16 tensor-core dot of two of them, accumulated in float32, is the
   reference's float32 product up to the order of the sum);
 - E (P before normalization), P and the score gradient dS are quantized inside the kernels, tile by tile, by
-  `_fake_quantize` (blocks of 32 along the tile's last axis; tiles start at multiples of 32).
+  `_fake_quantize` (blocks of 32 along the tile's last axis; tiles start at multiples of 32), E and P by its
+  form for values in [0, 2], `_fake_quantize_probabilities` (the same values in fewer instructions);
+- only the tiles that cross the causal diagonal or the end of the sequence are masked: the kernels are bound by
+  their per-element instructions, not by bytes or tensor cores (docs/kernels.md).
 
 The reference quantizes E = 2^(S log2(e) - M) along keys, with an integer stabilizer M, and divides q(E) V by
 the sum of q(E): both commute with a power of two, so the forward makes one pass over the keys, keeping M at the
@@ -81,6 +84,28 @@ def _fake_quantize(y, u, R: tl.constexpr, C: tl.constexpr, ROUNDING: tl.constexp
 
 
 @triton.jit
+def _fake_quantize_probabilities(y, R: tl.constexpr, C: tl.constexpr):
+    """_fake_quantize(y, ., R, C, 0) for y >= 0 below 2^100: E (at most 1) and P (at most 2, since the row sum
+    holds the quantized largest E, at least 1/2). The same values in fewer instructions: each element is rounded
+    on its block's own scale, by adding 2^(e + 22), 2^(e + 23) or 2^(e + 24), whose ulp is the grid step there
+    (_e2m1_nearest's constants times 2^e: exact, since a power of two commutes with rounding and 2^(e + 22) is a
+    normal float for every e >= -127), so that no element is scaled to the grid and back, and no sign is kept."""
+    y3 = tl.reshape(y, [R, C // 32, 32])
+    amax_bits = tl.max(y3.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2)  # a NaN may carry a sign bit
+    nonfinite = amax_bits >= 0x7F800000
+    e = tl.maximum((amax_bits >> 23) - 129, -127)  # as _mx_exponents
+    two, four = _pow2(e + 1)[:, :, None], _pow2(e + 2)[:, :, None]
+    magic = tl.where(
+        y3 < two,
+        _pow2(e + 22)[:, :, None],
+        tl.where(y3 < four, _pow2(e + 23)[:, :, None], _pow2(e + 24)[:, :, None]),
+    )
+    val = tl.minimum((y3 + magic) - magic, 1.5 * four)  # saturating at 6 * 2^e
+    val = tl.where(nonfinite[:, :, None], float("nan"), val)
+    return tl.reshape(val, [R, C])
+
+
+@triton.jit
 def _operand_kernel(
     x_ptr,
     u_ptr,
@@ -125,17 +150,38 @@ def _operand_kernel(
 
 
 @triton.jit
-def _scores(q, k_ptr, rows, start, scale, TK, D, BN: tl.constexpr, DP: tl.constexpr, CAUSAL: tl.constexpr):
-    """S = q k^T * scale for the keys start.. start + BN ([BM, BN] float32), -inf where a key is masked (past
-    TK, or after the row's query under top-left causal alignment, as SDPA's is_causal)."""
+def _scores(q, k_ptr, rows, start, scale, TK, D, masked, BN: tl.constexpr, DP: tl.constexpr, CAUSAL: tl.constexpr):
+    """S = q k^T * scale for the keys start.. start + BN ([BM, BN] float32); where `masked`, -inf where a key is masked
+    (past TK, or after the row's query under top-left causal alignment, as SDPA's is_causal). Tiles that every
+    row sees whole need no mask (_full_tiles_end): `masked` is a runtime flag, so that one loop serves both (a loop
+    of each kept more registers live: the dK/dV kernel spilled)."""
     cols = start + tl.arange(0, BN)
     d = tl.arange(0, DP)
     kt = tl.load(k_ptr + cols[None, :] * D + d[:, None], mask=(cols[None, :] < TK) & (d[:, None] < D), other=0.0)
     s = tl.dot(q, kt) * scale
-    keep = cols[None, :] < TK
+    if masked:
+        s = tl.where(_visible(rows[:, None], cols[None, :], TK, CAUSAL), s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _visible(rows, cols, TK, CAUSAL: tl.constexpr):
+    """Where query `rows` sees key `cols` (broadcast against each other): inside TK, and not after the row under
+    causal alignment."""
+    keep = cols < TK
     if CAUSAL:
-        keep = keep & (cols[None, :] <= rows[:, None])
-    return tl.where(keep, s, float("-inf"))
+        keep = keep & (cols <= rows)
+    return keep
+
+
+@triton.jit
+def _full_tiles_end(first_row, TK, BN: tl.constexpr, CAUSAL: tl.constexpr):
+    """Where the key tiles that rows first_row.. (a multiple of BN) see whole end: every tile before it lies inside
+    TK and, under causal alignment, before first_row."""
+    end = (TK // BN) * BN
+    if CAUSAL:
+        end = tl.minimum(end, (first_row // BN) * BN)
+    return end
 
 
 @triton.jit
@@ -165,6 +211,36 @@ def _row_stats(stats_ptr, bh, rows, TQ):
 def _kv_head(bh, HQ, REP):
     """The (batch, key/value head) index of query head bh under GQA (REP query heads per key/value head)."""
     return (bh // HQ) * (HQ // REP) + (bh % HQ) // REP
+
+
+@triton.jit
+def _forward_step(
+    q,
+    k_ptr,
+    v_ptr,
+    rows,
+    start,
+    scale,
+    TK,
+    D,
+    m,
+    acc,
+    total,
+    masked,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    DP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """One key tile of the forward's pass: (M, sum of q(E) V, sum of q(E)) after the keys start.. start + BN."""
+    t = _scores(q, k_ptr, rows, start, scale * LOG2E_FP32, TK, D, masked, BN, DP, CAUSAL)
+    m_new = tl.maximum(m, tl.ceil(tl.max(t, 1)))
+    grow = m - m_new  # 0, a negative integer, or -inf before the first tile
+    alpha = tl.where(grow < -126.0, 0.0, _pow2(tl.maximum(grow, -126.0).to(tl.int32)))
+    eq = _fake_quantize_probabilities(tl.exp2(t - m_new[:, None]), BM, BN)
+    total = total * alpha + tl.sum(eq, 1)
+    acc = tl.dot(eq.to(v_ptr.dtype.element_ty), _tile(v_ptr, start, TK, D, BN, DP), acc * alpha[:, None])
+    return m_new, acc, total
 
 
 @triton.jit
@@ -200,15 +276,10 @@ def _forward_kernel(
     m = tl.full([BM], float("-inf"), tl.float32)
     acc = tl.zeros([BM, DP], tl.float32)
     total = tl.zeros([BM], tl.float32)
+    full = _full_tiles_end(pid_m * BM, TK, BN, CAUSAL)
     for start in range(0, end, BN):
-        t = _scores(q, kh_ptr + kv, rows, start, scale * LOG2E_FP32, TK, D, BN, DP, CAUSAL)
-        m_new = tl.maximum(m, tl.ceil(tl.max(t, 1)))
-        grow = m - m_new  # 0, a negative integer, or -inf before the first tile
-        alpha = tl.where(grow < -126.0, 0.0, _pow2(tl.maximum(grow, -126.0).to(tl.int32)))
-        eq = _fake_quantize(tl.exp2(t - m_new[:, None]), t, BM, BN, 0)
-        total = total * alpha + tl.sum(eq, 1)
-        acc = tl.dot(eq.to(vq_ptr.dtype.element_ty), _tile(vq_ptr + kv, start, TK, D, BN, DP), acc * alpha[:, None])
-        m = m_new
+        m, acc, total = _forward_step(q, kh_ptr + kv, vq_ptr + kv, rows, start, scale, TK, D, m, acc, total,
+                                      start >= full, BM, BN, DP, CAUSAL)  # fmt: skip
     acc = acc / total[:, None]
     d = tl.arange(0, DP)
     out = (rows[:, None] < TQ) & (d[None, :] < D)
@@ -217,6 +288,45 @@ def _forward_kernel(
     stats = stats_ptr + (bh.to(tl.int64) * TQ + rows) * 2
     tl.store(stats, m, mask=rows < TQ)
     tl.store(stats + 1, total, mask=rows < TQ)
+
+
+@triton.jit
+def _dq_step(
+    q,
+    do,
+    k_ptr,
+    vh_ptr,
+    kq_ptr,
+    rows,
+    start,
+    scale,
+    seed,
+    TK,
+    D,
+    m,
+    total,
+    delta,
+    acc,
+    masked,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    DP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    """One key tile of the dQ kernel's pass: the sum of q(dS) K q after the keys start.. start + BN."""
+    t = _scores(q, k_ptr, rows, start, scale * LOG2E_FP32, TK, D, masked, BN, DP, CAUSAL)
+    dp = tl.dot(do, _tile_t(vh_ptr, start, TK, D, BN, DP))
+    cols = start + tl.arange(0, BN)
+    ds = tl.exp2(t - m[:, None]) / total[:, None] * (dp - delta[:, None])
+    if masked:
+        # the mask itself, not t > -inf, which a NaN score would fail: a NaN row's dQ is NaN, as the reference's
+        ds = tl.where(_visible(rows[:, None], cols[None, :], TK, CAUSAL), ds, 0.0)
+    u = ds
+    if ROUNDING != 0:
+        u = tl.rand(seed, rows[:, None].to(tl.int64) * TK + cols[None, :])
+    dsq = _fake_quantize(ds, u, BM, BN, ROUNDING).to(kq_ptr.dtype.element_ty)
+    return tl.dot(dsq, _tile(kq_ptr, start, TK, D, BN, DP), acc)
 
 
 @triton.jit
@@ -260,24 +370,64 @@ def _dq_kernel(
     end = TK
     if CAUSAL:
         end = tl.minimum(TK, (pid_m + 1) * BM)
+    full = _full_tiles_end(pid_m * BM, TK, BN, CAUSAL)
     for start in range(0, end, BN):
-        t = _scores(q, kh_ptr + kv, rows, start, scale * LOG2E_FP32, TK, D, BN, DP, CAUSAL)
-        dp = tl.dot(do, _tile_t(vh_ptr + kv, start, TK, D, BN, DP))
-        cols = start + tl.arange(0, BN)
-        # the mask itself, not t > -inf, which a NaN score would fail: a NaN row's dQ is NaN, as the reference's
-        keep = cols[None, :] < TK
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= rows[:, None])
-        ds = tl.where(keep, tl.exp2(t - m[:, None]) / total[:, None] * (dp - delta[:, None]), 0.0)
-        u = ds
-        if ROUNDING != 0:
-            u = tl.rand(seed + bh, rows[:, None].to(tl.int64) * TK + cols[None, :])
-        dsq = _fake_quantize(ds, u, BM, BN, ROUNDING).to(kq_ptr.dtype.element_ty)
-        acc = tl.dot(dsq, _tile(kq_ptr + kv, start, TK, D, BN, DP), acc)
+        acc = _dq_step(q, do, kh_ptr + kv, vh_ptr + kv, kq_ptr + kv, rows, start, scale, seed + bh, TK, D, m, total,
+                       delta, acc, start >= full, BM, BN, DP, CAUSAL, ROUNDING)  # fmt: skip
     d = tl.arange(0, DP)
     out = (rows[:, None] < TQ) & (d[None, :] < D)
     tl.store(dq_ptr + q_off + rows[:, None] * D + d[None, :], (acc * scale).to(dq_ptr.dtype.element_ty), mask=out)
     tl.store(delta_ptr + bh.to(tl.int64) * TQ + rows, delta, mask=rows < TQ)
+
+
+@triton.jit
+def _dkdv_step(
+    k,
+    v,
+    qh_ptr,
+    doh_ptr,
+    qq_ptr,
+    doq_ptr,
+    stats_ptr,
+    delta_ptr,
+    bh,
+    cols,
+    start,
+    scale,
+    seed,
+    TQ,
+    TK,
+    D,
+    dk,
+    dv,
+    masked,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    DP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    """One query tile of the dK/dV kernel's pass: the sums q(dS)^T q and q(P)^T dO after the queries start..
+    start + BM (tiles transposed, [keys, queries])."""
+    rows = start + tl.arange(0, BM)
+    m, total = _row_stats(stats_ptr, bh, rows, TQ)
+    delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
+    tt = tl.dot(k, _tile_t(qh_ptr, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
+    pt = tl.exp2(tt - m[None, :]) / total[None, :]
+    if masked:  # two branches of one result each: one of both kept more registers live (the kernel spilled)
+        pt = tl.where(_visible(rows[None, :], cols[:, None], TK, CAUSAL) & (rows[None, :] < TQ), pt, 0.0)
+    dpt = tl.dot(v, _tile_t(doh_ptr, start, TQ, D, BM, DP))
+    dst = pt * (dpt - delta[None, :])
+    if masked:  # 0 whatever dP holds there (a NaN of dO's row stays out of keys the row cannot see)
+        dst = tl.where(_visible(rows[None, :], cols[:, None], TK, CAUSAL) & (rows[None, :] < TQ), dst, 0.0)
+    ptq = _fake_quantize_probabilities(pt, BN, BM).to(doq_ptr.dtype.element_ty)
+    dv = tl.dot(ptq, _tile(doq_ptr, start, TQ, D, BM, DP), dv)
+    u = dst
+    if ROUNDING != 0:
+        u = tl.rand(seed, rows[None, :].to(tl.int64) * TK + cols[:, None])
+    dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
+    dk = tl.dot(dstq, _tile(qq_ptr, start, TQ, D, BM, DP), dk)
+    return dk, dv
 
 
 @triton.jit
@@ -319,24 +469,20 @@ def _dkdv_kernel(
     lo = 0
     if CAUSAL:
         lo = (pid_n * BN // BM) * BM  # the first query block that sees one of these keys
+    # the query tiles in which every key of this block is seen: after the diagonal, before TQ's partial tile,
+    # none where the block itself runs past TK; the rest are masked
+    whole = lo
+    if CAUSAL:
+        whole = tl.cdiv(pid_n * BN + BN - 1, BM) * BM
+    whole_end = (TQ // BM) * BM
+    if pid_n * BN + BN > TK:
+        whole = TQ
+    whole = tl.minimum(tl.maximum(whole, lo), TQ)
+    whole_end = tl.maximum(whole_end, whole)
     for start in range(lo, TQ, BM):
-        rows = start + tl.arange(0, BM)
-        keep = (rows[None, :] < TQ) & (cols[:, None] < TK)
-        if CAUSAL:
-            keep = keep & (cols[:, None] <= rows[None, :])
-        m, total = _row_stats(stats_ptr, bh, rows, TQ)
-        delta = tl.load(delta_ptr + bh.to(tl.int64) * TQ + rows, mask=rows < TQ, other=0.0)
-        tt = tl.dot(k, _tile_t(qh_ptr + q_off, start, TQ, D, BM, DP)) * (scale * LOG2E_FP32)
-        pt = tl.where(keep, tl.exp2(tt - m[None, :]) / total[None, :], 0.0)
-        dpt = tl.dot(v, _tile_t(doh_ptr + q_off, start, TQ, D, BM, DP))
-        dst = tl.where(keep, pt * (dpt - delta[None, :]), 0.0)
-        ptq = _fake_quantize(pt, pt, BN, BM, 0).to(doq_ptr.dtype.element_ty)
-        dv = tl.dot(ptq, _tile(doq_ptr + q_off, start, TQ, D, BM, DP), dv)
-        u = dst
-        if ROUNDING != 0:
-            u = tl.rand(seed + bh, rows[None, :].to(tl.int64) * TK + cols[:, None])
-        dstq = _fake_quantize(dst, u, BN, BM, ROUNDING).to(qq_ptr.dtype.element_ty)
-        dk = tl.dot(dstq, _tile(qq_ptr + q_off, start, TQ, D, BM, DP), dk)
+        dk, dv = _dkdv_step(k, v, qh_ptr + q_off, doh_ptr + q_off, qq_ptr + q_off, doq_ptr + q_off, stats_ptr,
+                            delta_ptr, bh, cols, start, scale, seed + bh, TQ, TK, D, dk, dv,
+                            (start < whole) | (start >= whole_end), BM, BN, DP, CAUSAL, ROUNDING)  # fmt: skip
     d = tl.arange(0, DP)
     out = (cols[:, None] < TK) & (d[None, :] < D)
     dst_ptr = bh.to(tl.int64) * TK * D + cols[:, None] * D + d[None, :]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import adahop.attention as att
 from adahop.hadamard import block_hadamard
@@ -117,6 +119,41 @@ def test_operand_refuses_shapes_it_cannot_block():
         flash.operand(torch.zeros(1, 1, 64, 64, device=DEV), along_sequence=True, hadamard_size=32)
 
 
+@triton.jit
+def _probabilities_kernel(x_ptr, out_ptr, R: tl.constexpr, C: tl.constexpr):
+    offs = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    tl.store(out_ptr + offs, flash._fake_quantize_probabilities(tl.load(x_ptr + offs), R, C))
+
+
+def probabilities(b, seed=0):
+    """[b, 128] float32 >= 0 as E and P hold them (at most 2), blocks of 32 with the cases the rounding on the
+    block's own scale must get right: E2M1 ties and the values beside them, saturation (7.9 and 7 * 2^e next to
+    the max 1.0 * 2^(e+3)), zeros, subnormal floats, blocks whose exponent is clamped to -127, exp2-like values,
+    a block at 2, and a NaN with the sign bit set."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.exp2(-torch.rand(b, 128, generator=g) * 30)
+    grid = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, 7.9, 6.0, 0.5, 0.0])
+    for row in range(min(b, 16)):
+        e = -3 - 9 * row
+        block = torch.cat([grid, grid * (1 + 2.0**-20), grid * (1 - 2.0**-20), torch.tensor([8.0] * 8)])[:32]
+        x[row, :32] = block * 2.0**e  # the 8.0 entries set the block's exponent to e
+    x[0, 32:64] = 0.0
+    x[1, 32:64] = torch.rand(32, generator=g) * 2.0**-130  # subnormal: exponent -127
+    x[2, 32:64] = torch.rand(32, generator=g) * 2.0**-124  # normal values in a block clamped to -127
+    x[3, 32:64] = 2.0 - torch.rand(32, generator=g)
+    x[4, 96] = -float("nan")
+    return x
+
+
+def test_quantizer_of_probabilities_is_the_reference_bit_for_bit():
+    """E and P's quantizer (rounding on each block's own scale, no sign) gives fake_quantize_mxfp4's values."""
+    x = probabilities(32)
+    got = torch.empty_like(x, device=DEV)
+    _probabilities_kernel[(1,)](x.to(DEV), got, R=32, C=128)
+    assert same_values(got, fake_quantize_mxfp4(x, axis=-1))
+    assert got[4, 96:].isnan().all() and not got[4, :96].isnan().any()
+
+
 def run(q, k, v, do, **kwargs):
     """(o, dq, dk, dv) of mxfp4_attention in float32."""
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
@@ -141,6 +178,9 @@ CASES = [  # (heads, kv heads, tq, tk, head_dim, causal)
     (4, 2, 96, 160, 32, False),
     (2, 1, 160, 96, 64, True),
     (2, 2, 128, 64, 96, False),
+    # key and query tiles that every row sees whole (computed without masks) before, between and after the
+    # masked ones: the dK/dV kernel's 128-key blocks inside and past the diagonal, a partial last query tile
+    (2, 1, 288, 256, 32, True),
 ]
 
 
