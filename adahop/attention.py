@@ -225,14 +225,16 @@ def flash_attention_backward(
         raise TypeError(f"the forward's stats are float32, got {stats.dtype}")
     stats = stats.contiguous()
     h = hadamard_size
+    (qh, qq), (kh, kq) = flash.operands(q, hadamard_size=h), flash.operands(k, hadamard_size=h)
+    doh, doq = flash.operands(do, hadamard_size=h, stochastic=use_sr_grad)
     dq, dk, dv = flash.backward(
-        flash.operand(q, hadamard_size=h),
-        flash.operand(k, hadamard_size=h),
+        qh,
+        kh,
         flash.operand(v, hadamard_size=h),
-        flash.operand(do, hadamard_size=h, stochastic=use_sr_grad),
-        flash.operand(q, along_sequence=True),
-        flash.operand(k, along_sequence=True),
-        flash.operand(do, along_sequence=True, stochastic=use_sr_grad),
+        doh,
+        qq,
+        kq,
+        doq,
         do.contiguous(),
         o.contiguous(),
         stats,

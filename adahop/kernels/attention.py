@@ -109,7 +109,9 @@ def _fake_quantize_probabilities(y, R: tl.constexpr, C: tl.constexpr):
 def _operand_kernel(
     x_ptr,
     u_ptr,
+    us_ptr,
     out_ptr,
+    seq_ptr,
     T,
     D,
     H,
@@ -118,14 +120,18 @@ def _operand_kernel(
     sxt,
     sxd,
     seed,
+    seed_s,
     BT: tl.constexpr,
     DP: tl.constexpr,
     HSIZE: tl.constexpr,
     HSCALE: tl.constexpr,
-    ALONG_T: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SEQUENCE: tl.constexpr,
     ROUNDING: tl.constexpr,
 ):
-    # one program: BT positions x all of head_dim (DP: head_dim padded to a power of two) of one (batch, head)
+    # one program: BT positions x all of head_dim (DP: head_dim padded to a power of two) of one (batch, head);
+    # writes x quantized along head_dim after the Hadamard (HEAD_DIM, to out), along the sequence (SEQUENCE, to
+    # seq), or both from one read
     bh = tl.program_id(1)
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     d = tl.arange(0, DP)
@@ -133,20 +139,28 @@ def _operand_kernel(
     src = (bh // H).to(tl.int64) * sxb + (bh % H).to(tl.int64) * sxh + t[:, None].to(tl.int64) * sxt
     src += d[None, :].to(tl.int64) * sxd
     x = tl.load(x_ptr + src, mask=inside, other=0.0).to(tl.float32)
-    if HSIZE >= 2:
-        x = _hadamard(x, BT, DP, HSIZE, HSCALE, 2)
     dst = (bh.to(tl.int64) * T + t[:, None]) * D + d[None, :]  # contiguous [B, H, T, D]
+    if SEQUENCE:
+        u = _operand_uniforms(x, us_ptr, dst, inside, seed_s + bh, t, d, D, ROUNDING)
+        v = tl.trans(_fake_quantize(tl.trans(x), tl.trans(u), DP, BT, ROUNDING))
+        tl.store(seq_ptr + dst, v.to(seq_ptr.dtype.element_ty), mask=inside)
+    if HEAD_DIM:
+        if HSIZE >= 2:
+            x = _hadamard(x, BT, DP, HSIZE, HSCALE, 2)
+        u = _operand_uniforms(x, u_ptr, dst, inside, seed + bh, t, d, D, ROUNDING)
+        tl.store(out_ptr + dst, _fake_quantize(x, u, BT, DP, ROUNDING).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _operand_uniforms(x, u_ptr, dst, inside, seed, t, d, D, ROUNDING: tl.constexpr):
+    """The operand kernel's uniforms: read (ROUNDING 2), Philox's (1), or none (x, unused: nearest)."""
     if ROUNDING == 2:
         u = tl.load(u_ptr + dst, mask=inside, other=0.0)
     elif ROUNDING == 1:
-        u = tl.rand(seed + bh, t[:, None].to(tl.int64) * D + d[None, :])
+        u = tl.rand(seed, t[:, None].to(tl.int64) * D + d[None, :])
     else:
         u = x
-    if ALONG_T:
-        v = tl.trans(_fake_quantize(tl.trans(x), tl.trans(u), DP, BT, ROUNDING))
-    else:
-        v = _fake_quantize(x, u, BT, DP, ROUNDING)
-    tl.store(out_ptr + dst, v.to(out_ptr.dtype.element_ty), mask=inside)
+    return u
 
 
 @triton.jit
@@ -512,38 +526,58 @@ def operand(
     block Hadamard of `hadamard_size` along it, 0 for none) or along the sequence, to nearest or stochastically
     (`uniforms`: float32 [B, H, T, D] draws to use instead of Philox's). The torch reference is
     `fake_quantize_mxfp4(block_hadamard(x, -1, hadamard_size), axis, rounding)`."""
+    if along_sequence and hadamard_size:
+        raise ValueError("the Hadamard runs along head_dim: an operand quantized along the sequence takes none")
+    forms = _operands(x, not along_sequence, along_sequence, hadamard_size, stochastic, (uniforms, uniforms))
+    return forms[1] if along_sequence else forms[0]
+
+
+@torch.compiler.disable
+def operands(
+    x: torch.Tensor,
+    *,
+    hadamard_size: int = 0,
+    stochastic: bool = False,
+    uniforms: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both of x's forms from one read: (`operand(x, hadamard_size=...)`, `operand(x, along_sequence=True)`), with
+    independent draws where `stochastic` (a fresh Philox seed each, drawn in that order) or given (`uniforms`: a
+    pair, one per form)."""
+    return _operands(x, True, True, hadamard_size, stochastic, uniforms or (None, None))
+
+
+def _operands(x, head_dim, sequence, hadamard_size, stochastic, uniforms):
     B, H, T, D = x.shape
     if T % BLOCK_SIZE or D % BLOCK_SIZE or (hadamard_size and D % hadamard_size):
         raise ValueError(
             f"MXFP4 attention operands need T and head_dim multiples of {BLOCK_SIZE}, got {tuple(x.shape)}"
         )
-    if along_sequence and hadamard_size:
-        raise ValueError("the Hadamard runs along head_dim: an operand quantized along the sequence takes none")
     rounding = ROUND_NEAREST
-    if uniforms is not None:
-        rounding, uniforms = ROUND_SR_GIVEN, uniforms.to(torch.float32).contiguous()
+    if uniforms[0] is not None or uniforms[1] is not None:
+        if (head_dim and uniforms[0] is None) or (sequence and uniforms[1] is None):
+            raise ValueError("given uniforms need one tensor per form written")
+        rounding = ROUND_SR_GIVEN
+        uniforms = tuple(x if u is None else u.to(torch.float32).contiguous() for u in uniforms)
     elif stochastic:
         rounding = ROUND_SR_PHILOX
-    out = torch.empty((B, H, T, D), dtype=OPERAND_DTYPE, device=x.device)
+    else:
+        uniforms = (x, x)  # unread
+    seeds = [_seed() if rounding == ROUND_SR_PHILOX and form else 0 for form in (head_dim, sequence)]
+    out = torch.empty((B, H, T, D), dtype=OPERAND_DTYPE, device=x.device) if head_dim else None
+    seq = torch.empty((B, H, T, D), dtype=OPERAND_DTYPE, device=x.device) if sequence else None
     grid = (triton.cdiv(T, OPERAND_ROWS), B * H)
     _operand_kernel[grid](
-        x,
-        uniforms if uniforms is not None else x,
-        out,
-        T,
-        D,
-        H,
-        *x.stride(),
-        _seed() if rounding == ROUND_SR_PHILOX else 0,
+        x, *uniforms, out if head_dim else seq, seq if sequence else out, T, D, H, *x.stride(), *seeds,
         BT=OPERAND_ROWS,
         DP=triton.next_power_of_2(D),
         HSIZE=hadamard_size,
         HSCALE=hadamard_scale(hadamard_size) if hadamard_size else 1.0,
-        ALONG_T=along_sequence,
+        HEAD_DIM=head_dim,
+        SEQUENCE=sequence,
         ROUNDING=rounding,
         num_warps=8,
-    )
-    return out
+    )  # fmt: skip
+    return out, seq
 
 
 MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis, which holds batch x heads

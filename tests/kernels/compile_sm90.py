@@ -196,6 +196,11 @@ CASES = [
         0,
     ),
     (
+        "attention operands, both forms, head_dim 128, H32, stochastic (dO in the backward)",
+        lambda: attention.operands(heads(512, 128), hadamard_size=32, stochastic=True),
+        0,
+    ),
+    (
         "attention forward, head_dim 128, causal",
         lambda: attention.forward(heads(512, 128), heads(512, 128), heads(512, 128), 0.1, True, torch.bfloat16),
         0,

@@ -112,6 +112,39 @@ def test_operand_stochastic_philox_is_unbiased_and_seeded_by_torch():
     assert torch.equal(flash.operand(x.to(DEV), stochastic=True).float().cpu(), draws[0])
 
 
+@pytest.mark.parametrize("hadamard_size", [0, 32])
+def test_operands_give_both_forms_bit_for_bit(hadamard_size):
+    """One read of x, both forms: along head_dim after the Hadamard, and along the sequence without it."""
+    x = adversarial(2, 3, 64, 96, seed=5)
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2).to(DEV)
+    along_d, along_t = flash.operands(strided, hadamard_size=hadamard_size)
+    assert same_values(along_d, reference_operand(x, hadamard_size=hadamard_size))
+    assert same_values(along_t, reference_operand(x, along_sequence=True))
+
+
+def test_operands_stochastic_with_the_reference_draws():
+    """Each form reads its own given draws, as operand() does (test_operand_stochastic_with_the_reference_draws)."""
+    x = adversarial(1, 2, 64, 64, seed=6)
+    want_d = reference_operand(x, False, 32, "stochastic", torch.Generator().manual_seed(8))
+    want_t = reference_operand(x, True, 0, "stochastic", torch.Generator().manual_seed(9))
+    draws = [torch.rand((1, 2, 64, 64), generator=torch.Generator().manual_seed(s)) for s in (8, 9)]
+    uniforms = (draws[0].to(DEV), draws[1].transpose(-1, -2).to(DEV))
+    along_d, along_t = flash.operands(x.to(DEV), hadamard_size=32, uniforms=uniforms)
+    assert same_values(along_d, want_d) and same_values(along_t, want_t)
+
+
+def test_operands_draw_as_two_operand_calls():
+    """Philox: the pair is what operand() gives for each form called in that order under the same torch seed."""
+    x = torch.randn(1, 2, 64, 64).to(DEV)
+    torch.manual_seed(3)
+    pair = flash.operands(x, hadamard_size=32, stochastic=True)
+    torch.manual_seed(3)
+    one = flash.operand(x, hadamard_size=32, stochastic=True)
+    assert torch.equal(pair[0], one)
+    assert torch.equal(pair[1], flash.operand(x, along_sequence=True, stochastic=True))
+    assert not torch.equal(pair[0], flash.operand(x, hadamard_size=32))  # it did round stochastically
+
+
 def test_operand_refuses_shapes_it_cannot_block():
     with pytest.raises(ValueError, match="multiples of 32"):
         flash.operand(torch.zeros(1, 1, 48, 64, device=DEV))
