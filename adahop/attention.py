@@ -12,7 +12,7 @@ operands along its inner dimension K:
 | --- | --- | --- |
 | S = Q K^T * scale | head_dim | Hadamard along head_dim on both ((Q H)(K H)^T = Q K^T) |
 | O = (E V) / rowsum(E) (E = exp(S) / 2^M, both quantized) | keys | none (V along keys) |
-| dP = dO V^T | head_dim | Hadamard along head_dim on both |
+| dP = dO V^T | head_dim | bf16 by default; MXFP4 with the Hadamard along head_dim on both where `quantize_dp` |
 | dV = P^T dO | queries | none |
 | dQ = dS K * scale | keys | none |
 | dK = dS^T Q * scale | queries | none |
@@ -31,6 +31,17 @@ dS = P * (dP - rowsum(dO * O)), the last term being the gradient through L; it r
 P. With `use_sr_grad`, the gradient operands (dO, dS) use stochastic rounding. Sequence lengths and head_dim
 must be multiples of 32.
 
+Two settings keep that gradient usable for training ([quantize.linear.mx.attention], both on by default): a
+100M Llama with every GEMM above in MXFP4, dP included, and the keys as they come diverged after about 300 steps
+(docs/quality.md). The softmax gradient dS is small and sums to zero over each row's keys, which quantizing dP
+and dS breaks; the error then reaches dQ = dS K along the keys' common direction.
+- `smooth_keys`: K minus each head's mean key over the sequence, before everything (softmax is unchanged: q . kbar
+  shifts a whole row). The scores are quantized without the keys' shared offset, and dQ = dS (K - kbar) drops
+  the part of dS that does not sum to zero. The mean covers every position of the sequence, later ones too: the
+  outputs depend on later tokens through rounding only.
+- dP = dO V^T from dO and V in bf16 (`quantize_dp = false`): dS = P (dP - rowsum(dO * O)) differences two
+  nearly equal terms, which MXFP4 dP would swamp.
+
 `[quantize.linear.mx.kernels] reference_only` runs the reference on CUDA too.
 """
 
@@ -46,6 +57,9 @@ from .backend import kernel_device
 from .hadamard import block_hadamard, check_hadamard_size
 from .mx import BLOCK_SIZE, fake_quantize_mxfp4
 
+# the defaults of [quantize.linear.mx.attention] (adahop.config.Attention), which training passes explicitly
+SMOOTH_KEYS = True
+QUANTIZE_DP = False
 LOG2E = math.log2(math.e)  # scores are taken to base 2: S log2(e), so that E = 2^(S log2(e) - M)
 
 
@@ -59,6 +73,12 @@ def _q(t: torch.Tensor, axis: int, rounding: str = "nearest", hadamard: int | No
     if hadamard is not None:
         t = block_hadamard(t, axis=axis, block=hadamard)
     return fake_quantize_mxfp4(t.to(torch.float32), axis=axis, rounding=rounding)
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    """t's values rounded to bf16, in float32: dP's operands where it is not quantized (the GPU's tensor cores
+    take them as bf16; a float32 model's dO and V are rounded to it on both paths alike)."""
+    return t.to(torch.bfloat16).to(torch.float32)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int) -> None:
@@ -101,8 +121,10 @@ def attention_forward(
     is_causal: bool,
     hadamard_size: int,
     use_sr_grad: bool,
+    quantize_dp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O in q's dtype, P in float32) of q [B, H, Tq, D], k = v [B, H, Tk, D] (`use_sr_grad` is backward's)."""
+    """(O in q's dtype, P in float32) of q [B, H, Tq, D], k = v [B, H, Tk, D] (`use_sr_grad` and `quantize_dp`
+    are backward's)."""
     _check(q, k, v, hadamard_size)
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"the reference takes as many key/value heads as query heads, got {q.shape[1]}, {k.shape[1]}")
@@ -120,7 +142,7 @@ def attention_forward(
 
 
 @attention_forward.register_fake
-def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad):
+def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad, quantize_dp=True):
     return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty((*q.shape[:-1], k.shape[2]), dtype=torch.float32)
 
 
@@ -135,8 +157,10 @@ def attention_backward(
     scale: float,
     hadamard_size: int,
     use_sr_grad: bool,
+    quantize_dp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) from the output gradient and what attention_forward kept."""
+    """(dq, dk, dv) from the output gradient and what attention_forward kept; dP = dO V^T in MXFP4 (after the
+    Hadamard) where `quantize_dp`, else from dO and V rounded to bf16."""
     _check(q, k, v, hadamard_size)
     _check_saved(q, do, o, p, "probabilities", (*q.shape[:-1], k.shape[2]))
     sr = "stochastic" if use_sr_grad else "nearest"
@@ -145,7 +169,10 @@ def attention_backward(
     with torch.autocast(do.device.type, enabled=False):
         do = do.to(torch.float32)
         dv = _q(p, -2).transpose(-1, -2) @ _q(do, -2, sr)
-        dp = _q(do, -1, sr, hadamard=hadamard_size) @ _q(v, -1, hadamard=hadamard_size).transpose(-1, -2)
+        if quantize_dp:
+            dp = _q(do, -1, sr, hadamard=hadamard_size) @ _q(v, -1, hadamard=hadamard_size).transpose(-1, -2)
+        else:
+            dp = _bf16(do) @ _bf16(v).transpose(-1, -2)
         ds = p * (dp - output_dot(do, o).unsqueeze(-1))
         dq = _q(ds, -1, sr) @ _q(k, -2) * scale
         dk = _q(ds, -2, sr).transpose(-1, -2) @ _q(q, -2) * scale
@@ -153,21 +180,21 @@ def attention_backward(
 
 
 @attention_backward.register_fake
-def _(do, q, k, v, o, p, scale, hadamard_size, use_sr_grad):
+def _(do, q, k, v, o, p, scale, hadamard_size, use_sr_grad, quantize_dp=True):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the GEMMs give them
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, scale, is_causal, hadamard_size, use_sr_grad = inputs
+    q, k, v, scale, is_causal, *args = inputs  # args: hadamard_size, use_sr_grad, quantize_dp
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(q, k, v, *output)
-    ctx.scale, ctx.hadamard_size, ctx.use_sr_grad = scale, hadamard_size, use_sr_grad
+    ctx.scale, ctx.args = scale, args
 
 
 def _backward(ctx, do, unused):
     q, k, v, o, p = ctx.saved_tensors
-    dq, dk, dv = attention_backward(do, q, k, v, o, p, ctx.scale, ctx.hadamard_size, ctx.use_sr_grad)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = attention_backward(do, q, k, v, o, p, ctx.scale, *ctx.args)
+    return dq, dk, dv, *[None] * (2 + len(ctx.args))
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -187,6 +214,7 @@ def flash_attention_forward(
     is_causal: bool,
     hadamard_size: int,
     use_sr_grad: bool,
+    quantize_dp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype, each row's stabilizer M and sum L, float32 [B, Hq, Tq, 2]) of q [B, Hq, Tq, D],
     k = v [B, Hkv, Tk, D]."""
@@ -199,7 +227,7 @@ def flash_attention_forward(
 
 
 @flash_attention_forward.register_fake
-def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad):
+def _(q, k, v, scale, is_causal, hadamard_size, use_sr_grad, quantize_dp=True):
     return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty((*q.shape[:-1], 2), dtype=torch.float32)
 
 
@@ -215,8 +243,10 @@ def flash_attention_backward(
     is_causal: bool,
     hadamard_size: int,
     use_sr_grad: bool,
+    quantize_dp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) from the output gradient and what flash_attention_forward kept."""
+    """(dq, dk, dv) from the output gradient and what flash_attention_forward kept (`quantize_dp` as in
+    attention_backward)."""
     from .kernels import attention as flash
 
     _check(q, k, v, hadamard_size)
@@ -226,11 +256,16 @@ def flash_attention_backward(
     stats = stats.contiguous()
     h = hadamard_size
     (qh, qq), (kh, kq) = flash.operands(q, hadamard_size=h), flash.operands(k, hadamard_size=h)
-    doh, doq = flash.operands(do, hadamard_size=h, stochastic=use_sr_grad)
+    if quantize_dp:
+        doh, doq = flash.operands(do, hadamard_size=h, stochastic=use_sr_grad)
+        vh = flash.operand(v, hadamard_size=h)
+    else:  # dP's operands with the values _bf16 gives them, contiguous in the kernels' operand dtype
+        doh, vh = (t.to(torch.bfloat16).to(flash.OPERAND_DTYPE).contiguous() for t in (do, v))
+        doq = flash.operand(do, along_sequence=True, stochastic=use_sr_grad)
     dq, dk, dv = flash.backward(
         qh,
         kh,
-        flash.operand(v, hadamard_size=h),
+        vh,
         doh,
         qq,
         kq,
@@ -247,21 +282,21 @@ def flash_attention_backward(
 
 
 @flash_attention_backward.register_fake
-def _(do, q, k, v, o, stats, scale, is_causal, hadamard_size, use_sr_grad):
+def _(do, q, k, v, o, stats, scale, is_causal, hadamard_size, use_sr_grad, quantize_dp=True):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _flash_setup_context(ctx, inputs, output) -> None:
-    q, k, v, scale, is_causal, hadamard_size, use_sr_grad = inputs
+    q, k, v, *args = inputs  # args: scale, is_causal, hadamard_size, use_sr_grad, quantize_dp
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(q, k, v, *output)
-    ctx.args = scale, is_causal, hadamard_size, use_sr_grad
+    ctx.args = args
 
 
 def _flash_backward(ctx, do, unused):
     q, k, v, o, stats = ctx.saved_tensors
     dq, dk, dv = flash_attention_backward(do.contiguous(), q, k, v, o, stats, *ctx.args)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, *[None] * len(ctx.args)
 
 
 flash_attention_forward.register_autograd(_flash_backward, setup_context=_flash_setup_context)
@@ -283,29 +318,42 @@ def mxfp4_attention(
     enable_gqa: bool = False,
     hadamard_size: int = 32,
     use_sr_grad: bool = False,
+    smooth_keys: bool = SMOOTH_KEYS,
+    quantize_dp: bool = QUANTIZE_DP,
 ) -> torch.Tensor:
-    """softmax(Q K^T * scale) V with every GEMM in MXFP4; q [B, Hq, Tq, D], k, v [B, Hkv, Tk, D]."""
+    """softmax(Q K^T * scale) V with its GEMMs in MXFP4 (dP = dO V^T too where `quantize_dp`); q [B, Hq, Tq, D],
+    k, v [B, Hkv, Tk, D]. `smooth_keys` subtracts each head's mean key over the sequence first (module
+    docstring)."""
     _check(q, k, v, hadamard_size)
     if q.shape[1] != k.shape[1] and (not enable_gqa or k.shape[1] == 0 or q.shape[1] % k.shape[1]):
         raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     (q, k, v), amp_off = autocast_inputs(q, k, v)  # the dtype SDPA would compute in
     with amp_off:
+        if smooth_keys:
+            k = k - k.mean(dim=2, keepdim=True, dtype=torch.float32).to(k.dtype)
+        args = (float(scale), is_causal, hadamard_size, use_sr_grad, quantize_dp)
         if flash_device(q.device):
-            return flash_attention_forward(q, k, v, float(scale), is_causal, hadamard_size, use_sr_grad)[0]
+            return flash_attention_forward(q, k, v, *args)[0]
         if q.shape[1] != k.shape[1]:
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        return attention_forward(q, k, v, float(scale), is_causal, hadamard_size, use_sr_grad)[0]
+        return attention_forward(q, k, v, *args)[0]
 
 
 class MXFP4Attention(nn.Module):
     """Drop-in for torchtitan's ScaledDotProductAttentionWrapper (same call signature)."""
 
-    def __init__(self, hadamard_size: int = 32, use_sr_grad: bool = False):
+    def __init__(
+        self,
+        hadamard_size: int = 32,
+        use_sr_grad: bool = False,
+        smooth_keys: bool = SMOOTH_KEYS,
+        quantize_dp: bool = QUANTIZE_DP,
+    ):
         super().__init__()
         self.hadamard_size = check_hadamard_size(hadamard_size)
-        self.use_sr_grad = use_sr_grad
+        self.use_sr_grad, self.smooth_keys, self.quantize_dp = use_sr_grad, smooth_keys, quantize_dp
 
     def forward(self, q, k, v, *, scale: float | None = None, enable_gqa: bool = False, is_causal: bool = True):
         return mxfp4_attention(
@@ -317,7 +365,12 @@ class MXFP4Attention(nn.Module):
             enable_gqa=enable_gqa,
             hadamard_size=self.hadamard_size,
             use_sr_grad=self.use_sr_grad,
+            smooth_keys=self.smooth_keys,
+            quantize_dp=self.quantize_dp,
         )
 
     def extra_repr(self) -> str:
-        return f"hadamard_size={self.hadamard_size}, use_sr_grad={self.use_sr_grad}"
+        return (
+            f"hadamard_size={self.hadamard_size}, use_sr_grad={self.use_sr_grad}, smooth_keys={self.smooth_keys}, "
+            f"quantize_dp={self.quantize_dp}"
+        )

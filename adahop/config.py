@@ -98,6 +98,18 @@ class Kernels:
 
 
 @dataclass
+class Attention:
+    smooth_keys: bool = True
+    """(adahop) MXFP4 attention subtracts each head's mean key over the sequence before Q K^T: softmax is unchanged,
+    the quantized scores and dQ lose the keys' common offset (adahop/attention.py). The mean covers the whole
+    sequence, so outputs depend on later tokens through rounding only."""
+
+    quantize_dp: bool = False
+    """(adahop) dP = dO V^T in MXFP4 (true) or from dO and V in bf16 (false): the score gradient takes the
+    difference of two nearly equal terms, which MXFP4 dP swamps (docs/quality.md)."""
+
+
+@dataclass
 class MXLinear:
     mxfp8_dim1_cast_kernel_choice: Literal["triton", "cuda", "torch"] = "triton"
     """(upstream) a setting of torchao's MXFP8 converter, which adahop's quantize.linear.mx converter replaces:
@@ -120,7 +132,8 @@ class MXLinear:
 
     enable_mxfp4_fa: bool = False
     """MXFP4 attention (Q K^T and P V, forward and backward; Hadamard along head_dim for Q K^T) in place
-    of torchtitan's SDPA attention. Reference implementation (materializes the scores)."""
+    of torchtitan's SDPA attention: flash-style kernels on CUDA, the torch reference elsewhere; settings in
+    [quantize.linear.mx.attention]."""
 
     use_sr_grad: bool = False
     """Stochastic rounding (unbiased) when quantizing gradients."""
@@ -149,6 +162,9 @@ class MXLinear:
     calibration: Calibration = field(default_factory=Calibration)
     """(adahop) outlier-pattern calibration: which operands are labelled row / col / none and which mode each
     pair of labels gets."""
+
+    attention: Attention = field(default_factory=Attention)
+    """(adahop) MXFP4 attention's settings (enable_mxfp4_fa)."""
 
     kernels: Kernels = field(default_factory=Kernels)
     """(adahop) settings of the GPU fast path (same results, other speed)."""
@@ -317,6 +333,14 @@ def validate_mx(job_config) -> None:
     if mx.kernels.exactness_check not in EXACTNESS_CHECKS:
         raise ConfigError(
             f"{_P}.kernels.exactness_check", mx.kernels.exactness_check, " | ".join(map(repr, EXACTNESS_CHECKS))
+        )
+    if not mx.enable_mxfp4_fa and mx.attention != Attention():
+        changed = next(k for k, v in vars(mx.attention).items() if v != getattr(Attention(), k))
+        raise ConfigError(
+            f"{_P}.attention.{changed}",
+            getattr(mx.attention, changed),
+            f"its default ({getattr(Attention(), changed)!r}) while {_P}.enable_mxfp4_fa is false",
+            f"the setting would be ignored: set {_P}.enable_mxfp4_fa = true, or leave {_P}.attention out",
         )
     from adahop.hadamard import HADAMARD_SIZES_TEXT, check_hadamard_size
 

@@ -310,8 +310,15 @@ class AdaHOPConverter:
         if targets["attention"]:
             from adahop.attention import MXFP4Attention
 
+            att = self.mx.attention
             for fqn in targets["attention"]:
-                _set_submodule(model, fqn, MXFP4Attention(int(self.mx.hadamard_size), bool(self.mx.use_sr_grad)))
+                core = MXFP4Attention(
+                    int(self.mx.hadamard_size),
+                    bool(self.mx.use_sr_grad),
+                    smooth_keys=bool(att.smooth_keys),
+                    quantize_dp=bool(att.quantize_dp),
+                )
+                _set_submodule(model, fqn, core)
         self.converted = True
         logger.info(
             f"[adahop] converted {len(self.layers)} layers to MXFP4 AdaHOP (filter_fqns={list(self.mx.filter_fqns)})"

@@ -20,10 +20,17 @@ def fq(a, axis, hadamard=False):
     return np.moveaxis(ref.fake_quant(a), -1, axis)
 
 
-def definition(q, k, v, do, causal=True, shift=0):
+def bf16(a):
+    return torch.from_numpy(a).to(torch.bfloat16).double().numpy()
+
+
+def definition(q, k, v, do, causal=True, shift=0, smooth_keys=False, quantize_dp=True):
     """float64 forward and backward of the MXFP4 attention (module docstring table); `shift` moves the integer
-    stabilizer M, which must not change anything."""
+    stabilizer M, which must not change anything; smooth_keys centres K over the sequence (and so dK, as the
+    gradient through the centring); without quantize_dp, dP is the float64 product of bf16 dO and V."""
     q, k, v, do = (t.double().numpy() for t in (q, k, v, do))
+    if smooth_keys:
+        k = k - k.mean(-2, keepdims=True)
     scale = 1 / math.sqrt(D)
     t = fq(q, -1, True) @ np.swapaxes(fq(k, -1, True), -1, -2) * scale * math.log2(math.e)
     if causal:
@@ -33,10 +40,15 @@ def definition(q, k, v, do, causal=True, shift=0):
     p = e / total
     o = fq(e, -1) @ fq(v, -2) / total
     dv = np.swapaxes(fq(p, -2), -1, -2) @ fq(do, -2)
-    dp = fq(do, -1, True) @ np.swapaxes(fq(v, -1, True), -1, -2)
+    if quantize_dp:
+        dp = fq(do, -1, True) @ np.swapaxes(fq(v, -1, True), -1, -2)
+    else:
+        dp = bf16(do) @ np.swapaxes(bf16(v), -1, -2)
     ds = p * (dp - (do * o).sum(-1, keepdims=True))
     dq = fq(ds, -1) @ fq(k, -2) * scale
     dk = np.swapaxes(fq(ds, -2), -1, -2) @ fq(q, -2) * scale
+    if smooth_keys:
+        dk = dk - dk.mean(-2, keepdims=True)
     return [torch.from_numpy(t) for t in (o, dq, dk, dv)]
 
 
@@ -44,22 +56,72 @@ def rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
 
+@pytest.mark.parametrize("quantize_dp", [True, False])
+@pytest.mark.parametrize("smooth_keys", [True, False])
 @pytest.mark.parametrize("causal", [True, False])
-def test_forward_backward_match_definition(causal):
+def test_forward_backward_match_definition(causal, smooth_keys, quantize_dp):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
     q[..., 5] *= 10  # an outlier channel along head_dim: what the Hadamard is for
+    k += 3.0 * torch.randn(D, generator=g)  # the offset keys share (what smooth_keys removes)
     do = torch.randn(B, H, T, D, generator=g)
     qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
-    o = mxfp4_attention(qr, kr, vr, is_causal=causal)
+    o = mxfp4_attention(qr, kr, vr, is_causal=causal, smooth_keys=smooth_keys, quantize_dp=quantize_dp)
     o.backward(do)
-    want = definition(q, k, v, do, causal)
+    want = definition(q, k, v, do, causal, smooth_keys=smooth_keys, quantize_dp=quantize_dp)
     for got, w in zip((o, qr.grad, kr.grad, vr.grad), want):
         assert rel(got, w) < 2e-3
     # and it is MXFP4, not exact attention
     exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
     assert rel(o, exact) > 1e-2
-    assert rel(o, exact) < 0.5  # averaging many keys shrinks O, so its relative error is large
+    if smooth_keys:  # (the shared offset of the keys, left in, costs more: the next test)
+        assert rel(o, exact) < 0.5  # averaging many keys shrinks O, so its relative error is large
+
+
+def exact_attention(q, k, v, do, causal=True):
+    """float64 O, dQ, dK, dV of softmax attention."""
+    q, k, v = (t.double().requires_grad_(True) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    o.backward(do.double())
+    return [t.detach() for t in (o, q.grad, k.grad, v.grad)]
+
+
+def errors(q, k, v, do, **kwargs):
+    """Relative errors of mxfp4_attention's O, dQ, dK, dV against exact attention."""
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    o = mxfp4_attention(qr, kr, vr, **kwargs)
+    o.backward(do)
+    return [rel(got, want) for got, want in zip((o, qr.grad, kr.grad, vr.grad), exact_attention(q, k, v, do))]
+
+
+def test_smoothed_keys_make_the_shared_offset_of_the_keys_harmless():
+    """Keys that share an offset (as trained models' keys do) change no exact output (q . kbar shifts a whole
+    row of scores), but in MXFP4 the offset takes the scores' precision and, through dQ = dS K, carries the part
+    of dS that quantization keeps from summing to zero: dQ's error exceeds its size. Centred keys give the errors
+    of keys without the offset."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=g) for _ in range(4))
+    offset = k + 3.0 * torch.randn(D, generator=g)
+    plain = errors(q, k, v, do, smooth_keys=False)
+    raw = errors(q, offset, v, do, smooth_keys=False)
+    smoothed = errors(q, offset, v, do, smooth_keys=True)
+    assert raw[1] > 0.8 and raw[1] > 2 * smoothed[1], (raw, smoothed)  # dQ
+    assert all(s < 1.2 * p for s, p in zip(smoothed, plain)), (smoothed, plain)
+    # the gradient through the centring: dK sums to zero over the sequence, as the exact dK does
+    kr = offset.clone().requires_grad_(True)
+    mxfp4_attention(q, kr, v, smooth_keys=True).backward(do)
+    assert kr.grad.sum(-2).abs().max() < 1e-4 * kr.grad.abs().sum(-2).max()
+
+
+def test_dp_from_bf16_operands_cuts_the_score_gradients_error():
+    """dS = P (dP - rowsum(dO * O)) differences two nearly equal terms: dP in MXFP4 adds error to both dQ and dK
+    that bf16 dP (the default) does not."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=g) for _ in range(4))
+    mx = errors(q, k, v, do, quantize_dp=True)
+    bf = errors(q, k, v, do, quantize_dp=False)
+    assert bf[0] == mx[0] and bf[3] == mx[3]  # O and dV do not involve dP
+    assert bf[1] < 0.92 * mx[1] and bf[2] < 0.92 * mx[2], (bf, mx)
 
 
 def test_the_stabilizer_changes_no_bit_of_the_output():

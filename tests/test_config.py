@@ -356,3 +356,21 @@ def test_deficient_report_needs_a_writable_folder(seed_config, tmp_path):
         validate_mx(c)
     c.quantize.linear.mx.kernels.deficient_report = str(tmp_path / "rep")
     validate_mx(c)
+
+
+def test_attention_settings_without_mxfp4_attention_are_refused(seed_config):
+    """[quantize.linear.mx.attention] changed while enable_mxfp4_fa is off would be ignored: refused by name."""
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.attention.quantize_dp = True
+    with pytest.raises(ConfigError, match=r"attention\.quantize_dp = True.*enable_mxfp4_fa is false"):
+        validate_mx(c)
+    c.quantize.linear.mx.enable_mxfp4_fa = True
+    validate_mx(c)
+
+
+def test_attention_defaults_are_the_layers():
+    """The config's defaults are the ones mxfp4_attention and MXFP4Attention take when called directly."""
+    from adahop import attention
+    from adahop.config import Attention
+
+    assert (Attention().smooth_keys, Attention().quantize_dp) == (attention.SMOOTH_KEYS, attention.QUANTIZE_DP)

@@ -44,7 +44,15 @@ def test_moe_trains_with_calibrated_expert_layers(tmp_path):
 def test_mxfp4_attention_trains(tmp_path):
     cfg = tmp_path / "fa.toml"
     cfg.write_text(base_toml(tmp_path / "out", steps=4, calibration_steps=2))
-    r = run_train(cfg, ["--quantize.linear.mx.enable_mxfp4_fa", "--model.print_after_conversion"])
+    r = run_train(
+        cfg,
+        [
+            "--quantize.linear.mx.enable_mxfp4_fa",
+            "--quantize.linear.mx.attention.no-smooth-keys",
+            "--model.print_after_conversion",
+        ],
+    )
     assert r.returncode == 0, r.stdout[-4000:]
-    assert "MXFP4Attention(hadamard_size=32" in r.stdout
+    # the [quantize.linear.mx.attention] settings reach the layers
+    assert "MXFP4Attention(hadamard_size=32, use_sr_grad=False, smooth_keys=False, quantize_dp=False)" in r.stdout
     assert 4 in losses(r.stdout)

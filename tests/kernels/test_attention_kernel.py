@@ -217,15 +217,16 @@ CASES = [  # (heads, kv heads, tq, tk, head_dim, causal)
 ]
 
 
+@pytest.mark.parametrize("quantize_dp", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "h{}kv{}_q{}k{}_d{}_causal{}".format(*c))
-def test_flash_forward_and_backward_agree_with_the_reference(case, use_flash, monkeypatch):
+def test_flash_forward_and_backward_agree_with_the_reference(case, quantize_dp, use_flash, monkeypatch):
     hq, hkv, tq, tk, d, causal = case
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, h, t, d, generator=g) for h, t in ((hq, tq), (hkv, tk), (hkv, tk)))
     q[0, 0, :8] *= 8.0  # peaked rows: P near one-hot, with tiny entries
     v[0, 0, 3] *= 2.0**-20
     do = torch.randn(2, hq, tq, d, generator=g)
-    kw = dict(is_causal=causal, enable_gqa=hq != hkv)
+    kw = dict(is_causal=causal, enable_gqa=hq != hkv, quantize_dp=quantize_dp)
     got = run(q.to(DEV), k.to(DEV), v.to(DEV), do.to(DEV), **kw)
     monkeypatch.setattr(att, "flash_device", lambda device: False)
     want = run(q.to(DEV), k.to(DEV), v.to(DEV), do.to(DEV), **kw)
