@@ -2,7 +2,7 @@
 same run (one GPU).
 
     python3 scripts/bench_attention.py [--seqs 2048 8192] [--batch 1] [--heads 32] [--kv-heads 8] [--head-dim 128]
-        [--rep 50] [--sweep]
+        [--rep 50] [--sweep] [--profile] [--quantize-dp] [--no-smooth-keys]
 
 Causal, GQA (--heads query heads over --kv-heads key/value heads), bf16. For each sequence length: BF16
 F.scaled_dot_product_attention with the flash backend (enable_gqa) and adahop.attention.mxfp4_attention, each
@@ -10,12 +10,15 @@ timed fwd+bwd and forward alone (triton.testing.do_bench), and the peak memory o
 inputs. Prints a markdown table with the ratios (SDPA time / MXFP4 time: above 1 is faster), and how the peak
 memory grows from the shortest to the longest sequence (x4 per doubling would be quadratic; x2, linear).
 `--sweep` also times MXFP4 fwd+bwd at the first length under other tile shapes of the kernels (SWEEP);
-`--profile` prints where one MXFP4 fwd+bwd at the first length spends GPU time, kernel by kernel.
+`--profile` prints where one MXFP4 fwd+bwd at the first length spends GPU time, kernel by kernel. MXFP4 attention
+runs with the defaults of [quantize.linear.mx.attention] (smoothed keys, dP from bf16 dO and V) unless
+`--quantize-dp` (dP in MXFP4) or `--no-smooth-keys` say otherwise; the header line names the settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +48,11 @@ def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
 
-def mxfp4(q, k, v):
-    return mxfp4_attention(q, k, v, is_causal=True, enable_gqa=True)
+def mxfp4_with(args):
+    """MXFP4 attention under the command line's settings."""
+    return functools.partial(
+        mxfp4_attention, is_causal=True, enable_gqa=True, smooth_keys=args.smooth_keys, quantize_dp=args.quantize_dp
+    )
 
 
 def timings(fn, q, k, v, do, rep: int) -> tuple[float, float, float]:
@@ -83,6 +89,7 @@ def profile_kernels(args, dev) -> None:
 
     t = args.seqs[0]
     q, k, v, do = operands(args, t, dev)
+    mxfp4 = mxfp4_with(args)
     for _ in range(3):
         mxfp4(q, k, v).backward(do)
     torch.cuda.synchronize()
@@ -108,6 +115,8 @@ def main():
     p.add_argument("--rep", type=int, default=50, help="do_bench rep (ms)")
     p.add_argument("--sweep", action="store_true", help="also time other tile shapes (SWEEP) at the first length")
     p.add_argument("--profile", action="store_true", help="GPU time by kernel of one MXFP4 fwd+bwd, first length")
+    p.add_argument("--quantize-dp", action="store_true", help="dP = dO V^T in MXFP4 (default: from bf16 dO and V)")
+    p.add_argument("--no-smooth-keys", dest="smooth_keys", action="store_false", help="keys as they come")
     args = p.parse_args()
     exit_on_removed_switches()
     if not torch.cuda.is_available():
@@ -115,8 +124,10 @@ def main():
     dev = torch.device("cuda")
     print(
         f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; batch {args.batch}, {args.heads} query heads, "
-        f"{args.kv_heads} key/value heads, head_dim {args.head_dim}, causal, bf16"
+        f"{args.kv_heads} key/value heads, head_dim {args.head_dim}, causal, bf16; MXFP4 attention with "
+        f"smooth_keys={args.smooth_keys}, quantize_dp={args.quantize_dp}"
     )
+    mxfp4 = mxfp4_with(args)
     print(
         "| seq | SDPA fwd+bwd ms | MXFP4 fwd+bwd ms | fwd+bwd vs SDPA | forward vs SDPA | SDPA peak MiB "
         "| MXFP4 peak MiB |"
