@@ -90,3 +90,21 @@ def test_bench_grouped_refuses_without_a_gpu_and_draws_uneven_groups():
         sys.path.remove(str(SCRIPTS))
     sizes = group_sizes(32768, 32)
     assert int(sizes.sum()) == 32768 and int(sizes.min()) >= 0 and int(sizes.max()) > 2 * int(sizes.min())
+
+
+def test_attention_gradient_study_runs_its_variants_against_the_reference_ops():
+    """scripts/attention_gradient_study.py: its all-MXFP4 variant is the repository's reference op (difference 0),
+    every input case gets a table with the four variants, and the key offset costs the unsmoothed dQ more than
+    the smoothed one."""
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "attention_gradient_study.py"), "--seq", "128"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "max |diff| / max |ref| = 0.00e+00" in r.stdout
+    offset = r.stdout.split("## offset:")[1].split("##")[0]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in offset.splitlines() if line.startswith("| ")}
+    assert {"current", "full dP", "smooth K", "full dP + smooth K"} <= set(rows)
+    assert float(rows["current"][3]) > 2 * float(rows["smooth K"][3])  # rel dQ
