@@ -15,8 +15,10 @@
 # off on the device (the machine is bare at every lease, and a checkpoint cannot travel back): a recipe
 # must finish within one lease. Environment: PER_GPU (recipes at once on each GPU, default 2), EXTRA (more
 # overrides for every run; they become part of each result's signature).
-# One GPU and 30 minutes of device time hold three or four recipes (three MXFP4 runs at ~90-110k tokens/s
-# each, ~17-20 min; BF16 and float8 are faster); docs/quality/runs/ holds the finished ones.
+# One H200 and 30 minutes of device time hold three or four recipes (three MXFP4 runs at ~90-110k tokens/s
+# each, ~17-20 min; BF16 and float8 are faster); adahop_fa (MXFP4 attention) alone ran at 62-89k tokens/s on an
+# H100, ~25 min for its 3100 steps: start it first in a fresh lease, alone. docs/quality/runs/ holds the
+# finished ones.
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source scripts/gpu/env.sh
