@@ -5,8 +5,8 @@ Two implementations of the same semantics: the torch reference below (`attention
 flash-style Triton kernels of adahop.kernels.attention (`flash_attention_forward` / `flash_attention_backward`,
 memory O(T)), whose quantized operands are the reference's bit for bit. For finite inputs their outputs agree up
 to summation order; a NaN or infinite input spreads differently: the kernels skip masked positions where the
-reference multiplies them by zero (adahop.kernels.attention says how far it reaches). Every GEMM quantizes both
-operands along its inner dimension K:
+reference multiplies them by zero (adahop.kernels.attention says how far it reaches). Each GEMM quantizes both
+operands along its inner dimension K (dP only where `quantize_dp`):
 
 | GEMM | K | transform |
 | --- | --- | --- |
@@ -28,19 +28,21 @@ pass over the keys, rescaling its sums by 2^(M_old - M_new) as the running max g
 2^-126 of the new largest).
 The backward is the gradient of that O with q as a straight-through estimator: with P = E / L,
 dS = P * (dP - rowsum(dO * O)), the last term being the gradient through L; it runs in float32 on the unquantized
-P. With `use_sr_grad`, the gradient operands (dO, dS) use stochastic rounding. Sequence lengths and head_dim
-must be multiples of 32.
+P. With `use_sr_grad`, the quantized gradient operands (dO where quantized, dS) use stochastic rounding.
+Sequence lengths and head_dim must be multiples of 32.
 
-Two settings keep that gradient usable for training ([quantize.linear.mx.attention], both on by default): a
-100M Llama with every GEMM above in MXFP4, dP included, and the keys as they come diverged after about 300 steps
-(docs/quality.md). The softmax gradient dS is small and sums to zero over each row's keys, which quantizing dP
-and dS breaks; the error then reaches dQ = dS K along the keys' common direction.
+Two settings of [quantize.linear.mx.attention] cut that gradient's error, and both are on by default
+(smooth_keys = true, quantize_dp = false; the custom ops themselves take quantize_dp = True unless told, for
+direct callers). A 100M Llama with every GEMM above in MXFP4, dP included, and the keys as they come diverged
+after about 300 steps (docs/quality.md). The softmax gradient dS is small and sums to zero over each row's keys,
+which quantizing dP and dS breaks; the error then reaches dQ = dS K along the keys' common direction
+(`scripts/attention_gradient_study.py` measures it against exact attention).
 - `smooth_keys`: K minus each head's mean key over the sequence, before everything (softmax is unchanged: q . kbar
   shifts a whole row). The scores are quantized without the keys' shared offset, and dQ = dS (K - kbar) drops
   the part of dS that does not sum to zero. The mean covers every position of the sequence, later ones too: the
   outputs depend on later tokens through rounding only.
 - dP = dO V^T from dO and V in bf16 (`quantize_dp = false`): dS = P (dP - rowsum(dO * O)) differences two
-  nearly equal terms, which MXFP4 dP would swamp.
+  nearly equal terms, to which MXFP4 dP adds its error.
 
 `[quantize.linear.mx.kernels] reference_only` runs the reference on CUDA too.
 """
@@ -95,6 +97,13 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hadamard_size: int
             raise ValueError(f"MXFP4 attention needs the {name} to be a positive multiple of {BLOCK_SIZE}, got {n}")
     if q.shape[3] % hadamard_size:
         raise ValueError(f"head_dim {q.shape[3]} is not a multiple of hadamard_size {hadamard_size}")
+
+
+def _check_flags(**flags) -> None:
+    """The settings are bools: `bool("false")` is True, so nothing else is taken."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"MXFP4 attention's {name} is True or False, got {value!r}")
 
 
 def _check_saved(q: torch.Tensor, do: torch.Tensor, o: torch.Tensor, kept: torch.Tensor, name: str, shape) -> None:
@@ -325,6 +334,7 @@ def mxfp4_attention(
     k, v [B, Hkv, Tk, D]. `smooth_keys` subtracts each head's mean key over the sequence first (module
     docstring)."""
     _check(q, k, v, hadamard_size)
+    _check_flags(use_sr_grad=use_sr_grad, smooth_keys=smooth_keys, quantize_dp=quantize_dp)
     if q.shape[1] != k.shape[1] and (not enable_gqa or k.shape[1] == 0 or q.shape[1] % k.shape[1]):
         raise ValueError(f"{q.shape[1]} query heads and {k.shape[1]} key/value heads need enable_gqa and a divisor")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -352,6 +362,7 @@ class MXFP4Attention(nn.Module):
         quantize_dp: bool = QUANTIZE_DP,
     ):
         super().__init__()
+        _check_flags(use_sr_grad=use_sr_grad, smooth_keys=smooth_keys, quantize_dp=quantize_dp)
         self.hadamard_size = check_hadamard_size(hadamard_size)
         self.use_sr_grad, self.smooth_keys, self.quantize_dp = use_sr_grad, smooth_keys, quantize_dp
 

@@ -220,7 +220,7 @@ def _help_from_docstrings(*classes) -> None:
                 f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name]})
 
 
-_help_from_docstrings(Calibration, Kernels, MXLinear, QuantizedLinear, Quantize, JobConfig)
+_help_from_docstrings(Calibration, Kernels, Attention, MXLinear, QuantizedLinear, Quantize, JobConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -334,12 +334,17 @@ def validate_mx(job_config) -> None:
         raise ConfigError(
             f"{_P}.kernels.exactness_check", mx.kernels.exactness_check, " | ".join(map(repr, EXACTNESS_CHECKS))
         )
+    # typed here too: torchtitan's own entry point does not run adahop.config_types, and bool("false") is True
+    for name in ("use_sr_grad", "attention.smooth_keys", "attention.quantize_dp"):
+        value = getattr(mx.attention, name.split(".")[1]) if "." in name else getattr(mx, name)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{_P}.{name}", value, "true or false (a TOML boolean, without quotes)")
     if not mx.enable_mxfp4_fa and mx.attention != Attention():
         changed = next(k for k, v in vars(mx.attention).items() if v != getattr(Attention(), k))
         raise ConfigError(
             f"{_P}.attention.{changed}",
-            getattr(mx.attention, changed),
-            f"its default ({getattr(Attention(), changed)!r}) while {_P}.enable_mxfp4_fa is false",
+            str(getattr(mx.attention, changed)).lower(),
+            f"its default, {str(getattr(Attention(), changed)).lower()}, while {_P}.enable_mxfp4_fa is false",
             f"the setting would be ignored: set {_P}.enable_mxfp4_fa = true, or leave {_P}.attention out",
         )
     from adahop.hadamard import HADAMARD_SIZES_TEXT, check_hadamard_size

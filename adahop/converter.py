@@ -314,9 +314,9 @@ class AdaHOPConverter:
             for fqn in targets["attention"]:
                 core = MXFP4Attention(
                     int(self.mx.hadamard_size),
-                    bool(self.mx.use_sr_grad),
-                    smooth_keys=bool(att.smooth_keys),
-                    quantize_dp=bool(att.quantize_dp),
+                    self.mx.use_sr_grad,
+                    smooth_keys=att.smooth_keys,
+                    quantize_dp=att.quantize_dp,
                 )
                 _set_submodule(model, fqn, core)
         self.converted = True

@@ -196,3 +196,14 @@ def test_causal_mask_matches_sdpa_when_queries_and_keys_differ():
     finally:
         att._q = orig
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["use_sr_grad", "smooth_keys", "quantize_dp"])
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_settings_take_booleans_only(name, value):
+    """bool("false") is True: a setting that is not a bool is refused, not coerced."""
+    q = torch.randn(1, 1, 32, 32)
+    with pytest.raises(TypeError, match=name):
+        mxfp4_attention(q, q, q, **{name: value})
+    with pytest.raises(TypeError, match=name):
+        MXFP4Attention(**{name: value})

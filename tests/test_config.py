@@ -362,7 +362,7 @@ def test_attention_settings_without_mxfp4_attention_are_refused(seed_config):
     """[quantize.linear.mx.attention] changed while enable_mxfp4_fa is off would be ignored: refused by name."""
     c = copy.deepcopy(seed_config)
     c.quantize.linear.mx.attention.quantize_dp = True
-    with pytest.raises(ConfigError, match=r"attention\.quantize_dp = True.*enable_mxfp4_fa is false"):
+    with pytest.raises(ConfigError, match=r"attention\.quantize_dp = 'true'.*default, false, while .*enable_mxfp4_fa"):
         validate_mx(c)
     c.quantize.linear.mx.enable_mxfp4_fa = True
     validate_mx(c)
@@ -374,3 +374,16 @@ def test_attention_defaults_are_the_layers():
     from adahop.config import Attention
 
     assert (Attention().smooth_keys, Attention().quantize_dp) == (attention.SMOOTH_KEYS, attention.QUANTIZE_DP)
+
+
+@pytest.mark.parametrize("key", ["use_sr_grad", "attention.smooth_keys", "attention.quantize_dp"])
+@pytest.mark.parametrize("value", ["false", 1, None])
+def test_attention_flags_must_be_booleans_on_every_entry_point(seed_config, key, value):
+    """torchtitan's own entry point skips adahop.config_types: validate_mx itself refuses a non-bool (bool("false")
+    would be True)."""
+    c = copy.deepcopy(seed_config)
+    c.quantize.linear.mx.enable_mxfp4_fa = True
+    owner = c.quantize.linear.mx.attention if "." in key else c.quantize.linear.mx
+    setattr(owner, key.split(".")[-1], value)
+    with pytest.raises(ConfigError, match=rf"{key} = .*true or false"):
+        validate_mx(c)
