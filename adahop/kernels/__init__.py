@@ -18,6 +18,7 @@ JIT_KERNELS = (
     ("adahop.kernels.attention", "_forward_kernel"),
     ("adahop.kernels.attention", "_dq_kernel"),
     ("adahop.kernels.attention", "_dkdv_kernel"),
+    ("adahop.kernels.attention", "_gqa_sum_kernel"),
 )
 
 

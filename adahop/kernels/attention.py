@@ -504,6 +504,18 @@ def _dkdv_kernel(
     tl.store(dv_ptr + dst_ptr, dv.to(dv_ptr.dtype.element_ty), mask=out)
 
 
+@triton.jit
+def _gqa_sum_kernel(src_ptr, dst_ptr, N, REP: tl.constexpr, BLOCK: tl.constexpr):
+    # one program: BLOCK elements of one (batch, key/value head); the REP query heads' float32 rows added in order
+    pid = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < N
+    acc = tl.load(src_ptr + pid * REP * N + offs, mask=inside, other=0.0)
+    for r in tl.static_range(1, REP):
+        acc += tl.load(src_ptr + (pid * REP + r) * N + offs, mask=inside, other=0.0)
+    tl.store(dst_ptr + pid * N + offs, acc.to(dst_ptr.dtype.element_ty), mask=inside)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Python wrappers
 
@@ -636,7 +648,7 @@ def backward(
     unquantized output gradient and output (do, o: contiguous, like q) and the forward's row statistics. dS is
     quantized stochastically where `stochastic` (fresh Philox seeds from torch's CPU generator)."""
     B, HQ, TQ, D = qh.shape
-    HKV, TK = kh.shape[1], kh.shape[2]
+    TK = kh.shape[2]
     rep = _heads(qh, kh)
     dev = qh.device
     dp = triton.next_power_of_2(D)
@@ -659,6 +671,28 @@ def backward(
         BM=bm, BN=bn, DP=dp, CAUSAL=causal, ROUNDING=rounding, num_warps=warps,
     )  # fmt: skip
     if rep > 1:
-        dk = dk.view(B, HKV, rep, TK, D).sum(2).to(dtypes[1])
-        dv = dv.view(B, HKV, rep, TK, D).sum(2).to(dtypes[2])
+        dk, dv = gqa_sum(dk, rep, dtypes[1]), gqa_sum(dv, rep, dtypes[2])
     return dq, dk, dv
+
+
+GQA_SUM_BLOCK = 4096  # elements per program: a streaming pass, bound by bytes
+
+
+def gqa_sum(x: torch.Tensor, rep: int, dtype: torch.dtype) -> torch.Tensor:
+    """x [B, Hq, T, D] float32 (contiguous) summed over each group of `rep` consecutive query heads, in order,
+    rounded once to `dtype`: [B, Hq / rep, T, D], in one pass (the torch reference: gqa_sum_reference)."""
+    B, HQ, T, D = x.shape
+    out = torch.empty((B, HQ // rep, T, D), dtype=dtype, device=x.device)
+    _gqa_sum_kernel[(triton.cdiv(T * D, GQA_SUM_BLOCK), B * HQ // rep)](
+        x, out, T * D, REP=rep, BLOCK=GQA_SUM_BLOCK, num_warps=8
+    )
+    return out
+
+
+def gqa_sum_reference(x: torch.Tensor, rep: int, dtype: torch.dtype) -> torch.Tensor:
+    """gqa_sum in torch: the float32 heads of a group added in order, then one rounding."""
+    heads = x.view(x.shape[0], x.shape[1] // rep, rep, *x.shape[2:]).unbind(2)
+    total = heads[0].clone()
+    for h in heads[1:]:
+        total += h
+    return total.to(dtype)

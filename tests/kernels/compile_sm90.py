@@ -212,6 +212,11 @@ CASES = [
     ),
     ("attention dQ, head_dim 128, stochastic", attention_backward, 0, "_dq_kernel"),
     ("attention dK dV, head_dim 128, stochastic", attention_backward, 0, "_dkdv_kernel"),
+    (
+        "attention GQA sum of dK / dV, bf16 out",
+        lambda: attention.gqa_sum(torch.zeros(1, 8, 512, 128), 4, torch.bfloat16),
+        0,
+    ),
     ("attention dQ, head_dim 128", lambda: attention_backward(False), 0, "_dq_kernel"),
     ("attention dK dV, head_dim 128", lambda: attention_backward(False), 0, "_dkdv_kernel"),
 ]
@@ -273,6 +278,8 @@ def main() -> int:
                 if "BT" in consts
                 else consts["BM"] * consts["BN"]
                 if "BM" in consts
+                else consts["BLOCK"]
+                if "BLOCK" in consts
                 else consts["CHUNK"]
             )
             per_elem = n / (elems / (32 * warps))

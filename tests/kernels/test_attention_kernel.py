@@ -371,3 +371,19 @@ def test_compiled_layer_chooses_its_path_on_the_device_as_eager():
     o.backward(do)
     for a, b in zip((o, qc.grad, kc.grad, vc.grad), want):
         assert torch.equal(a.detach().float().cpu(), b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gqa_sum_is_its_reference_bit_for_bit(dtype):
+    """dK and dV of the query heads that share a key/value head, float32, summed in order and rounded once; a
+    length that leaves a partial block, and values whose order of addition matters."""
+    if dtype != torch.float32 and not GPU:
+        pytest.skip("Triton's interpreter truncates float32 -> 16-bit conversions (the GPU rounds to nearest)")
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 8, 96, 48, generator=g)
+    x[:, ::4] *= 2.0**24 if dtype != torch.float16 else 2.0**12  # big first heads: order shows in the sums
+    got = flash.gqa_sum(x.to(DEV), 4, dtype).cpu()
+    want = flash.gqa_sum_reference(x, 4, dtype)
+    assert got.dtype == dtype and torch.equal(got, want)
+    if dtype == torch.float32:  # the order shows in the bits
+        assert not torch.equal(want, x.view(2, 2, 4, 96, 48).double().sum(2).to(dtype))
