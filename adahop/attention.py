@@ -196,6 +196,7 @@ def _(do, q, k, v, o, p, scale, hadamard_size, use_sr_grad, quantize_dp=True):
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, scale, is_causal, *args = inputs  # args: hadamard_size, use_sr_grad, quantize_dp
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # P gets no gradient: no [Tq, Tk] zero tensor for it
     ctx.save_for_backward(q, k, v, *output)
     ctx.scale, ctx.args = scale, args
 
@@ -298,6 +299,7 @@ def _(do, q, k, v, o, stats, scale, is_causal, hadamard_size, use_sr_grad, quant
 def _flash_setup_context(ctx, inputs, output) -> None:
     q, k, v, *args = inputs  # args: scale, is_causal, hadamard_size, use_sr_grad, quantize_dp
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # the row statistics get no gradient: no zero tensor for them
     ctx.save_for_backward(q, k, v, *output)
     ctx.args = args
 

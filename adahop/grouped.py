@@ -308,6 +308,7 @@ def _setup_context(ctx, inputs, output) -> None:
     x, weight, group_sizes, recipe, save_gx, save_gw = inputs
     r = LinearRecipe.from_key(recipe)
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero tensor for each saved form's (absent) gradient, as adahop.linear
     ctx.save_for_backward(
         x if save_gw and _keeps_x(r) else None, weight if save_gx and _keeps_w(r) else None, group_sizes, *output[1:]
     )

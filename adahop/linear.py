@@ -433,6 +433,9 @@ def _setup_context(ctx, inputs, output) -> None:
     x2d, weight, recipe, save_gx, save_gw, _, x_saved = inputs
     r = LinearRecipe.from_key(recipe)
     ctx.mark_non_differentiable(*output[1:])
+    # the saved forms get no gradient: without this autograd would hand backward a zero tensor of each (an
+    # allocation and a fill apiece, as large as the forms)
+    ctx.set_materialize_grads(False)
     saved = list(output[1:])
     if x_saved:  # x^T made outside the op (adahop.x_operands): kept as given, shared by the linears of one x
         saved[4:6] = x_saved

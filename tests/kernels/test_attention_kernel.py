@@ -387,3 +387,25 @@ def test_gqa_sum_is_its_reference_bit_for_bit(dtype):
     assert got.dtype == dtype and torch.equal(got, want)
     if dtype == torch.float32:  # the order shows in the bits
         assert not torch.equal(want, x.view(2, 2, 4, 96, 48).double().sum(2).to(dtype))
+
+
+def test_flash_backward_gets_no_zero_gradient_for_the_row_statistics(use_flash):
+    """The stats output is non-differentiable and its gradient not materialized: backward fills no zero tensor
+    (tests/test_op_gradients.py checks the reference and the linear ops the same way)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Fills(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in ("aten::zeros", "aten::zeros_like", "aten::new_zeros", "aten::fill_"):
+                self.names.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = (torch.randn(1, 2, 64, 32, device=DEV, requires_grad=True) for _ in range(3))
+    o = att.mxfp4_attention(q, k, v)
+    with Fills() as fills:
+        o.sum().backward()
+    assert fills.names == [] and q.grad is not None
