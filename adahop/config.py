@@ -280,6 +280,11 @@ def validate_mx(job_config) -> None:
     mx = mx_config(job_config)
     for name in ("enable_mxfp4_linear", "calibration", "outlier_k"):
         _need(mx, name)
+    from adahop.config_types import check_config_types
+
+    # typed here too: torchtitan's own entry point does not run validate_job_config's check of the whole tree,
+    # and the layers would read bool("false") as True
+    check_config_types(mx, f"{_P}.")
     if mx.recipe_name not in RECIPES:
         raise ConfigError(f"{_P}.recipe_name", mx.recipe_name, " | ".join(repr(r) for r in RECIPES))
     if mx.enable_mxfp4_gmm and int(job_config.parallelism.expert_parallel_degree) != 1:
@@ -334,17 +339,13 @@ def validate_mx(job_config) -> None:
         raise ConfigError(
             f"{_P}.kernels.exactness_check", mx.kernels.exactness_check, " | ".join(map(repr, EXACTNESS_CHECKS))
         )
-    # typed here too: torchtitan's own entry point does not run adahop.config_types, and bool("false") is True
-    for name in ("use_sr_grad", "attention.smooth_keys", "attention.quantize_dp"):
-        value = getattr(mx.attention, name.split(".")[1]) if "." in name else getattr(mx, name)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{_P}.{name}", value, "true or false (a TOML boolean, without quotes)")
-    if not mx.enable_mxfp4_fa and mx.attention != Attention():
-        changed = next(k for k, v in vars(mx.attention).items() if v != getattr(Attention(), k))
+    defaults = Attention()
+    if not mx.enable_mxfp4_fa and mx.attention != defaults:
+        changed = next(k for k, v in vars(mx.attention).items() if v != getattr(defaults, k))
         raise ConfigError(
             f"{_P}.attention.{changed}",
             str(getattr(mx.attention, changed)).lower(),
-            f"its default, {str(getattr(Attention(), changed)).lower()}, while {_P}.enable_mxfp4_fa is false",
+            f"its default, {str(getattr(defaults, changed)).lower()}, while {_P}.enable_mxfp4_fa is false",
             f"the setting would be ignored: set {_P}.enable_mxfp4_fa = true, or leave {_P}.attention out",
         )
     from adahop.hadamard import HADAMARD_SIZES_TEXT, check_hadamard_size

@@ -564,15 +564,13 @@ def _operands(x, head_dim, sequence, hadamard_size, stochastic, uniforms):
         raise ValueError(
             f"MXFP4 attention operands need T and head_dim multiples of {BLOCK_SIZE}, got {tuple(x.shape)}"
         )
-    rounding = ROUND_NEAREST
     if uniforms[0] is not None or uniforms[1] is not None:
         if (head_dim and uniforms[0] is None) or (sequence and uniforms[1] is None):
             raise ValueError("given uniforms need one tensor per form written")
         rounding = ROUND_SR_GIVEN
         uniforms = tuple(x if u is None else u.to(torch.float32).contiguous() for u in uniforms)
-    elif stochastic:
-        rounding = ROUND_SR_PHILOX
     else:
+        rounding = ROUND_SR_PHILOX if stochastic else ROUND_NEAREST
         uniforms = (x, x)  # unread
     seeds = [_seed() if rounding == ROUND_SR_PHILOX and form else 0 for form in (head_dim, sequence)]
     out = torch.empty((B, H, T, D), dtype=OPERAND_DTYPE, device=x.device) if head_dim else None
